@@ -1,0 +1,19 @@
+"""Scoring runtime: serve Azure ML entry scripts with batching, on onnxruntime or Triton."""
+
+from runtime.aml import AMLRequest, AMLResponse, rawhttp
+from runtime.errors import BadRequest, ServingError
+from runtime.hookspecs import hookimpl
+from runtime.pipeline import InferRequest
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AMLRequest",
+    "AMLResponse",
+    "BadRequest",
+    "InferRequest",
+    "ServingError",
+    "__version__",
+    "hookimpl",
+    "rawhttp",
+]

@@ -1,0 +1,128 @@
+"""The Starlette application one worker serves, and its start-up and shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from plugins.azureml import AzureMLDefaults
+from runtime import plugins, scoring
+from runtime.context import InitContext
+from runtime.entry import EntryScript, load_entry_script
+from runtime.errors import StartupError
+from runtime.executor import Executor
+from runtime.headers import RequestIdMiddleware
+from runtime.pipeline import Pipeline
+from runtime.responses import error_response
+from runtime.settings import Settings
+from runtime.swagger import Swagger
+
+logger = logging.getLogger("runtime.app")
+
+# Werkzeug's wording, which azmlinfsrv returns.
+NOT_FOUND = (
+    "The requested URL was not found on the server. If you entered the URL manually please check your "
+    "spelling and try again."
+)
+METHOD_NOT_ALLOWED = "The method is not allowed for the requested URL."
+INTERNAL_ERROR = "An unexpected internal error occurred. Check the logs for more info."
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    pm: pluggy.PluginManager
+    entry: EntryScript | None
+    executor: Executor
+    pipeline: Pipeline
+    swagger: Swagger
+    context: InitContext
+
+
+async def _call_each(pm: pluggy.PluginManager, name: str, stop_on_error: bool, **kwargs: Any) -> None:
+    """Call every implementation of a broadcast hook in pluggy's order, awaiting async ones in turn."""
+    for impl in reversed(getattr(pm.hook, name).get_hookimpls()):
+        try:
+            result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+            if inspect.isawaitable(result):
+                await result
+        except Exception as ex:
+            where = f"{name}() of {impl.plugin_name}"
+            if stop_on_error:
+                logger.exception("%s failed", where)
+                raise StartupError(f"{where} failed: {type(ex).__name__}: {ex}") from ex
+            logger.exception("%s failed; continuing shutdown", where)
+
+
+def build_state(settings: Settings) -> AppState:
+    """Load plugins and the entry script (everything but ``init``)."""
+    pm = plugins.new_manager()
+    plugins.load_plugins(pm, settings.plugins, backend=None)
+    entry = load_entry_script(settings.entry_path) if settings.entry_path else None
+    pm.register(AzureMLDefaults(entry), name="azureml-defaults")
+    if entry is not None:
+        plugins.register(pm, entry.hooks, f"entry:{entry.path}")
+    plugins.check(pm)
+    executor = Executor(settings.concurrency)
+    pipeline = Pipeline(pm, entry, executor, settings.timeout_ms)
+    context = InitContext(settings=settings, plugin_manager=pm)
+    swagger = Swagger(settings, entry.run if entry else None)
+    return AppState(settings, pm, entry, executor, pipeline, swagger, context)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            state = build_state(settings)
+            await _call_each(state.pm, "init", stop_on_error=True, context=state.context)
+        except StartupError as ex:
+            logger.error("Start-up failed: %s", ex)
+            raise
+        app.state.runtime = state
+        logger.info("Worker ready: entry script %s, timeout %d ms", settings.entry_path, settings.timeout_ms)
+        try:
+            yield
+        finally:
+            await _call_each(state.pm, "shutdown", stop_on_error=False)
+            state.executor.shutdown()
+
+    middleware = [Middleware(RequestIdMiddleware, server_version=settings.server_version_header)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"])
+        )
+    return Starlette(
+        routes=scoring.routes(),
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED}.get(exc.status_code, exc.detail)
+    response = error_response(exc.status_code, message)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.error("Unhandled error for %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, INTERNAL_ERROR)

@@ -1,0 +1,112 @@
+"""``runtime``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from runtime import __version__
+from runtime.errors import STARTUP_EXIT_CODE
+from runtime.logs import configure
+from runtime.settings import Settings
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _port(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in [0, 65535], got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runtime", description="Scoring runtime for Azure ML entry scripts.")
+    parser.add_argument("--version", action="version", version=f"runtime {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve an entry script at POST /score")
+    serve.add_argument("--entry", help="the entry script, score.py (env AZUREML_ENTRY_SCRIPT)")
+    serve.add_argument("--model-dir", help="the model directory (env AZUREML_MODEL_DIR)")
+    serve.add_argument("--host", help="address to bind (env RUNTIME_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port to bind (env SERVER_PORT; default 5001)")
+    serve.add_argument("--workers", type=_positive, help="Gunicorn worker processes (env WORKER_COUNT)")
+    serve.add_argument(
+        "--concurrency", type=_positive, help="requests in flight per worker (env RUNTIME_CONCURRENCY; 32)"
+    )
+    serve.add_argument("--timeout-ms", type=_positive, help="scoring timeout (env SCORING_TIMEOUT_MS)")
+    serve.add_argument(
+        "--max-body-bytes", type=_positive, help="largest request body (env RUNTIME_MAX_BODY_BYTES; 100 MiB)"
+    )
+    serve.add_argument(
+        "--plugin", action="append", default=[], help="plugin module or .py path (repeatable; env RUNTIME_PLUGINS)"
+    )
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (env AZUREML_LOG_LEVEL)")
+    return parser
+
+
+# CLI flag -> environment variable: flags override the environment, and workers read the environment.
+FLAG_ENV = {
+    "entry": "AZUREML_ENTRY_SCRIPT",
+    "model_dir": "AZUREML_MODEL_DIR",
+    "host": "RUNTIME_HOST",
+    "port": "SERVER_PORT",
+    "workers": "WORKER_COUNT",
+    "concurrency": "RUNTIME_CONCURRENCY",
+    "timeout_ms": "SCORING_TIMEOUT_MS",
+    "max_body_bytes": "RUNTIME_MAX_BODY_BYTES",
+    "log_level": "AZUREML_LOG_LEVEL",
+}
+
+
+def apply_flags(args: argparse.Namespace) -> None:
+    for flag, env in FLAG_ENV.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if flag in ("entry", "model_dir"):
+            value = os.path.abspath(value)
+        os.environ[env] = str(value)
+    if args.plugin:
+        existing = [p for p in os.environ.get("RUNTIME_PLUGINS", "").split(",") if p]
+        resolved = [os.path.abspath(p) if p.endswith(".py") else p for p in args.plugin]
+        os.environ["RUNTIME_PLUGINS"] = ",".join(existing + resolved)
+    if os.environ.get("AZUREML_MODEL_DIR"):
+        os.environ["AZUREML_MODEL_DIR"] = os.path.abspath(os.environ["AZUREML_MODEL_DIR"])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    apply_flags(args)
+    try:
+        settings = Settings.from_env()
+    except ValueError as ex:
+        print(f"runtime serve: {ex}", file=sys.stderr)
+        return 2
+    configure(settings.log_level)
+    entry = settings.entry_path
+    if entry is None:
+        print("runtime serve: give --entry score.py (or set AZUREML_ENTRY_SCRIPT)", file=sys.stderr)
+        return 2
+    if not os.path.isfile(entry):
+        print(f"runtime serve: entry script {entry} does not exist", file=sys.stderr)
+        return STARTUP_EXIT_CODE
+    # Workers resolve the script the same way, whatever their working directory.
+    os.environ["AZUREML_ENTRY_SCRIPT"] = entry
+    from runtime.server import serve
+
+    serve(settings)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
+    raise AssertionError(args.command)  # pragma: no cover

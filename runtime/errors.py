@@ -1,0 +1,78 @@
+"""Errors that carry their HTTP status.
+
+Every error the runtime raises on purpose is a :class:`ServingError`. The HTTP
+layer turns it into a JSON body ``{"message": ...}`` (Azure ML routes) or
+``{"error": ...}`` (KServe v2 routes) with ``status_code``; nothing else about
+the exception reaches the client.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base class: an error with an HTTP status and a message a user can act on."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class BadRequest(ServingError):
+    """The request is malformed: bad JSON, a wrong tensor shape, a missing field."""
+
+    status_code = 400
+
+
+class NotFound(ServingError):
+    status_code = 404
+
+
+class MethodNotAllowed(ServingError):
+    status_code = 405
+
+
+class PayloadTooLarge(ServingError):
+    status_code = 413
+
+
+class UnsupportedMediaType(ServingError):
+    status_code = 415
+
+
+class HeaderTooLarge(ServingError):
+    status_code = 431
+
+
+class ScoringFailed(ServingError):
+    """The entry script raised; the traceback goes to the log only."""
+
+    status_code = 500
+
+
+class ScoringTimeout(ServingError):
+    status_code = 500
+
+    def __init__(self, timeout_ms: int) -> None:
+        super().__init__(f"Scoring timeout after {timeout_ms} ms")
+        self.timeout_ms = timeout_ms
+
+
+class ServiceUnavailable(ServingError):
+    """A backend (for example a Triton server) cannot be reached right now."""
+
+    status_code = 503
+
+
+class StartupError(Exception):
+    """The server cannot start: a bad entry script, plugin or model repository.
+
+    ``runtime serve`` exits with :data:`STARTUP_EXIT_CODE` after logging it.
+    """
+
+
+# The exit code azmlinfsrv (and Gunicorn, for a worker that fails to boot) uses.
+STARTUP_EXIT_CODE = 3

@@ -1,0 +1,100 @@
+"""Request ids: ``x-request-id``, ``x-ms-request-id``, ``x-ms-client-request-id`` and ``TraceId``.
+
+A pure ASGI middleware (no per-request task switch): it validates the ids,
+puts them in ``scope["state"]`` and adds the contract headers to every
+response, as azmlinfsrv does for its routes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger("runtime.headers")
+
+HEADER_LIMIT = 100
+
+
+class RequestIds:
+    __slots__ = ("client_request_id", "legacy_client_request_id", "request_id")
+
+    def __init__(self, request_id: str, legacy: str, client: str) -> None:
+        self.request_id = request_id
+        self.legacy_client_request_id = legacy
+        self.client_request_id = client
+
+
+def parse_ids(headers: Headers) -> RequestIds | str:
+    """The ids for a request, or the 431 message when one is too long."""
+    request_id = headers.get("x-request-id") or str(uuid.uuid4())
+    if len(request_id) > HEADER_LIMIT:
+        return f"x-request-id must not exceed {HEADER_LIMIT} characters"
+    legacy = headers.get("x-ms-request-id", "")
+    client = headers.get("x-ms-client-request-id", "")
+    if legacy:
+        client = client or legacy
+    else:
+        legacy = client or request_id
+    if len(legacy) > HEADER_LIMIT or len(client) > HEADER_LIMIT:
+        return f"x-ms-request-id and x-ms-client-request-id must not exceed {HEADER_LIMIT} characters"
+    return RequestIds(request_id, legacy, client)
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp, server_version: str = "") -> None:
+        self.app = app
+        self.server_version = server_version.encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        ids = parse_ids(headers)
+        extra: list[tuple[bytes, bytes]] = []
+        if self.server_version:
+            extra.append((b"x-ms-server-version", self.server_version))
+        if isinstance(ids, str):
+            await _send_json(send, 431, {"message": ids}, extra)
+            return
+        scope.setdefault("state", {})["request_ids"] = ids
+        extra.append((b"x-request-id", ids.request_id.encode("latin-1")))
+        if ids.legacy_client_request_id:
+            extra.append((b"x-ms-request-id", ids.legacy_client_request_id.encode("latin-1")))
+        if ids.client_request_id:
+            extra.append((b"x-ms-client-request-id", ids.client_request_id.encode("latin-1")))
+        trace_id = headers.get("traceid")
+        if trace_id is not None:
+            extra.append((b"TraceId", trace_id.encode("latin-1")))
+
+        async def send_with_ids(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                raw = MutableHeaders(scope=message)
+                for name, value in extra:
+                    raw.append(name.decode("latin-1"), value.decode("latin-1"))
+            await send(message)
+
+        await self.app(scope, receive, send_with_ids)
+
+
+async def _send_json(send: Send, status: int, body: Any, extra: list[tuple[bytes, bytes]]) -> None:
+    payload = json.dumps(body).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"x-ms-run-function-failed", b"False"),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,92 @@
+"""The hook specifications: every extension point of the runtime, in one module.
+
+A hook is implemented by a plugin: a module or object whose functions carry
+:data:`hookimpl` (score.py may also use plain functions with these names).
+
+Order for one ``POST /score`` (see :mod:`runtime.pipeline`)::
+
+    preprocess(request)            -> payload       first result wins
+    run(payload)                   -> outputs       score.py's Azure ML run(), when it has one
+      or infer(model, inputs, ...) -> outputs       otherwise: the backend, batched across requests
+    postprocess(request, outputs)  -> response      first result wins
+
+``init`` runs once per worker before serving, ``shutdown`` once when the
+worker stops. Built-in behaviour is registered ``trylast``, so score.py and
+third-party plugins win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from runtime.context import InitContext
+    from runtime.request import ScoringRequest
+
+PROJECT_NAME = "scoring_runtime"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def init(context: InitContext) -> None:
+    """Called once per worker process, before the worker serves requests.
+
+    ``context`` holds the settings, the model directory and the plugin manager.
+    Backends load their models here (``tryfirst``), so that score.py's ``init``
+    can already call :func:`runtime.infer`. Every implementation is called;
+    an exception stops the server with exit code 3. May be ``async``.
+    """
+
+
+@hookspec(firstresult=True)
+def preprocess(request: ScoringRequest) -> Any:
+    """Turn one ``/score`` request into the payload for the next step.
+
+    For score.py with ``run()``, the built-in implementation builds run()'s
+    argument exactly as azmlinfsrv does (the body as str, an AMLRequest for
+    ``@rawhttp``, keyword arguments for inference-schema). In hook style,
+    return the model inputs: a mapping of input name to numpy array (one
+    request, with its batch dimension when the model batches), or a
+    :class:`runtime.InferRequest` naming the model. Stops at the first
+    non-None result. May be ``async``. Raise :class:`runtime.errors.BadRequest`
+    for input the client got wrong.
+    """
+
+
+@hookspec(firstresult=True)
+def infer(
+    model: str, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any]
+) -> Awaitable[dict[str, np.ndarray]] | None:
+    """Run ``model`` on ``inputs``; implemented by backend plugins.
+
+    Return ``None`` when this plugin does not serve ``model``; otherwise an
+    awaitable that resolves to the outputs by name. Backends that batch join
+    concurrent calls into one execution. Stops at the first non-None result.
+    Called on the event loop: do not block here.
+    """
+
+
+@hookspec(firstresult=True)
+def postprocess(request: ScoringRequest, outputs: Any) -> Any:
+    """Turn the outputs of ``run()`` or ``infer`` into the response.
+
+    Return any JSON-serialisable value, an :class:`runtime.AMLResponse` or a
+    Starlette ``Response``. The built-in implementation returns ``outputs``
+    as they are (numpy arrays become lists). Stops at the first non-None
+    result. May be ``async``.
+    """
+
+
+@hookspec
+def shutdown() -> None:
+    """Called once when the worker stops, after the last request has been answered.
+
+    Every implementation is called; errors are logged and do not stop the others.
+    """

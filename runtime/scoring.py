@@ -1,0 +1,132 @@
+"""The Azure ML routes: ``GET /``, ``/score`` and ``/swagger.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from runtime.aml import AMLResponse
+from runtime.entry import InputMode
+from runtime.errors import PayloadTooLarge, ServingError
+from runtime.pipeline import RunFailed
+from runtime.request import FORM_TYPES, ScoringRequest
+from runtime.responses import (
+    EXEC_MS,
+    FAILED,
+    error_response,
+    from_aml_response,
+    from_foreign_response,
+    json_response,
+)
+
+if TYPE_CHECKING:
+    from runtime.app import AppState
+
+logger = logging.getLogger("runtime.scoring")
+
+SCRIPT_FAILED = "An unexpected error occurred in scoring script. Check the logs for more info."
+
+
+def state_of(request: Request) -> AppState:
+    state: AppState = request.app.state.runtime
+    return state
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body of {int(declared)} bytes exceeds the limit of {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def health(request: Request) -> Response:
+    return PlainTextResponse("Healthy", media_type="text/html")
+
+
+async def swagger(request: Request) -> Response:
+    try:
+        doc = state_of(request).swagger.get(request.query_params.get("version"))
+    except ServingError as ex:
+        return error_response(ex.status_code, ex.message)
+    return json_response(200, doc)
+
+
+async def score(request: Request) -> Response:
+    state = state_of(request)
+    if request.method == "OPTIONS":
+        # CORS preflight is answered by the CORS middleware when AML_CORS_ORIGINS is set.
+        return Response(b"", media_type="text/html", headers={FAILED: "False"})
+    started = time.perf_counter()
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+        ids = request.scope["state"]["request_ids"]
+        scoring_request = ScoringRequest(
+            method=request.method,
+            path=request.url.path,
+            headers=request.headers,
+            query=request.query_params,
+            body=body,
+            request_id=ids.request_id,
+            client=request.client.host if request.client else None,
+        )
+        entry = state.entry
+        if entry is not None and entry.input_mode is InputMode.RAW and scoring_request.mimetype in FORM_TYPES:
+            scoring_request.form = await request.form()
+        result, exec_ms = await state.pipeline.score(scoring_request)
+        response = to_response(result)
+        response.headers[EXEC_MS] = f"{exec_ms:.3f}"
+    except ServingError as ex:
+        if ex.status_code >= 500:
+            logger.error("Request %s failed: %s", request.url.path, ex.message)
+        response = error_response(ex.status_code, ex.message, run_failed=ex.status_code >= 500)
+    except RunFailed as ex:
+        response = run_failed_response(ex.original, request)
+    logger.debug("%s %s %d %.3fms", request.method, request.url.path, response.status_code,
+                 (time.perf_counter() - started) * 1000)
+    return response
+
+
+def run_failed_response(ex: BaseException, request: Request) -> Response:
+    logger.error("run() failed for %s %s", request.method, request.url.path, exc_info=ex)
+    if isinstance(ex, json.JSONDecodeError):
+        # The script could not parse the body: the client sent bad JSON (azmlinfsrv answers 500 here).
+        return error_response(400, f"The request body is not valid JSON: {ex}", run_failed=True)
+    return error_response(500, SCRIPT_FAILED, run_failed=True)
+
+
+def to_response(result: object) -> Response:
+    if isinstance(result, Response):
+        result.headers.setdefault(FAILED, str(result.status_code >= 500))
+        return result
+    if isinstance(result, AMLResponse):
+        return from_aml_response(result)
+    foreign = from_foreign_response(result)
+    if foreign is not None:
+        return foreign
+    try:
+        return json_response(200, result)
+    except (TypeError, ValueError) as ex:
+        logger.error("run() returned a value that is not JSON-serialisable: %s", ex)
+        return error_response(500, f"run() returned a value that cannot be serialised to JSON: {ex}", True)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/", health, methods=["GET"]),
+        Route("/score", score, methods=["GET", "POST", "OPTIONS"]),
+        Route("/swagger.json", swagger, methods=["GET"]),
+    ]

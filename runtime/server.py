@@ -1,0 +1,61 @@
+"""Gunicorn with uvicorn workers: the process model of ``runtime serve``.
+
+The master forks ``WORKER_COUNT`` workers; each builds the app, loads score.py
+and runs ``init`` (as azmlinfsrv does). A worker that fails to start exits
+with Gunicorn's boot-error code, and the master then stops with exit code 3.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from starlette.applications import Starlette
+from uvicorn_worker import UvicornWorker
+
+from runtime.settings import Settings
+
+logger = logging.getLogger("runtime.server")
+
+
+class RuntimeWorker(UvicornWorker):
+    # httptools parses faster than h11; the Server header is left out as azmlinfsrv's responses carry none
+    # of uvicorn's.
+    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": "httptools", "server_header": False}
+
+
+class ServerApplication(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bind": [f"{s.host}:{s.port}"],
+            "workers": s.workers,
+            "worker_class": "runtime.server.RuntimeWorker",
+            "timeout": int(os.environ.get("WORKER_TIMEOUT", "300")),
+            "graceful_timeout": int(os.environ.get("RUNTIME_GRACEFUL_TIMEOUT", "30")),
+            "keepalive": 75,
+            "loglevel": s.log_level.lower(),
+            "accesslog": None if os.environ.get("RUNTIME_ACCESS_LOG", "true").lower() == "false" else "-",
+            "errorlog": "-",
+            "proc_name": "runtime",
+        }
+        if "control_socket_disable" in self.cfg.settings:
+            # Gunicorn >= 25 opens a control socket at one fixed path per user; parallel servers would clash.
+            options["control_socket_disable"] = True
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Starlette:
+        from runtime.app import create_app
+
+        return create_app(Settings.from_env())
+
+
+def serve(settings: Settings) -> None:
+    ServerApplication(settings).run()

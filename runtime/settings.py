@@ -1,0 +1,97 @@
+"""Server settings: environment variables (the Azure ML names), overridden by CLI flags.
+
+The CLI writes its flags into the environment before Gunicorn forks, so every
+worker builds the same :class:`Settings` with :func:`Settings.from_env`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5001
+DEFAULT_TIMEOUT_MS = 3600 * 1000  # azmlinfsrv's default SCORING_TIMEOUT_MS
+DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
+DEFAULT_CONCURRENCY = 32
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.replace(";", ",").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    entry_script: str | None = None
+    app_root: str = field(default_factory=os.getcwd)
+    model_dir: str | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    # Requests one worker has in flight at once (sync code runs in a pool of this many threads).
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    service_name: str = "ML service"
+    service_version: str = "1.0"
+    service_path_prefix: str = ""
+    plugins: tuple[str, ...] = ()
+    backend: str = "onnxruntime"
+    triton_url: str = "localhost:8000"
+    triton_mode: str = "remote"
+    tritonserver_path: str | None = None
+    server_version_header: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        from runtime import __version__
+
+        version_header = ""
+        if env.get("SERVER_VERSION_LOG_RESPONSE_ENABLED", "true").lower() == "true":
+            version_header = env.get("HTTP_X_MS_SERVER_VERSION", f"runtime/{__version__}")
+        return cls(
+            entry_script=env.get("AZUREML_ENTRY_SCRIPT") or None,
+            app_root=env.get("AML_APP_ROOT") or os.getcwd(),
+            model_dir=env.get("AZUREML_MODEL_DIR") or None,
+            host=env.get("RUNTIME_HOST", DEFAULT_HOST),
+            port=_int(env, "SERVER_PORT", DEFAULT_PORT),
+            workers=_int(env, "WORKER_COUNT", 1),
+            concurrency=_int(env, "RUNTIME_CONCURRENCY", DEFAULT_CONCURRENCY),
+            timeout_ms=_int(env, "SCORING_TIMEOUT_MS", DEFAULT_TIMEOUT_MS),
+            max_body_bytes=_int(env, "RUNTIME_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            cors_origins=_list(env.get("AML_CORS_ORIGINS", "")),
+            log_level=env.get("AZUREML_LOG_LEVEL", "INFO").upper(),
+            service_name=env.get("SERVICE_NAME", "ML service"),
+            service_version=env.get("SERVICE_VERSION", "1.0"),
+            service_path_prefix=env.get("SERVICE_PATH_PREFIX", ""),
+            plugins=_list(env.get("RUNTIME_PLUGINS", "")),
+            backend=env.get("RUNTIME_BACKEND", "onnxruntime"),
+            triton_url=env.get("TRITON_URL", "localhost:8000"),
+            triton_mode=env.get("RUNTIME_TRITON_MODE", "remote"),
+            tritonserver_path=env.get("TRITONSERVER_PATH") or None,
+            server_version_header=version_header,
+        )
+
+    @property
+    def entry_path(self) -> str | None:
+        """The entry script's absolute path (relative paths are resolved against AML_APP_ROOT)."""
+        if not self.entry_script:
+            return None
+        return os.path.abspath(os.path.join(self.app_root, self.entry_script))
