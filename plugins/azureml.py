@@ -36,10 +36,11 @@ class AzureMLDefaults:
         entry = self.entry
         if entry is None or entry.run is None:
             return tensors_from_json(request.json())
+        if entry.input_mode is InputMode.RAW:
+            # @rawhttp scripts get every method /score accepts, OPTIONS included.
+            return {entry.data_param: AMLRequest(request)}
         if request.method not in ("GET", "POST"):
             raise MethodNotAllowed("Method not allowed")
-        if entry.input_mode is InputMode.RAW:
-            return {entry.data_param: AMLRequest(request)}
         if entry.input_mode is InputMode.SCHEMA:
             return {p.name: v for p, v in zip(entry.schema_params, schema_arguments(entry, request))}
         if request.method == "GET":

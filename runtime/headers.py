@@ -59,6 +59,10 @@ class RequestIdMiddleware:
         extra: list[tuple[bytes, bytes]] = []
         if self.server_version:
             extra.append((b"x-ms-server-version", self.server_version))
+        trace_id = headers.get("traceid")
+        if trace_id is not None:
+            # Office services trace with their own header; it is echoed on every response.
+            extra.append((b"TraceId", trace_id.encode("latin-1")))
         if isinstance(ids, str):
             await _send_json(send, 431, {"message": ids}, extra)
             return
@@ -68,9 +72,6 @@ class RequestIdMiddleware:
             extra.append((b"x-ms-request-id", ids.legacy_client_request_id.encode("latin-1")))
         if ids.client_request_id:
             extra.append((b"x-ms-client-request-id", ids.client_request_id.encode("latin-1")))
-        trace_id = headers.get("traceid")
-        if trace_id is not None:
-            extra.append((b"TraceId", trace_id.encode("latin-1")))
 
         async def send_with_ids(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from runtime.aml import AMLResponse
 from runtime.entry import InputMode
-from runtime.errors import PayloadTooLarge, ServingError
+from runtime.errors import PayloadTooLarge, ScoringFailed, ServingError
 from runtime.pipeline import RunFailed
 from runtime.request import FORM_TYPES, ScoringRequest
 from runtime.responses import (
@@ -67,7 +67,9 @@ async def swagger(request: Request) -> Response:
 
 async def score(request: Request) -> Response:
     state = state_of(request)
-    if request.method == "OPTIONS":
+    entry = state.entry
+    raw = entry is not None and entry.input_mode is InputMode.RAW
+    if request.method == "OPTIONS" and not raw:
         # CORS preflight is answered by the CORS middleware when AML_CORS_ORIGINS is set.
         return Response(b"", media_type="text/html", headers={FAILED: "False"})
     started = time.perf_counter()
@@ -83,8 +85,7 @@ async def score(request: Request) -> Response:
             request_id=ids.request_id,
             client=request.client.host if request.client else None,
         )
-        entry = state.entry
-        if entry is not None and entry.input_mode is InputMode.RAW and scoring_request.mimetype in FORM_TYPES:
+        if raw and scoring_request.mimetype in FORM_TYPES:
             scoring_request.form = await request.form()
         result, exec_ms = await state.pipeline.score(scoring_request)
         response = to_response(result)
@@ -120,8 +121,7 @@ def to_response(result: object) -> Response:
     try:
         return json_response(200, result)
     except (TypeError, ValueError) as ex:
-        logger.error("run() returned a value that is not JSON-serialisable: %s", ex)
-        return error_response(500, f"run() returned a value that cannot be serialised to JSON: {ex}", True)
+        raise ScoringFailed(f"run() returned a value that cannot be serialised to JSON: {ex}") from ex
 
 
 def routes() -> list[Route]:

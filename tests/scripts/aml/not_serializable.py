@@ -1,0 +1,6 @@
+def init():
+    pass
+
+
+def run(data):
+    return {"values": {1, 2, 3}}

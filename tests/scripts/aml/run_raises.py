@@ -1,0 +1,6 @@
+def init():
+    pass
+
+
+def run(data):
+    raise RuntimeError("secret internal detail that must not leak")

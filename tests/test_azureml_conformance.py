@@ -1,0 +1,168 @@
+"""Differential conformance: the same scripts and requests under azmlinfsrv 1.5.1 and ``runtime serve``.
+
+Status, body and the contract headers must be identical, except for the
+deliberate improvements listed in ``expected_from_reference`` (and in
+docs/azureml-contract.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import SCRIPTS
+from tests.support.servers import ServerProcess, free_port, runtime_argv
+from tests.support.venvs import AZMLINFSRV_REQUIREMENTS, ensure_venv
+
+pytestmark = [pytest.mark.slow, pytest.mark.external]
+
+LAUNCHER = Path(__file__).parent / "support" / "azmlinfsrv_launcher.py"
+TIMEOUT_MS = "1000"
+CONTRACT_HEADERS = (
+    "content-type",
+    "x-ms-run-function-failed",
+    "x-request-id",
+    "x-ms-request-id",
+    "x-ms-client-request-id",
+    "traceid",
+)
+REQUEST_ID_HEADERS = ("x-request-id", "x-ms-request-id", "x-ms-client-request-id", "traceid")
+ID_HEADERS = {"x-ms-client-request-id": "client-1", "TraceId": "trace-1"}
+JSON = {"Content-Type": "application/json"}
+
+REQUESTS: dict[str, dict[str, Any]] = {
+    "valid": {"method": "POST", "headers": {**JSON, "X-Custom": "c"}, "content": b'{"a": 1, "b": "y"}'},
+    "invalid_json": {"method": "POST", "headers": JSON, "content": b'{"a": 1,'},
+    "empty_body": {"method": "POST", "headers": JSON, "content": b""},
+    "get_query": {"method": "GET", "url_suffix": "?a=3&b=x"},
+    "options": {"method": "OPTIONS"},
+    "put": {"method": "PUT", "headers": JSON, "content": b"{}"},
+    "long_request_id": {"method": "POST", "headers": {**JSON, "x-request-id": "r" * 101}, "content": b"{}"},
+    "non_utf8": {"method": "POST", "headers": JSON, "content": b'{"a": "\xff\xfe"}'},
+    "slow": {"method": "POST", "headers": JSON, "content": b'{"sleep": 3}'},
+}
+
+
+@dataclass
+class Observed:
+    status: int
+    body: bytes
+    headers: dict[str, str | None]
+    has_exec_ms: bool
+
+    def show(self) -> str:
+        return f"{self.status} {self.body[:200]!r} {self.headers} exec_ms={self.has_exec_ms}"
+
+
+def observe(base: str, name: str) -> Observed:
+    spec = REQUESTS[name]
+    headers = {"x-request-id": f"test-{name}", **ID_HEADERS, **spec.get("headers", {})}
+    response = httpx.request(
+        spec["method"], base + "/score" + spec.get("url_suffix", ""),
+        headers=headers, content=spec.get("content"), timeout=30,
+    )
+    return Observed(
+        status=response.status_code,
+        body=response.content,
+        headers={h: response.headers.get(h) for h in CONTRACT_HEADERS},
+        has_exec_ms="x-ms-run-fn-exec-ms" in response.headers,
+    )
+
+
+def expected_from_reference(script: str, name: str, ref: Observed) -> Observed:
+    """What the runtime answers where it deliberately differs from azmlinfsrv."""
+    out = Observed(ref.status, ref.body, dict(ref.headers), ref.has_exec_ms)
+    parses_body = script in ("undecorated", "slow_run")
+    if parses_body and name in ("invalid_json", "empty_body") and ref.status == 500:
+        # run() failed to parse a body that is not JSON: the client's fault, so 400 with the parser's message.
+        body = REQUESTS[name]["content"].decode()
+        try:
+            json.loads(body)
+        except json.JSONDecodeError as ex:
+            out.status = 400
+            out.body = json.dumps({"message": f"The request body is not valid JSON: {ex}"}).encode()
+    if script == "schema" and name == "non_utf8":
+        # azmlinfsrv's JSON parser crashes on non-UTF-8 bytes (500); the runtime says what is wrong.
+        out.status = 400
+        out.body = json.dumps({"message": "Input cannot be decoded as UTF-8: 'utf-8' codec can't decode byte "
+                               "0xff in position 7: invalid start byte"}).encode()
+    if script == "not_serializable" and name in ("valid", "get_query", "slow", "empty_body", "invalid_json"):
+        out.body = json.dumps(
+            {"message": "run() returned a value that cannot be serialised to JSON: "
+             "Object of type set is not JSON serializable"}
+        ).encode()
+        out.headers["x-ms-run-function-failed"] = "True"
+    if ref.headers["x-request-id"] is None and ref.status in (404, 405):
+        # The runtime adds the request ids to every response, not only to its Azure ML routes.
+        out.headers["x-request-id"] = f"test-{name}"
+        out.headers["x-ms-request-id"] = "client-1"
+        out.headers["x-ms-client-request-id"] = "client-1"
+        out.headers["traceid"] = "trace-1"
+    return out
+
+
+@pytest.fixture(scope="session")
+def azmlinfsrv_python() -> Path:
+    return ensure_venv("azmlinfsrv", AZMLINFSRV_REQUIREMENTS)
+
+
+def start_pair(script: str, azml_python: Path, tmp: Path) -> tuple[ServerProcess, ServerProcess]:
+    entry = str(SCRIPTS / "aml" / f"{script}.py")
+    env = {"SCORING_TIMEOUT_MS": TIMEOUT_MS, "AML_APP_ROOT": str(tmp)}
+    ref_port, our_port = free_port(), free_port()
+    reference = ServerProcess(
+        [str(azml_python), str(LAUNCHER), "--entry_script", entry, "--port", str(ref_port)],
+        ref_port, tmp / f"azmlinfsrv-{script}.log", env=env, cwd=tmp,
+    )
+    ours = ServerProcess(
+        runtime_argv("serve", "--entry", entry, "--port", str(our_port)),
+        our_port, tmp / f"runtime-{script}.log", env=env, cwd=tmp,
+    )
+    return reference.start(wait=False), ours.start(wait=False)
+
+
+SERVED_SCRIPTS = [
+    "undecorated", "request_headers", "rawhttp", "amlresponse", "schema", "run_raises", "slow_run",
+    "not_serializable",
+]
+
+
+@pytest.fixture(params=SERVED_SCRIPTS)
+def pair(
+    request: pytest.FixtureRequest, azmlinfsrv_python: Path, tmp_path: Path
+) -> Iterator[tuple[str, ServerProcess, ServerProcess]]:
+    reference, ours = start_pair(request.param, azmlinfsrv_python, tmp_path)
+    try:
+        reference.wait_ready()
+        ours.wait_ready()
+        yield request.param, reference, ours
+    finally:
+        reference.stop()
+        ours.stop()
+
+
+def test_same_answers_as_azmlinfsrv(pair: tuple[str, ServerProcess, ServerProcess]) -> None:
+    script, reference, ours = pair
+    mismatches = []
+    for name in REQUESTS:
+        ref = observe(reference.url, name)
+        got = observe(ours.url, name)
+        want = expected_from_reference(script, name, ref)
+        if got != want:
+            mismatches.append(f"{script}/{name}:\n  azmlinfsrv: {ref.show()}\n  expected:   {want.show()}\n"
+                              f"  runtime:    {got.show()}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+def test_init_failure_exits_3_on_both(azmlinfsrv_python: Path, tmp_path: Path) -> None:
+    reference, ours = start_pair("init_raises", azmlinfsrv_python, tmp_path)
+    assert reference.wait_exit(90) == 3
+    assert ours.wait_exit(90) == 3
+    log = ours.log()
+    assert "init_raises.py" in log and "init()" in log and "model file missing" in log, log
