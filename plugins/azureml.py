@@ -42,7 +42,7 @@ class AzureMLDefaults:
         if request.method not in ("GET", "POST"):
             raise MethodNotAllowed("Method not allowed")
         if entry.input_mode is InputMode.SCHEMA:
-            return {p.name: v for p, v in zip(entry.schema_params, schema_arguments(entry, request))}
+            return {p.name: v for p, v in zip(entry.schema_params, schema_arguments(entry, request), strict=True)}
         if request.method == "GET":
             return {entry.data_param: json.dumps(request.query_as_json())}
         return {entry.data_param: request.text()}

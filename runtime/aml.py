@@ -47,7 +47,7 @@ def reset_raw_http() -> None:
 class MultiDict(ImmutableMultiDict[str, Any]):
     """Werkzeug's MultiDict API over Starlette's: ``get(key, default, type)``, ``getlist``, ``to_dict``."""
 
-    def get(self, key: Any, default: Any = None, type: Callable[[Any], Any] | None = None) -> Any:  # noqa: A002
+    def get(self, key: Any, default: Any = None, type: Callable[[Any], Any] | None = None) -> Any:
         if key not in self:
             return default
         value = self[key]
@@ -108,7 +108,7 @@ class AMLRequest:
         self.path = request.path
         self.args = MultiDict(request.query.multi_items())
         self.query_string = str(request.query).encode("latin-1")
-        self.full_path = f"{request.path}?{str(request.query)}"
+        self.full_path = f"{request.path}?{request.query!s}"
         self.content_type = request.content_type or None
         self.mimetype = request.mimetype
         self.remote_addr = request.client
@@ -237,8 +237,6 @@ def _compat_module_table() -> dict[str, types.ModuleType]:
         response = _module(f"{package}.aml_response", **response_attrs)
         table[request.__name__] = request
         table[response.__name__] = response
-        setattr(table[package], "aml_request", request)
-        setattr(table[package], "aml_response", response)
     for name, module in table.items():
         parent, _, child = name.rpartition(".")
         if parent in table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from plugins.azureml import AzureMLDefaults
 from runtime import plugins, scoring
 from runtime.context import InitContext
 from runtime.entry import EntryScript, load_entry_script
-from runtime.errors import StartupError
+from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.executor import Executor
 from runtime.headers import RequestIdMiddleware
 from runtime.pipeline import Pipeline
@@ -69,8 +70,9 @@ async def _call_each(pm: pluggy.PluginManager, name: str, stop_on_error: bool, *
 def build_state(settings: Settings) -> AppState:
     """Load plugins and the entry script (everything but ``init``)."""
     pm = plugins.new_manager()
-    plugins.load_plugins(pm, settings.plugins, backend=None)
     entry = load_entry_script(settings.entry_path) if settings.entry_path else None
+    plugins.load_plugins(pm, settings.plugins, backend=None)
+    # Registered after the plugins: pluggy calls trylast implementations registered later, later still.
     pm.register(AzureMLDefaults(entry), name="azureml-defaults")
     if entry is not None:
         plugins.register(pm, entry.hooks, f"entry:{entry.path}")
@@ -82,7 +84,12 @@ def build_state(settings: Settings) -> AppState:
     return AppState(settings, pm, entry, executor, pipeline, swagger, context)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, exit_on_startup_error: bool = False) -> Starlette:
+    """The app one worker serves.
+
+    With ``exit_on_startup_error`` (Gunicorn workers), a start-up error is logged as one clear message and
+    the worker exits with code 3, which makes the master stop with code 3 too, as azmlinfsrv does.
+    """
     settings = settings or Settings.from_env()
 
     @contextlib.asynccontextmanager
@@ -92,6 +99,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await _call_each(state.pm, "init", stop_on_error=True, context=state.context)
         except StartupError as ex:
             logger.error("Start-up failed: %s", ex)
+            if exit_on_startup_error:
+                logging.shutdown()
+                os._exit(STARTUP_EXIT_CODE)
             raise
         app.state.runtime = state
         logger.info("Worker ready: entry script %s, timeout %d ms", settings.entry_path, settings.timeout_ms)

@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-body-bytes", type=_positive, help="largest request body (env RUNTIME_MAX_BODY_BYTES; 100 MiB)"
     )
     serve.add_argument(
-        "--plugin", action="append", default=[], help="plugin module or .py path (repeatable; env RUNTIME_PLUGINS)"
+        "--plugin",
+        action="append",
+        default=[],
+        help="plugin module or .py path (repeatable; env RUNTIME_PLUGINS)",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (env AZUREML_LOG_LEVEL)")
     return parser

@@ -74,9 +74,7 @@ class Pipeline:
 
     def _all_inline(self, name: str) -> bool:
         impls = getattr(self.pm.hook, name).get_hookimpls()
-        return all(
-            getattr(i.function, INLINE_MARK, False) or inspect.iscoroutinefunction(i.function) for i in impls
-        )
+        return all(getattr(i.function, INLINE_MARK, False) or inspect.iscoroutinefunction(i.function) for i in impls)
 
     async def _call_first(self, name: str, **kwargs: Any) -> Any:
         hook = getattr(self.pm.hook, name)

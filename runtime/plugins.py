@@ -100,6 +100,5 @@ def known_hooks() -> list[str]:
     return sorted(
         name
         for name in dir(hookspecs)
-        if callable(getattr(hookspecs, name))
-        and hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT_NAME}_spec")
+        if callable(getattr(hookspecs, name)) and hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT_NAME}_spec")
     )

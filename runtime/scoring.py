@@ -96,8 +96,13 @@ async def score(request: Request) -> Response:
         response = error_response(ex.status_code, ex.message, run_failed=ex.status_code >= 500)
     except RunFailed as ex:
         response = run_failed_response(ex.original, request)
-    logger.debug("%s %s %d %.3fms", request.method, request.url.path, response.status_code,
-                 (time.perf_counter() - started) * 1000)
+    logger.debug(
+        "%s %s %d %.3fms",
+        request.method,
+        request.url.path,
+        response.status_code,
+        (time.perf_counter() - started) * 1000,
+    )
     return response
 
 

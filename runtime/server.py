@@ -20,7 +20,7 @@ from runtime.settings import Settings
 logger = logging.getLogger("runtime.server")
 
 
-class RuntimeWorker(UvicornWorker):
+class RuntimeWorker(UvicornWorker):  # type: ignore[misc]
     # httptools parses faster than h11; the Server header is left out as azmlinfsrv's responses carry none
     # of uvicorn's.
     CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": "httptools", "server_header": False}
@@ -54,7 +54,7 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> Starlette:
         from runtime.app import create_app
 
-        return create_app(Settings.from_env())
+        return create_app(Settings.from_env(), exit_on_startup_error=True)
 
 
 def serve(settings: Settings) -> None:

@@ -86,7 +86,13 @@ def _v2(prefix: str) -> dict[str, Any]:
                     "operationId": "GetSwaggerSpec",
                     "description": "Get the Swagger specification.",
                     "parameters": [
-                        {"name": "version", "in": "query", "required": False, "type": "integer", "enum": [2, 3]}
+                        {
+                            "name": "version",
+                            "in": "query",
+                            "required": False,
+                            "type": "integer",
+                            "enum": [2, 3],
+                        }
                     ],
                     "responses": {
                         "200": {"description": "The Swagger specification.", "schema": {"type": "string"}},

@@ -64,8 +64,11 @@ def observe(base: str, name: str) -> Observed:
     spec = REQUESTS[name]
     headers = {"x-request-id": f"test-{name}", **ID_HEADERS, **spec.get("headers", {})}
     response = httpx.request(
-        spec["method"], base + "/score" + spec.get("url_suffix", ""),
-        headers=headers, content=spec.get("content"), timeout=30,
+        spec["method"],
+        base + "/score" + spec.get("url_suffix", ""),
+        headers=headers,
+        content=spec.get("content"),
+        timeout=30,
     )
     return Observed(
         status=response.status_code,
@@ -90,12 +93,18 @@ def expected_from_reference(script: str, name: str, ref: Observed) -> Observed:
     if script == "schema" and name == "non_utf8":
         # azmlinfsrv's JSON parser crashes on non-UTF-8 bytes (500); the runtime says what is wrong.
         out.status = 400
-        out.body = json.dumps({"message": "Input cannot be decoded as UTF-8: 'utf-8' codec can't decode byte "
-                               "0xff in position 7: invalid start byte"}).encode()
+        out.body = json.dumps(
+            {
+                "message": "Input cannot be decoded as UTF-8: 'utf-8' codec can't decode byte "
+                "0xff in position 7: invalid start byte"
+            }
+        ).encode()
     if script == "not_serializable" and name in ("valid", "get_query", "slow", "empty_body", "invalid_json"):
         out.body = json.dumps(
-            {"message": "run() returned a value that cannot be serialised to JSON: "
-             "Object of type set is not JSON serializable"}
+            {
+                "message": "run() returned a value that cannot be serialised to JSON: "
+                "Object of type set is not JSON serializable"
+            }
         ).encode()
         out.headers["x-ms-run-function-failed"] = "True"
     if ref.headers["x-request-id"] is None and ref.status in (404, 405):
@@ -118,17 +127,29 @@ def start_pair(script: str, azml_python: Path, tmp: Path) -> tuple[ServerProcess
     ref_port, our_port = free_port(), free_port()
     reference = ServerProcess(
         [str(azml_python), str(LAUNCHER), "--entry_script", entry, "--port", str(ref_port)],
-        ref_port, tmp / f"azmlinfsrv-{script}.log", env=env, cwd=tmp,
+        ref_port,
+        tmp / f"azmlinfsrv-{script}.log",
+        env=env,
+        cwd=tmp,
     )
     ours = ServerProcess(
         runtime_argv("serve", "--entry", entry, "--port", str(our_port)),
-        our_port, tmp / f"runtime-{script}.log", env=env, cwd=tmp,
+        our_port,
+        tmp / f"runtime-{script}.log",
+        env=env,
+        cwd=tmp,
     )
     return reference.start(wait=False), ours.start(wait=False)
 
 
 SERVED_SCRIPTS = [
-    "undecorated", "request_headers", "rawhttp", "amlresponse", "schema", "run_raises", "slow_run",
+    "undecorated",
+    "request_headers",
+    "rawhttp",
+    "amlresponse",
+    "schema",
+    "run_raises",
+    "slow_run",
     "not_serializable",
 ]
 
@@ -155,8 +176,9 @@ def test_same_answers_as_azmlinfsrv(pair: tuple[str, ServerProcess, ServerProces
         got = observe(ours.url, name)
         want = expected_from_reference(script, name, ref)
         if got != want:
-            mismatches.append(f"{script}/{name}:\n  azmlinfsrv: {ref.show()}\n  expected:   {want.show()}\n"
-                              f"  runtime:    {got.show()}")
+            mismatches.append(
+                f"{script}/{name}:\n  azmlinfsrv: {ref.show()}\n  expected:   {want.show()}\n  runtime:    {got.show()}"
+            )
     assert not mismatches, "\n".join(mismatches)
 
 

@@ -1,5 +1,4 @@
-from azureml_inference_server_http.api.aml_request import AMLRequest, rawhttp
-from azureml_inference_server_http.api.aml_response import AMLResponse
+from azureml_inference_server_http.api.aml_request import rawhttp
 
 
 def init():

@@ -1,0 +1,6 @@
+def init(model_path):
+    pass
+
+
+def run(data):
+    return data

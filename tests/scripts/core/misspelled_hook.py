@@ -1,0 +1,10 @@
+def init():
+    pass
+
+
+def run(data):
+    return data
+
+
+def preproces(request):
+    return request

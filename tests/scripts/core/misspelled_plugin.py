@@ -1,0 +1,6 @@
+from runtime import hookimpl
+
+
+@hookimpl
+def postprocesss(request, outputs):
+    return outputs

@@ -1,0 +1,10 @@
+def init():
+    pass
+
+
+def run(data):
+    return data
+
+
+def postprocess(request, outputs, extra_argument):
+    return outputs
