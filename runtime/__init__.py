@@ -1,6 +1,7 @@
 """Scoring runtime: serve Azure ML entry scripts with batching, on onnxruntime or Triton."""
 
 from runtime.aml import AMLRequest, AMLResponse, rawhttp
+from runtime.api import infer, infer_async
 from runtime.errors import BadRequest, ServingError
 from runtime.hookspecs import hookimpl
 from runtime.pipeline import InferRequest
@@ -15,5 +16,7 @@ __all__ = [
     "ServingError",
     "__version__",
     "hookimpl",
+    "infer",
+    "infer_async",
     "rawhttp",
 ]

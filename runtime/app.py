@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -17,14 +18,16 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from plugins.azureml import AzureMLDefaults
-from runtime import plugins, scoring
+from runtime import api, plugins, scoring, v2
 from runtime.context import InitContext
 from runtime.entry import EntryScript, load_entry_script
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.executor import Executor
 from runtime.headers import RequestIdMiddleware
+from runtime.metrics import MetricsMiddleware, metrics_endpoint
 from runtime.pipeline import Pipeline
 from runtime.responses import error_response
 from runtime.settings import Settings
@@ -53,12 +56,20 @@ class AppState:
 
 
 async def _call_each(pm: pluggy.PluginManager, name: str, stop_on_error: bool, **kwargs: Any) -> None:
-    """Call every implementation of a broadcast hook in pluggy's order, awaiting async ones in turn."""
+    """Call every implementation of a broadcast hook in pluggy's order, one after the other.
+
+    Async implementations are awaited on the loop; sync ones run in a thread, so that a sync init()
+    may call the blocking :func:`runtime.infer` (e.g. to warm up).
+    """
     for impl in reversed(getattr(pm.hook, name).get_hookimpls()):
+        args = [kwargs[arg] for arg in impl.argnames]
         try:
-            result = impl.function(*(kwargs[arg] for arg in impl.argnames))
-            if inspect.isawaitable(result):
-                await result
+            if inspect.iscoroutinefunction(impl.function):
+                await impl.function(*args)
+            else:
+                result = await asyncio.to_thread(impl.function, *args)
+                if inspect.isawaitable(result):
+                    await result
         except Exception as ex:
             where = f"{name}() of {impl.plugin_name}"
             if stop_on_error:
@@ -71,7 +82,7 @@ def build_state(settings: Settings) -> AppState:
     """Load plugins and the entry script (everything but ``init``)."""
     pm = plugins.new_manager()
     entry = load_entry_script(settings.entry_path) if settings.entry_path else None
-    plugins.load_plugins(pm, settings.plugins, backend=None)
+    plugins.load_plugins(pm, settings.plugins, backend=settings.backend)
     # Registered after the plugins: pluggy calls trylast implementations registered later, later still.
     pm.register(AzureMLDefaults(entry), name="azureml-defaults")
     if entry is not None:
@@ -82,6 +93,12 @@ def build_state(settings: Settings) -> AppState:
     context = InitContext(settings=settings, plugin_manager=pm)
     swagger = Swagger(settings, entry.run if entry else None)
     return AppState(settings, pm, entry, executor, pipeline, swagger, context)
+
+
+def _only_model(pm: pluggy.PluginManager) -> str | None:
+    """The model hook-style scripts use when preprocess names none: the repository's only model."""
+    names = {entry["name"] for result in pm.hook.model_index() for entry in result}
+    return names.pop() if len(names) == 1 else None
 
 
 def create_app(settings: Settings | None = None, exit_on_startup_error: bool = False) -> Starlette:
@@ -96,7 +113,9 @@ def create_app(settings: Settings | None = None, exit_on_startup_error: bool = F
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             state = build_state(settings)
+            api.bind(asyncio.get_running_loop(), state.pm)
             await _call_each(state.pm, "init", stop_on_error=True, context=state.context)
+            state.pipeline.default_model = _only_model(state.pm)
         except StartupError as ex:
             logger.error("Start-up failed: %s", ex)
             if exit_on_startup_error:
@@ -110,14 +129,18 @@ def create_app(settings: Settings | None = None, exit_on_startup_error: bool = F
         finally:
             await _call_each(state.pm, "shutdown", stop_on_error=False)
             state.executor.shutdown()
+            api.unbind()
 
-    middleware = [Middleware(RequestIdMiddleware, server_version=settings.server_version_header)]
+    middleware = [
+        Middleware(MetricsMiddleware),
+        Middleware(RequestIdMiddleware, server_version=settings.server_version_header),
+    ]
     if settings.cors_origins:
         middleware.append(
             Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"])
         )
     return Starlette(
-        routes=scoring.routes(),
+        routes=[*scoring.routes(), *v2.routes(), Route("/metrics", metrics_endpoint, methods=["GET"])],
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},

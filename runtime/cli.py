@@ -52,7 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="plugin module or .py path (repeatable; env RUNTIME_PLUGINS)",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (env AZUREML_LOG_LEVEL)")
+
+    check = sub.add_parser("check", help="show how the models of a repository will be served")
+    check.add_argument("--model-dir", required=True, help="the model directory (holding triton/ or models)")
     return parser
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from runtime.check import check_repository
+
+    return check_repository(args.model_dir, sys.stdout)
 
 
 # CLI flag -> environment variable: flags override the environment, and workers read the environment.
@@ -94,14 +103,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     configure(settings.log_level)
     entry = settings.entry_path
-    if entry is None:
-        print("runtime serve: give --entry score.py (or set AZUREML_ENTRY_SCRIPT)", file=sys.stderr)
+    if entry is None and not settings.model_dir:
+        print("runtime serve: give --entry score.py and/or --model-dir DIR", file=sys.stderr)
         return 2
-    if not os.path.isfile(entry):
-        print(f"runtime serve: entry script {entry} does not exist", file=sys.stderr)
-        return STARTUP_EXIT_CODE
-    # Workers resolve the script the same way, whatever their working directory.
-    os.environ["AZUREML_ENTRY_SCRIPT"] = entry
+    if entry is not None:
+        if not os.path.isfile(entry):
+            print(f"runtime serve: entry script {entry} does not exist", file=sys.stderr)
+            return STARTUP_EXIT_CODE
+        # Workers resolve the script the same way, whatever their working directory.
+        os.environ["AZUREML_ENTRY_SCRIPT"] = entry
     from runtime.server import serve
 
     serve(settings)
@@ -112,4 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command == "check":
+        return cmd_check(args)
     raise AssertionError(args.command)  # pragma: no cover

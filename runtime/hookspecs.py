@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from runtime.context import InitContext
+    from runtime.repository import ModelConfig
     from runtime.request import ScoringRequest
 
 PROJECT_NAME = "scoring_runtime"
@@ -62,15 +63,45 @@ def preprocess(request: ScoringRequest) -> Any:
 
 @hookspec(firstresult=True)
 def infer(
-    model: str, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any]
+    model: str, version: str | None, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any]
 ) -> Awaitable[dict[str, np.ndarray]] | None:
-    """Run ``model`` on ``inputs``; implemented by backend plugins.
+    """Run ``model`` (``version``; None: the latest) on ``inputs``; implemented by backend plugins.
 
-    Return ``None`` when this plugin does not serve ``model``; otherwise an
-    awaitable that resolves to the outputs by name. Backends that batch join
-    concurrent calls into one execution. Stops at the first non-None result.
-    Called on the event loop: do not block here.
+    Called for /score in hook style, by :func:`runtime.infer` and by the KServe
+    v2 infer endpoint. Inputs are batch first when the model batches. Return
+    ``None`` when this plugin does not serve ``model``; otherwise an awaitable
+    that resolves to the outputs by name. Raise
+    :class:`runtime.errors.BadRequest` for inputs that do not fit the model.
+    Backends that batch join concurrent calls into one execution. Stops at the
+    first non-None result. Called on the event loop: do not block here.
     """
+
+
+@hookspec
+def model_index() -> list[dict[str, str]]:
+    """The models this backend serves: ``[{"name", "version", "state"}]``, as Triton's repository index.
+
+    Every implementation is called; the lists are joined.
+    """
+
+
+@hookspec(firstresult=True)
+def model_config(model: str, version: str | None) -> ModelConfig | None:
+    """The completed config of ``model``, or ``None`` if this plugin does not serve it.
+
+    The v2 metadata and config endpoints, and input checking, are built on it.
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def model_ready(model: str, version: str | None) -> bool | Awaitable[bool] | None:
+    """Whether ``model`` can take requests now; ``None`` if this plugin does not serve it."""
+
+
+@hookspec
+def server_ready() -> bool | Awaitable[bool]:
+    """Whether this plugin's backend can take requests (``/v2/health/ready`` is the AND of all)."""
 
 
 @hookspec(firstresult=True)

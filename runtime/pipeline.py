@@ -136,9 +136,14 @@ class Pipeline:
 
 
 async def infer(
-    pm: pluggy.PluginManager, model: str, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
+    pm: pluggy.PluginManager,
+    model: str,
+    inputs: Mapping[str, Any],
+    parameters: Mapping[str, Any] | None = None,
+    version: str | None = None,
 ) -> dict[str, np.ndarray]:
-    pending = pm.hook.infer(model=model, inputs=inputs, parameters=parameters)
+    """Call the ``infer`` hook: the backend that serves ``model`` runs it (batched where it batches)."""
+    pending = pm.hook.infer(model=model, version=version, inputs=inputs, parameters=parameters or {})
     if pending is None:
         from runtime.errors import NotFound
 

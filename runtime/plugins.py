@@ -29,7 +29,10 @@ ENTRY_POINT_GROUP = "scoring_runtime"
 
 # Plain modules registered by name, like pytest's built-in plugins.
 BUILTIN_PLUGINS: tuple[str, ...] = ("plugins.azureml",)
-BACKEND_PLUGINS: dict[str, str] = {}
+# Backends are plugin objects (one per worker, they hold models): name -> "module:factory".
+BACKEND_PLUGINS: dict[str, str] = {
+    "onnxruntime": "plugins.onnxruntime_backend:OnnxRuntimeBackend",
+}
 
 
 def new_manager() -> pluggy.PluginManager:
@@ -77,7 +80,8 @@ def load_plugins(pm: pluggy.PluginManager, extra: tuple[str, ...] = (), backend:
         if module is None:
             known = ", ".join(sorted(BACKEND_PLUGINS)) or "none"
             raise StartupError(f"Unknown backend {backend!r}; known backends: {known}.")
-        register(pm, import_plugin(module), module)
+        module_name, _, factory = module.partition(":")
+        register(pm, getattr(import_plugin(module_name), factory)(), backend)
     try:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     except pluggy.PluginValidationError as ex:

@@ -68,6 +68,12 @@ async def swagger(request: Request) -> Response:
 async def score(request: Request) -> Response:
     state = state_of(request)
     entry = state.entry
+    if entry is None:
+        return error_response(
+            404,
+            "This server has no entry script (runtime serve --entry score.py); its models are served at "
+            "/v2/models/<model>/infer.",
+        )
     raw = entry is not None and entry.input_mode is InputMode.RAW
     if request.method == "OPTIONS" and not raw:
         # CORS preflight is answered by the CORS middleware when AML_CORS_ORIGINS is set.

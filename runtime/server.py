@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -44,6 +46,7 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
             "accesslog": None if os.environ.get("RUNTIME_ACCESS_LOG", "true").lower() == "false" else "-",
             "errorlog": "-",
             "proc_name": "runtime",
+            "child_exit": _child_exit,
         }
         if "control_socket_disable" in self.cfg.settings:
             # Gunicorn >= 25 opens a control socket at one fixed path per user; parallel servers would clash.
@@ -57,5 +60,25 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
         return create_app(Settings.from_env(), exit_on_startup_error=True)
 
 
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def _prepare_metrics_dir() -> str | None:
+    """One folder for all workers' metric files (prometheus-client multiprocess mode); ours to clean."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    path = tempfile.mkdtemp(prefix="runtime-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
 def serve(settings: Settings) -> None:
-    ServerApplication(settings).run()
+    created = _prepare_metrics_dir()
+    try:
+        ServerApplication(settings).run()
+    finally:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)

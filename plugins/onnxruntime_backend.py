@@ -1,0 +1,221 @@
+"""The embedded backend: onnxruntime sessions for every model in the repository, with dynamic batching.
+
+Nothing else to start: ``runtime serve --model-dir DIR`` loads
+``DIR/triton/<model>/<version>/model.onnx`` (or ``DIR/<model>/...``), one
+session per ``instance_group`` instance, and a :class:`DynamicBatcher` per
+model version that batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from runtime import metrics
+from runtime.batching import BatchStats, DynamicBatcher, Tensors
+from runtime.context import InitContext
+from runtime.errors import NotFound, ServingError
+from runtime.hookspecs import hookimpl
+from runtime.repository import ModelConfig, load_repository, looks_like_repository
+from runtime.tensors import shape_outputs, validate_inputs
+
+logger = logging.getLogger("runtime.onnxruntime")
+
+
+class InferenceFailed(ServingError):
+    status_code = 500
+
+
+def session_options(threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning threads burn the cores other instances, workers and the HTTP loop need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def providers() -> list[str]:
+    import onnxruntime as ort
+
+    wanted = [p for p in os.environ.get("RUNTIME_ORT_PROVIDERS", "").split(",") if p]
+    available = ort.get_available_providers()
+    chosen = [p for p in wanted if p in available]
+    return chosen or ["CPUExecutionProvider"]
+
+
+class LoadedModel:
+    """One version of one model: its sessions, and the batcher or plain scheduler in front of them."""
+
+    def __init__(self, config: ModelConfig, version: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        self.config = config
+        self.version = version
+        path = str(config.model_file(version))
+        options = session_options(threads)
+        self.sessions = [
+            ort.InferenceSession(path, sess_options=options, providers=providers())
+            for _ in range(config.instance_count)
+        ]
+        self._string_inputs = {t.name for t in config.inputs if t.datatype == "BYTES"}
+        self._output_names = [t.name for t in config.outputs]
+        self._pool = ThreadPoolExecutor(config.instance_count, thread_name_prefix=f"ort-{config.name}")
+        self._batcher: DynamicBatcher | None = None
+        self._free: asyncio.Semaphore | None = None
+        self._instances: list[int] = []
+
+    def start(self) -> None:
+        dynamic = self.config.dynamic_batching
+        if dynamic is not None and self.config.max_batch_size > 0:
+            self._batcher = DynamicBatcher(
+                self._execute,
+                instances=len(self.sessions),
+                max_batch_size=self.config.max_batch_size,
+                max_queue_delay_us=dynamic.max_queue_delay_us,
+                preferred_batch_sizes=dynamic.preferred_batch_sizes,
+                preserve_ordering=dynamic.preserve_ordering,
+                on_batch=self._record,
+            )
+            self._batcher.start()
+        else:
+            self._free = asyncio.Semaphore(len(self.sessions))
+            self._instances = list(range(len(self.sessions)))
+
+    async def stop(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _record(self, stats: BatchStats) -> None:
+        metrics.record_batch(self.config.name, self.version, stats)
+
+    def _run_session(self, instance: int, inputs: Tensors) -> Tensors:
+        feeds: dict[str, Any] = {}
+        for name, value in inputs.items():
+            if name in self._string_inputs:
+                # onnxruntime takes string tensors as numpy arrays of str.
+                value = np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(value)
+            feeds[name] = value
+        results = self.sessions[instance].run(self._output_names, feeds)
+        return dict(zip(self._output_names, results, strict=True))
+
+    async def _execute(self, instance: int, inputs: Tensors) -> Tensors:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, self._run_session, instance, inputs)
+        except Exception as ex:
+            logger.error("Model %s version %s failed to execute: %s", self.config.name, self.version, ex)
+            raise InferenceFailed(f"inference failed for model '{self.config.name}': {ex}") from ex
+
+    async def _execute_alone(self, inputs: Tensors) -> Tensors:
+        assert self._free is not None
+        async with self._free:
+            instance = self._instances.pop()
+            started = time.perf_counter()
+            try:
+                return await self._execute(instance, inputs)
+            finally:
+                self._instances.append(instance)
+                size = int(next(iter(inputs.values())).shape[0]) if self.config.max_batch_size > 0 else 1
+                self._record(BatchStats(size, 1, [0.0], time.perf_counter() - started))
+
+    async def infer(self, inputs: Mapping[str, Any]) -> Tensors:
+        started = time.perf_counter()
+        ok = False
+        try:
+            checked = validate_inputs(self.config, inputs)
+            if self._batcher is not None:
+                outputs = await self._batcher.submit(checked)
+            else:
+                outputs = await self._execute_alone(checked)
+            ok = True
+            return shape_outputs(self.config, outputs)
+        finally:
+            metrics.record_request(self.config.name, self.version, time.perf_counter() - started, ok)
+
+
+class OnnxRuntimeBackend:
+    """The plugin object; ``runtime serve`` registers one per worker."""
+
+    name = "onnxruntime"
+
+    def __init__(self) -> None:
+        self.configs: dict[str, ModelConfig] = {}
+        self.models: dict[tuple[str, str], LoadedModel] = {}
+        self.ready = False
+
+    def _lookup(self, model: str, version: str | None) -> LoadedModel | None:
+        config = self.configs.get(model)
+        if config is None:
+            return None
+        version = version or config.latest_version
+        loaded = self.models.get((model, version))
+        if loaded is None:
+            raise NotFound(f"Request for unknown model: '{model}' version {version} is not found")
+        return loaded
+
+    @hookimpl(tryfirst=True)
+    async def init(self, context: InitContext) -> None:
+        model_dir = context.settings.model_dir
+        if not model_dir or not looks_like_repository(model_dir):
+            logger.info("No model repository in %s: the embedded backend serves no models", model_dir)
+            self.ready = True
+            return
+        configs = await asyncio.to_thread(load_repository, model_dir)
+        cores = os.cpu_count() or 1
+        for config in configs:
+            threads = max(1, cores // (config.instance_count * context.settings.workers))
+            for version in config.versions:
+                loaded = await asyncio.to_thread(LoadedModel, config, version, threads)
+                loaded.start()
+                self.models[(config.name, version)] = loaded
+            self.configs[config.name] = config
+            logger.info(
+                "Loaded model %s versions %s (max_batch_size %d, %d instance(s), %d thread(s) each)",
+                config.name,
+                ",".join(config.versions),
+                config.max_batch_size,
+                config.instance_count,
+                threads,
+            )
+        self.ready = True
+
+    @hookimpl
+    def infer(
+        self, model: str, version: str | None, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
+    ) -> Awaitable[dict[str, np.ndarray]] | None:
+        loaded = self._lookup(model, version)
+        return None if loaded is None else loaded.infer(inputs)
+
+    @hookimpl
+    def model_index(self) -> list[dict[str, str]]:
+        return [{"name": name, "version": v, "state": "READY"} for name, v in sorted(self.models)]
+
+    @hookimpl
+    def model_config(self, model: str, version: str | None) -> ModelConfig | None:
+        loaded = self._lookup(model, version)
+        return None if loaded is None else loaded.config
+
+    @hookimpl
+    def model_ready(self, model: str, version: str | None) -> bool | None:
+        loaded = self._lookup(model, version)
+        return None if loaded is None else self.ready
+
+    @hookimpl
+    def server_ready(self) -> bool:
+        return self.ready
+
+    @hookimpl
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(m.stop() for m in self.models.values()))

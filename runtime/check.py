@@ -1,0 +1,55 @@
+"""``runtime check``: load a repository the way the server will, and print what it will serve."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from runtime.errors import StartupError
+from runtime.repository import ModelConfig, load_repository, repository_root
+from runtime.tensors import expected_shape
+
+
+def describe(config: ModelConfig) -> str:
+    lines = [f"model {config.name}  versions {', '.join(config.versions)}  max_batch_size {config.max_batch_size}"]
+    batching = config.dynamic_batching
+    if batching is not None:
+        lines.append(
+            f"  dynamic batching: max_queue_delay {batching.max_queue_delay_us} us, "
+            f"preferred sizes {list(batching.preferred_batch_sizes) or 'none'}, "
+            f"preserve_ordering {batching.preserve_ordering}"
+        )
+    lines.append(f"  instances: {config.instance_count}")
+    for kind, specs in (("input ", config.inputs), ("output", config.outputs)):
+        for spec in specs:
+            extra = f"  reshape {list(spec.reshape)}" if spec.reshape is not None else ""
+            if spec.labels is not None:
+                extra += f"  labels {len(spec.labels)}"
+            lines.append(f"  {kind} {spec.name}: {spec.datatype} {expected_shape(config, spec)}{extra}")
+    lines.append("  completed config.pbtxt:")
+    lines.extend(f"    {line}" for line in config.config_text().rstrip().splitlines())
+    return "\n".join(lines)
+
+
+def check_repository(model_dir: str, out: TextIO) -> int:
+    try:
+        configs = load_repository(model_dir)
+        for config in configs:
+            for version in config.versions:
+                _try_session(config, version)
+    except StartupError as ex:
+        print(f"error: {ex}", file=out)
+        return 1
+    print(f"repository {repository_root(model_dir)}: {len(configs)} model(s), all loadable", file=out)
+    for config in configs:
+        print(describe(config), file=out)
+    return 0
+
+
+def _try_session(config: ModelConfig, version: str) -> None:
+    import onnxruntime as ort
+
+    path = config.model_file(version)
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as ex:
+        raise StartupError(f"{path}: onnxruntime cannot load it: {ex}") from None

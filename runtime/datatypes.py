@@ -1,0 +1,64 @@
+"""Datatype names: Triton config (TYPE_FP32), KServe v2 wire (FP32), numpy and ONNX."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# v2 wire name -> numpy dtype. BYTES tensors are numpy object arrays of bytes.
+WIRE_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+
+ONNX_TO_WIRE: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def config_to_wire(data_type: str) -> str:
+    """``TYPE_FP32`` -> ``FP32`` (Triton's config enum name to the v2 datatype; TYPE_STRING is BYTES)."""
+    name = data_type.removeprefix("TYPE_")
+    return "BYTES" if name == "STRING" else name
+
+
+def wire_to_config(datatype: str) -> str:
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def numpy_to_wire(dtype: np.dtype) -> str:
+    if dtype.kind in ("O", "S", "U"):
+        return "BYTES"
+    for wire, candidate in WIRE_TO_NUMPY.items():
+        if candidate == dtype:
+            return wire
+    raise ValueError(f"numpy dtype {dtype} has no KServe v2 datatype")
+
+
+def wire_to_numpy(datatype: str) -> np.dtype:
+    try:
+        return WIRE_TO_NUMPY[datatype]
+    except KeyError:
+        raise ValueError(f"unsupported datatype {datatype!r}; known: {', '.join(WIRE_TO_NUMPY)}") from None

@@ -1,0 +1,112 @@
+"""Prometheus metrics, shared across Gunicorn workers (prometheus-client's multiprocess mode).
+
+Names follow Triton where the meaning is the same (``nv_inference_*``);
+the rest are ``runtime_*``. ``runtime serve`` sets PROMETHEUS_MULTIPROC_DIR
+before the workers start, so every worker writes its samples there and
+``GET /metrics`` on any worker reports the sum.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runtime.batching import BatchStats
+
+# The *_created samples double the output and mean nothing across worker restarts.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+MODEL = ("model", "version")
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+HTTP_REQUESTS = Counter("runtime_http_requests", "HTTP requests by route and status", ["method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "runtime_http_request_duration_seconds", "HTTP request latency", ["method", "route"], buckets=LATENCY_BUCKETS
+)
+REQUEST_SUCCESS = Counter("nv_inference_request_success", "Successful inference requests", MODEL)
+REQUEST_FAILURE = Counter("nv_inference_request_failure", "Failed inference requests", MODEL)
+INFERENCE_COUNT = Counter("nv_inference_count", "Inferences performed (a batch of N counts N)", MODEL)
+EXEC_COUNT = Counter("nv_inference_exec_count", "Model executions (a batch counts once)", MODEL)
+REQUEST_DURATION = Counter("nv_inference_request_duration_us", "Cumulative request duration (us)", MODEL)
+QUEUE_DURATION = Counter("nv_inference_queue_duration_us", "Cumulative time requests waited in queue (us)", MODEL)
+COMPUTE_DURATION = Counter("nv_inference_compute_infer_duration_us", "Cumulative model execution time (us)", MODEL)
+BATCH_SIZE = Histogram("runtime_batch_size", "Size of each executed batch", MODEL, buckets=BATCH_BUCKETS)
+QUEUE_TIME = Histogram(
+    "runtime_queue_duration_seconds", "Time a request waited for its batch", MODEL, buckets=LATENCY_BUCKETS
+)
+
+
+def record_batch(model: str, version: str, stats: BatchStats) -> None:
+    labels = (model, version)
+    EXEC_COUNT.labels(*labels).inc()
+    INFERENCE_COUNT.labels(*labels).inc(stats.batch_size)
+    BATCH_SIZE.labels(*labels).observe(stats.batch_size)
+    COMPUTE_DURATION.labels(*labels).inc(stats.compute_seconds * 1e6)
+    for waited in stats.queue_seconds:
+        QUEUE_TIME.labels(*labels).observe(waited)
+        QUEUE_DURATION.labels(*labels).inc(waited * 1e6)
+
+
+def record_request(model: str, version: str, seconds: float, ok: bool) -> None:
+    (REQUEST_SUCCESS if ok else REQUEST_FAILURE).labels(model, version).inc()
+    REQUEST_DURATION.labels(model, version).inc(seconds * 1e6)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+    else:
+        body = generate_latest()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by its route template (bounded label values) and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    def _route(self, scope: Scope) -> str:
+        for route in scope["app"].routes if "app" in scope else ():
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(route, "path", "other"))
+        return "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = self._route(scope)
+            method = scope["method"]
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)

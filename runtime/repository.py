@@ -1,0 +1,346 @@
+"""The model repository, read the way Triton reads it.
+
+Layout: ``<model-dir>/triton/<model>/<version>/model.onnx`` (what Azure ML
+registers for Triton), or ``<model-dir>/<model>/<version>/`` when there is no
+``triton/`` folder. ``config.pbtxt`` is optional: it is parsed as protobuf
+text into Triton's ``ModelConfig`` and completed from the ONNX graph as
+``tritonserver --strict-model-config=false`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from runtime.datatypes import config_to_wire, wire_to_config
+from runtime.errors import StartupError
+
+DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
+ONNX_PLATFORM = "onnxruntime_onnx"
+ONNX_BACKEND = "onnxruntime"
+# Fields of ModelConfig that protobuf's JSON mapping writes as strings (64-bit ints); Triton writes numbers.
+_INT64_KEYS = {
+    "dims",
+    "shape",
+    "versions",
+    "max_queue_delay_microseconds",
+    "default_timeout_microseconds",
+    "priority_levels",
+    "default_priority_level",
+}
+
+
+class RepositoryError(StartupError):
+    """The repository cannot be served; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # KServe v2 name: FP32, BYTES, ...
+    dims: tuple[int, ...]  # without the batch dimension when the model batches; -1 is any size
+    reshape: tuple[int, ...] | None = None
+    labels: tuple[str, ...] | None = None
+
+    @property
+    def model_dims(self) -> tuple[int, ...]:
+        """The shape the model itself sees (after ``reshape``)."""
+        return self.reshape if self.reshape is not None else self.dims
+
+
+@dataclass(frozen=True)
+class DynamicBatching:
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    preserve_ordering: bool = False
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    path: Path  # the model's folder
+    max_batch_size: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    versions: list[str]  # loaded versions, ascending
+    dynamic_batching: DynamicBatching | None
+    instance_count: int
+    model_filename: str
+    proto: mc.ModelConfig = field(repr=False)
+
+    @property
+    def latest_version(self) -> str:
+        return self.versions[-1]
+
+    def model_file(self, version: str) -> Path:
+        return self.path / version / self.model_filename
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+    def config_json(self) -> dict[str, object]:
+        """The completed config as Triton's ``GET /v2/models/{m}/config`` returns it."""
+        data = json_format.MessageToDict(
+            self.proto, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        result = _int64_to_numbers(data)
+        assert isinstance(result, dict)
+        return result
+
+    def config_text(self) -> str:
+        return str(text_format.MessageToString(self.proto, use_short_repeated_primitives=True))
+
+
+def _int64_to_numbers(value: object, key: str = "") -> object:
+    if isinstance(value, dict):
+        return {k: _int64_to_numbers(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_int64_to_numbers(v, key) for v in value]
+    if key in _INT64_KEYS and isinstance(value, str) and re.fullmatch(r"-?\d+", value):
+        return int(value)
+    return value
+
+
+def repository_root(model_dir: str | os.PathLike[str]) -> Path:
+    root = Path(model_dir)
+    return root / "triton" if (root / "triton").is_dir() else root
+
+
+def looks_like_repository(model_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``model_dir`` holds a model repository (an Azure ML model folder may hold anything else)."""
+    root = Path(model_dir)
+    if (root / "triton").is_dir():
+        return True
+    if not root.is_dir():
+        return False
+    for model in root.iterdir():
+        if not model.is_dir():
+            continue
+        if (model / "config.pbtxt").is_file():
+            return True
+        if any(v.is_dir() and v.name.isdigit() and any(v.glob("*.onnx")) for v in model.iterdir()):
+            return True
+    return False
+
+
+def _parse_config(path: Path) -> tuple[mc.ModelConfig, bool]:
+    """The parsed config and whether it sets max_batch_size explicitly (proto3 cannot tell 0 from unset)."""
+    text = path.read_text(encoding="utf-8")
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as ex:
+        line = ex.GetLine()
+        where = f"{path}:{line}" if line else str(path)
+        message = str(ex).split(" : ", 1)[-1]
+        raise RepositoryError(f"{where}: invalid config.pbtxt: {message}") from None
+    explicit = re.search(r"(^|\s)max_batch_size\s*:", re.sub(r"#.*", "", text)) is not None
+    return config, explicit
+
+
+@dataclass
+class _OnnxIO:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def _onnx_io(path: Path) -> tuple[list[_OnnxIO], list[_OnnxIO]]:
+    import onnx
+    from onnx import helper
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as ex:
+        raise RepositoryError(f"{path}: not a readable ONNX model: {ex}") from None
+    initializers = {i.name for i in model.graph.initializer}
+
+    def describe(value: onnx.ValueInfoProto) -> _OnnxIO:
+        tensor = value.type.tensor_type
+        if tensor.elem_type == onnx.TensorProto.STRING:
+            datatype = "BYTES"
+        else:
+            from runtime.datatypes import numpy_to_wire
+
+            datatype = numpy_to_wire(np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+        return _OnnxIO(value.name, datatype, shape)
+
+    inputs = [describe(v) for v in model.graph.input if v.name not in initializers]
+    outputs = [describe(v) for v in model.graph.output]
+    return inputs, outputs
+
+
+def _select_versions(config: mc.ModelConfig, available: list[int], model_path: Path) -> list[int]:
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return available
+    if choice == "specific":
+        wanted = sorted(int(v) for v in policy.specific.versions)
+        missing = [v for v in wanted if v not in available]
+        if missing:
+            raise RepositoryError(
+                f"{model_path / 'config.pbtxt'}: version_policy asks for versions {missing}, "
+                f"which are not in {model_path}"
+            )
+        return wanted
+    count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions > 0 else 1
+    return available[-count:]
+
+
+def _complete_tensors(
+    declared: list[mc.ModelInput] | list[mc.ModelOutput],
+    onnx_tensors: list[_OnnxIO],
+    batched: bool,
+    kind: str,
+    model_path: Path,
+) -> list[TensorSpec]:
+    by_name = {t.name: t for t in onnx_tensors}
+    config_file = model_path / "config.pbtxt"
+    if not declared:
+        return [TensorSpec(t.name, t.datatype, t.shape[1:] if batched else t.shape) for t in onnx_tensors]
+    specs = []
+    for tensor in declared:
+        onnx_tensor = by_name.get(tensor.name)
+        if onnx_tensor is None:
+            known = ", ".join(by_name)
+            raise RepositoryError(f"{config_file}: {kind} {tensor.name!r} is not in the ONNX model (it has {known})")
+        datatype = config_to_wire(mc.DataType.Name(tensor.data_type))
+        if tensor.data_type == mc.TYPE_INVALID:
+            datatype = onnx_tensor.datatype
+        elif datatype != onnx_tensor.datatype:
+            raise RepositoryError(
+                f"{config_file}: {kind} {tensor.name!r} has data_type {wire_to_config(datatype)}, "
+                f"but the ONNX model has {wire_to_config(onnx_tensor.datatype)}"
+            )
+        dims = tuple(int(d) for d in tensor.dims) or (onnx_tensor.shape[1:] if batched else onnx_tensor.shape)
+        reshape = tuple(int(d) for d in tensor.reshape.shape) if tensor.HasField("reshape") else None
+        labels = None
+        if isinstance(tensor, mc.ModelOutput) and tensor.label_filename:
+            label_path = model_path / tensor.label_filename
+            if not label_path.is_file():
+                raise RepositoryError(f"{config_file}: label_filename {label_path} does not exist")
+            labels = tuple(label_path.read_text(encoding="utf-8").splitlines())
+        specs.append(TensorSpec(tensor.name, datatype, dims, reshape, labels))
+    return specs
+
+
+def load_model(model_path: Path) -> ModelConfig:
+    config_file = model_path / "config.pbtxt"
+    if config_file.is_file():
+        config, explicit_batch = _parse_config(config_file)
+    else:
+        config, explicit_batch = mc.ModelConfig(), False
+    name = model_path.name
+    if config.name and config.name != name:
+        raise RepositoryError(f"{config_file}: name {config.name!r} does not match the folder name {name!r}")
+    if (config.platform and config.platform != ONNX_PLATFORM) or (config.backend and config.backend != ONNX_BACKEND):
+        raise RepositoryError(
+            f"{config_file}: platform {config.platform or config.backend!r} is not served by the embedded "
+            f"onnxruntime backend; use --backend triton"
+        )
+    filename = config.default_model_filename or "model.onnx"
+    available = sorted(int(p.name) for p in model_path.iterdir() if p.is_dir() and p.name.isdigit())
+    available = [v for v in available if (model_path / str(v) / filename).is_file()]
+    if not available:
+        raise RepositoryError(f"{model_path}: no version folder holds {filename} (expected {model_path}/1/{filename})")
+    versions = _select_versions(config, available, model_path)
+
+    onnx_inputs, onnx_outputs = _onnx_io(model_path / str(versions[-1]) / filename)
+    batchable = all(len(t.shape) >= 1 and t.shape[0] == -1 for t in onnx_inputs + onnx_outputs)
+    max_batch_size = config.max_batch_size if explicit_batch else (DEFAULT_MAX_BATCH_SIZE if batchable else 0)
+    if max_batch_size < 0:
+        raise RepositoryError(f"{config_file}: max_batch_size must be >= 0, got {max_batch_size}")
+    if max_batch_size > 0 and not batchable and not config.input:
+        fixed = [t.name for t in onnx_inputs + onnx_outputs if not t.shape or t.shape[0] != -1]
+        raise RepositoryError(
+            f"{config_file}: max_batch_size {max_batch_size} needs a dynamic first dimension, "
+            f"but {', '.join(fixed)} have a fixed one; set max_batch_size: 0"
+        )
+    batched = max_batch_size > 0
+    inputs = _complete_tensors(list(config.input), onnx_inputs, batched, "input", model_path)
+    outputs = _complete_tensors(list(config.output), onnx_outputs, batched, "output", model_path)
+
+    dynamic = None
+    scheduler = config.WhichOneof("scheduling_choice")
+    if scheduler == "dynamic_batching":
+        db = config.dynamic_batching
+        dynamic = DynamicBatching(
+            tuple(int(s) for s in db.preferred_batch_size), int(db.max_queue_delay_microseconds), db.preserve_ordering
+        )
+        if batched and any(s > max_batch_size for s in dynamic.preferred_batch_sizes):
+            raise RepositoryError(f"{config_file}: preferred_batch_size must not exceed max_batch_size")
+    elif scheduler is None and max_batch_size > 1:
+        # Triton's auto-complete turns the dynamic batcher on for batching models without a scheduler.
+        dynamic = DynamicBatching()
+        config.dynamic_batching.SetInParent()
+    elif scheduler is not None:
+        raise RepositoryError(f"{config_file}: {scheduler} is not supported by the embedded backend")
+    instance_count = sum(max(g.count, 1) for g in config.instance_group) or 1
+
+    _fill_proto(config, name, max_batch_size, inputs, outputs, instance_count)
+    return ModelConfig(
+        name=name,
+        path=model_path,
+        max_batch_size=max_batch_size,
+        inputs=inputs,
+        outputs=outputs,
+        versions=[str(v) for v in versions],
+        dynamic_batching=dynamic if batched else None,
+        instance_count=instance_count,
+        model_filename=filename,
+        proto=config,
+    )
+
+
+def _fill_proto(
+    config: mc.ModelConfig,
+    name: str,
+    max_batch_size: int,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    instance_count: int,
+) -> None:
+    config.name = name
+    config.platform = ONNX_PLATFORM
+    config.backend = ONNX_BACKEND
+    config.max_batch_size = max_batch_size
+    if not config.input:
+        for spec in inputs:
+            config.input.add(name=spec.name, data_type=mc.DataType.Value(wire_to_config(spec.datatype)), dims=spec.dims)
+    if not config.output:
+        for spec in outputs:
+            config.output.add(
+                name=spec.name, data_type=mc.DataType.Value(wire_to_config(spec.datatype)), dims=spec.dims
+            )
+    for tensor in list(config.input) + list(config.output):
+        if tensor.data_type == mc.TYPE_INVALID:
+            spec = next(s for s in inputs + outputs if s.name == tensor.name)
+            tensor.data_type = mc.DataType.Value(wire_to_config(spec.datatype))
+        if not tensor.dims:
+            spec = next(s for s in inputs + outputs if s.name == tensor.name)
+            tensor.dims.extend(spec.dims)
+    if not config.instance_group:
+        config.instance_group.add(count=instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
+    if not config.HasField("version_policy"):
+        config.version_policy.latest.num_versions = 1
+
+
+def load_repository(model_dir: str | os.PathLike[str]) -> list[ModelConfig]:
+    root = repository_root(model_dir)
+    if not root.is_dir():
+        raise RepositoryError(f"Model repository {root} does not exist or is not a folder")
+    models = [load_model(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    if not models:
+        raise RepositoryError(f"Model repository {root} holds no models (expected {root}/<model>/1/model.onnx)")
+    return models

@@ -1,0 +1,190 @@
+"""KServe v2 / Triton HTTP endpoints for every model the backends serve.
+
+``tritonclient.http.InferenceServerClient`` works against these unchanged.
+Errors use Triton's body, ``{"error": "..."}``; bad input is a 400 (where
+Triton answers some of it with 500).
+"""
+
+from __future__ import annotations
+
+import gzip
+import inspect
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from runtime import __version__
+from runtime.errors import BadRequest, NotFound, ServingError
+from runtime.pipeline import infer
+from runtime.repository import ModelConfig
+from runtime.scoring import read_body, state_of
+from runtime.tensors import expected_shape
+from runtime.v2codec import HEADER_LENGTH, RequestedOutput, classify, decode_infer_request, encode_outputs
+
+if TYPE_CHECKING:
+    import pluggy
+
+EXTENSIONS = ["classification", "binary_tensor_data", "model_repository"]
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def v2_errors(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ServingError as ex:
+            return error(ex.status_code, ex.message)
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+async def _resolve(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _model_version(request: Request) -> tuple[str, str | None]:
+    return request.path_params["model"], request.path_params.get("version")
+
+
+def model_config(pm: pluggy.PluginManager, model: str, version: str | None) -> ModelConfig:
+    config: ModelConfig | None = pm.hook.model_config(model=model, version=version)
+    if config is None:
+        raise NotFound(f"Request for unknown model: '{model}' is not found")
+    if version is not None and version not in config.versions:
+        raise NotFound(f"Request for unknown model: '{model}' version {version} is not found")
+    return config
+
+
+async def server_ready(pm: pluggy.PluginManager) -> bool:
+    results = [await _resolve(r) for r in pm.hook.server_ready()]
+    return all(results)
+
+
+@v2_errors
+async def server_metadata(request: Request) -> Response:
+    return JSONResponse({"name": "runtime", "version": __version__, "extensions": EXTENSIONS})
+
+
+async def live(request: Request) -> Response:
+    return Response(status_code=200)
+
+
+async def ready(request: Request) -> Response:
+    return Response(status_code=200 if await server_ready(state_of(request).pm) else 503)
+
+
+@v2_errors
+async def model_metadata(request: Request) -> Response:
+    model, version = _model_version(request)
+    config = model_config(state_of(request).pm, model, version)
+
+    def tensors(specs: list[Any]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": t.datatype, "shape": expected_shape(config, t)} for t in specs]
+
+    return JSONResponse(
+        {
+            "name": config.name,
+            "versions": config.versions,
+            "platform": config.proto.platform,
+            "inputs": tensors(config.inputs),
+            "outputs": tensors(config.outputs),
+        }
+    )
+
+
+@v2_errors
+async def model_ready(request: Request) -> Response:
+    model, version = _model_version(request)
+    pm = state_of(request).pm
+    model_config(pm, model, version)
+    is_ready = await _resolve(pm.hook.model_ready(model=model, version=version))
+    return Response(status_code=200 if is_ready else 503)
+
+
+@v2_errors
+async def model_config_json(request: Request) -> Response:
+    model, version = _model_version(request)
+    return JSONResponse(model_config(state_of(request).pm, model, version).config_json())
+
+
+@v2_errors
+async def repository_index(request: Request) -> Response:
+    entries = [entry for result in state_of(request).pm.hook.model_index() for entry in result]
+    return JSONResponse(entries)
+
+
+def _body_encoding(body: bytes, encoding: str | None) -> bytes:
+    if not encoding or encoding == "identity":
+        return body
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except (OSError, zlib.error) as ex:
+        raise BadRequest(f"request body is not valid {encoding}: {ex}") from None
+    raise BadRequest(f"unsupported Content-Encoding {encoding!r}")
+
+
+@v2_errors
+async def model_infer(request: Request) -> Response:
+    model, version = _model_version(request)
+    state = state_of(request)
+    body = _body_encoding(
+        await read_body(request, state.settings.max_body_bytes), request.headers.get("content-encoding")
+    )
+    decoded = decode_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
+    config = model_config(state.pm, model, version)
+    for name, datatype in decoded.datatypes.items():
+        spec = config.input(name)
+        if spec is not None and spec.datatype != datatype:
+            raise BadRequest(
+                f"unexpected datatype TYPE_{datatype} for inference input '{name}', expecting TYPE_{spec.datatype}"
+            )
+    requested = decoded.outputs or [RequestedOutput(t.name, decoded.binary_output) for t in config.outputs]
+    for output in requested:
+        if config.output(output.name) is None:
+            raise BadRequest(f"unexpected inference output '{output.name}' for model '{model}'")
+    outputs = await infer(state.pm, model, decoded.inputs, decoded.parameters, version)
+    selected: list[tuple[str, np.ndarray, bool]] = []
+    for output in requested:
+        value = outputs[output.name]
+        if output.class_count:
+            spec = config.output(output.name)
+            assert spec is not None
+            value = classify(value, output.class_count, spec.labels, config.max_batch_size > 0)
+        selected.append((output.name, value, output.binary))
+    header: dict[str, Any] = {"model_name": model, "model_version": version or config.latest_version}
+    if decoded.id is not None:
+        header["id"] = decoded.id
+    payload, header_length = encode_outputs(selected, header)
+    if header_length is None:
+        return Response(payload, media_type="application/json")
+    return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
+def routes() -> list[Route]:
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    return [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2/repository/index", repository_index, methods=["POST", "GET"]),
+        *(Route(base, model_metadata, methods=["GET"]) for base in (model, versioned)),
+        *(Route(f"{base}/ready", model_ready, methods=["GET"]) for base in (model, versioned)),
+        *(Route(f"{base}/config", model_config_json, methods=["GET"]) for base in (model, versioned)),
+        *(Route(f"{base}/infer", model_infer, methods=["POST"]) for base in (model, versioned)),
+    ]
