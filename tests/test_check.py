@@ -1,0 +1,34 @@
+"""``runtime check``: what a user runs before serving."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.support.servers import runtime_argv
+
+
+def run_check(model_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        runtime_argv("check", "--model-dir", str(model_dir)), capture_output=True, text=True, timeout=120
+    )
+
+
+def test_check_prints_models_and_completed_config(model_repo: Path) -> None:
+    result = run_check(model_repo)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert f"repository {model_repo / 'triton'}: 6 model(s), all loadable" in out
+    assert "model linear  versions 1  max_batch_size 4" in out
+    assert "  input  x: FP32 [-1, 4]" in out
+    assert "  output y: FP32 [-1, 3]" in out
+    assert "  output probs: FP32 [-1, 5]  labels 5" in out
+    assert 'platform: "onnxruntime_onnx"' in out and "dims: [4]" in out
+
+
+def test_check_fails_on_a_bad_repository(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.onnx").write_bytes(b"garbage")
+    result = run_check(tmp_path)
+    assert result.returncode == 1
+    assert "error:" in result.stdout and "not a readable ONNX model" in result.stdout

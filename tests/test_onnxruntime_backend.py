@@ -1,0 +1,102 @@
+"""The embedded backend under load, through a real server: correctness of batching, and batching itself."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import StartRuntime, script
+from tests.support.models import linear_reference
+
+pytestmark = pytest.mark.slow
+
+CLIENTS = 32
+
+
+def rows(n: int) -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((n, 4)).astype(np.float32)
+
+
+async def score_all(url: str, bodies: list[dict[str, object]]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=CLIENTS)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        return await asyncio.gather(*(client.post(url + "/score", json=b) for b in bodies))
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
+        if match and ",".join(sorted(match.group(1).split(","))) == want:
+            total += float(match.group(2))
+    return total
+
+
+@pytest.mark.parametrize("entry", ["backend/hook_linear.py", "backend/aml_linear.py"])
+def test_concurrent_batched_results_equal_per_request_results(
+    start_runtime: StartRuntime, model_repo: Path, entry: str
+) -> None:
+    server = start_runtime("--entry", script(entry), "--model-dir", str(model_repo))
+    x = rows(CLIENTS * 4)
+    for model in ("linear", "sleepy"):
+        responses = asyncio.run(score_all(server.url, [{"x": r.tolist(), "model": model} for r in x]))
+        assert [r.status_code for r in responses] == [200] * len(x), responses[0].text
+        got = np.array([r.json()["y"] for r in responses], dtype=np.float32)
+        if model == "linear":
+            np.testing.assert_allclose(got, linear_reference(x)["y"], rtol=1e-5, atol=1e-5)
+        else:
+            # The same rows one at a time: batching must not change any row's answer.
+            single = np.array(
+                [httpx.post(server.url + "/score", json={"x": r.tolist(), "model": model}).json()["y"] for r in x[:8]]
+            )
+            np.testing.assert_allclose(got[:8], single, rtol=1e-4, atol=1e-5)
+    metrics = httpx.get(server.url + "/metrics").text
+    count = metric(metrics, "runtime_batch_size_count", model="sleepy", version="1")
+    ones = metric(metrics, "runtime_batch_size_bucket", model="sleepy", version="1", le="1.0")
+    assert count > 0 and ones < count, f"no batch larger than 1: {count=} {ones=}"
+    assert metric(metrics, "nv_inference_count_total", model="sleepy", version="1") >= len(x) + 8
+
+
+def test_unbatched_model_runs_batches_of_one(start_runtime: StartRuntime, model_repo: Path) -> None:
+    server = start_runtime("--entry", script("backend/hook_linear.py"), "--model-dir", str(model_repo))
+    x = rows(CLIENTS)
+    responses = asyncio.run(score_all(server.url, [{"x": r.tolist(), "model": "sleepy_unbatched"} for r in x]))
+    assert {r.status_code for r in responses} == {200}, responses[0].text
+    metrics = httpx.get(server.url + "/metrics").text
+    count = metric(metrics, "runtime_batch_size_count", model="sleepy_unbatched", version="1")
+    ones = metric(metrics, "runtime_batch_size_bucket", model="sleepy_unbatched", version="1", le="1.0")
+    assert count == len(x) and ones == count
+
+
+def test_bad_tensor_from_score_py_is_400(start_runtime: StartRuntime, model_repo: Path) -> None:
+    server = start_runtime("--entry", script("backend/aml_linear.py"), "--model-dir", str(model_repo))
+    response = httpx.post(server.url + "/score", json={"x": [1, 2, 3]})
+    assert response.status_code == 400
+    assert response.json() == {
+        "message": "input 'x' of model 'linear' has shape [1, 3], expected [-1, 4] (batch dimension first)"
+    }
+    assert httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]}).status_code == 200
+
+
+def test_metrics_cover_routes_and_sum_across_workers(start_runtime: StartRuntime, model_repo: Path) -> None:
+    server = start_runtime(
+        "--entry", script("backend/hook_linear.py"), "--model-dir", str(model_repo), "--workers", "2"
+    )
+    responses = asyncio.run(score_all(server.url, [{"x": r.tolist()} for r in rows(64)]))
+    assert {r.status_code for r in responses} == {200}
+    bad = httpx.post(server.url + "/score", json={"nope": 1})
+    assert bad.status_code == 400
+    text = httpx.get(server.url + "/metrics").text
+    assert metric(text, "runtime_http_requests_total", method="POST", route="/score", status="200") == 64
+    assert metric(text, "runtime_http_requests_total", method="POST", route="/score", status="400") == 1
+    assert metric(text, "nv_inference_request_success_total", model="linear", version="1") == 64
+    assert metric(text, "runtime_http_request_duration_seconds_count", method="POST", route="/score") == 65
+    assert metric(text, "runtime_queue_duration_seconds_count", model="linear", version="1") == 64
+    assert metric(text, "nv_inference_exec_count_total", model="linear", version="1") <= 64

@@ -1,0 +1,152 @@
+"""Reading model repositories: config.pbtxt parsing, auto-completion from the ONNX graph, errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from runtime.repository import RepositoryError, load_repository, looks_like_repository, repository_root
+from tests.support import models
+
+
+def linear_repo(root: Path, config: str | None = None, name: str = "linear", batch: int | str = "N") -> Path:
+    models.make_linear(root / name / "1" / "model.onnx", batch=batch)
+    if config is not None:
+        (root / name / "config.pbtxt").write_text(config)
+    return root
+
+
+def test_autocomplete_without_config(tmp_path: Path) -> None:
+    (config,) = load_repository(linear_repo(tmp_path))
+    assert config.max_batch_size == 4  # Triton's default for a dynamic first dimension
+    assert [(t.name, t.datatype, t.dims) for t in config.inputs] == [("x", "FP32", (4,))]
+    assert [(t.name, t.dims) for t in config.outputs] == [("y", (3,)), ("norm", (1,))]
+    assert config.dynamic_batching is not None  # turned on by auto-complete, as in Triton
+    assert config.config_json()["input"][0]["dims"] == [4]  # numbers, not protobuf's int64 strings
+
+
+def test_fixed_batch_dimension_means_no_batching(tmp_path: Path) -> None:
+    (config,) = load_repository(linear_repo(tmp_path, batch=1))
+    assert config.max_batch_size == 0
+    assert config.inputs[0].dims == (1, 4)
+    assert config.dynamic_batching is None
+
+
+def test_triton_folder_is_preferred(tmp_path: Path) -> None:
+    linear_repo(tmp_path / "triton", name="inside")
+    linear_repo(tmp_path, name="outside")
+    assert repository_root(tmp_path) == tmp_path / "triton"
+    assert [c.name for c in load_repository(tmp_path)] == ["inside"]
+
+
+def test_config_settings_are_honoured(tmp_path: Path) -> None:
+    linear_repo(
+        tmp_path,
+        """
+        name: "linear"
+        max_batch_size: 16
+        input [{ name: "x" data_type: TYPE_FP32 dims: [2, 2] reshape: { shape: [4] } }]
+        output [{ name: "y" data_type: TYPE_FP32 dims: [3] }]
+        instance_group [{ count: 2 kind: KIND_CPU }]
+        dynamic_batching { preferred_batch_size: [4, 8] max_queue_delay_microseconds: 500 preserve_ordering: true }
+        version_policy: { all: {} }
+        """,
+    )
+    models.make_linear(tmp_path / "linear" / "2" / "model.onnx")
+    (config,) = load_repository(tmp_path)
+    assert config.max_batch_size == 16
+    assert config.inputs[0].dims == (2, 2) and config.inputs[0].reshape == (4,)
+    assert [t.name for t in config.outputs] == ["y"]
+    assert config.instance_count == 2
+    assert config.dynamic_batching is not None
+    assert config.dynamic_batching.preferred_batch_sizes == (4, 8)
+    assert config.dynamic_batching.max_queue_delay_us == 500
+    assert config.dynamic_batching.preserve_ordering
+    assert config.versions == ["1", "2"]
+
+
+def test_explicit_zero_max_batch_size_disables_batching(tmp_path: Path) -> None:
+    (config,) = load_repository(linear_repo(tmp_path, "max_batch_size: 0\n"))
+    assert config.max_batch_size == 0
+    assert config.inputs[0].dims == (-1, 4)
+
+
+def test_version_policy_latest_and_specific(tmp_path: Path) -> None:
+    linear_repo(tmp_path)
+    for version in ("2", "10"):
+        models.make_linear(tmp_path / "linear" / version / "model.onnx")
+    assert load_repository(tmp_path)[0].versions == ["10"]
+    (tmp_path / "linear" / "config.pbtxt").write_text("version_policy: { latest: { num_versions: 2 } }")
+    assert load_repository(tmp_path)[0].versions == ["2", "10"]
+    (tmp_path / "linear" / "config.pbtxt").write_text("version_policy: { specific: { versions: [1] } }")
+    assert load_repository(tmp_path)[0].versions == ["1"]
+
+
+def test_label_file(tmp_path: Path) -> None:
+    linear_repo(tmp_path, 'output [{ name: "y" data_type: TYPE_FP32 dims: [3] label_filename: "labels.txt" }]')
+    (tmp_path / "linear" / "labels.txt").write_text("cat\ndog\nbird\n")
+    assert load_repository(tmp_path)[0].output("y").labels == ("cat", "dog", "bird")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            "max_batch_size: 4\nbogus_field: 1\n",
+            'config.pbtxt:2: invalid config.pbtxt: Message type "inference.ModelConfig" has no field named '
+            '"bogus_field"',
+        ),
+        ('input [{ name: "nope" data_type: TYPE_FP32 dims: [4] }]', "input 'nope' is not in the ONNX model (it has x)"),
+        (
+            'input [{ name: "x" data_type: TYPE_INT32 dims: [4] }]',
+            "has data_type TYPE_INT32, but the ONNX model has TYPE_FP32",
+        ),
+        ('platform: "tensorrt_plan"', "is not served by the embedded onnxruntime backend"),
+        ('name: "other"', "does not match the folder name 'linear'"),
+        (
+            'output [{ name: "y" data_type: TYPE_FP32 dims: [3] label_filename: "missing.txt" }]',
+            "missing.txt does not exist",
+        ),
+        ("version_policy: { specific: { versions: [3] } }", "asks for versions [3]"),
+        ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [8] }", "preferred_batch_size must not exceed"),
+    ],
+)
+def test_invalid_repository_names_file_and_cause(tmp_path: Path, config: str, message: str) -> None:
+    linear_repo(tmp_path, config)
+    with pytest.raises(RepositoryError) as info:
+        load_repository(tmp_path)
+    assert message in str(info.value)
+    assert str(tmp_path / "linear") in str(info.value)
+
+
+def test_fixed_batch_with_max_batch_size_is_an_error(tmp_path: Path) -> None:
+    linear_repo(tmp_path, "max_batch_size: 8", batch=1)
+    with pytest.raises(RepositoryError, match="needs a dynamic first dimension"):
+        load_repository(tmp_path)
+
+
+def test_broken_onnx_file(tmp_path: Path) -> None:
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(RepositoryError, match="not a readable ONNX model"):
+        load_repository(tmp_path)
+
+
+def test_empty_or_missing_repository(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="does not exist"):
+        load_repository(tmp_path / "nowhere")
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    with pytest.raises(RepositoryError, match=r"no version folder holds model\.onnx"):
+        load_repository(tmp_path)
+
+
+def test_looks_like_repository(tmp_path: Path) -> None:
+    (tmp_path / "sklearn").mkdir()
+    (tmp_path / "sklearn" / "model.pkl").write_bytes(b"")
+    assert not looks_like_repository(tmp_path)
+    linear_repo(tmp_path / "repo")
+    assert looks_like_repository(tmp_path / "repo")
+    shutil.copytree(tmp_path / "repo", tmp_path / "azure" / "triton")
+    assert looks_like_repository(tmp_path / "azure")

@@ -1,0 +1,219 @@
+"""KServe v2 endpoints with real clients: tritonclient (JSON and binary tensors) and raw HTTP for bad input."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from tests.support.models import TYPED, linear_reference
+from tests.support.servers import ServerProcess, free_port, runtime_argv
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One repository-only server for the module (these tests only read from it)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("v2") / "runtime.log"
+    process = ServerProcess(runtime_argv("serve", "--port", str(port), "--model-dir", str(model_repo)), port, log)
+    yield process.start()
+    process.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    yield client
+    client.close()
+
+
+def test_health_metadata_and_config(client: triton.InferenceServerClient, server: ServerProcess) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("linear") and client.is_model_ready("linear", "1")
+    assert client.get_server_metadata()["extensions"] == ["classification", "binary_tensor_data", "model_repository"]
+    meta = client.get_model_metadata("linear")
+    assert meta == {
+        "name": "linear",
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [
+            {"name": "y", "datatype": "FP32", "shape": [-1, 3]},
+            {"name": "norm", "datatype": "FP32", "shape": [-1, 1]},
+        ],
+    }
+    config = client.get_model_config("classifier")
+    assert config["max_batch_size"] == 8
+    assert config["input"][0]["dims"] == [5]
+    assert config["output"][0]["label_filename"] == "labels.txt"
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 0
+    # Auto-completed: no config.pbtxt, a dynamic batch dimension -> Triton's default max_batch_size 4.
+    assert client.get_model_config("linear")["max_batch_size"] == 4
+    index = httpx.post(server.url + "/v2/repository/index").json()
+    assert {"name": "linear", "version": "1", "state": "READY"} in index
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_infer_float_bytes_and_classification(client: triton.InferenceServerClient, binary: bool) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    tensor = triton.InferInput("x", [2, 4], "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    outputs = [triton.InferRequestedOutput("y", binary_data=binary), triton.InferRequestedOutput("norm", binary)]
+    result = client.infer("linear", [tensor], outputs=outputs, request_id="req-1")
+    want = linear_reference(x)
+    np.testing.assert_allclose(result.as_numpy("y"), want["y"], rtol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("norm"), want["norm"], rtol=1e-6)
+    assert result.get_response()["id"] == "req-1"
+
+    text = triton.InferInput("text", [3, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"hello"], [b"world"], ["h\u00e9".encode()]], dtype=object), binary)
+    result = client.infer("strings", [text])
+    assert result.as_numpy("id").ravel().tolist() == [1, 2, 0]
+    assert [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("echo").ravel()] == [
+        b"hello",
+        b"world",
+        "h\u00e9".encode(),
+    ]
+
+    logits = triton.InferInput("x", [2, 5], "FP32")
+    logits.set_data_from_numpy(np.array([[1, 5, 2, 3, 0], [9, 0, 0, 0, 1]], dtype=np.float32), binary)
+    result = client.infer("classifier", [logits], outputs=[triton.InferRequestedOutput("probs", binary, class_count=2)])
+    top = [[v.decode() if isinstance(v, bytes) else v for v in row] for row in result.as_numpy("probs")]
+    assert [[entry.split(":", 1)[1] for entry in row] for row in top] == [["1:b", "3:d"], ["0:a", "4:e"]]
+    assert float(top[0][0].split(":")[0]) == pytest.approx(np.exp(5) / np.exp([1, 5, 2, 3, 0]).sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_every_datatype_round_trips(client: triton.InferenceServerClient, binary: bool) -> None:
+    dtypes = {
+        "i8": np.int8,
+        "u8": np.uint8,
+        "i16": np.int16,
+        "i32": np.int32,
+        "i64": np.int64,
+        "f16": np.float16,
+        "f32": np.float32,
+        "f64": np.float64,
+        "b": np.bool_,
+    }
+    assert set(dtypes) == set(TYPED)
+    inputs, values = [], {}
+    for key, dtype in dtypes.items():
+        value = (np.array([[1, 0], [0, 1]]) if dtype is np.bool_ else np.array([[1, -2], [3, 4]])).astype(dtype)
+        if dtype in (np.uint8,):
+            value = np.abs(value).astype(dtype)
+        tensor = triton.InferInput(f"in_{key}", [2, 2], triton.np_to_triton_dtype(np.dtype(dtype)))
+        tensor.set_data_from_numpy(value, binary_data=binary)
+        inputs.append(tensor)
+        values[key] = value
+    result = client.infer("types", inputs, outputs=[triton.InferRequestedOutput(f"out_{k}", binary) for k in dtypes])
+    for key, value in values.items():
+        got = result.as_numpy(f"out_{key}")
+        assert got.dtype == value.dtype and np.array_equal(got, value), key
+
+
+def infer_raw(server: ServerProcess, model: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(f"{server.url}/v2/models/{model}/infer", content=body, headers=headers or {}, timeout=30)
+
+
+def tensor_json(name: str = "x", shape: list[int] | None = None, datatype: str = "FP32", data: object = None) -> bytes:
+    shape = shape if shape is not None else [1, 4]
+    data = data if data is not None else [1.0] * int(np.prod(shape))
+    return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "headers", "status", "message"),
+    [
+        (
+            "linear",
+            tensor_json(shape=[1, 5]),
+            None,
+            400,
+            "input 'x' of model 'linear' has shape [1, 5], expected [-1, 4]",
+        ),
+        (
+            "linear",
+            tensor_json(datatype="FP64"),
+            None,
+            400,
+            "unexpected datatype TYPE_FP64 for inference input 'x', expecting TYPE_FP32",
+        ),
+        ("linear", tensor_json(name="z"), None, 400, "unexpected inference input 'z' for model 'linear'"),
+        ("linear", json.dumps({"inputs": []}).encode(), None, 400, "non-empty 'inputs' list"),
+        (
+            "linear",
+            tensor_json(shape=[2, 4], data=[1.0, 2.0]),
+            None,
+            400,
+            "unexpected number of elements for input 'x': shape [2, 4] needs 8, got 2",
+        ),
+        ("linear", b'{"inputs": [', None, 400, "failed to parse the request JSON"),
+        ("linear", tensor_json(data=["a", "b", "c", "d"]), None, 400, "its JSON data must be numbers"),
+        ("linear", tensor_json(shape=[9, 4]), None, 400, "batch size 9, which must be between 1 and max_batch_size 4"),
+        ("nope", tensor_json(), None, 404, "Request for unknown model: 'nope' is not found"),
+        (
+            "linear",
+            tensor_json(),
+            {"Inference-Header-Content-Length": "abc"},
+            400,
+            "Inference-Header-Content-Length must be an integer",
+        ),
+        (
+            "linear",
+            tensor_json(),
+            {"Inference-Header-Content-Length": "100000"},
+            400,
+            "Inference-Header-Content-Length is 100000, but the request body has",
+        ),
+    ],
+)
+def test_bad_infer_requests_get_4xx_and_server_keeps_serving(
+    server: ServerProcess, model: str, body: bytes, headers: dict[str, str] | None, status: int, message: str
+) -> None:
+    response = infer_raw(server, model, body, headers)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    ok = infer_raw(server, "linear", tensor_json())
+    assert ok.status_code == 200 and ok.json()["outputs"][0]["name"] == "y"
+
+
+def test_malformed_binary_tensors(server: ServerProcess) -> None:
+    header = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}
+    ).encode()
+    short = infer_raw(server, "linear", header + b"\0" * 8, {"Inference-Header-Content-Length": str(len(header))})
+    assert short.status_code == 400
+    assert "declares binary_data_size 16, but only 8 bytes" in short.json()["error"]
+    extra = infer_raw(server, "linear", header + b"\0" * 20, {"Inference-Header-Content-Length": str(len(header))})
+    assert extra.status_code == 400 and "4 bytes of binary data that no input claims" in extra.json()["error"]
+    text_header = json.dumps(
+        {"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]}
+    ).encode()
+    truncated = struct.pack("<I", 10) + b"ab"
+    bad = infer_raw(
+        server, "strings", text_header + truncated, {"Inference-Header-Content-Length": str(len(text_header))}
+    )
+    assert bad.status_code == 400 and "ends inside an element" in bad.json()["error"]
+
+
+def test_versioned_routes_and_unknown_version(server: ServerProcess) -> None:
+    ok = infer_raw(server, "linear/versions/1", tensor_json())
+    assert ok.status_code == 200 and ok.json()["model_version"] == "1"
+    missing = httpx.get(f"{server.url}/v2/models/linear/versions/7")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "Request for unknown model: 'linear' version 7 is not found"}
+
+
+def test_repository_only_server_has_no_score(server: ServerProcess) -> None:
+    response = httpx.post(server.url + "/score", json={})
+    assert response.status_code == 404
+    assert "no entry script" in response.json()["message"]
