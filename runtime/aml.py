@@ -1,21 +1,16 @@
 """The Azure ML entry-script API: ``rawhttp``, ``AMLRequest`` and ``AMLResponse``.
 
-Scripts written for azmlinfsrv import these from
-``azureml_inference_server_http.api.aml_request`` / ``.aml_response`` (1.x) or
-``azureml.contrib.services.aml_request`` / ``.aml_response`` (older SDKs).
-:func:`compat_modules` provides those module names while the runtime loads a
-script, so such scripts run unchanged without Flask or the Azure packages.
+Scripts written for azmlinfsrv import these from the Azure module names;
+:mod:`runtime.compat` provides those names, so such scripts run unchanged
+without Flask or the Azure packages.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import shutil
-import sys
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
 from starlette.datastructures import ImmutableMultiDict, UploadFile
@@ -216,55 +211,3 @@ class AMLResponse:
     @property
     def data(self) -> bytes:
         return self.body
-
-
-def _module(name: str, **attrs: Any) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    return module
-
-
-def _compat_module_table() -> dict[str, types.ModuleType]:
-    request_attrs = {"rawhttp": rawhttp, "AMLRequest": AMLRequest, "_rawHttpRequested": False}
-    response_attrs = {"AMLResponse": AMLResponse}
-    table: dict[str, types.ModuleType] = {}
-    for package in ("azureml_inference_server_http.api", "azureml.contrib.services"):
-        parts = package.split(".")
-        for i in range(1, len(parts) + 1):
-            name = ".".join(parts[:i])
-            table.setdefault(name, _module(name, __path__=[]))
-        request = _module(f"{package}.aml_request", **request_attrs)
-        response = _module(f"{package}.aml_response", **response_attrs)
-        table[request.__name__] = request
-        table[response.__name__] = response
-    for name, module in table.items():
-        parent, _, child = name.rpartition(".")
-        if parent in table:
-            setattr(table[parent], child, module)
-    return table
-
-
-@contextlib.contextmanager
-def compat_modules() -> Iterator[None]:
-    """Provide the Azure ML module names (and ``tritonhttpclient``) while a script loads.
-
-    The runtime's own classes stand in for Azure's even when those packages are
-    installed, so run() always gets requests and gives responses the runtime
-    understands. Names that already import stay theirs after loading.
-    """
-    table = _compat_module_table()
-    try:
-        import tritonclient.http as triton_http
-
-        table.setdefault("tritonhttpclient", triton_http)
-    except ImportError:  # pragma: no cover - tritonclient is a dependency
-        pass
-    saved = {name: sys.modules.get(name) for name in table}
-    sys.modules.update(table)
-    try:
-        yield
-    finally:
-        for name, module in saved.items():
-            if module is not None:
-                sys.modules[name] = module
-            # Names nobody else provides stay, so lazy imports inside run() keep working.

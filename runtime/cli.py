@@ -52,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="plugin module or .py path (repeatable; env RUNTIME_PLUGINS)",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (env AZUREML_LOG_LEVEL)")
+    serve.add_argument(
+        "--backend", choices=["onnxruntime", "triton"], help="where infer runs (env RUNTIME_BACKEND; onnxruntime)"
+    )
+    serve.add_argument("--triton-url", help="host:port of Triton's HTTP endpoint (env TRITON_URL; localhost:8000)")
+    serve.add_argument(
+        "--triton",
+        choices=["remote", "managed"],
+        help="remote: use the Triton at --triton-url; managed: start one for --model-dir (env RUNTIME_TRITON_MODE)",
+    )
+    serve.add_argument("--tritonserver", help="the tritonserver binary for --triton managed (env TRITONSERVER_PATH)")
+
+    triton = sub.add_parser("triton", help="the Triton server side")
+    triton_sub = triton.add_subparsers(dest="triton_command", required=True)
+    install = triton_sub.add_parser("install", help="install tritonserver (nvidia-pytriton) in a venv of its own")
+    install.add_argument("--home", help="where (env RUNTIME_TRITON_HOME; ~/.cache/scoring-runtime/triton)")
 
     check = sub.add_parser("check", help="show how the models of a repository will be served")
     check.add_argument("--model-dir", required=True, help="the model directory (holding triton/ or models)")
@@ -75,6 +90,10 @@ FLAG_ENV = {
     "timeout_ms": "SCORING_TIMEOUT_MS",
     "max_body_bytes": "RUNTIME_MAX_BODY_BYTES",
     "log_level": "AZUREML_LOG_LEVEL",
+    "backend": "RUNTIME_BACKEND",
+    "triton_url": "TRITON_URL",
+    "triton": "RUNTIME_TRITON_MODE",
+    "tritonserver": "TRITONSERVER_PATH",
 }
 
 
@@ -114,7 +133,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["AZUREML_ENTRY_SCRIPT"] = entry
     from runtime.server import serve
 
+    if settings.backend == "triton" and settings.triton_mode == "managed":
+        return serve_with_managed_triton(settings)
     serve(settings)
+    return 0
+
+
+def serve_with_managed_triton(settings: Settings) -> int:
+    """Start tritonserver for the repository, point the workers at it, stop it when serving ends."""
+    from runtime.errors import StartupError
+    from runtime.server import serve
+    from runtime.tritonserver import ManagedTriton, find_tritonserver
+
+    if not settings.model_dir:
+        print("runtime serve: --triton managed needs --model-dir", file=sys.stderr)
+        return 2
+    try:
+        triton = ManagedTriton(settings.model_dir, find_tritonserver(settings.tritonserver_path))
+        triton.start()
+    except StartupError as ex:
+        print(f"runtime serve: {ex}", file=sys.stderr)
+        return STARTUP_EXIT_CODE
+    os.environ["TRITON_URL"] = triton.url
+    try:
+        serve(Settings.from_env())
+    finally:
+        triton.stop()
+    return 0
+
+
+def cmd_triton(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from runtime.tritonserver import install
+
+    binary = install(Path(args.home) if args.home else None)
+    print(binary)
     return 0
 
 
@@ -124,4 +178,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_serve(args)
     if args.command == "check":
         return cmd_check(args)
+    if args.command == "triton":
+        return cmd_triton(args)
     raise AssertionError(args.command)  # pragma: no cover

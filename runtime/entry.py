@@ -22,6 +22,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 from runtime import aml, hookspecs
+from runtime.compat import compat_modules
 from runtime.errors import StartupError
 from runtime.plugins import known_hooks
 
@@ -71,7 +72,7 @@ def _import_script(path: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     aml.reset_raw_http()
     try:
-        with aml.compat_modules():
+        with compat_modules():
             spec.loader.exec_module(module)
     except BaseException as ex:
         logger.error("Importing %s failed:\n%s", path, traceback.format_exc())

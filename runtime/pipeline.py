@@ -13,6 +13,7 @@ timeout.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
@@ -29,6 +30,11 @@ from runtime.executor import Executor
 from runtime.request import ScoringRequest
 
 logger = logging.getLogger("runtime.pipeline")
+
+# parameters key for the classification extension: {output name: class count}.
+CLASSIFICATION = "runtime.classification"
+# The request being served; thread-pool calls inherit it, so runtime.infer() from run() propagates it.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 INLINE_MARK = "runtime_inline"
 
@@ -143,7 +149,11 @@ async def infer(
     version: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Call the ``infer`` hook: the backend that serves ``model`` runs it (batched where it batches)."""
-    pending = pm.hook.infer(model=model, version=version, inputs=inputs, parameters=parameters or {})
+    parameters = dict(parameters or {})
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        parameters.setdefault("request_id", request_id)
+    pending = pm.hook.infer(model=model, version=version, inputs=inputs, parameters=parameters)
     if pending is None:
         from runtime.errors import NotFound
 

@@ -32,6 +32,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = ("plugins.azureml",)
 # Backends are plugin objects (one per worker, they hold models): name -> "module:factory".
 BACKEND_PLUGINS: dict[str, str] = {
     "onnxruntime": "plugins.onnxruntime_backend:OnnxRuntimeBackend",
+    "triton": "plugins.triton_backend:TritonBackend",
 }
 
 

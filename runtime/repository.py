@@ -97,7 +97,12 @@ class ModelConfig:
         return result
 
     def config_text(self) -> str:
-        return str(text_format.MessageToString(self.proto, use_short_repeated_primitives=True))
+        return self.config_text_of(self.proto)
+
+    @staticmethod
+    def config_text_of(proto: mc.ModelConfig) -> str:
+        """config.pbtxt text, with repeated numbers on one line as Triton's examples write them."""
+        return str(text_format.MessageToString(proto, use_short_repeated_primitives=True))
 
 
 def _int64_to_numbers(value: object, key: str = "") -> object:
@@ -334,6 +339,35 @@ def _fill_proto(
         config.instance_group.add(count=instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
+
+
+def model_config_from_proto(proto: mc.ModelConfig, versions: list[str], path: Path | None = None) -> ModelConfig:
+    """A ModelConfig from a complete Triton config (as a Triton server returns it)."""
+
+    def spec(tensor: mc.ModelInput | mc.ModelOutput) -> TensorSpec:
+        reshape = tuple(int(d) for d in tensor.reshape.shape) if tensor.HasField("reshape") else None
+        return TensorSpec(
+            tensor.name, config_to_wire(mc.DataType.Name(tensor.data_type)), tuple(int(d) for d in tensor.dims), reshape
+        )
+
+    dynamic = None
+    if proto.WhichOneof("scheduling_choice") == "dynamic_batching":
+        db = proto.dynamic_batching
+        dynamic = DynamicBatching(
+            tuple(int(s) for s in db.preferred_batch_size), int(db.max_queue_delay_microseconds), db.preserve_ordering
+        )
+    return ModelConfig(
+        name=proto.name,
+        path=path or Path(proto.name),
+        max_batch_size=int(proto.max_batch_size),
+        inputs=[spec(t) for t in proto.input],
+        outputs=[spec(t) for t in proto.output],
+        versions=versions,
+        dynamic_batching=dynamic,
+        instance_count=sum(max(g.count, 1) for g in proto.instance_group) or 1,
+        model_filename=proto.default_model_filename or "model.onnx",
+        proto=proto,
+    )
 
 
 def load_repository(model_dir: str | os.PathLike[str]) -> list[ModelConfig]:

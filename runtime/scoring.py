@@ -14,7 +14,7 @@ from starlette.routing import Route
 from runtime.aml import AMLResponse
 from runtime.entry import InputMode
 from runtime.errors import PayloadTooLarge, ScoringFailed, ServingError
-from runtime.pipeline import RunFailed
+from runtime.pipeline import REQUEST_ID, RunFailed
 from runtime.request import FORM_TYPES, ScoringRequest
 from runtime.responses import (
     EXEC_MS,
@@ -82,6 +82,7 @@ async def score(request: Request) -> Response:
     try:
         body = await read_body(request, state.settings.max_body_bytes)
         ids = request.scope["state"]["request_ids"]
+        REQUEST_ID.set(ids.request_id)
         scoring_request = ScoringRequest(
             method=request.method,
             path=request.url.path,

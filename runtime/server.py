@@ -7,9 +7,11 @@ with Gunicorn's boot-error code, and the master then stops with exit code 3.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from typing import Any
 
@@ -21,11 +23,18 @@ from runtime.settings import Settings
 
 logger = logging.getLogger("runtime.server")
 
+PR_SET_PDEATHSIG = 1
+
 
 class RuntimeWorker(UvicornWorker):  # type: ignore[misc]
     # httptools parses faster than h11; the Server header is left out as azmlinfsrv's responses carry none
     # of uvicorn's.
     CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": "httptools", "server_header": False}
+
+    def init_process(self) -> None:
+        # Gunicorn's sync workers notice a dead master; uvicorn workers do not. Have the kernel tell us.
+        set_parent_death_signal(signal.SIGTERM)
+        super().init_process()
 
 
 class ServerApplication(BaseApplication):  # type: ignore[misc]
@@ -58,6 +67,15 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
         from runtime.app import create_app
 
         return create_app(Settings.from_env(), exit_on_startup_error=True)
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Linux: deliver ``sig`` to this process when its parent dies (even by SIGKILL)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig))
+    except OSError:  # pragma: no cover - not Linux
+        logger.debug("prctl is not available; workers will not notice a dead master")
 
 
 def _child_exit(server: Any, worker: Any) -> None:

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from runtime import __version__
 from runtime.errors import BadRequest, NotFound, ServingError
-from runtime.pipeline import infer
+from runtime.pipeline import CLASSIFICATION, REQUEST_ID, infer
 from runtime.repository import ModelConfig
 from runtime.scoring import read_body, state_of
 from runtime.tensors import expected_shape
@@ -157,11 +157,14 @@ async def model_infer(request: Request) -> Response:
     for output in requested:
         if config.output(output.name) is None:
             raise BadRequest(f"unexpected inference output '{output.name}' for model '{model}'")
-    outputs = await infer(state.pm, model, decoded.inputs, decoded.parameters, version)
+    REQUEST_ID.set(decoded.id or request.scope["state"]["request_ids"].request_id)
+    counts = {o.name: o.class_count for o in requested if o.class_count}
+    outputs = await infer(state.pm, model, decoded.inputs, {CLASSIFICATION: counts} if counts else {}, version)
     selected: list[tuple[str, np.ndarray, bool]] = []
     for output in requested:
         value = outputs[output.name]
-        if output.class_count:
+        # A backend may classify itself (Triton does); otherwise it is done here.
+        if output.class_count and value.dtype.kind != "O":
             spec = config.output(output.name)
             assert spec is not None
             value = classify(value, output.class_count, spec.labels, config.max_batch_size > 0)

@@ -1,0 +1,201 @@
+"""The Triton backend: ``infer`` through tritonclient's aio HTTP client to a Triton server.
+
+Triton batches across all Gunicorn workers. Tensors travel as binary data;
+names, datatypes and shapes come from the model's config on the server, so
+inputs are checked here before they cross the wire. If Triton is down, the
+caller gets a 503 naming Triton and its URL; the client reconnects by itself
+when Triton is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+import aiohttp
+import numpy as np
+import tritonclient.http as triton_http
+import tritonclient.http.aio as triton_aio
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import InferenceServerException
+
+from runtime import metrics
+from runtime.context import InitContext
+from runtime.errors import BadRequest, NotFound, ServiceUnavailable, ServingError, StartupError
+from runtime.hookspecs import hookimpl
+from runtime.pipeline import CLASSIFICATION
+from runtime.repository import ModelConfig, load_repository, looks_like_repository, model_config_from_proto
+from runtime.tensors import validate_inputs
+
+logger = logging.getLogger("runtime.triton")
+
+CONNECTION_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, ConnectionError)
+
+
+def triton_error(ex: InferenceServerException, url: str) -> ServingError:
+    status = ex.status()
+    message = ex.message() or str(ex)
+    code = int(status) if status and str(status).isdigit() else 0
+    if code == 400:
+        return BadRequest(message)
+    if code == 404:
+        return NotFound(message)
+    if code in (0, 502, 503, 504):
+        return ServiceUnavailable(f"Triton Inference Server at {url} is unavailable: {message}")
+    return ServingError(f"Triton Inference Server at {url} failed: {message}", status_code=500)
+
+
+class TritonBackend:
+    name = "triton"
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.client: triton_aio.InferenceServerClient | None = None
+        self.configs: dict[str, ModelConfig] = {}
+
+    # -- start-up ---------------------------------------------------------------------------------
+
+    @hookimpl(tryfirst=True)
+    async def init(self, context: InitContext) -> None:
+        settings = context.settings
+        self.url = settings.triton_url
+        wait_s = float(os.environ.get("RUNTIME_TRITON_WAIT_S", "120"))
+        self.client = triton_aio.InferenceServerClient(
+            self.url, conn_limit=max(settings.concurrency, 8), conn_timeout=settings.timeout_ms / 1000
+        )
+        deadline = time.monotonic() + wait_s
+        await self._wait(deadline, "the server", self._server_ready)
+        names = self._expected_models(context)
+        if names is None:
+            index = await self.client.get_model_repository_index()
+            names = sorted({entry["name"] for entry in index if entry.get("state", "READY") == "READY"})
+        for name in names:
+            await self._wait(deadline, f"model {name!r}", lambda n=name: self._model_ready(n))
+            config_json = await self.client.get_model_config(name)
+            proto = json_format.ParseDict(config_json, mc.ModelConfig(), ignore_unknown_fields=True)
+            self.configs[name] = model_config_from_proto(proto, versions=await self._versions(name))
+        logger.info("Triton at %s serves %s", self.url, ", ".join(sorted(self.configs)) or "no models")
+
+    def _expected_models(self, context: InitContext) -> list[str] | None:
+        """The models score.py relies on: the repository's, when --model-dir names one (else Triton's index)."""
+        model_dir = context.settings.model_dir
+        if model_dir and looks_like_repository(model_dir):
+            return [config.name for config in load_repository(model_dir)]
+        return None
+
+    async def _versions(self, name: str) -> list[str]:
+        assert self.client is not None
+        metadata = await self.client.get_model_metadata(name)
+        return sorted(metadata.get("versions", ["1"]), key=lambda v: int(v) if v.isdigit() else 0)
+
+    async def _wait(self, deadline: float, what: str, probe: Any) -> None:
+        while True:
+            if await probe():
+                return
+            if time.monotonic() > deadline:
+                raise StartupError(f"Triton Inference Server at {self.url}: {what} was not ready in time")
+            await asyncio.sleep(0.25)
+
+    async def _server_ready(self) -> bool:
+        assert self.client is not None
+        try:
+            return bool(await self.client.is_server_ready())
+        except (InferenceServerException, *CONNECTION_ERRORS):
+            return False
+
+    async def _model_ready(self, name: str, version: str = "") -> bool:
+        assert self.client is not None
+        try:
+            return bool(await self.client.is_model_ready(name, version))
+        except (InferenceServerException, *CONNECTION_ERRORS):
+            return False
+
+    # -- serving ----------------------------------------------------------------------------------
+
+    async def _infer(
+        self, config: ModelConfig, version: str | None, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        assert self.client is not None
+        checked = validate_inputs(config, inputs)
+        started = time.perf_counter()
+        tensors = []
+        for spec in config.inputs:
+            value = checked[spec.name]
+            if spec.reshape is not None:
+                lead = value.shape[:1] if config.max_batch_size > 0 else ()
+                value = value.reshape(tuple(lead) + spec.dims)
+            tensor = triton_http.InferInput(spec.name, list(value.shape), spec.datatype)
+            tensor.set_data_from_numpy(value, binary_data=True)
+            tensors.append(tensor)
+        counts: Mapping[str, int] = parameters.get(CLASSIFICATION) or {}
+        outputs = [
+            triton_http.InferRequestedOutput(t.name, binary_data=True, class_count=counts.get(t.name, 0))
+            for t in config.outputs
+        ]
+        request_id = str(parameters.get("request_id") or "")
+        ok = False
+        try:
+            for attempt in range(2):
+                try:
+                    result = await self.client.infer(
+                        config.name,
+                        tensors,
+                        model_version=version or "",
+                        outputs=outputs,
+                        request_id=request_id,
+                        headers={"x-request-id": request_id} if request_id else None,
+                    )
+                    break
+                except aiohttp.ServerDisconnectedError as ex:
+                    # A pooled connection to a Triton that restarted: one retry on a fresh one.
+                    if attempt:
+                        raise ServiceUnavailable(f"Triton Inference Server at {self.url} is unavailable: {ex}") from ex
+                except InferenceServerException as ex:
+                    raise triton_error(ex, self.url) from ex
+                except CONNECTION_ERRORS as ex:
+                    raise ServiceUnavailable(
+                        f"Triton Inference Server at {self.url} is unavailable: {type(ex).__name__}: {ex}"
+                    ) from ex
+            ok = True
+            return {t.name: result.as_numpy(t.name) for t in config.outputs}
+        finally:
+            metrics.record_request(config.name, version or config.latest_version, time.perf_counter() - started, ok)
+
+    @hookimpl
+    def infer(
+        self, model: str, version: str | None, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
+    ) -> Awaitable[dict[str, np.ndarray]] | None:
+        config = self.configs.get(model)
+        if config is None:
+            return None
+        return self._infer(config, version, inputs, parameters)
+
+    @hookimpl
+    def model_index(self) -> list[dict[str, str]]:
+        return [
+            {"name": n, "version": v, "state": "READY"} for n, c in sorted(self.configs.items()) for v in c.versions
+        ]
+
+    @hookimpl
+    def model_config(self, model: str, version: str | None) -> ModelConfig | None:
+        return self.configs.get(model)
+
+    @hookimpl
+    def model_ready(self, model: str, version: str | None) -> Awaitable[bool] | None:
+        if model not in self.configs:
+            return None
+        return self._model_ready(model, version or "")
+
+    @hookimpl
+    def server_ready(self) -> Awaitable[bool]:
+        return self._server_ready()
+
+    @hookimpl
+    async def shutdown(self) -> None:
+        if self.client is not None:
+            await self.client.close()

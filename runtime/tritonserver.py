@@ -1,0 +1,261 @@
+"""A tritonserver the runtime installs, starts, watches and stops (``--triton managed``).
+
+* ``runtime triton install`` makes a venv with the ``nvidia-pytriton`` wheel (which
+  ships a working ``tritonserver`` with the python backend), ``numpy<2`` (the
+  python-backend stub needs it) and onnxruntime.
+* The binary is found from ``--tritonserver PATH``, then ``TRITONSERVER_PATH``,
+  then PATH, then that venv.
+* When the server has no onnxruntime backend, ONNX models are served through a
+  generated python-backend ``model.py`` in a staged copy of the repository,
+  with the same (completed) config and dynamic batching.
+* The server binds 127.0.0.1 on free ports; its log is streamed into ours with
+  a ``[tritonserver]`` prefix; it dies with us (PR_SET_PDEATHSIG), and is
+  restarted if it exits on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import StartupError
+from runtime.repository import load_repository, repository_root
+from runtime.server import set_parent_death_signal
+
+logger = logging.getLogger("runtime.tritonserver")
+
+TRITON_REQUIREMENTS = ["nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime"]
+TEMPLATE = Path(__file__).parent / "templates" / "onnx_python_backend.py"
+
+
+def triton_home() -> Path:
+    return Path(os.environ.get("RUNTIME_TRITON_HOME", Path.home() / ".cache" / "scoring-runtime" / "triton"))
+
+
+def install(home: Path | None = None, python: str | None = None) -> Path:
+    """Create the Triton venv (idempotent) and return the tritonserver binary."""
+    home = home or triton_home()
+    venv = home / "venv"
+    marker = venv / ".runtime-installed"
+    if not marker.exists() or marker.read_text() != "\n".join(TRITON_REQUIREMENTS):
+        python = python or shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}") or sys.executable
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "-U", "pip"], check=True)
+        subprocess.run([*pip, *TRITON_REQUIREMENTS], check=True)
+        marker.write_text("\n".join(TRITON_REQUIREMENTS))
+    binary = _wheel_binary(venv)
+    if binary is None:
+        raise StartupError(f"nvidia-pytriton in {venv} ships no tritonserver binary")
+    return binary
+
+
+def _wheel_binary(venv: Path) -> Path | None:
+    found = sorted(venv.glob("lib/python3*/site-packages/pytriton/tritonserver/bin/tritonserver"))
+    return found[-1] if found else None
+
+
+def find_tritonserver(explicit: str | None = None) -> Path:
+    for candidate in (explicit, os.environ.get("TRITONSERVER_PATH"), shutil.which("tritonserver")):
+        if candidate:
+            path = Path(candidate)
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise StartupError(f"tritonserver {path} is not an executable file")
+            return path
+    wheel = _wheel_binary(triton_home() / "venv")
+    if wheel is not None:
+        return wheel
+    raise StartupError(
+        "No tritonserver found (--tritonserver, TRITONSERVER_PATH, PATH, or the runtime's own install). "
+        "Install one with: runtime triton install"
+    )
+
+
+@dataclass
+class Launch:
+    """How to start one tritonserver binary."""
+
+    binary: Path
+    env: dict[str, str]
+    backend_dir: Path | None
+    has_onnxruntime: bool
+
+
+def prepare_launch(binary: Path, work: Path) -> Launch:
+    env = dict(os.environ)
+    site = binary.parents[3] if binary.parts[-4:-1] == ("pytriton", "tritonserver", "bin") else None
+    if site is None:
+        default = Path("/opt/tritonserver/backends")
+        return Launch(binary, env, None, (default / "onnxruntime").is_dir())
+    # The pip wheel: its libraries, a backends folder with the python stub for its Python, and its
+    # venv's python first on PATH (the stub runs in whichever `python` it finds; it needs numpy<2).
+    version = site.parent.name.removeprefix("python")
+    backends = work / "backends"
+    if not backends.exists():
+        shutil.copytree(site / "pytriton" / "tritonserver" / "backends", backends)
+        stub = site / "pytriton" / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
+        shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
+    venv_bin = site.parents[2] / "bin"
+    env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"
+    libs = site / "nvidia_pytriton.libs"
+    env["LD_LIBRARY_PATH"] = f"{libs}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}".rstrip(os.pathsep)
+    return Launch(binary, env, backends, (backends / "onnxruntime").is_dir())
+
+
+def stage_repository(model_dir: str, stage: Path) -> Path:
+    """A repository in which every ONNX model is served by the python backend running onnxruntime."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    for config in load_repository(model_dir):
+        target = stage / config.name
+        target.mkdir()
+        proto = mc.ModelConfig()
+        proto.CopyFrom(config.proto)
+        proto.platform = ""
+        proto.backend = "python"
+        proto.default_model_filename = ""
+        for group in proto.instance_group:
+            group.kind = mc.ModelInstanceGroup.KIND_CPU
+        (target / "config.pbtxt").write_text(str(config.config_text_of(proto)))
+        for output in config.proto.output:
+            if output.label_filename:
+                shutil.copy2(config.path / output.label_filename, target / output.label_filename)
+        for version in config.versions:
+            (target / version).mkdir()
+            shutil.copy2(TEMPLATE, target / version / "model.py")
+            (target / version / "model.onnx").symlink_to(config.model_file(version).resolve())
+    return stage
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the runtime dies, even by SIGKILL; own process group."""
+    set_parent_death_signal(signal.SIGTERM)
+    os.setpgrp()
+
+
+class ManagedTriton:
+    def __init__(self, model_dir: str, binary: Path, port: int | None = None, wait_s: float = 120) -> None:
+        self.model_dir = model_dir
+        self.work = Path(tempfile.mkdtemp(prefix="runtime-triton-"))
+        self.launch = prepare_launch(binary, self.work)
+        self.http_port = port or free_port()
+        self.grpc_port = free_port()
+        self.metrics_port = free_port()
+        self.wait_s = wait_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if self.launch.has_onnxruntime:
+            self.repository = repository_root(model_dir)
+        else:
+            self.repository = stage_repository(model_dir, self.work / "repository")
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def command(self) -> list[str]:
+        cmd = [
+            str(self.launch.binary),
+            f"--model-repository={self.repository}",
+            "--strict-model-config=false",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--exit-timeout-secs=10",
+        ]
+        if self.launch.backend_dir is not None:
+            cmd.append(f"--backend-directory={self.launch.backend_dir}")
+        return cmd
+
+    def _spawn(self) -> None:
+        logger.info("Starting %s", " ".join(self.command()))
+        self.proc = subprocess.Popen(
+            self.command(),
+            env=self.launch.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        threading.Thread(target=self._stream_log, args=(self.proc,), daemon=True).start()
+
+    def _stream_log(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            logger.info("[tritonserver] %s", line.decode("utf-8", "replace").rstrip())
+
+    def start(self) -> None:
+        self._spawn()
+        self.wait_ready()
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="triton-watch")
+        self._watcher.start()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.wait_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise StartupError(f"tritonserver exited with code {self.proc.returncode} while starting (see its log)")
+            try:
+                with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=2) as response:
+                    if response.status == 200:
+                        logger.info("tritonserver is ready at %s", self.url)
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise StartupError(f"tritonserver at {self.url} was not ready within {self.wait_s:.0f} s")
+
+    def _watch(self) -> None:
+        """Restart the server if it exits while we still want it (a crash, an OOM kill)."""
+        backoff = 1.0
+        while not self._stopping.is_set():
+            assert self.proc is not None
+            code = self.proc.wait()
+            if self._stopping.is_set():
+                return
+            logger.error("tritonserver exited with code %s; restarting in %.0f s", code, backoff)
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, 30)
+            try:
+                self._spawn()
+                self.wait_ready()
+                backoff = 1.0
+            except StartupError as ex:
+                logger.error("tritonserver restart failed: %s", ex)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(self.work, ignore_errors=True)
