@@ -155,7 +155,9 @@ def _die_with_parent() -> None:
 
 
 class ManagedTriton:
-    def __init__(self, model_dir: str, binary: Path, port: int | None = None, wait_s: float = 120) -> None:
+    def __init__(
+        self, model_dir: str, binary: Path, port: int | None = None, wait_s: float = 120, supervise: bool = True
+    ) -> None:
         self.model_dir = model_dir
         self.work = Path(tempfile.mkdtemp(prefix="runtime-triton-"))
         self.launch = prepare_launch(binary, self.work)
@@ -163,6 +165,7 @@ class ManagedTriton:
         self.grpc_port = free_port()
         self.metrics_port = free_port()
         self.wait_s = wait_s
+        self.supervise = supervise
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -211,8 +214,16 @@ class ManagedTriton:
     def start(self) -> None:
         self._spawn()
         self.wait_ready()
-        self._watcher = threading.Thread(target=self._watch, daemon=True, name="triton-watch")
-        self._watcher.start()
+        if self.supervise:
+            self._watcher = threading.Thread(target=self._watch, daemon=True, name="triton-watch")
+            self._watcher.start()
+
+    def restart(self) -> None:
+        """Start the server again on the same ports (for an unsupervised server that was stopped)."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("tritonserver is still running")
+        self._spawn()
+        self.wait_ready()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.wait_s

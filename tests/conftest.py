@@ -58,3 +58,47 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models.make_sleepy_linear(repo / "sleepy_unbatched" / "1" / "model.onnx")
     (repo / "sleepy_unbatched" / "config.pbtxt").write_text("max_batch_size: 0\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def tritonserver_binary() -> Path:
+    """A real tritonserver: one on PATH or TRITONSERVER_PATH, else the runtime's own install (made if missing)."""
+    from runtime.errors import StartupError
+    from runtime.tritonserver import find_tritonserver, install
+
+    try:
+        return find_tritonserver()
+    except StartupError:
+        return install()
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The pids that still exist and are not zombies."""
+    living = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            living.add(pid)
+    return living

@@ -1,0 +1,231 @@
+"""The Triton backend against a real tritonserver: remote, managed, faults, batching, the seed's scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from runtime.tritonserver import ManagedTriton
+from tests.conftest import StartRuntime, alive, descendants, script
+from tests.support.models import linear_reference
+
+pytestmark = [pytest.mark.slow, pytest.mark.external]
+
+AML_LINEAR = script("backend/aml_linear.py")
+
+
+@pytest.fixture(scope="module")
+def remote_triton(model_repo: Path, tritonserver_binary: Path) -> Iterator[ManagedTriton]:
+    """A tritonserver the test starts itself (the runtime then uses it in remote mode)."""
+    server = ManagedTriton(str(model_repo), tritonserver_binary, supervise=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+def rows(n: int) -> np.ndarray:
+    return np.random.default_rng(11).standard_normal((n, 4)).astype(np.float32)
+
+
+async def score_many(url: str, bodies: list[dict[str, object]], concurrency: int = 32) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+        return await asyncio.gather(*(client.post(url + "/score", json=b) for b in bodies))
+
+
+def test_same_answers_as_the_embedded_backend(
+    start_runtime: StartRuntime, remote_triton: ManagedTriton, model_repo: Path
+) -> None:
+    x = rows(24)
+    bodies = [{"x": r.tolist()} for r in x]
+    via_triton = start_runtime("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", remote_triton.url)
+    embedded = start_runtime("--entry", AML_LINEAR, "--model-dir", str(model_repo))
+    got_triton = [r.json()["y"] for r in asyncio.run(score_many(via_triton.url, bodies))]
+    got_embedded = [r.json()["y"] for r in asyncio.run(score_many(embedded.url, bodies))]
+    np.testing.assert_allclose(got_triton, got_embedded, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_triton, linear_reference(x)["y"], rtol=1e-5, atol=1e-5)
+
+    # The runtime's v2 endpoints serve Triton's models too: one API whichever backend is active.
+    client = triton.InferenceServerClient(via_triton.url.removeprefix("http://"))
+    assert client.is_server_ready() and client.is_model_ready("strings")
+    text = triton.InferInput("text", [2, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"world"], [b"x"]], dtype=object))
+    assert client.infer("strings", [text]).as_numpy("id").ravel().tolist() == [2, 0]
+    logits = triton.InferInput("x", [1, 5], "FP32")
+    logits.set_data_from_numpy(np.array([[1, 5, 2, 3, 0]], dtype=np.float32))
+    result = client.infer("classifier", [logits], outputs=[triton.InferRequestedOutput("probs", class_count=2)])
+    top = [v.decode() for v in result.as_numpy("probs").ravel()]
+    assert [t.split(":", 1)[1] for t in top] == ["1:b", "3:d"]
+    client.close()
+
+
+def test_bad_input_is_400_with_a_message(start_runtime: StartRuntime, remote_triton: ManagedTriton) -> None:
+    server = start_runtime("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", remote_triton.url)
+    response = httpx.post(server.url + "/score", json={"x": [1, 2]})
+    assert response.status_code == 400
+    assert "input 'x' of model 'linear' has shape [1, 2], expected [-1, 4]" in response.json()["message"]
+    v2 = httpx.post(
+        server.url + "/v2/models/linear/infer",
+        json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]},
+    )
+    assert v2.status_code == 400 and "expecting TYPE_FP32" in v2.json()["error"]
+
+
+def test_seed_style_script_with_tritonhttpclient(start_runtime: StartRuntime, remote_triton: ManagedTriton) -> None:
+    server = start_runtime(
+        "--entry", script("triton/seed_score.py"), "--backend", "triton", "--triton-url", remote_triton.url
+    )
+    response = httpx.post(server.url + "/score", content=json.dumps([1, 5, 2, 3, 0]))
+    assert response.status_code == 200, server.log()
+    assert [t.split(":", 1)[1] for t in response.json()["top"]] == ["1:b", "3:d"]
+
+
+def test_dynamic_batching_in_triton_across_two_workers(
+    start_runtime: StartRuntime, remote_triton: ManagedTriton
+) -> None:
+    server = start_runtime(
+        "--entry",
+        script("backend/hook_linear.py"),
+        "--backend",
+        "triton",
+        "--triton-url",
+        remote_triton.url,
+        "--workers",
+        "2",
+    )
+    before = httpx.get(f"http://{remote_triton.url}/v2/models/sleepy/stats").json()["model_stats"][0]
+    responses = asyncio.run(score_many(server.url, [{"x": r.tolist(), "model": "sleepy"} for r in rows(96)]))
+    assert {r.status_code for r in responses} == {200}
+    after = httpx.get(f"http://{remote_triton.url}/v2/models/sleepy/stats").json()["model_stats"][0]
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert inferences == 96
+    assert executions < inferences, "Triton ran every request alone: no dynamic batching"
+    sizes = [b["batch_size"] for b in after["batch_stats"]]
+    assert max(sizes) > 1
+
+
+def test_triton_killed_mid_load_gives_503_then_recovers(
+    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+) -> None:
+    own = ManagedTriton(str(model_repo), tritonserver_binary, supervise=False)
+    own.start()
+    try:
+        server = start_runtime("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", own.url)
+        statuses: list[int] = []
+        messages: set[str] = set()
+
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            async with httpx.AsyncClient(timeout=30) as client:
+                while not stop.is_set():
+                    r = await client.post(server.url + "/score", json={"x": [1, 2, 3, 4]})
+                    statuses.append(r.status_code)
+                    if r.status_code != 200:
+                        messages.add(r.json()["message"])
+
+        async def scenario() -> None:
+            loaders = [asyncio.ensure_future(load()) for _ in range(4)]
+            await asyncio.sleep(1)
+            assert own.proc is not None
+            own.proc.send_signal(signal.SIGKILL)
+            await asyncio.sleep(1.5)
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(server.url + "/v2/health/ready")).status_code == 503
+                live = await client.get(server.url + "/")
+                assert live.status_code == 200 and live.text == "Healthy"
+            await asyncio.to_thread(own.restart)
+            await asyncio.sleep(2)  # load goes on against the restarted server
+            stop.set()
+            await asyncio.gather(*loaders)
+
+        asyncio.run(scenario())
+        assert 500 not in statuses
+        assert 503 in statuses and statuses[-1] == 200
+        assert set(statuses) <= {200, 503}
+        assert all(f"Triton Inference Server at {own.url}" in m for m in messages), messages
+        assert not any("Traceback" in m for m in messages)
+        assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    finally:
+        own.stop()
+
+
+def test_startup_waits_for_triton_within_a_bound(start_runtime: StartRuntime) -> None:
+    server = start_runtime(
+        "--entry",
+        AML_LINEAR,
+        "--backend",
+        "triton",
+        "--triton-url",
+        "127.0.0.1:9",
+        env={"RUNTIME_TRITON_WAIT_S": "2"},
+        wait=False,
+    )
+    assert server.wait_exit(60) == 3
+    assert "Triton Inference Server at 127.0.0.1:9: the server was not ready in time" in server.log()
+
+
+def test_managed_mode_starts_serves_and_stops_cleanly(
+    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+) -> None:
+    server = start_runtime(
+        "--entry",
+        AML_LINEAR,
+        "--backend",
+        "triton",
+        "--triton",
+        "managed",
+        "--model-dir",
+        str(model_repo),
+        "--tritonserver",
+        str(tritonserver_binary),
+    )
+    response = httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]})
+    assert response.status_code == 200
+    np.testing.assert_allclose(
+        response.json()["y"], linear_reference(np.array([[1, 2, 3, 4]], np.float32))["y"][0], rtol=1e-5
+    )
+    assert "[tritonserver]" in server.log()
+    assert server.proc is not None
+    family = descendants(server.proc.pid)
+    assert len(family) >= 3  # a worker, tritonserver and its python-backend stubs
+    assert server.stop() == 0
+    deadline = time.monotonic() + 30
+    while alive(family) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(family)
+
+
+def test_managed_mode_leaves_no_orphans_when_the_master_crashes(
+    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+) -> None:
+    server = start_runtime(
+        "--entry",
+        AML_LINEAR,
+        "--backend",
+        "triton",
+        "--triton",
+        "managed",
+        "--model-dir",
+        str(model_repo),
+        "--tritonserver",
+        str(tritonserver_binary),
+    )
+    assert server.proc is not None
+    family = descendants(server.proc.pid)
+    assert family
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    deadline = time.monotonic() + 45
+    while alive(family) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(family), f"orphans left: {alive(family)}"
