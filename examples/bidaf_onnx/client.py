@@ -1,0 +1,54 @@
+"""Ask a running server a question, at /score (plain HTTP) or /v2 (tritonclient).
+
+python examples/bidaf_onnx/client.py [--url http://127.0.0.1:5001] [--v2] [CONTEXT QUERY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tokens
+
+CONTEXT = "A quick brown fox jumps over the lazy dog."
+QUERY = "What color is the fox?"
+
+
+def via_score(url: str, context: str, query: str) -> object:
+    body = json.dumps({"context": context, "query": query}).encode()
+    request = urllib.request.Request(f"{url}/score", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def via_v2(url: str, context: str, query: str) -> object:
+    import tritonclient.http as triton
+
+    context_tokens, inputs = tokens.parse({"context": context, "query": query})
+    tensors = []
+    for name, value in inputs.items():
+        tensor = triton.InferInput(name, list(value.shape), "BYTES")
+        tensor.set_data_from_numpy(value, binary_data=True)
+        tensors.append(tensor)
+    client = triton.InferenceServerClient(url.split("://", 1)[-1])
+    result = client.infer("bidaf_onnx", tensors)
+    return tokens.answer(context_tokens, {n: result.as_numpy(n) for n in ("start_pos", "end_pos")})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("context", nargs="?", default=CONTEXT)
+    parser.add_argument("query", nargs="?", default=QUERY)
+    parser.add_argument("--url", default="http://127.0.0.1:5001")
+    parser.add_argument("--v2", action="store_true", help="tritonclient to /v2/models/bidaf_onnx/infer")
+    args = parser.parse_args()
+    call = via_v2 if args.v2 else via_score
+    print(json.dumps(call(args.url, args.context, args.query)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The reference examples end to end, on the embedded backend and on a real Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.tritonserver import ManagedTriton
+from tests.conftest import StartRuntime
+from tests.support.servers import REPO, ServerProcess
+from tests.test_onnxruntime_backend import metric
+
+pytestmark = pytest.mark.slow
+
+DENSENET = REPO / "examples" / "densenet_onnx"
+BIDAF = REPO / "examples" / "bidaf_onnx"
+CONTEXT = "The Eiffel Tower was finished in 1889 and stands in Paris."
+QUERY = "When was the tower finished?"
+
+
+def load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{path.parent.name}_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def examples_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both examples' models in one repository: a small DenseNet (dynamic batch) and the BiDAF signature."""
+    root = tmp_path_factory.mktemp("examples")
+    load(DENSENET / "make_model.py").main(["--out", str(root), "--small"])
+    load(BIDAF / "make_model.py").main(["--out", str(root)])
+    return root
+
+
+def jpeg(width: int = 300, height: int = 200, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def triton_for_examples(examples_repo: Path, tritonserver_binary: Path) -> Iterator[ManagedTriton]:
+    server = ManagedTriton(str(examples_repo), tritonserver_binary, supervise=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+BACKENDS = ["onnxruntime", "triton"]
+
+
+def serve(start: StartRuntime, entry: Path, repo: Path, backend: str, triton: ManagedTriton | None) -> ServerProcess:
+    args = ["--entry", str(entry), "--model-dir", str(repo)]
+    if backend == "triton":
+        assert triton is not None
+        args += ["--backend", "triton", "--triton-url", triton.url]
+    return start(*args)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def triton_if_needed(backend: str, request: pytest.FixtureRequest) -> ManagedTriton | None:
+    return request.getfixturevalue("triton_for_examples") if backend == "triton" else None
+
+
+@pytest.mark.parametrize("script", ["score_densenet.py", "score_densenet_aml.py"])
+def test_densenet_end_to_end(
+    start_runtime: StartRuntime,
+    examples_repo: Path,
+    backend: str,
+    triton_if_needed: ManagedTriton | None,
+    script: str,
+) -> None:
+    server = serve(start_runtime, DENSENET / script, examples_repo, backend, triton_if_needed)
+    image = jpeg()
+    raw = httpx.post(server.url + "/score", content=image, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert raw.status_code == 200, raw.text
+    top = raw.json()
+    labels = (DENSENET / "densenet_labels.txt").read_text().splitlines()
+    assert len(top) == 5 and all(entry["label"] in labels for entry in top)
+    assert all(0 < entry["score"] <= 1 for entry in top)
+    assert [e["score"] for e in top] == sorted((e["score"] for e in top), reverse=True)
+    as_json = httpx.post(server.url + "/score", json={"image": base64.b64encode(image).decode()}, timeout=60)
+    assert as_json.json() == top
+
+    # The answer equals the model run in-process on the same preprocessing.
+    imagenet = load(DENSENET / "imagenet.py")
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(examples_repo / "triton/densenet_onnx/1/model.onnx"))
+    logits = session.run(None, {"data_0": imagenet.preprocess(imagenet.load_image(image))})[0]
+    want = imagenet.top5(logits, labels)
+    assert [e["label"] for e in top] == [e["label"] for e in want]
+    np.testing.assert_allclose([e["score"] for e in top], [e["score"] for e in want], rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"this is not an image", "image/jpeg", "not an image Pillow can read"),
+        (jpeg()[:400], "image/jpeg", "truncated or corrupt"),
+        (b"", "image/png", "the request body is empty"),
+        (b'{"picture": "x"}', "application/json", 'missing field "image"'),
+        (b'{"image": "%%%"}', "application/json", "not valid base64"),
+    ],
+)
+@pytest.mark.parametrize("script", ["score_densenet.py", "score_densenet_aml.py"])
+def test_densenet_bad_images_get_400(
+    start_runtime: StartRuntime, examples_repo: Path, script: str, body: bytes, content_type: str, message: str
+) -> None:
+    server = serve(start_runtime, DENSENET / script, examples_repo, "onnxruntime", None)
+    response = httpx.post(server.url + "/score", content=body, headers={"Content-Type": content_type}, timeout=60)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["message"]
+    assert httpx.post(server.url + "/score", content=jpeg(), headers={"Content-Type": "image/jpeg"}).status_code == 200
+
+
+def test_densenet_concurrent_requests_are_batched(start_runtime: StartRuntime, examples_repo: Path) -> None:
+    server = serve(start_runtime, DENSENET / "score_densenet.py", examples_repo, "onnxruntime", None)
+    images = [jpeg(seed=i) for i in range(48)]
+
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=24)) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(server.url + "/score", content=img, headers={"Content-Type": "image/jpeg"})
+                    for img in images
+                )
+            )
+
+    responses = asyncio.run(send())
+    assert {r.status_code for r in responses} == {200}
+    text = httpx.get(server.url + "/metrics").text
+    count = metric(text, "runtime_batch_size_count", model="densenet_onnx", version="1")
+    ones = metric(text, "runtime_batch_size_bucket", model="densenet_onnx", version="1", le="1.0")
+    assert count > 0 and ones < count, f"no batch larger than 1 ({count=}, {ones=})"
+
+
+def test_densenet_model_zoo_configuration_with_fixed_batch(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    """The zoo file has batch fixed at 1: make_model keeps a model in place and writes max_batch_size 0."""
+    make = load(DENSENET / "make_model.py")
+    make.main(["--out", str(tmp_path), "--small", "--fixed-batch"])
+    make.main(["--out", str(tmp_path)])  # a model is in place: only the config is (re)written
+    assert "max_batch_size: 0" in (tmp_path / "triton/densenet_onnx/config.pbtxt").read_text()
+    server = serve(start_runtime, DENSENET / "score_densenet.py", tmp_path, "onnxruntime", None)
+    response = httpx.post(server.url + "/score", content=jpeg(), headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 200 and len(response.json()) == 5
+
+
+@pytest.mark.parametrize("script", ["score_bidaf.py", "score_bidaf_aml.py"])
+def test_bidaf_end_to_end(
+    start_runtime: StartRuntime,
+    examples_repo: Path,
+    backend: str,
+    triton_if_needed: ManagedTriton | None,
+    script: str,
+) -> None:
+    server = serve(start_runtime, BIDAF / script, examples_repo, backend, triton_if_needed)
+    response = httpx.post(server.url + "/score", json={"context": CONTEXT, "query": QUERY}, timeout=60)
+    assert response.status_code == 200, response.text
+    answer = response.json()["answer"]
+    tokens = load(BIDAF / "tokens.py")
+    context_tokens, inputs = tokens.parse({"context": CONTEXT, "query": QUERY})
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(examples_repo / "triton/bidaf_onnx/1/model.onnx"))
+    feeds = {k: v.astype(str) for k, v in inputs.items()}
+    start, end = (int(v[0]) for v in session.run(["start_pos", "end_pos"], feeds))
+    assert answer == " ".join(context_tokens[start : end + 1]) and answer
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"context": "", "query": QUERY}, 'field "context" has no tokens'),
+        ({"context": CONTEXT}, 'missing field "query"'),
+        ({"context": CONTEXT, "query": "   "}, 'field "query" has no tokens'),
+        ({"context": 3, "query": QUERY}, 'field "context" must be a string'),
+        (["not", "an", "object"], "expected a JSON object"),
+    ],
+)
+@pytest.mark.parametrize("script", ["score_bidaf.py", "score_bidaf_aml.py"])
+def test_bidaf_bad_input_gets_400(
+    start_runtime: StartRuntime, examples_repo: Path, script: str, body: object, message: str
+) -> None:
+    server = serve(start_runtime, BIDAF / script, examples_repo, "onnxruntime", None)
+    response = httpx.post(server.url + "/score", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["message"]
+
+
+def test_make_model_writes_beside_itself(tmp_path: Path) -> None:
+    """``make_model.py`` writes into models/ next to the script, wherever it is run from."""
+    copy = tmp_path / "densenet_onnx"
+    shutil.copytree(DENSENET, copy, ignore=shutil.ignore_patterns("models", "__pycache__"))
+    load(copy / "make_model.py").main(["--small"])
+    assert (copy / "models/triton/densenet_onnx/1/model.onnx").is_file()
+    assert (copy / "models/triton/densenet_onnx/densenet_labels.txt").is_file()
