@@ -169,7 +169,8 @@ class OnnxRuntimeBackend:
     async def init(self, context: InitContext) -> None:
         model_dir = context.settings.model_dir
         if not model_dir or not looks_like_repository(model_dir):
-            logger.info("No model repository in %s: the embedded backend serves no models", model_dir)
+            where = f"in {model_dir}" if model_dir else "(no --model-dir)"
+            logger.info("No model repository %s: the embedded backend serves no models", where)
             self.ready = True
             return
         configs = await asyncio.to_thread(load_repository, model_dir)
