@@ -68,6 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     install = triton_sub.add_parser("install", help="install tritonserver (nvidia-pytriton) in a venv of its own")
     install.add_argument("--home", help="where (env RUNTIME_TRITON_HOME; ~/.cache/scoring-runtime/triton)")
 
+    bench = sub.add_parser("bench", help="load-test a /score URL or a v2 model over a concurrency sweep")
+    bench.add_argument("--url", required=True, help="a /score URL, or the server's base URL with --v2-model")
+    source = bench.add_mutually_exclusive_group(required=True)
+    source.add_argument("--payload", help="a file whose bytes are every request's body")
+    source.add_argument("--generator", help="MODULE:FUNCTION (or file.py:FUNCTION) returning each body")
+    source.add_argument("--v2-model", help="a model: random binary tensors from its metadata, as tritonclient sends")
+    bench.add_argument("--batch", type=_positive, default=1, help="batch size of --v2-model requests (1)")
+    bench.add_argument("--content-type", default="application/json", help="for --payload/--generator")
+    bench.add_argument("--header", action="append", default=[], help="NAME:VALUE (repeatable)")
+    bench.add_argument("--concurrency", default="1,2,4,8,16,32,64,128,256", help="the sweep, comma-separated")
+    bench.add_argument("--duration", type=float, default=5.0, help="seconds measured per step (5)")
+    bench.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring, per step (1)")
+    bench.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    bench.add_argument("--output", help="write the report here instead of stdout")
+    bench.add_argument("--plot", help="a PNG of p50 latency against throughput")
+    bench.add_argument("--quiet", action="store_true", help="no progress display")
+
     check = sub.add_parser("check", help="show how the models of a repository will be served")
     check.add_argument("--model-dir", required=True, help="the model directory (holding triton/ or models)")
     return parser
@@ -162,6 +179,46 @@ def serve_with_managed_triton(settings: Settings) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from runtime import bench
+
+    try:
+        concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    except ValueError:
+        print(f"runtime bench: --concurrency must be integers, got {args.concurrency!r}", file=sys.stderr)
+        return 2
+    headers = {"Content-Type": args.content_type}
+    for header in args.header:
+        name, _, value = header.partition(":")
+        headers[name.strip()] = value.strip()
+    if args.v2_model:
+        target = bench.v2_target(args.url.rstrip("/"), args.v2_model, args.batch)
+    elif args.payload:
+        body = Path(args.payload).read_bytes()
+        target = bench.Target(args.url, lambda: body, headers, f"{args.url} with {args.payload}")
+    else:
+        target = bench.Target(args.url, bench.load_generator(args.generator), headers, f"{args.url} ({args.generator})")
+    steps = asyncio.run(bench.sweep(target, concurrencies, args.duration, args.warmup, not args.quiet))
+    report = {
+        "table": lambda: bench.as_table(steps),
+        "json": lambda: bench.as_json(target, steps),
+        "csv": lambda: bench.as_csv(steps),
+    }[args.format]()
+    if args.output:
+        Path(args.output).write_text(report + "\n")
+    else:
+        print(report)
+    if args.plot:
+        from runtime.plot import latency_throughput_png
+
+        points = [(s.throughput, s.latency_ms["p50"], s.concurrency) for s in steps]
+        latency_throughput_png({target.description or target.url: points}, Path(args.plot))
+    return 0
+
+
 def cmd_triton(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -180,4 +237,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check(args)
     if args.command == "triton":
         return cmd_triton(args)
+    if args.command == "bench":
+        return cmd_bench(args)
     raise AssertionError(args.command)  # pragma: no cover
