@@ -1,0 +1,518 @@
+"""Benchmarks: the same workloads, on the same machine, in one run, through every way of serving them.
+
+    python -m benchmarks.run            # the full run (about 40 minutes on 2 cores); writes docs/benchmarks.md
+    python -m benchmarks.run --quick    # seconds per step, to prove it works (CI)
+
+Systems: the in-process onnxruntime limit, azmlinfsrv (its own venv) with a score.py that calls
+onnxruntime per request, Triton directly (tritonserver with dynamic batching), and the runtime on
+the embedded backend (v2, hook-style and run()-style scripts) and on the Triton backend.
+Workloads: a tiny model (pure overhead), DenseNet-121 as v2 binary tensors, the DenseNet
+example end to end (JPEG in, top 5 out) and BiDAF (string tensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import io
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from runtime import bench
+from runtime.tritonserver import ManagedTriton, find_tritonserver, install
+from tests.support import models
+from tests.support.servers import REPO, ServerProcess, free_port, runtime_argv
+from tests.support.venvs import ensure_venv
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = HERE / "scripts"
+EXAMPLES = REPO / "examples"
+LAUNCHER = REPO / "tests" / "support" / "azmlinfsrv_launcher.py"
+AZML_BENCH_REQUIREMENTS = [
+    "azureml-inference-server-http==1.5.1",
+    "inference-schema",
+    "onnxruntime",
+    "Pillow",
+    "nltk",
+    "-e",
+    str(REPO),
+]
+CONTEXT = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after the "
+    "engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
+)
+QUERY = "Who designed the Eiffel Tower?"
+
+
+@dataclass
+class Row:
+    workload: str
+    system: str
+    workers: int | None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+    def at(self, concurrency: int) -> dict[str, Any] | None:
+        return next((s for s in self.steps if s["concurrency"] == concurrency), None)
+
+    def throughput(self, concurrency: int) -> float:
+        step = self.at(concurrency)
+        return float(step["throughput"]) if step else 0.0
+
+
+# -- models and payloads ---------------------------------------------------------------------------
+
+
+def load_example(path: Path) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{path.parent.name}_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_models(root: Path, small: bool) -> None:
+    repo = root / "triton"
+    models.make_linear(repo / "tiny" / "1" / "model.onnx")
+    (repo / "tiny" / "config.pbtxt").write_text("max_batch_size: 64\ndynamic_batching { }\n")
+    load_example(EXAMPLES / "densenet_onnx" / "make_model.py").main(
+        ["--out", str(root)] + (["--small"] if small else [])
+    )
+    load_example(EXAMPLES / "bidaf_onnx" / "make_model.py").main(["--out", str(root)])
+
+
+def jpeg_bytes() -> bytes:
+    x, y = np.meshgrid(np.linspace(0, 1, 500), np.linspace(0, 1, 375))
+    pixels = (np.stack([x, y, (x + y) / 2], axis=-1) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@dataclass
+class Workload:
+    name: str
+    title: str
+    score_body: bytes
+    content_type: str
+    azml_body: bytes
+    azml_content_type: str
+    v2_model: str | None
+    v2_inputs: dict[str, np.ndarray] | None
+    azml_script: str
+    hook_script: Path | None
+    run_script: Path | None
+    limit: Callable[[Path], float]
+
+
+def workloads(model_dir: Path) -> list[Workload]:
+    imagenet = load_example(EXAMPLES / "densenet_onnx" / "imagenet.py")
+    tokens = load_example(EXAMPLES / "bidaf_onnx" / "tokens.py")
+    image = jpeg_bytes()
+    tensor = imagenet.preprocess(imagenet.load_image(image))
+    _, bidaf_inputs = tokens.parse({"context": CONTEXT, "query": QUERY})
+    qa = json.dumps({"context": CONTEXT, "query": QUERY}).encode()
+    tiny = json.dumps({"x": [[0.1, 0.2, 0.3, 0.4]]}).encode()
+    return [
+        Workload(
+            "tiny",
+            "Tiny model (pure overhead)",
+            tiny,
+            "application/json",
+            tiny,
+            "application/json",
+            "tiny",
+            {"x": np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)},
+            "aml_tiny.py",
+            SCRIPTS / "runtime_tiny_hook.py",
+            SCRIPTS / "runtime_tiny_aml.py",
+            limit_batched("tiny", "x"),
+        ),
+        Workload(
+            "densenet_v2",
+            "DenseNet-121, v2 binary tensors",
+            b"",
+            "",
+            json.dumps({"data_0": tensor.tolist()}).encode(),
+            "application/json",
+            "densenet_onnx",
+            {"data_0": tensor},
+            "aml_densenet_tensor.py",
+            None,
+            None,
+            limit_batched("densenet_onnx", "data_0"),
+        ),
+        Workload(
+            "densenet_jpeg",
+            "DenseNet example end to end (JPEG in, top 5 out)",
+            image,
+            "image/jpeg",
+            image,
+            "image/jpeg",
+            None,
+            None,
+            "aml_densenet_jpeg.py",
+            EXAMPLES / "densenet_onnx" / "score_densenet.py",
+            EXAMPLES / "densenet_onnx" / "score_densenet_aml.py",
+            limit_jpeg(image, imagenet),
+        ),
+        Workload(
+            "bidaf",
+            "BiDAF (string tensors)",
+            qa,
+            "application/json",
+            qa,
+            "application/json",
+            "bidaf_onnx",
+            bidaf_inputs,
+            "aml_bidaf.py",
+            EXAMPLES / "bidaf_onnx" / "score_bidaf.py",
+            EXAMPLES / "bidaf_onnx" / "score_bidaf_aml.py",
+            limit_bidaf(bidaf_inputs),
+        ),
+    ]
+
+
+# -- the in-process limit ----------------------------------------------------------------------------
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _rate(fn: Callable[[], int], seconds: float) -> float:
+    fn()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += fn()
+    return done / (time.perf_counter() - start)
+
+
+LIMIT_SECONDS = 3.0
+
+
+def limit_batched(model: str, name: str) -> Callable[[Path], float]:
+    def measure(model_dir: Path) -> float:
+        session = _session(model_dir / "triton" / model / "1" / "model.onnx")
+        shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
+        best = 0.0
+        for batch in (1, 8, 16, 32, 64):
+            x = np.random.default_rng(0).random([batch, *shape[1:]]).astype(np.float32)
+            best = max(best, _rate(lambda x=x, b=batch: (session.run(None, {name: x}), b)[1], LIMIT_SECONDS))
+        return best
+
+    return measure
+
+
+def limit_jpeg(image: bytes, imagenet: Any) -> Callable[[Path], float]:
+    def measure(model_dir: Path) -> float:
+        preprocess_s = 1 / _rate(lambda: (imagenet.preprocess(imagenet.load_image(image)), 1)[1], LIMIT_SECONDS)
+        model_s = 1 / limit_batched("densenet_onnx", "data_0")(model_dir)
+        return 1 / (preprocess_s + model_s)
+
+    return measure
+
+
+def limit_bidaf(inputs: dict[str, np.ndarray]) -> Callable[[Path], float]:
+    def measure(model_dir: Path) -> float:
+        session = _session(model_dir / "triton" / "bidaf_onnx" / "1" / "model.onnx")
+        feeds = {k: v.astype(str) for k, v in inputs.items()}
+        return _rate(lambda: (session.run(None, feeds), 1)[1], LIMIT_SECONDS)
+
+    return measure
+
+
+# -- servers -----------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.model_dir = work / "models"
+        self.rows: list[Row] = []
+        self.memory: dict[str, float] = {}
+
+    def log(self, message: str) -> None:
+        print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", flush=True)
+
+    def sweep(self, target: bench.Target) -> list[dict[str, Any]]:
+        steps = asyncio.run(
+            bench.sweep(
+                target, self.args.concurrency, self.args.duration, self.args.warmup, show_progress=not self.args.quiet
+            )
+        )
+        return [asdict(s) for s in steps]
+
+    def start(self, argv: list[str], port: int, name: str, env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(argv, port, self.work / f"{name}-{port}.log", env=env, cwd=self.work)
+        return server.start(timeout=300)
+
+    def runtime(self, name: str, workers: int, *args: str) -> ServerProcess:
+        port = free_port()
+        argv = runtime_argv(
+            "serve", "--port", str(port), "--workers", str(workers), "--model-dir", str(self.model_dir), *args
+        )
+        return self.start(argv, port, name, env={"RUNTIME_ACCESS_LOG": "false", "AZUREML_LOG_LEVEL": "WARNING"})
+
+    def azml(self, python: Path, script: str, workers: int) -> ServerProcess:
+        port = free_port()
+        argv = [
+            str(python),
+            str(LAUNCHER),
+            "--entry_script",
+            str(SCRIPTS / script),
+            "--port",
+            str(port),
+            "--model_dir",
+            str(self.model_dir),
+            "--worker_count",
+            str(workers),
+        ]
+        return self.start(argv, port, "azmlinfsrv", env={"AZUREML_LOG_LEVEL": "WARNING"})
+
+    def measure(self, workload: Workload, system: str, workers: int | None, target: bench.Target) -> None:
+        self.log(f"{workload.name}: {system} (workers {workers or '-'})")
+        self.rows.append(Row(workload.name, system, workers, self.sweep(target)))
+
+    def run(self) -> None:
+        args = self.args
+        build_models(self.model_dir, small=args.quick)
+        azml_python = ensure_venv("azmlinfsrv-bench", AZML_BENCH_REQUIREMENTS)
+        try:
+            binary = find_tritonserver()
+        except Exception:
+            binary = install()
+        triton = ManagedTriton(str(self.model_dir), binary, supervise=False)
+        triton.start()
+        try:
+            for workload in workloads(self.model_dir):
+                if args.workloads and workload.name not in args.workloads:
+                    continue
+                self.run_workload(workload, azml_python, triton)
+        finally:
+            triton.stop()
+
+    def run_workload(self, w: Workload, azml_python: Path, triton: ManagedTriton) -> None:
+        self.log(f"{w.name}: in-process limit")
+        self.rows.append(
+            Row(
+                w.name,
+                "limit",
+                None,
+                [{"concurrency": 0, "throughput": w.limit(self.model_dir)}],
+                note="onnxruntime in-process, best batch size",
+            )
+        )
+        score_headers = {"Content-Type": w.content_type}
+        v2 = bench.v2_body(w.v2_inputs) if w.v2_inputs is not None else None
+        if v2 is not None:
+            body, headers = v2
+            target = bench.Target(f"http://{triton.url}/v2/models/{w.v2_model}/infer", lambda b=body: b, headers)
+            self.measure(w, "triton-direct", None, target)
+        for workers in self.args.workers:
+            server = self.azml(azml_python, w.azml_script, workers)
+            try:
+                self.measure(
+                    w,
+                    "azmlinfsrv",
+                    workers,
+                    bench.Target(server.url + "/score", lambda b=w.azml_body: b, {"Content-Type": w.azml_content_type}),
+                )
+            finally:
+                server.stop()
+            if v2 is not None:
+                body, headers = v2
+                server = self.runtime("runtime-v2", workers)
+                try:
+                    self.measure(
+                        w,
+                        "runtime v2",
+                        workers,
+                        bench.Target(f"{server.url}/v2/models/{w.v2_model}/infer", lambda b=body: b, headers),
+                    )
+                    if w.name == "densenet_v2" and workers == 1:
+                        self.memory.update(memory(server, self.model_dir))
+                finally:
+                    server.stop()
+                if w.hook_script is None:
+                    server = self.runtime(
+                        "runtime-triton-v2", workers, "--backend", "triton", "--triton-url", triton.url
+                    )
+                    try:
+                        self.measure(
+                            w,
+                            "runtime+triton v2",
+                            workers,
+                            bench.Target(f"{server.url}/v2/models/{w.v2_model}/infer", lambda b=body: b, headers),
+                        )
+                    finally:
+                        server.stop()
+            for system, script, extra in (
+                ("runtime hook", w.hook_script, ()),
+                ("runtime run()", w.run_script, ()),
+                ("runtime+triton hook", w.hook_script, ("--backend", "triton", "--triton-url", triton.url)),
+            ):
+                if script is None:
+                    continue
+                server = self.runtime(system.replace(" ", "-"), workers, "--entry", str(script), *extra)
+                try:
+                    self.measure(
+                        w, system, workers, bench.Target(server.url + "/score", lambda b=w.score_body: b, score_headers)
+                    )
+                finally:
+                    server.stop()
+
+
+def rss_kb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1])
+    return 0.0
+
+
+def memory(server: ServerProcess, model_dir: Path) -> dict[str, float]:
+    """RSS of a runtime worker holding DenseNet against a bare onnxruntime process holding the same model."""
+    from tests.conftest import descendants
+
+    assert server.proc is not None
+    workers = descendants(server.proc.pid)
+    worker_rss = max(rss_kb(pid) for pid in workers)
+    code = (
+        "import numpy as np, onnxruntime as ort, sys\n"
+        f"s = ort.InferenceSession({str(model_dir / 'triton/densenet_onnx/1/model.onnx')!r},"
+        " providers=['CPUExecutionProvider'])\n"
+        "x = np.random.rand(64, 3, 224, 224).astype(np.float32)\n"
+        "for b in (1, 8, 16, 32, 64): s.run(None, {'data_0': x[:b]})\n"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS:')][0])\n"
+    )
+    import subprocess
+
+    bare = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    return {"worker_rss_mib": worker_rss / 1024, "bare_rss_mib": bare / 1024, "ratio": worker_rss / bare}
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def fmt(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def report(rows: list[Row], memory_: dict[str, float], args: argparse.Namespace, command: str) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `benchmarks/run.py`; do not edit by hand. Re-run with:",
+        "",
+        f"```bash\n{command}\n```",
+        "",
+        f"* date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"* machine: {json.dumps(bench.machine())}; client and servers share these cores",
+        f"* steps: {args.duration:g} s measured after {args.warmup:g} s warm-up, closed loop, concurrency "
+        f"{', '.join(map(str, args.concurrency))}",
+        "* `limit`: onnxruntime in-process at the best batch size "
+        "(DenseNet JPEG: 1/(preprocess + model time per image))",
+        "* `azmlinfsrv`: azureml-inference-server-http 1.5.1 with a score.py that calls onnxruntime per request "
+        "(what Azure ML users run today); DenseNet v2 row: the tensor as JSON",
+        "* `triton-direct`: the client talks to tritonserver (python backend running onnxruntime, dynamic batching)",
+        "* ratios are at concurrency 32 against the limit and against azmlinfsrv with the same worker count",
+        "",
+    ]
+    for workload in dict.fromkeys(r.workload for r in rows):
+        group = [r for r in rows if r.workload == workload]
+        limit = next((r.steps[0]["throughput"] for r in group if r.system == "limit"), 0.0)
+        lines += [f"## {workload}", "", f"In-process limit: **{fmt(limit)} /s**", ""]
+        header = "| system | workers | " + " | ".join(f"c={c} req/s" for c in args.concurrency)
+        header += " | p50 ms c=1 | p50 ms c=32 | errors | vs limit | vs azmlinfsrv |"
+        lines += [header, "|" + "---|" * (header.count("|") - 1)]
+        for row in group:
+            if row.system == "limit":
+                continue
+            azml = next((r for r in group if r.system == "azmlinfsrv" and r.workers == (row.workers or 1)), None)
+            c32 = row.throughput(32) if row.at(32) else row.throughput(max(args.concurrency))
+            base = (azml.throughput(32) if azml.at(32) else azml.throughput(max(args.concurrency))) if azml else 0
+            errors = sum(sum(s["errors"].values()) for s in row.steps)
+            p50_1 = row.at(1)["latency_ms"]["p50"] if row.at(1) else 0
+            p50_32 = row.at(32)["latency_ms"]["p50"] if row.at(32) else 0
+            cells = " | ".join(fmt(row.throughput(c)) for c in args.concurrency)
+            lines.append(
+                f"| {row.system} | {row.workers or '-'} | {cells} | {p50_1:.2f} | {p50_32:.1f} | {errors} | "
+                f"{c32 / limit if limit else 0:.2f} | {c32 / base if base else 0:.2f} |"
+            )
+        lines.append("")
+    if memory_:
+        lines += [
+            "## Memory",
+            "",
+            f"Runtime worker holding DenseNet after the sweep: {memory_['worker_rss_mib']:.0f} MiB RSS; a bare "
+            f"onnxruntime process holding the same model after batches 1-64: {memory_['bare_rss_mib']:.0f} MiB; "
+            f"ratio **{memory_['ratio']:.2f}**.",
+            "",
+        ]
+    lines += ["![p50 latency against throughput, DenseNet v2, 1 worker](benchmarks.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    from runtime.plot import latency_throughput_png
+
+    series = {
+        f"{r.system} ({r.workers or '-'}w)": [
+            (s["throughput"], s["latency_ms"]["p50"], s["concurrency"]) for s in r.steps
+        ]
+        for r in rows
+        if r.workload == "densenet_v2" and r.system != "limit" and (r.workers or 1) == 1
+    }
+    latency_throughput_png(series, path, "DenseNet-121 v2: p50 latency vs throughput (1 worker)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="seconds per step, small DenseNet (CI)")
+    parser.add_argument("--duration", type=float, help="seconds measured per step (full 10, quick 1)")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up per step (full 3, quick 0.5)")
+    parser.add_argument("--concurrency", help="comma-separated (full 1,8,32,256; quick 1,8)")
+    parser.add_argument("--workers", help="comma-separated (full 1,2; quick 1)")
+    parser.add_argument("--workloads", help="comma-separated subset of tiny,densenet_v2,densenet_jpeg,bidaf")
+    parser.add_argument("--output", type=Path, help="the report (full: docs/benchmarks.md; quick: a temp file)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    args.duration = args.duration or (1.0 if args.quick else 10.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 3.0)
+    args.concurrency = [int(c) for c in (args.concurrency or ("1,8" if args.quick else "1,8,32,256")).split(",")]
+    args.workers = [int(w) for w in (args.workers or ("1" if args.quick else "1,2")).split(",")]
+    args.workloads = set(args.workloads.split(",")) if args.workloads else set()
+    global LIMIT_SECONDS
+    LIMIT_SECONDS = 0.5 if args.quick else 3.0
+    command = "python -m benchmarks.run " + " ".join(sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="runtime-bench-") as tmp:
+        run = Bench(args, Path(tmp))
+        run.run()
+        output = args.output or (
+            Path(tmp).parent / "runtime-bench-quick.md" if args.quick else REPO / "docs" / "benchmarks.md"
+        )
+        output.write_text(report(run.rows, run.memory, args, command.strip()))
+        plot(run.rows, output.with_suffix(".png"))
+        (output.with_suffix(".json")).write_text(json.dumps([asdict(r) for r in run.rows], indent=1))
+    errors = sum(sum(s.get("errors", {}).values()) for r in run.rows for s in r.steps)
+    print(f"wrote {output} and {output.with_suffix('.png')}; {errors} errors")
+
+
+if __name__ == "__main__":
+    main()
