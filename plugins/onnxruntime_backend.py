@@ -24,7 +24,7 @@ from runtime.context import InitContext
 from runtime.errors import NotFound, ServingError
 from runtime.hookspecs import hookimpl
 from runtime.repository import ModelConfig, load_repository, looks_like_repository
-from runtime.tensors import shape_outputs, validate_inputs
+from runtime.tensors import shape_outputs, to_str_array, validate_inputs
 
 logger = logging.getLogger("runtime.onnxruntime")
 
@@ -103,10 +103,8 @@ class LoadedModel:
     def _run_session(self, instance: int, inputs: Tensors) -> Tensors:
         feeds: dict[str, Any] = {}
         for name, value in inputs.items():
-            if name in self._string_inputs:
-                # onnxruntime takes string tensors as numpy arrays of str.
-                value = np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(value)
-            feeds[name] = value
+            # onnxruntime takes string tensors as numpy arrays of str.
+            feeds[name] = to_str_array(value) if name in self._string_inputs else value
         results = self.sessions[instance].run(self._output_names, feeds)
         return dict(zip(self._output_names, results, strict=True))
 

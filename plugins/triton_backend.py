@@ -129,6 +129,8 @@ class TritonBackend:
             if spec.reshape is not None:
                 lead = value.shape[:1] if config.max_batch_size > 0 else ()
                 value = value.reshape(tuple(lead) + spec.dims)
+            if value.dtype.kind == "U":
+                value = value.astype(object)  # tritonclient serialises str and bytes objects, not numpy unicode
             tensor = triton_http.InferInput(spec.name, list(value.shape), spec.datatype)
             tensor.set_data_from_numpy(value, binary_data=True)
             tensors.append(tensor)

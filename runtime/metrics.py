@@ -82,13 +82,22 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._routes: dict[tuple[str, str], str] = {}  # (method, path) -> route template
 
     def _route(self, scope: Scope) -> str:
+        key = (scope["method"], scope["path"])
+        cached = self._routes.get(key)
+        if cached is not None:
+            return cached
+        template = "unmatched"
         for route in scope["app"].routes if "app" in scope else ():
             match, _ = route.matches(scope)
             if match == Match.FULL:
-                return str(getattr(route, "path", "other"))
-        return "unmatched"
+                template = str(getattr(route, "path", "other"))
+                break
+        if len(self._routes) < 4096:  # paths are client input: bound the cache
+            self._routes[key] = template
+        return template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -16,6 +16,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -92,8 +93,12 @@ class Pipeline:
     async def score(self, request: ScoringRequest) -> tuple[Any, float]:
         """Run the pipeline; return the response object and run()/infer's time in ms."""
         try:
+            if sys.version_info >= (3, 11):
+                # No extra task per request, unlike wait_for.
+                async with asyncio.timeout(self.timeout_ms / 1000):
+                    return await self._score(request)
             return await asyncio.wait_for(self._score(request), self.timeout_ms / 1000)
-        except asyncio.TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # distinct types before Python 3.11
             raise ScoringTimeout(self.timeout_ms) from None
 
     async def _score(self, request: ScoringRequest) -> tuple[Any, float]:

@@ -29,6 +29,25 @@ def to_bytes_array(value: np.ndarray) -> np.ndarray:
     return out
 
 
+def to_str_array(value: np.ndarray) -> np.ndarray:
+    """A BYTES tensor as numpy unicode strings (what onnxruntime takes), converted in C where possible."""
+    if value.dtype.kind == "U":
+        return value
+    if value.dtype.kind == "S":
+        return np.char.decode(value, "utf-8")
+    flat = value.reshape(-1)
+    if all(type(item) is str for item in flat):
+        return value.astype(str)
+    if all(type(item) is bytes for item in flat):
+        try:
+            return np.char.decode(value.astype(np.bytes_), "utf-8")
+        except UnicodeDecodeError:
+            pass
+    decode = np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b), otypes=[object])
+    result: np.ndarray = decode(value)
+    return result.astype(str)
+
+
 def validate_inputs(config: ModelConfig, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Inputs as the model's datatypes and shapes, batch first; a 400 naming the tensor otherwise."""
     model = config.name
