@@ -139,7 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     configure(settings.log_level)
     entry = settings.entry_path
-    if entry is None and not settings.model_dir:
+    if entry is None and not settings.model_dir and settings.backend != "triton":
         print("runtime serve: give --entry score.py and/or --model-dir DIR", file=sys.stderr)
         return 2
     if entry is not None:

@@ -179,6 +179,14 @@ def test_same_answers_as_azmlinfsrv(pair: tuple[str, ServerProcess, ServerProces
             mismatches.append(
                 f"{script}/{name}:\n  azmlinfsrv: {ref.show()}\n  expected:   {want.show()}\n  runtime:    {got.show()}"
             )
+    for version in ("2", "3", "3.1", "9"):
+        ref = httpx.get(f"{reference.url}/swagger.json?version={version}", timeout=30)
+        got = httpx.get(f"{ours.url}/swagger.json?version={version}", timeout=30)
+        if (ref.status_code, ref.content) != (got.status_code, got.content):
+            mismatches.append(
+                f"{script}/swagger {version}: azmlinfsrv {ref.status_code} {ref.text[:300]}\n"
+                f"  runtime {got.status_code} {got.text[:300]}"
+            )
     assert not mismatches, "\n".join(mismatches)
 
 

@@ -67,6 +67,20 @@ def test_same_answers_as_the_embedded_backend(
     client.close()
 
 
+def test_remote_mode_without_entry_or_model_dir(start_runtime: StartRuntime, remote_triton: ManagedTriton) -> None:
+    """`runtime serve --backend triton --triton-url URL`: Triton's models (from its repository index) over v2."""
+    server = start_runtime("--backend", "triton", "--triton-url", remote_triton.url)
+    index = httpx.post(server.url + "/v2/repository/index").json()
+    assert {e["name"] for e in index} >= {"linear", "strings", "classifier", "sleepy"}
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    tensor = triton.InferInput("x", [1, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    np.testing.assert_allclose(client.infer("linear", [tensor]).as_numpy("y"), linear_reference(x)["y"], rtol=1e-5)
+    assert client.get_model_metadata("linear")["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    client.close()
+
+
 def test_bad_input_is_400_with_a_message(start_runtime: StartRuntime, remote_triton: ManagedTriton) -> None:
     server = start_runtime("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", remote_triton.url)
     response = httpx.post(server.url + "/score", json={"x": [1, 2]})
