@@ -350,19 +350,17 @@ class Bench:
                         self.memory.update(memory(server, self.model_dir))
                 finally:
                     server.stop()
-                if w.hook_script is None:
-                    server = self.runtime(
-                        "runtime-triton-v2", workers, "--backend", "triton", "--triton-url", triton.url
+                # The Triton backend over the same v2 API, for every workload with tensors.
+                server = self.runtime("runtime-triton-v2", workers, "--backend", "triton", "--triton-url", triton.url)
+                try:
+                    self.measure(
+                        w,
+                        "runtime+triton v2",
+                        workers,
+                        bench.Target(f"{server.url}/v2/models/{w.v2_model}/infer", lambda b=body: b, headers),
                     )
-                    try:
-                        self.measure(
-                            w,
-                            "runtime+triton v2",
-                            workers,
-                            bench.Target(f"{server.url}/v2/models/{w.v2_model}/infer", lambda b=body: b, headers),
-                        )
-                    finally:
-                        server.stop()
+                finally:
+                    server.stop()
             for system, script, extra in (
                 ("runtime hook", w.hook_script, ()),
                 ("runtime run()", w.run_script, ()),
@@ -465,8 +463,81 @@ def report(rows: list[Row], memory_: dict[str, float], args: argparse.Namespace,
             f"ratio **{memory_['ratio']:.2f}**.",
             "",
         ]
+    lines += targets(rows, memory_, args)
+    analysis = HERE / "analysis.md"
+    if analysis.is_file():
+        lines += [analysis.read_text().rstrip(), ""]
     lines += ["![p50 latency against throughput, DenseNet v2, 1 worker](benchmarks.png)", ""]
     return "\n".join(lines)
+
+
+def targets(rows: list[Row], memory_: dict[str, float], args: argparse.Namespace) -> list[str]:
+    """The targets of the benchmark issue, checked on this run's numbers (best worker count)."""
+    c_hi = 32 if 32 in args.concurrency else max(args.concurrency)
+
+    def find(workload: str, system: str) -> list[Row]:
+        return [r for r in rows if r.workload == workload and r.system == system]
+
+    def limit(workload: str) -> float:
+        found = find(workload, "limit")
+        return float(found[0].steps[0]["throughput"]) if found else 0.0
+
+    def ratio(workload: str, system: str, base: str | None, concurrency: int = c_hi) -> tuple[float, str]:
+        best, where = 0.0, ""
+        for row in find(workload, system):
+            reference = (
+                limit(workload)
+                if base is None
+                else next(
+                    (r.throughput(concurrency) for r in find(workload, base) if r.workers in (row.workers, None)), 0.0
+                )
+            )
+            value = row.throughput(concurrency) / reference if reference else 0.0
+            if value > best:
+                best, where = value, f"{row.workers or '-'} worker(s)"
+        return best, where
+
+    checks: list[tuple[str, float, float, str]] = []
+    for system, base, goal, label in (
+        ("runtime v2", None, 0.95, "DenseNet v2 binary: runtime embedded / in-process limit"),
+        ("runtime v2", "azmlinfsrv", 3.5, "DenseNet v2 binary: runtime embedded / azmlinfsrv"),
+    ):
+        value, where = ratio("densenet_v2", system, base)
+        checks.append((f"{label} (c={c_hi}, {where})", value, goal, ">="))
+    for system, base, goal, label in (
+        ("runtime hook", None, 0.9, "DenseNet JPEG: runtime hook / (1 / (preprocess + model))"),
+        ("runtime hook", "azmlinfsrv", 1.2, "DenseNet JPEG: runtime hook / azmlinfsrv"),
+    ):
+        value, where = ratio("densenet_jpeg", system, base)
+        checks.append((f"{label} (c={c_hi}, {where})", value, goal, ">="))
+    for system, base, goal, label in (
+        ("runtime hook", "azmlinfsrv", 2.0, "Tiny: runtime /score hook / azmlinfsrv"),
+        ("runtime run()", "azmlinfsrv", 2.0, "Tiny: runtime /score run() / azmlinfsrv"),
+        ("runtime v2", "triton-direct", 0.6, "Tiny: runtime v2 / Triton direct"),
+    ):
+        value, where = ratio("tiny", system, base)
+        checks.append((f"{label} (c={c_hi}, {where})", value, goal, ">="))
+    for workload in ("tiny", "densenet_v2", "bidaf"):
+        direct = next((r.at(1) for r in find(workload, "triton-direct")), None)
+        via = [r.at(1) for r in find(workload, "runtime+triton v2") if r.at(1)]
+        if direct and via:
+            extra = min(s["latency_ms"]["p50"] for s in via if s) - direct["latency_ms"]["p50"]
+            checks.append((f"{workload}: Triton backend p50 added over Triton direct at c=1 (ms)", extra, 1.0, "<="))
+    c_top = max(args.concurrency)
+    if c_top > c_hi:
+        for row in rows:
+            if row.system.startswith("runtime") and row.at(c_top) and row.at(c_hi):
+                errors = sum(row.at(c_top)["errors"].values())  # type: ignore[index]
+                kept = row.throughput(c_top) / row.throughput(c_hi) if row.throughput(c_hi) else 0.0
+                checks.append((f"{row.workload} {row.system} ({row.workers}w): errors at c={c_top}", errors, 0, "<="))
+                checks.append((f"{row.workload} {row.system} ({row.workers}w): c={c_top} / c={c_hi}", kept, 0.9, ">="))
+    if memory_:
+        checks.append(("Memory: worker RSS / bare onnxruntime RSS (DenseNet)", memory_["ratio"], 1.3, "<="))
+    lines = ["## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for label, value, goal, op in checks:
+        met = value >= goal if op == ">=" else value <= goal
+        lines.append(f"| {label} | {value:.2f} | {op} {goal:g} | {'yes' if met else '**no**'} |")
+    return [*lines, ""]
 
 
 def plot(rows: list[Row], path: Path) -> None:
