@@ -4,7 +4,7 @@ from runtime.aml import AMLRequest, AMLResponse, rawhttp
 from runtime.api import infer, infer_async
 from runtime.errors import BadRequest, ServingError
 from runtime.hookspecs import hookimpl
-from runtime.pipeline import InferRequest
+from runtime.pipeline import InferRequest, inline
 
 __version__ = "0.1.0"
 
@@ -18,5 +18,6 @@ __all__ = [
     "hookimpl",
     "infer",
     "infer_async",
+    "inline",
     "rawhttp",
 ]

@@ -8,8 +8,10 @@ before the workers start, so every worker writes its samples there and
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -51,20 +53,26 @@ QUEUE_TIME = Histogram(
 )
 
 
+@functools.lru_cache(maxsize=4096)
+def _child(metric: Any, *labels: str) -> Any:
+    """A metric's child for these label values; looked up once (labels() takes a lock every call)."""
+    return metric.labels(*labels)
+
+
 def record_batch(model: str, version: str, stats: BatchStats) -> None:
-    labels = (model, version)
-    EXEC_COUNT.labels(*labels).inc()
-    INFERENCE_COUNT.labels(*labels).inc(stats.batch_size)
-    BATCH_SIZE.labels(*labels).observe(stats.batch_size)
-    COMPUTE_DURATION.labels(*labels).inc(stats.compute_seconds * 1e6)
+    _child(EXEC_COUNT, model, version).inc()
+    _child(INFERENCE_COUNT, model, version).inc(stats.batch_size)
+    _child(BATCH_SIZE, model, version).observe(stats.batch_size)
+    _child(COMPUTE_DURATION, model, version).inc(stats.compute_seconds * 1e6)
+    queue_time, queue_duration = _child(QUEUE_TIME, model, version), _child(QUEUE_DURATION, model, version)
     for waited in stats.queue_seconds:
-        QUEUE_TIME.labels(*labels).observe(waited)
-        QUEUE_DURATION.labels(*labels).inc(waited * 1e6)
+        queue_time.observe(waited)
+        queue_duration.inc(waited * 1e6)
 
 
 def record_request(model: str, version: str, seconds: float, ok: bool) -> None:
-    (REQUEST_SUCCESS if ok else REQUEST_FAILURE).labels(model, version).inc()
-    REQUEST_DURATION.labels(model, version).inc(seconds * 1e6)
+    _child(REQUEST_SUCCESS if ok else REQUEST_FAILURE, model, version).inc()
+    _child(REQUEST_DURATION, model, version).inc(seconds * 1e6)
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -117,5 +125,5 @@ class MetricsMiddleware:
         finally:
             route = self._route(scope)
             method = scope["method"]
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
+            _child(HTTP_REQUESTS, method, route, str(status)).inc()
+            _child(HTTP_LATENCY, method, route).observe(time.perf_counter() - started)

@@ -41,7 +41,12 @@ INLINE_MARK = "runtime_inline"
 
 
 def inline(func: Any) -> Any:
-    """Mark a built-in hook as cheap and non-blocking: it runs on the event loop, no thread hop."""
+    """Mark a sync hook as cheap and non-blocking, so it runs on the event loop without a thread hop.
+
+    For hooks that take microseconds (reading a small JSON body, shaping a small answer). Never
+    for anything that blocks or computes for long: it would stall every request of the worker.
+    A hook runs inline only when every implementation of it is inline (or async).
+    """
     setattr(func, INLINE_MARK, True)
     return func
 

@@ -97,3 +97,11 @@ def test_init_and_shutdown_hooks(start_runtime: StartRuntime, tmp_path: Path) ->
     while "shutdown" not in record.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert record.read_text() == "init True\nshutdown\n"
+
+
+def test_inline_hooks_run_on_the_event_loop_others_in_the_pool(start_runtime: StartRuntime) -> None:
+    server = start_runtime("--entry", script("core/thread_names.py"), "--plugin", script("core/double_plugin.py"))
+    response = httpx.post(server.url + "/score", json={"x": [1]}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["preprocess"] == "MainThread"
+    assert response.json()["postprocess"].startswith("score")
