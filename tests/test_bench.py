@@ -138,7 +138,7 @@ def test_benchmark_command_quick_mode(tmp_path: Path) -> None:
         "| runtime+triton hook |",
     ):
         assert system in text
-    rows = json.loads(output.with_suffix(".json").read_text())
+    rows = json.loads(output.with_suffix(".json").read_text())["rows"]
     assert all(sum(s.get("errors", {}).values()) == 0 for r in rows for s in r["steps"])
     assert all(s["throughput"] > 0 for r in rows for s in r["steps"])
     assert output.with_suffix(".png").is_file()
