@@ -287,6 +287,21 @@ class Bench:
         ]
         return self.start(argv, port, "azmlinfsrv", env={"AZUREML_LOG_LEVEL": "WARNING"})
 
+    def memory_without_arena(self, target: bench.Target) -> dict[str, float]:
+        """The same warm worker with onnxruntime's CPU arena off (RUNTIME_ORT_ARENA=0)."""
+        port = free_port()
+        argv = runtime_argv("serve", "--port", str(port), "--model-dir", str(self.model_dir))
+        server = self.start(
+            argv, port, "runtime-no-arena", env={"RUNTIME_ORT_ARENA": "0", "RUNTIME_ACCESS_LOG": "false"}
+        )
+        try:
+            url = target.url.replace(target.url.split("/v2/")[0], server.url)
+            asyncio.run(bench.run_step(bench.Target(url, target.body, target.headers), 32, 2.0, 0.0))
+            found = memory(server, self.model_dir)
+            return {"no_arena_worker_rss_mib": found["worker_rss_mib"], "no_arena_ratio": found["ratio"]}
+        finally:
+            server.stop()
+
     def measure(self, workload: Workload, system: str, workers: int | None, target: bench.Target) -> None:
         self.log(f"{workload.name}: {system} (workers {workers or '-'})")
         self.rows.append(Row(workload.name, system, workers, self.sweep(target)))
@@ -350,6 +365,7 @@ class Bench:
                     self.measure(w, "runtime v2", workers, target)
                     if track_memory:
                         self.memory["worker_rss_after_sweep_mib"] = memory(server, self.model_dir)["worker_rss_mib"]
+                        self.memory.update(self.memory_without_arena(target))
                 finally:
                     server.stop()
                 # The Triton backend over the same v2 API, for every workload with tensors.
@@ -468,7 +484,9 @@ def report(rows: list[Row], memory_: dict[str, float], args: argparse.Namespace,
             f"{memory_['bare_rss_mib']:.0f} MiB; "
             f"ratio **{memory_['ratio']:.2f}**. After the whole sweep (up to 256 requests of 600 KB in flight) "
             f"the worker's RSS was {memory_.get('worker_rss_after_sweep_mib', 0):.0f} MiB: request buffers that "
-            "the allocator keeps.",
+            "the allocator keeps. With onnxruntime's CPU arena off (`RUNTIME_ORT_ARENA=0`) the warm worker "
+            f"holds {memory_.get('no_arena_worker_rss_mib', 0):.0f} MiB, ratio "
+            f"**{memory_.get('no_arena_ratio', 0):.2f}**.",
             "",
         ]
     lines += targets(rows, memory_, args)
@@ -541,6 +559,8 @@ def targets(rows: list[Row], memory_: dict[str, float], args: argparse.Namespace
                 checks.append((f"{row.workload} {row.system} ({row.workers}w): c={c_top} / c={c_hi}", kept, 0.9, ">="))
     if memory_:
         checks.append(("Memory: worker RSS / bare onnxruntime RSS (DenseNet)", memory_["ratio"], 1.3, "<="))
+        if "no_arena_ratio" in memory_:
+            checks.append(("Memory, RUNTIME_ORT_ARENA=0: worker RSS / bare RSS", memory_["no_arena_ratio"], 1.3, "<="))
     lines = ["## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for label, value, goal, op in checks:
         met = value >= goal if op == ">=" else value <= goal
