@@ -594,6 +594,7 @@ def main() -> None:
     parser.add_argument(
         "--merge", action="store_true", help="keep the other workloads' rows from the previous report's JSON"
     )
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from its JSON; run nothing")
     args = parser.parse_args()
     args.duration = args.duration or (1.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 3.0)
@@ -603,6 +604,13 @@ def main() -> None:
     global LIMIT_SECONDS
     LIMIT_SECONDS = 0.5 if args.quick else 3.0
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:])
+    if args.report_only:
+        output = args.output or REPO / "docs" / "benchmarks.md"
+        saved = json.loads(output.with_suffix(".json").read_text())
+        rows = [Row(**r) for r in saved["rows"]]
+        output.write_text(report(rows, saved.get("memory", {}), args, saved.get("command", "python -m benchmarks.run")))
+        print(f"rewrote {output}")
+        return
     with tempfile.TemporaryDirectory(prefix="runtime-bench-") as tmp:
         run = Bench(args, Path(tmp))
         output = args.output or (
@@ -619,7 +627,7 @@ def main() -> None:
         output.write_text(report(run.rows, run.memory, args, command.strip()))
         plot(run.rows, output.with_suffix(".png"))
         (output.with_suffix(".json")).write_text(
-            json.dumps({"rows": [asdict(r) for r in run.rows], "memory": run.memory}, indent=1)
+            json.dumps({"rows": [asdict(r) for r in run.rows], "memory": run.memory, "command": command}, indent=1)
         )
     errors = sum(sum(s.get("errors", {}).values()) for r in run.rows for s in r.steps)
     print(f"wrote {output} and {output.with_suffix('.png')}; {errors} errors")
