@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +84,3 @@ def _maybe_json(value: str) -> Any:
         return json.loads(value)
     except ValueError:
         return value
-
-
-def headers_from(mapping: Mapping[str, str]) -> Headers:
-    return Headers(headers={k: v for k, v in mapping.items()})
