@@ -17,6 +17,7 @@ import tritonclient.http as triton
 from runtime.tritonserver import ManagedTriton
 from tests.conftest import StartRuntime, alive, descendants, script
 from tests.support.models import linear_reference
+from tests.support.servers import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
@@ -188,10 +189,8 @@ def test_startup_waits_for_triton_within_a_bound(start_runtime: StartRuntime) ->
     assert "Triton Inference Server at 127.0.0.1:9: the server was not ready in time" in server.log()
 
 
-def test_managed_mode_starts_serves_and_stops_cleanly(
-    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
-) -> None:
-    server = start_runtime(
+def start_managed(start_runtime: StartRuntime, model_repo: Path, binary: Path) -> ServerProcess:
+    return start_runtime(
         "--entry",
         AML_LINEAR,
         "--backend",
@@ -201,8 +200,22 @@ def test_managed_mode_starts_serves_and_stops_cleanly(
         "--model-dir",
         str(model_repo),
         "--tritonserver",
-        str(tritonserver_binary),
+        str(binary),
     )
+
+
+def wait_gone(pids: set[int], seconds: float) -> set[int]:
+    """The pids still alive after waiting up to ``seconds`` for them to exit."""
+    deadline = time.monotonic() + seconds
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive(pids)
+
+
+def test_managed_mode_starts_serves_and_stops_cleanly(
+    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+) -> None:
+    server = start_managed(start_runtime, model_repo, tritonserver_binary)
     response = httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]})
     assert response.status_code == 200
     np.testing.assert_allclose(
@@ -213,33 +226,17 @@ def test_managed_mode_starts_serves_and_stops_cleanly(
     family = descendants(server.proc.pid)
     assert len(family) >= 3  # a worker, tritonserver and its python-backend stubs
     assert server.stop() == 0
-    deadline = time.monotonic() + 30
-    while alive(family) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(family)
+    assert not wait_gone(family, 30)
 
 
 def test_managed_mode_leaves_no_orphans_when_the_master_crashes(
     start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
 ) -> None:
-    server = start_runtime(
-        "--entry",
-        AML_LINEAR,
-        "--backend",
-        "triton",
-        "--triton",
-        "managed",
-        "--model-dir",
-        str(model_repo),
-        "--tritonserver",
-        str(tritonserver_binary),
-    )
+    server = start_managed(start_runtime, model_repo, tritonserver_binary)
     assert server.proc is not None
     family = descendants(server.proc.pid)
     assert family
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(10)
-    deadline = time.monotonic() + 45
-    while alive(family) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(family), f"orphans left: {alive(family)}"
+    orphans = wait_gone(family, 45)
+    assert not orphans, f"orphans left: {orphans}"
