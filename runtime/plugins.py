@@ -1,12 +1,14 @@
-"""The plugin manager: built-in plugins, third-party plugins and score.py, in precedence order.
+"""The plugin manager: the backend, third-party plugins and score.py, in precedence order.
 
 Load order (later registrations run first within the same tryfirst/trylast
 class, as in pluggy):
 
-1. built-in plugins (:data:`BUILTIN_PLUGINS`; their defaults are ``trylast``),
+1. the selected backend (:data:`BACKEND_PLUGINS`),
 2. plugins from the ``scoring_runtime`` entry-point group,
 3. ``--plugin MODULE_OR_PATH`` (``RUNTIME_PLUGINS``),
-4. score.py itself, so user code wins.
+4. the built-in Azure ML defaults (``trylast``; :func:`runtime.app.build_state` registers
+   them, as they need the loaded entry script),
+5. score.py itself, so user code wins.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ logger = logging.getLogger("runtime.plugins")
 
 ENTRY_POINT_GROUP = "scoring_runtime"
 
-# Plain modules registered by name, like pytest's built-in plugins.
-BUILTIN_PLUGINS: tuple[str, ...] = ("plugins.azureml",)
 # Backends are plugin objects (one per worker, they hold models): name -> "module:factory".
 BACKEND_PLUGINS: dict[str, str] = {
     "onnxruntime": "plugins.onnxruntime_backend:OnnxRuntimeBackend",
@@ -73,9 +73,7 @@ def register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
 
 
 def load_plugins(pm: pluggy.PluginManager, extra: tuple[str, ...] = (), backend: str | None = None) -> None:
-    """Register built-ins, the selected backend, entry-point plugins and ``extra``."""
-    for name in BUILTIN_PLUGINS:
-        register(pm, import_plugin(name), name)
+    """Register the selected backend, entry-point plugins and ``extra``."""
     if backend:
         module = BACKEND_PLUGINS.get(backend)
         if module is None:
