@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from runtime import bench
-from runtime.tritonserver import ManagedTriton, find_tritonserver, install
+from runtime.serving.tritonserver import ManagedTriton, find_tritonserver, install
 from tests.support import models
 from tests.support.servers import REPO, ServerProcess, free_port, runtime_argv
 from tests.support.venvs import ensure_venv
@@ -569,7 +569,7 @@ def targets(rows: list[Row], memory_: dict[str, float], args: argparse.Namespace
 
 
 def plot(rows: list[Row], path: Path) -> None:
-    from runtime.plot import latency_throughput_png
+    from runtime.tools.plot import latency_throughput_png
 
     series = {
         f"{r.system} ({r.workers or '-'}w)": [

@@ -3,7 +3,7 @@
 preprocess builds run()'s arguments exactly as azmlinfsrv does:
 
 * undecorated ``run(data)``: POST body as str; GET query parameters as a JSON string;
-* ``@rawhttp``: an :class:`runtime.aml.AMLRequest`;
+* ``@rawhttp``: an :class:`runtime.azureml.aml.AMLRequest`;
 * inference-schema: keyword arguments taken by name from the JSON body.
 
 For hook-style scripts without their own preprocess, the JSON body
@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime.aml import AMLRequest
-from runtime.entry import EntryScript, InputMode
+from runtime.azureml.aml import AMLRequest
+from runtime.azureml.entry import EntryScript, InputMode
+from runtime.azureml.request import ScoringRequest, is_json_mimetype
 from runtime.errors import BadRequest, MethodNotAllowed, UnsupportedMediaType
 from runtime.hookspecs import hookimpl
 from runtime.pipeline import inline
-from runtime.request import ScoringRequest, is_json_mimetype
 
 
 class AzureMLDefaults:

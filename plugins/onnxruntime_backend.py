@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from runtime import metrics
-from runtime.batching import BatchStats, DynamicBatcher, Tensors
 from runtime.context import InitContext
 from runtime.errors import NotFound, ServingError
 from runtime.hookspecs import hookimpl
-from runtime.repository import ModelConfig, load_repository, looks_like_repository
-from runtime.tensors import shape_outputs, to_str_array, validate_inputs
+from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors
+from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
+from runtime.serving.tensors import shape_outputs, to_str_array, validate_inputs
 
 logger = logging.getLogger("runtime.onnxruntime")
 

@@ -29,8 +29,8 @@ from runtime.context import InitContext
 from runtime.errors import BadRequest, NotFound, ServiceUnavailable, ServingError, StartupError
 from runtime.hookspecs import hookimpl
 from runtime.pipeline import CLASSIFICATION
-from runtime.repository import ModelConfig, load_repository, looks_like_repository, model_config_from_proto
-from runtime.tensors import validate_inputs
+from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository, model_config_from_proto
+from runtime.serving.tensors import validate_inputs
 
 logger = logging.getLogger("runtime.triton")
 

@@ -1,7 +1,7 @@
 """Scoring runtime: serve Azure ML entry scripts with batching, on onnxruntime or Triton."""
 
-from runtime.aml import AMLRequest, AMLResponse, rawhttp
 from runtime.api import infer, infer_async
+from runtime.azureml.aml import AMLRequest, AMLResponse, rawhttp
 from runtime.errors import BadRequest, ServingError
 from runtime.hookspecs import hookimpl
 from runtime.pipeline import InferRequest, inline

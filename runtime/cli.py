@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from runtime.check import check_repository
+    from runtime.serving.check import check_repository
 
     return check_repository(args.model_dir, sys.stdout)
 
@@ -148,7 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return STARTUP_EXIT_CODE
         # Workers resolve the script the same way, whatever their working directory.
         os.environ["AZUREML_ENTRY_SCRIPT"] = entry
-    from runtime.server import serve
+    from runtime.http.server import serve
 
     if settings.backend == "triton" and settings.triton_mode == "managed":
         return serve_with_managed_triton(settings)
@@ -159,8 +159,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def serve_with_managed_triton(settings: Settings) -> int:
     """Start tritonserver for the repository, point the workers at it, stop it when serving ends."""
     from runtime.errors import StartupError
-    from runtime.server import serve
-    from runtime.tritonserver import ManagedTriton, find_tritonserver
+    from runtime.http.server import serve
+    from runtime.serving.tritonserver import ManagedTriton, find_tritonserver
 
     if not settings.model_dir:
         print("runtime serve: --triton managed needs --model-dir", file=sys.stderr)
@@ -183,7 +183,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
-    from runtime import bench
+    from runtime.tools import bench
 
     try:
         concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -212,7 +212,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(report)
     if args.plot:
-        from runtime.plot import latency_throughput_png
+        from runtime.tools.plot import latency_throughput_png
 
         points = [(s.throughput, s.latency_ms["p50"], s.concurrency) for s in steps]
         latency_throughput_png({target.description or target.url: points}, Path(args.plot))
@@ -222,7 +222,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_triton(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from runtime.tritonserver import install
+    from runtime.serving.tritonserver import install
 
     binary = install(Path(args.home) if args.home else None)
     print(binary)

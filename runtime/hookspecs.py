@@ -25,9 +25,9 @@ import pluggy
 if TYPE_CHECKING:
     import numpy as np
 
+    from runtime.azureml.request import ScoringRequest
     from runtime.context import InitContext
-    from runtime.repository import ModelConfig
-    from runtime.request import ScoringRequest
+    from runtime.serving.repository import ModelConfig
 
 PROJECT_NAME = "scoring_runtime"
 

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime.batching import BatchStats
+from runtime.serving.batching import BatchStats
 
 # The *_created samples double the output and mean nothing across worker restarts.
 disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pluggy
 
-from runtime.entry import EntryScript
+from runtime.azureml.entry import EntryScript
+from runtime.azureml.request import ScoringRequest
 from runtime.errors import BadRequest, ScoringTimeout, ServingError
 from runtime.executor import Executor
-from runtime.request import ScoringRequest
 
 logger = logging.getLogger("runtime.pipeline")
 

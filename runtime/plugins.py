@@ -1,13 +1,12 @@
-"""The plugin manager: the backend, third-party plugins and score.py, in precedence order.
+"""The plugin manager: built-in plugins, third-party plugins and score.py, in precedence order.
 
-Load order (later registrations run first within the same tryfirst/trylast
-class, as in pluggy):
+:func:`register_all` holds the whole registration order (later registrations run first within the
+same tryfirst/trylast class, as in pluggy):
 
-1. the selected backend (:data:`BACKEND_PLUGINS`),
+1. the selected backend (one of :data:`DEFAULT_PLUGINS`),
 2. plugins from the ``scoring_runtime`` entry-point group,
 3. ``--plugin MODULE_OR_PATH`` (``RUNTIME_PLUGINS``),
-4. the built-in Azure ML defaults (``trylast``; :func:`runtime.app.build_state` registers
-   them, as they need the loaded entry script),
+4. the built-in Azure ML defaults (``trylast``),
 5. score.py itself, so user code wins.
 """
 
@@ -19,21 +18,31 @@ import logging
 import os
 import sys
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from runtime import hookspecs
 from runtime.errors import StartupError
 
+if TYPE_CHECKING:
+    from runtime.azureml.entry import EntryScript
+    from runtime.settings import Settings
+
 logger = logging.getLogger("runtime.plugins")
 
 ENTRY_POINT_GROUP = "scoring_runtime"
 
-# Backends are plugin objects (one per worker, they hold models): name -> "module:factory".
-BACKEND_PLUGINS: dict[str, str] = {
-    "onnxruntime": "plugins.onnxruntime_backend:OnnxRuntimeBackend",
-    "triton": "plugins.triton_backend:TritonBackend",
+# The built-in plugins, one module each in the plugins/ folder, installed as ``runtime_plugins`` so that a
+# user's own ``plugins`` package is never shadowed: name -> "module:factory". Imported by name, like
+# datasette's DEFAULT_PLUGINS, so that only the selected backend's libraries are loaded.
+AZUREML_DEFAULTS = "azureml-defaults"
+DEFAULT_PLUGINS: dict[str, str] = {
+    AZUREML_DEFAULTS: "runtime_plugins.azureml:AzureMLDefaults",
+    "onnxruntime": "runtime_plugins.onnxruntime_backend:OnnxRuntimeBackend",
+    "triton": "runtime_plugins.triton_backend:TritonBackend",
 }
+BACKENDS = ("onnxruntime", "triton")
 
 
 def new_manager() -> pluggy.PluginManager:
@@ -65,6 +74,23 @@ def import_plugin(spec: str) -> ModuleType:
         raise StartupError(f"Plugin module {spec!r} failed to import: {type(ex).__name__}: {ex}") from ex
 
 
+def builtin(name: str, *args: Any) -> object:
+    """A new instance of the built-in plugin ``name``."""
+    module_name, _, factory = DEFAULT_PLUGINS[name].partition(":")
+    plugin: object = getattr(importlib.import_module(module_name), factory)(*args)
+    return plugin
+
+
+def register_all(pm: pluggy.PluginManager, settings: Settings, entry: EntryScript | None) -> None:
+    """Every registration, in order (see the module docstring), then the check for misspelled hooks."""
+    load_plugins(pm, settings.plugins, backend=settings.backend)
+    # Registered after the plugins: pluggy calls trylast implementations registered later, later still.
+    register(pm, builtin(AZUREML_DEFAULTS, entry), AZUREML_DEFAULTS)
+    if entry is not None:
+        register(pm, entry.hooks, f"entry:{entry.path}")
+    check(pm)
+
+
 def register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     try:
         pm.register(plugin, name=name)
@@ -75,12 +101,9 @@ def register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
 def load_plugins(pm: pluggy.PluginManager, extra: tuple[str, ...] = (), backend: str | None = None) -> None:
     """Register the selected backend, entry-point plugins and ``extra``."""
     if backend:
-        module = BACKEND_PLUGINS.get(backend)
-        if module is None:
-            known = ", ".join(sorted(BACKEND_PLUGINS)) or "none"
-            raise StartupError(f"Unknown backend {backend!r}; known backends: {known}.")
-        module_name, _, factory = module.partition(":")
-        register(pm, getattr(import_plugin(module_name), factory)(), backend)
+        if backend not in BACKENDS:
+            raise StartupError(f"Unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}.")
+        register(pm, builtin(backend), backend)
     try:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     except pluggy.PluginValidationError as ex:

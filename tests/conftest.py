@@ -64,7 +64,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tritonserver_binary() -> Path:
     """A real tritonserver: one on PATH or TRITONSERVER_PATH, else the runtime's own install (made if missing)."""
     from runtime.errors import StartupError
-    from runtime.tritonserver import find_tritonserver, install
+    from runtime.serving.tritonserver import find_tritonserver, install
 
     try:
         return find_tritonserver()

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from runtime.batching import BatchStats, DynamicBatcher, Tensors
+from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors
 
 
 class FakeModel:

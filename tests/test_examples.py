@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.tritonserver import ManagedTriton
+from runtime.serving.tritonserver import ManagedTriton
 from tests.conftest import StartRuntime
 from tests.support.servers import REPO, ServerProcess
 from tests.test_onnxruntime_backend import metric

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.repository import RepositoryError, load_repository, looks_like_repository, repository_root
+from runtime.serving.repository import RepositoryError, load_repository, looks_like_repository, repository_root
 from tests.support import models
 
 

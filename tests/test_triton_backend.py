@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from runtime.tritonserver import ManagedTriton
+from runtime.serving.tritonserver import ManagedTriton
 from tests.conftest import StartRuntime, alive, descendants, script
 from tests.support.models import linear_reference
 from tests.support.servers import ServerProcess

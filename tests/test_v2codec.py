@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import BadRequest
-from runtime.v2codec import classify, decode_infer_request, deserialize_bytes, encode_outputs, serialize_bytes
+from runtime.http.v2codec import classify, decode_infer_request, deserialize_bytes, encode_outputs, serialize_bytes
 
 
 def test_bytes_serialisation_round_trip() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from runtime.aml import AMLResponse
+from runtime.azureml.aml import AMLResponse
 
 FAILED = "x-ms-run-function-failed"
 EXEC_MS = "x-ms-run-fn-exec-ms"

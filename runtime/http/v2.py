@@ -20,11 +20,11 @@ from starlette.routing import Route
 
 from runtime import __version__
 from runtime.errors import BadRequest, NotFound, ServingError
+from runtime.http.score import read_body, state_of
+from runtime.http.v2codec import HEADER_LENGTH, RequestedOutput, classify, decode_infer_request, encode_outputs
 from runtime.pipeline import CLASSIFICATION, REQUEST_ID, infer
-from runtime.repository import ModelConfig
-from runtime.scoring import read_body, state_of
-from runtime.tensors import expected_shape
-from runtime.v2codec import HEADER_LENGTH, RequestedOutput, classify, decode_infer_request, encode_outputs
+from runtime.serving.repository import ModelConfig
+from runtime.serving.tensors import expected_shape
 
 if TYPE_CHECKING:
     import pluggy

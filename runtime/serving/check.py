@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TextIO
 
 from runtime.errors import StartupError
-from runtime.repository import ModelConfig, load_repository, repository_root
-from runtime.tensors import expected_shape
+from runtime.serving.repository import ModelConfig, load_repository, repository_root
+from runtime.serving.tensors import expected_shape
 
 
 def describe(config: ModelConfig) -> str:

@@ -1,7 +1,7 @@
 """The Azure ML entry-script API: ``rawhttp``, ``AMLRequest`` and ``AMLResponse``.
 
 Scripts written for azmlinfsrv import these from the Azure module names;
-:mod:`runtime.compat` provides those names, so such scripts run unchanged
+:mod:`runtime.azureml.compat` provides those names, so such scripts run unchanged
 without Flask or the Azure packages.
 """
 
@@ -15,7 +15,7 @@ from typing import IO, Any, TypeVar
 
 from starlette.datastructures import ImmutableMultiDict, UploadFile
 
-from runtime.request import FORM_TYPES, ScoringRequest, is_json_mimetype
+from runtime.azureml.request import FORM_TYPES, ScoringRequest, is_json_mimetype
 
 F = TypeVar("F", bound=Callable[..., Any])
 

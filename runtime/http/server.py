@@ -47,7 +47,7 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
         options: dict[str, Any] = {
             "bind": [f"{s.host}:{s.port}"],
             "workers": s.workers,
-            "worker_class": "runtime.server.RuntimeWorker",
+            "worker_class": "runtime.http.server.RuntimeWorker",
             "timeout": int(os.environ.get("WORKER_TIMEOUT", "300")),
             "graceful_timeout": int(os.environ.get("RUNTIME_GRACEFUL_TIMEOUT", "30")),
             "keepalive": 75,
@@ -64,7 +64,7 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Starlette:
-        from runtime.app import create_app
+        from runtime.http.app import create_app
 
         return create_app(Settings.from_env(), exit_on_startup_error=True)
 

@@ -18,7 +18,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from runtime.aml import AMLRequest, AMLResponse, rawhttp
+from runtime.azureml.aml import AMLRequest, AMLResponse, rawhttp
 
 AZURE_ML_DEFAULT_TRITON = ("localhost:8000", "127.0.0.1:8000")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.datatypes import WIRE_TO_NUMPY, numpy_to_wire
 from runtime.errors import BadRequest
+from runtime.serving.datatypes import WIRE_TO_NUMPY, numpy_to_wire
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import StartupError
-from runtime.repository import load_repository, repository_root
-from runtime.server import set_parent_death_signal
+from runtime.http.server import set_parent_death_signal
+from runtime.serving.repository import load_repository, repository_root
 
 logger = logging.getLogger("runtime.tritonserver")
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
-from runtime import aml, hookspecs
-from runtime.compat import compat_modules
+from runtime import hookspecs
+from runtime.azureml import aml
+from runtime.azureml.compat import compat_modules
 from runtime.errors import StartupError
 from runtime.plugins import known_hooks
 

@@ -26,8 +26,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from runtime.datatypes import wire_to_numpy
-from runtime.v2codec import HEADER_LENGTH, serialize_bytes
+from runtime.http.v2codec import HEADER_LENGTH, serialize_bytes
+from runtime.serving.datatypes import wire_to_numpy
 
 DEFAULT_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -201,7 +201,7 @@ def v2_body(inputs: dict[str, np.ndarray], outputs: Sequence[str] = ()) -> tuple
 
 
 def _wire(dtype: np.dtype) -> str:
-    from runtime.datatypes import numpy_to_wire
+    from runtime.serving.datatypes import numpy_to_wire
 
     return numpy_to_wire(dtype)
 

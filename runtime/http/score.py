@@ -11,12 +11,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from runtime.aml import AMLResponse
-from runtime.entry import InputMode
+from runtime.azureml.aml import AMLResponse
+from runtime.azureml.entry import InputMode
+from runtime.azureml.request import FORM_TYPES, ScoringRequest
 from runtime.errors import PayloadTooLarge, ScoringFailed, ServingError
-from runtime.pipeline import REQUEST_ID, RunFailed
-from runtime.request import FORM_TYPES, ScoringRequest
-from runtime.responses import (
+from runtime.http.responses import (
     EXEC_MS,
     FAILED,
     error_response,
@@ -24,9 +23,10 @@ from runtime.responses import (
     from_foreign_response,
     json_response,
 )
+from runtime.pipeline import REQUEST_ID, RunFailed
 
 if TYPE_CHECKING:
-    from runtime.app import AppState
+    from runtime.http.app import AppState
 
 logger = logging.getLogger("runtime.scoring")
 

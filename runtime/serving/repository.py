@@ -18,8 +18,8 @@ import numpy as np
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from runtime.datatypes import config_to_wire, wire_to_config
 from runtime.errors import StartupError
+from runtime.serving.datatypes import config_to_wire, wire_to_config
 
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
 ONNX_PLATFORM = "onnxruntime_onnx"
@@ -174,7 +174,7 @@ def _onnx_io(path: Path) -> tuple[list[_OnnxIO], list[_OnnxIO]]:
         if tensor.elem_type == onnx.TensorProto.STRING:
             datatype = "BYTES"
         else:
-            from runtime.datatypes import numpy_to_wire
+            from runtime.serving.datatypes import numpy_to_wire
 
             datatype = numpy_to_wire(np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)

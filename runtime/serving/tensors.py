@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.datatypes import numpy_to_wire, wire_to_numpy
 from runtime.errors import BadRequest
-from runtime.repository import ModelConfig, TensorSpec
+from runtime.serving.datatypes import numpy_to_wire, wire_to_numpy
+from runtime.serving.repository import ModelConfig, TensorSpec
 
 
 def expected_shape(config: ModelConfig, spec: TensorSpec) -> list[int]:

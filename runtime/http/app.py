@@ -20,18 +20,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from plugins.azureml import AzureMLDefaults
-from runtime import api, plugins, scoring, v2
+from runtime import api, plugins
+from runtime.azureml.entry import EntryScript, load_entry_script
+from runtime.azureml.swagger import Swagger
 from runtime.context import InitContext
-from runtime.entry import EntryScript, load_entry_script
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.executor import Executor
-from runtime.headers import RequestIdMiddleware
+from runtime.http import score, v2
+from runtime.http.headers import RequestIdMiddleware
+from runtime.http.responses import error_response
 from runtime.metrics import MetricsMiddleware, metrics_endpoint
 from runtime.pipeline import Pipeline
-from runtime.responses import error_response
 from runtime.settings import Settings
-from runtime.swagger import Swagger
 
 logger = logging.getLogger("runtime.app")
 
@@ -82,12 +82,7 @@ def build_state(settings: Settings) -> AppState:
     """Load plugins and the entry script (everything but ``init``)."""
     pm = plugins.new_manager()
     entry = load_entry_script(settings.entry_path) if settings.entry_path else None
-    plugins.load_plugins(pm, settings.plugins, backend=settings.backend)
-    # Registered after the plugins: pluggy calls trylast implementations registered later, later still.
-    pm.register(AzureMLDefaults(entry), name="azureml-defaults")
-    if entry is not None:
-        plugins.register(pm, entry.hooks, f"entry:{entry.path}")
-    plugins.check(pm)
+    plugins.register_all(pm, settings, entry)
     executor = Executor(settings.concurrency)
     pipeline = Pipeline(pm, entry, executor, settings.timeout_ms)
     context = InitContext(settings=settings, plugin_manager=pm)
@@ -140,7 +135,7 @@ def create_app(settings: Settings | None = None, exit_on_startup_error: bool = F
             Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"])
         )
     return Starlette(
-        routes=[*scoring.routes(), *v2.routes(), Route("/metrics", metrics_endpoint, methods=["GET"])],
+        routes=[*score.routes(), *v2.routes(), Route("/metrics", metrics_endpoint, methods=["GET"])],
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},

@@ -1,0 +1,1 @@
+"""The model-serving wing: the model repository, tensors and datatypes, batching, and the Triton server."""
