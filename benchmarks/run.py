@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from runtime import bench
 from runtime.serving.tritonserver import ManagedTriton, find_tritonserver, install
+from runtime.tools import bench
 from tests.support import models
 from tests.support.servers import REPO, ServerProcess, free_port, runtime_argv
 from tests.support.venvs import ensure_venv
