@@ -24,6 +24,8 @@ from runtime import metrics
 from runtime.context import InitContext
 from runtime.errors import NotFound, ServingError
 from runtime.hookspecs import hookimpl
+from runtime.metrics import failure_reason
+from runtime.pipeline import DEADLINE, schedule_parameters
 from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
 from runtime.serving.tensors import shape_outputs, to_str_array, validate_inputs
@@ -97,6 +99,9 @@ class LoadedModel:
                 preferred_batch_sizes=dynamic.preferred_batch_sizes,
                 preserve_ordering=dynamic.preserve_ordering,
                 on_batch=self._record,
+                schedule=dynamic.schedule,
+                name=self.config.name,
+                on_queue=metrics.pending_gauge(self.config.name, self.version).set,
             )
             self._batcher.start()
         else:
@@ -139,19 +144,25 @@ class LoadedModel:
                 size = int(next(iter(inputs.values())).shape[0]) if self.config.max_batch_size > 0 else 1
                 self._record(BatchStats(size, 1, [0.0], time.perf_counter() - started))
 
-    async def infer(self, inputs: Mapping[str, Any]) -> Tensors:
+    async def infer(self, inputs: Mapping[str, Any], parameters: Mapping[str, Any] | None = None) -> Tensors:
         started = time.perf_counter()
-        ok = False
+        error: BaseException | None = None
         try:
             checked = validate_inputs(self.config, inputs)
             if self._batcher is not None:
-                outputs = await self._batcher.submit(checked)
+                priority, timeout_us = schedule_parameters(parameters or {})
+                outputs = await self._batcher.submit(
+                    checked, priority=priority, timeout_us=timeout_us, deadline=DEADLINE.get()
+                )
             else:
                 outputs = await self._execute_alone(checked)
-            ok = True
             return shape_outputs(self.config, outputs)
+        except BaseException as ex:
+            error = ex
+            raise
         finally:
-            metrics.record_request(self.config.name, self.version, time.perf_counter() - started, ok)
+            seconds = time.perf_counter() - started
+            metrics.record_request(self.config.name, self.version, seconds, error is None, failure_reason(error))
 
 
 class OnnxRuntimeBackend:
@@ -207,7 +218,7 @@ class OnnxRuntimeBackend:
         self, model: str, version: str | None, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
     ) -> Awaitable[dict[str, np.ndarray]] | None:
         loaded = self._lookup(model, version)
-        return None if loaded is None else loaded.infer(inputs)
+        return None if loaded is None else loaded.infer(inputs, parameters)
 
     @hookimpl
     def model_index(self) -> list[dict[str, str]]:

@@ -26,14 +26,17 @@ from tritonclient.utils import InferenceServerException
 
 from runtime import metrics
 from runtime.context import InitContext
-from runtime.errors import BadRequest, NotFound, ServiceUnavailable, ServingError, StartupError
+from runtime.errors import BadRequest, NotFound, Overloaded, ServiceUnavailable, ServingError, StartupError
 from runtime.hookspecs import hookimpl
-from runtime.pipeline import CLASSIFICATION
+from runtime.metrics import failure_reason
+from runtime.pipeline import CLASSIFICATION, DEADLINE, schedule_parameters
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository, model_config_from_proto
 from runtime.serving.tensors import validate_inputs
 
 logger = logging.getLogger("runtime.triton")
 
+# Triton's messages when its queue policy sheds a request (queue full, timed out in the queue).
+TRITON_REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
 CONNECTION_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, ConnectionError)
 
 
@@ -41,6 +44,8 @@ def triton_error(ex: InferenceServerException, url: str) -> ServingError:
     status = ex.status()
     message = ex.message() or str(ex)
     code = int(status) if status and str(status).isdigit() else 0
+    if any(marker in message for marker in TRITON_REJECTIONS):
+        return Overloaded(f"Triton Inference Server at {url} rejected the request: {message}")
     if code == 400:
         return BadRequest(message)
     if code == 404:
@@ -140,16 +145,27 @@ class TritonBackend:
             for t in config.outputs
         ]
         request_id = str(parameters.get("request_id") or "")
-        ok = False
+        priority, timeout_us = schedule_parameters(parameters)
+        deadline = DEADLINE.get()
+        error: BaseException | None = None
         try:
             for attempt in range(2):
                 try:
+                    if deadline is not None:
+                        # The caller's deadline travels to Triton as the request timeout (the scoring timeout
+                        # around /score bounds our own wait).
+                        left_us = int((deadline - time.monotonic()) * 1e6)
+                        if left_us <= 0:
+                            raise Overloaded(f"the request's deadline passed before model '{config.name}' ran")
+                        timeout_us = min(timeout_us, left_us) if timeout_us else left_us
                     result = await self.client.infer(
                         config.name,
                         tensors,
                         model_version=version or "",
                         outputs=outputs,
                         request_id=request_id,
+                        priority=priority,
+                        timeout=timeout_us or None,
                         headers={"x-request-id": request_id} if request_id else None,
                     )
                     break
@@ -163,10 +179,14 @@ class TritonBackend:
                     raise ServiceUnavailable(
                         f"Triton Inference Server at {self.url} is unavailable: {type(ex).__name__}: {ex}"
                     ) from ex
-            ok = True
             return {t.name: result.as_numpy(t.name) for t in config.outputs}
+        except BaseException as ex:
+            error = ex
+            raise
         finally:
-            metrics.record_request(config.name, version or config.latest_version, time.perf_counter() - started, ok)
+            seconds = time.perf_counter() - started
+            reason = failure_reason(error)
+            metrics.record_request(config.name, version or config.latest_version, seconds, error is None, reason)
 
     @hookimpl
     def infer(

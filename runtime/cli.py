@@ -20,6 +20,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {value}")
+    return number
+
+
 def _port(value: str) -> int:
     number = int(value)
     if not 0 <= number <= 65535:
@@ -44,6 +51,37 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout-ms", type=_positive, help="scoring timeout (env SCORING_TIMEOUT_MS)")
     serve.add_argument(
         "--max-body-bytes", type=_positive, help="largest request body (env RUNTIME_MAX_BODY_BYTES; 100 MiB)"
+    )
+    serve.add_argument(
+        "--max-concurrent-requests",
+        type=_positive,
+        help="requests one worker admits at once; more get 429 (env MAX_CONCURRENT_REQUESTS; 256)",
+    )
+    serve.add_argument(
+        "--max-body-bytes-in-flight",
+        type=_positive,
+        help="request-body bytes one worker holds at once; more get 429 "
+        "(env RUNTIME_MAX_BODY_BYTES_IN_FLIGHT; 400 MiB)",
+    )
+    serve.add_argument(
+        "--max-requests",
+        type=_non_negative,
+        help="recycle a worker after N requests (env RUNTIME_MAX_REQUESTS; 0: off)",
+    )
+    serve.add_argument(
+        "--max-requests-jitter",
+        type=_non_negative,
+        help="add 0..N to --max-requests per worker (env RUNTIME_MAX_REQUESTS_JITTER; 0)",
+    )
+    serve.add_argument(
+        "--max-worker-memory",
+        type=_non_negative,
+        help="recycle a worker whose RSS exceeds N MiB (env RUNTIME_MAX_WORKER_MEMORY_MB; 0: off)",
+    )
+    serve.add_argument(
+        "--keepalive-max-age",
+        type=_non_negative,
+        help="close keep-alive connections older than N s (env RUNTIME_KEEPALIVE_MAX_AGE_S; 2; 0: never)",
     )
     serve.add_argument(
         "--plugin",
@@ -111,6 +149,12 @@ FLAG_ENV = {
     "triton_url": "TRITON_URL",
     "triton": "RUNTIME_TRITON_MODE",
     "tritonserver": "TRITONSERVER_PATH",
+    "max_concurrent_requests": "MAX_CONCURRENT_REQUESTS",
+    "max_body_bytes_in_flight": "RUNTIME_MAX_BODY_BYTES_IN_FLIGHT",
+    "max_requests": "RUNTIME_MAX_REQUESTS",
+    "max_requests_jitter": "RUNTIME_MAX_REQUESTS_JITTER",
+    "max_worker_memory": "RUNTIME_MAX_WORKER_MEMORY_MB",
+    "keepalive_max_age": "RUNTIME_KEEPALIVE_MAX_AGE_S",
 }
 
 

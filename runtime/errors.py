@@ -67,6 +67,18 @@ class ServiceUnavailable(ServingError):
     status_code = 503
 
 
+class Overloaded(ServingError):
+    """Load shed on purpose: a full queue, a queue timeout, the concurrency or body-bytes limit.
+
+    KServe v2 routes answer 503 (as Triton does); /score answers ``score_status`` 429 (as Azure ML
+    endpoints do). Both carry ``Retry-After``.
+    """
+
+    status_code = 503
+    score_status = 429
+    retry_after_s = 1
+
+
 class StartupError(Exception):
     """The server cannot start: a bad entry script, plugin or model repository.
 

@@ -8,6 +8,7 @@ before the workers start, so every worker writes its samples there and
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import time
@@ -17,6 +18,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -41,7 +43,21 @@ HTTP_LATENCY = Histogram(
     "runtime_http_request_duration_seconds", "HTTP request latency", ["method", "route"], buckets=LATENCY_BUCKETS
 )
 REQUEST_SUCCESS = Counter("nv_inference_request_success", "Successful inference requests", MODEL)
-REQUEST_FAILURE = Counter("nv_inference_request_failure", "Failed inference requests", MODEL)
+# reason as Triton labels it: REJECTED (queue full or timed out), CANCELED (client gone), BACKEND, OTHER.
+REQUEST_FAILURE = Counter("nv_inference_request_failure", "Failed inference requests", [*MODEL, "reason"])
+PENDING = Gauge(
+    "nv_inference_pending_request_count",
+    "Requests queued for a model, not yet executing",
+    MODEL,
+    multiprocess_mode="livesum",
+)
+IN_PROGRESS = Gauge(
+    "runtime_requests_in_progress", "Requests admitted and not yet answered (all workers)", multiprocess_mode="livesum"
+)
+REJECTED = Counter("runtime_requests_rejected", "Requests refused before running, by reason", ["reason"])
+CANCELLED = Counter("runtime_requests_cancelled", "Requests whose client left before the answer", ["route"])
+LOOP_STALLS = Counter("runtime_event_loop_stalls", "Times a worker's event loop was blocked past the threshold")
+RECYCLES = Counter("runtime_worker_recycles", "Workers that asked to be replaced, by reason", ["reason"])
 INFERENCE_COUNT = Counter("nv_inference_count", "Inferences performed (a batch of N counts N)", MODEL)
 EXEC_COUNT = Counter("nv_inference_exec_count", "Model executions (a batch counts once)", MODEL)
 REQUEST_DURATION = Counter("nv_inference_request_duration_us", "Cumulative request duration (us)", MODEL)
@@ -70,9 +86,28 @@ def record_batch(model: str, version: str, stats: BatchStats) -> None:
         queue_duration.inc(waited * 1e6)
 
 
-def record_request(model: str, version: str, seconds: float, ok: bool) -> None:
-    _child(REQUEST_SUCCESS if ok else REQUEST_FAILURE, model, version).inc()
+def record_request(model: str, version: str, seconds: float, ok: bool, reason: str = "BACKEND") -> None:
+    if ok:
+        _child(REQUEST_SUCCESS, model, version).inc()
+    else:
+        _child(REQUEST_FAILURE, model, version, reason).inc()
     _child(REQUEST_DURATION, model, version).inc(seconds * 1e6)
+
+
+def failure_reason(error: BaseException | None) -> str:
+    """Triton's failure reason for what ended a request."""
+    from runtime.errors import Overloaded
+
+    if isinstance(error, Overloaded):
+        return "REJECTED"
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELED"
+    return "BACKEND" if error is not None else "OTHER"
+
+
+def pending_gauge(model: str, version: str) -> Any:
+    """The ``nv_inference_pending_request_count`` child for a model version (``.set(depth)``)."""
+    return _child(PENDING, model, version)
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -38,6 +38,20 @@ CLASSIFICATION = "runtime.classification"
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 INLINE_MARK = "runtime_inline"
+# When the caller stops waiting (time.monotonic() seconds): the scoring timeout as a deadline that the
+# queue, the batch and the call to Triton honour. Thread-pool calls inherit it, like REQUEST_ID.
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+
+
+def schedule_parameters(parameters: Mapping[str, Any]) -> tuple[int, int]:
+    """``priority`` and ``timeout`` (microseconds) of Triton's schedule-policy extension, checked."""
+    values = []
+    for name in ("priority", "timeout"):
+        value = parameters.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise BadRequest(f"parameter '{name}' must be a non-negative integer, got {value!r}")
+        values.append(value)
+    return values[0], values[1]
 
 
 def inline(func: Any) -> Any:
@@ -97,6 +111,7 @@ class Pipeline:
 
     async def score(self, request: ScoringRequest) -> tuple[Any, float]:
         """Run the pipeline; return the response object and run()/infer's time in ms."""
+        DEADLINE.set(time.monotonic() + self.timeout_ms / 1000)
         try:
             if sys.version_info >= (3, 11):
                 # No extra task per request, unlike wait_for.

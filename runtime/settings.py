@@ -15,6 +15,11 @@ DEFAULT_PORT = 5001
 DEFAULT_TIMEOUT_MS = 3600 * 1000  # azmlinfsrv's default SCORING_TIMEOUT_MS
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 DEFAULT_CONCURRENCY = 32
+# Requests one worker admits at once (queued ones included); beyond it, 429 with Retry-After.
+DEFAULT_MAX_CONCURRENT_REQUESTS = 256
+# Request-body bytes one worker holds at once: a few bodies at the size limit, not hundreds.
+DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 4 * DEFAULT_MAX_BODY_BYTES
+DEFAULT_KEEPALIVE_MAX_AGE_S = 2
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -27,6 +32,18 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _optional_int(env: Mapping[str, str], name: str, default: int = 0) -> int:
+    """A non-negative integer where 0 means off."""
+    raw = env.get(name, "").strip() or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be 0 (off) or positive, got {value}")
     return value
 
 
@@ -57,6 +74,13 @@ class Settings:
     triton_mode: str = "remote"
     tritonserver_path: str | None = None
     server_version_header: str = ""
+    # Overload and faults (docs/reliability.md): admission, recycling, keep-alive fairness.
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
+    max_body_bytes_in_flight: int = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT
+    max_requests: int = 0  # recycle a worker after this many requests (0: never), plus up to the jitter
+    max_requests_jitter: int = 0
+    max_worker_memory_mb: int = 0  # recycle a worker whose RSS exceeds this (0: never)
+    keepalive_max_age_s: int = DEFAULT_KEEPALIVE_MAX_AGE_S  # close keep-alive connections older (0: never)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +111,12 @@ class Settings:
             triton_mode=env.get("RUNTIME_TRITON_MODE", "remote"),
             tritonserver_path=env.get("TRITONSERVER_PATH") or None,
             server_version_header=version_header,
+            max_concurrent_requests=_int(env, "MAX_CONCURRENT_REQUESTS", DEFAULT_MAX_CONCURRENT_REQUESTS),
+            max_body_bytes_in_flight=_int(env, "RUNTIME_MAX_BODY_BYTES_IN_FLIGHT", DEFAULT_MAX_BODY_BYTES_IN_FLIGHT),
+            max_requests=_optional_int(env, "RUNTIME_MAX_REQUESTS"),
+            max_requests_jitter=_optional_int(env, "RUNTIME_MAX_REQUESTS_JITTER"),
+            max_worker_memory_mb=_optional_int(env, "RUNTIME_MAX_WORKER_MEMORY_MB"),
+            keepalive_max_age_s=_optional_int(env, "RUNTIME_KEEPALIVE_MAX_AGE_S", DEFAULT_KEEPALIVE_MAX_AGE_S),
         )
 
     @property

@@ -8,6 +8,7 @@ from typing import Any
 from starlette.responses import Response
 
 from runtime.azureml.aml import AMLResponse
+from runtime.errors import Overloaded
 
 FAILED = "x-ms-run-function-failed"
 EXEC_MS = "x-ms-run-fn-exec-ms"
@@ -47,4 +48,10 @@ def from_foreign_response(result: Any) -> Response | None:
             response.headers.append(name, str(value))
     if int(result.status_code) >= 500:
         response.headers[FAILED] = "True"
+    return response
+
+
+def overloaded(response: Response, error: Overloaded) -> Response:
+    """A load-shedding answer: tell the client when to come back."""
+    response.headers["retry-after"] = str(error.retry_after_s)
     return response

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from runtime.azureml.aml import AMLResponse
 from runtime.azureml.entry import InputMode
 from runtime.azureml.request import FORM_TYPES, ScoringRequest
-from runtime.errors import PayloadTooLarge, ScoringFailed, ServingError
+from runtime.errors import Overloaded, PayloadTooLarge, ScoringFailed, ServingError
 from runtime.http.responses import (
     EXEC_MS,
     FAILED,
@@ -22,6 +22,7 @@ from runtime.http.responses import (
     from_aml_response,
     from_foreign_response,
     json_response,
+    overloaded,
 )
 from runtime.pipeline import REQUEST_ID, RunFailed
 
@@ -97,6 +98,8 @@ async def score(request: Request) -> Response:
         result, exec_ms = await state.pipeline.score(scoring_request)
         response = to_response(result)
         response.headers[EXEC_MS] = f"{exec_ms:.3f}"
+    except Overloaded as ex:
+        response = overloaded(error_response(ex.score_status, ex.message), ex)
     except ServingError as ex:
         if ex.status_code >= 500:
             logger.error("Request %s failed: %s", request.url.path, ex.message)

@@ -19,7 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from runtime import __version__
-from runtime.errors import BadRequest, NotFound, ServingError
+from runtime.errors import BadRequest, NotFound, Overloaded, ServingError
+from runtime.http.responses import overloaded
 from runtime.http.score import read_body, state_of
 from runtime.http.v2codec import HEADER_LENGTH, RequestedOutput, classify, decode_infer_request, encode_outputs
 from runtime.pipeline import CLASSIFICATION, REQUEST_ID, infer
@@ -29,7 +30,9 @@ from runtime.serving.tensors import expected_shape
 if TYPE_CHECKING:
     import pluggy
 
-EXTENSIONS = ["classification", "binary_tensor_data", "model_repository"]
+EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "schedule_policy"]
+# Request parameters of the schedule-policy extension, handed to the backend's queue.
+SCHEDULE_PARAMETERS = ("priority", "timeout")
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -43,6 +46,8 @@ def v2_errors(handler: Handler) -> Handler:
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
+        except Overloaded as ex:
+            return overloaded(error(ex.status_code, ex.message), ex)
         except ServingError as ex:
             return error(ex.status_code, ex.message)
 
@@ -159,7 +164,10 @@ async def model_infer(request: Request) -> Response:
             raise BadRequest(f"unexpected inference output '{output.name}' for model '{model}'")
     REQUEST_ID.set(decoded.id or request.scope["state"]["request_ids"].request_id)
     counts = {o.name: o.class_count for o in requested if o.class_count}
-    outputs = await infer(state.pm, model, decoded.inputs, {CLASSIFICATION: counts} if counts else {}, version)
+    parameters = {k: decoded.parameters[k] for k in SCHEDULE_PARAMETERS if k in decoded.parameters}
+    if counts:
+        parameters[CLASSIFICATION] = counts
+    outputs = await infer(state.pm, model, decoded.inputs, parameters, version)
     selected: list[tuple[str, np.ndarray, bool]] = []
     for output in requested:
         value = outputs[output.name]

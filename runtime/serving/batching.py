@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.errors import Overloaded, ServiceUnavailable
+
 logger = logging.getLogger("runtime.batching")
 
 Tensors = dict[str, np.ndarray]
@@ -27,13 +29,61 @@ Execute = Callable[[int, Tensors], Awaitable[Tensors]]
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 
 
-@dataclass
+REJECT = "REJECT"
+DELAY = "DELAY"
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """Triton's ``ModelQueuePolicy`` for one priority level (0 sizes and timeouts mean unlimited)."""
+
+    max_queue_size: int = 0
+    default_timeout_us: int = 0
+    timeout_action: str = REJECT  # REJECT: fail the request when it times out; DELAY: serve it after the rest
+    allow_timeout_override: bool = False
+
+
+@dataclass(frozen=True)
+class SchedulePolicy:
+    """``dynamic_batching`` queue settings: the default policy, priority levels and per-level policies."""
+
+    default: QueuePolicy = field(default_factory=QueuePolicy)
+    priority_levels: int = 0  # 0: one level; else levels 1 (highest) .. priority_levels
+    default_priority_level: int = 0
+    levels: Mapping[int, QueuePolicy] = field(default_factory=dict)
+
+    def level_of(self, priority: int) -> int:
+        """The level of a request's ``priority`` parameter: 0 or out of range means the default (Triton)."""
+        if self.priority_levels <= 0:
+            return 1
+        if 1 <= priority <= self.priority_levels:
+            return priority
+        default = self.default_priority_level
+        return default if 1 <= default <= self.priority_levels else self.priority_levels
+
+    def policy(self, level: int) -> QueuePolicy:
+        return self.levels.get(level, self.default)
+
+
+@dataclass(eq=False)
 class Pending:
     inputs: Tensors
     size: int
     signature: Signature
     future: asyncio.Future[Tensors]
     enqueued: float = field(default_factory=time.perf_counter)
+    level: int = 1
+    delayed: bool = False
+    queued: bool = True
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Level:
+    policy: QueuePolicy
+    queue: collections.deque[Pending] = field(default_factory=collections.deque)
+    delayed: collections.deque[Pending] = field(default_factory=collections.deque)
+    count: int = 0  # live (not cancelled) requests in queue and delayed
 
 
 @dataclass
@@ -60,7 +110,13 @@ class DynamicBatcher:
         preferred_batch_sizes: tuple[int, ...] = (),
         preserve_ordering: bool = False,
         on_batch: Callable[[BatchStats], None] | None = None,
+        *,
+        schedule: SchedulePolicy | None = None,
+        name: str = "model",
+        on_queue: Callable[[int], None] | None = None,
     ) -> None:
+        """``schedule``: Triton's queue policy; ``name``: the model, for error messages; ``on_queue``: called
+        with the number of queued requests whenever it changes (the pending-request gauge)."""
         self._execute = execute
         self._max_batch_size = max(1, max_batch_size)
         self._delay = max_queue_delay_us / 1e6
@@ -69,7 +125,12 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._free_instances = list(range(instances))
         self._instance_ready = asyncio.Semaphore(instances)
-        self._queue: collections.deque[Pending] = collections.deque()
+        self._schedule = schedule or SchedulePolicy()
+        self._name = name
+        self._on_queue = on_queue
+        levels = max(1, self._schedule.priority_levels)
+        self._levels = [_Level(self._schedule.policy(n)) for n in range(1, levels + 1)]
+        self._depth = 0
         self._arrived = asyncio.Event()
         self._previous_done: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -83,21 +144,127 @@ class DynamicBatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await asyncio.gather(*self._running, return_exceptions=True)
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(RuntimeError("the server is shutting down"))
+        for level in self._levels:
+            for pending in (*level.queue, *level.delayed):
+                if not pending.future.done():
+                    pending.future.set_exception(ServiceUnavailable("the server is shutting down"))
 
-    def submit(self, inputs: Tensors) -> asyncio.Future[Tensors]:
-        """Queue one request (inputs batch-first, already validated); resolves to its own outputs."""
+    @property
+    def depth(self) -> int:
+        """Requests queued and not yet in a batch (cancelled ones excluded)."""
+        return self._depth
+
+    def submit(
+        self, inputs: Tensors, *, priority: int = 0, timeout_us: int = 0, deadline: float | None = None
+    ) -> asyncio.Future[Tensors]:
+        """Queue one request (inputs batch-first, already validated); resolves to its own outputs.
+
+        ``priority`` and ``timeout_us`` are the request parameters of Triton's schedule-policy extension;
+        ``deadline`` (``time.monotonic()`` seconds) is when the caller stops waiting: a request still queued
+        then is dropped. Raises :class:`Overloaded` when the priority level's queue is full. Cancelling the
+        returned future takes the request out of the queue: it never joins a batch.
+        """
+        level_no = self._schedule.level_of(priority)
+        level = self._levels[level_no - 1] if self._schedule.priority_levels > 0 else self._levels[0]
+        policy = level.policy
+        if policy.max_queue_size and level.count >= policy.max_queue_size:
+            where = f" at priority level {level_no}" if self._schedule.priority_levels else ""
+            raise Overloaded(
+                f"model '{self._name}' has {level.count} requests queued{where}, its max_queue_size; retry later"
+            )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if deadline is not None and deadline <= now:
+            raise Overloaded(f"the request's deadline passed before model '{self._name}' could run it")
         size = int(next(iter(inputs.values())).shape[0])
-        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
-        self._queue.append(Pending(inputs, size, signature(inputs), future))
+        future: asyncio.Future[Tensors] = loop.create_future()
+        pending = Pending(inputs, size, signature(inputs), future, level=level_no)
+        timeout_s = (
+            timeout_us if timeout_us > 0 and policy.allow_timeout_override else policy.default_timeout_us
+        ) / 1e6
+        expire_at = now + timeout_s if timeout_s > 0 else None
+        if deadline is not None and (expire_at is None or deadline <= expire_at):
+            pending.timer = loop.call_at(deadline, self._expire, pending, REJECT)
+        elif expire_at is not None:
+            pending.timer = loop.call_at(expire_at, self._expire, pending, policy.timeout_action)
+        future.add_done_callback(lambda _: self._dropped(pending))
+        level.queue.append(pending)
+        level.count += 1
+        self._queue_changed(1)
         self._arrived.set()
         return future
 
+    def _level(self, pending: Pending) -> _Level:
+        return self._levels[pending.level - 1] if self._schedule.priority_levels > 0 else self._levels[0]
+
+    def _queue_changed(self, delta: int) -> None:
+        self._depth += delta
+        if self._on_queue is not None:
+            self._on_queue(self._depth)
+
+    def _dropped(self, pending: Pending) -> None:
+        """The future is done while queued (cancelled by a departed client or a timeout): forget it."""
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if not pending.queued:
+            return
+        pending.queued = False
+        level = self._level(pending)
+        level.count -= 1
+        self._queue_changed(-1)
+        # Cancelled entries stay in the deque until popped; compact it so that their inputs are freed.
+        for queue in (level.queue, level.delayed):
+            if len(queue) > 2 * level.count + 64:
+                live = [p for p in queue if p.queued]
+                queue.clear()
+                queue.extend(live)
+
+    def _expire(self, pending: Pending, action: str) -> None:
+        pending.timer = None
+        if not pending.queued or pending.future.done():
+            return
+        if action == DELAY:
+            level = self._level(pending)
+            if not pending.delayed:
+                level.queue.remove(pending)
+                level.delayed.append(pending)
+                pending.delayed = True
+            return
+        pending.future.set_exception(
+            Overloaded(f"request timed out in the queue of model '{self._name}' before it ran; retry later")
+        )
+
+    def _pop(self) -> Pending | None:
+        """The next request: highest priority level first; within a level, on-time before delayed."""
+        for level in self._levels:
+            for queue in (level.queue, level.delayed):
+                while queue:
+                    pending = queue.popleft()
+                    if not pending.queued:
+                        continue
+                    pending.queued = False
+                    if pending.timer is not None:
+                        pending.timer.cancel()
+                        pending.timer = None
+                    level.count -= 1
+                    self._queue_changed(-1)
+                    return pending
+        return None
+
+    def _put_back(self, skipped: list[Pending]) -> None:
+        """Return requests that did not fit a batch to the front of their queues, in order."""
+        for pending in reversed(skipped):
+            if pending.future.done():
+                continue
+            level = self._level(pending)
+            (level.delayed if pending.delayed else level.queue).appendleft(pending)
+            pending.queued = True
+            level.count += 1
+            self._queue_changed(1)
+
     async def _next_request(self, deadline: float | None) -> Pending | None:
         """The oldest queued request; wait until ``deadline`` (None: forever) for one to arrive."""
-        while not self._queue:
+        while not self._depth:
             self._arrived.clear()
             if deadline is None:
                 await self._arrived.wait()
@@ -109,16 +276,17 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 return None
-        return self._queue.popleft()
+        return self._pop()
 
     async def _form_batch(self) -> list[Pending]:
-        first = await self._next_request(None)
-        assert first is not None
+        first = None
+        while first is None:  # the queue may empty between the wake-up and the pop (cancellations)
+            first = await self._next_request(None)
         batch, size = [first], first.size
         deadline = time.perf_counter() + self._delay
         skipped: list[Pending] = []
         while size < self._max_batch_size:
-            if self._preferred and size in self._preferred and not self._queue:
+            if self._preferred and size in self._preferred and not self._depth:
                 break
             nxt = await self._next_request(deadline if self._delay > 0 else time.perf_counter())
             if nxt is None:
@@ -131,8 +299,8 @@ class DynamicBatcher:
                 break
             batch.append(nxt)
             size += nxt.size
-        self._queue.extendleft(reversed(skipped))
-        if self._queue:
+        self._put_back(skipped)
+        if self._depth:
             self._arrived.set()
         return batch
 

@@ -19,6 +19,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime.errors import StartupError
+from runtime.serving.batching import QueuePolicy, SchedulePolicy
 from runtime.serving.datatypes import config_to_wire, wire_to_config
 
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
@@ -59,6 +60,32 @@ class DynamicBatching:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
     preserve_ordering: bool = False
+    schedule: SchedulePolicy = field(default_factory=SchedulePolicy)
+
+
+def _queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
+    return QueuePolicy(
+        max_queue_size=int(policy.max_queue_size),
+        default_timeout_us=int(policy.default_timeout_microseconds),
+        timeout_action=mc.ModelQueuePolicy.TimeoutAction.Name(policy.timeout_action),
+        allow_timeout_override=policy.allow_timeout_override,
+    )
+
+
+def dynamic_batching_of(db: mc.ModelDynamicBatching) -> DynamicBatching:
+    """The batcher settings of a config's ``dynamic_batching``, queue policy and priority levels included."""
+    schedule = SchedulePolicy(
+        default=_queue_policy(db.default_queue_policy),
+        priority_levels=int(db.priority_levels),
+        default_priority_level=int(db.default_priority_level),
+        levels={int(level): _queue_policy(p) for level, p in db.priority_queue_policy.items()},
+    )
+    return DynamicBatching(
+        tuple(int(s) for s in db.preferred_batch_size),
+        int(db.max_queue_delay_microseconds),
+        db.preserve_ordering,
+        schedule,
+    )
 
 
 @dataclass
@@ -280,9 +307,12 @@ def load_model(model_path: Path) -> ModelConfig:
     scheduler = config.WhichOneof("scheduling_choice")
     if scheduler == "dynamic_batching":
         db = config.dynamic_batching
-        dynamic = DynamicBatching(
-            tuple(int(s) for s in db.preferred_batch_size), int(db.max_queue_delay_microseconds), db.preserve_ordering
-        )
+        if db.priority_levels and not 1 <= db.default_priority_level <= db.priority_levels:
+            raise RepositoryError(
+                f"{config_file}: default_priority_level must be in 1..priority_levels ({db.priority_levels}), "
+                f"got {db.default_priority_level}"
+            )
+        dynamic = dynamic_batching_of(db)
         if batched and any(s > max_batch_size for s in dynamic.preferred_batch_sizes):
             raise RepositoryError(f"{config_file}: preferred_batch_size must not exceed max_batch_size")
     elif scheduler is None and max_batch_size > 1:
@@ -352,10 +382,7 @@ def model_config_from_proto(proto: mc.ModelConfig, versions: list[str], path: Pa
 
     dynamic = None
     if proto.WhichOneof("scheduling_choice") == "dynamic_batching":
-        db = proto.dynamic_batching
-        dynamic = DynamicBatching(
-            tuple(int(s) for s in db.preferred_batch_size), int(db.max_queue_delay_microseconds), db.preserve_ordering
-        )
+        dynamic = dynamic_batching_of(proto.dynamic_batching)
     return ModelConfig(
         name=proto.name,
         path=path or Path(proto.name),
