@@ -35,6 +35,7 @@ from runtime.serving.batching import BatchStats
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 MODEL = ("model", "version")
+CLIENT_CLOSED = 499
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -147,7 +148,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status = 0
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -157,7 +158,10 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_status)
+            # Returning without an answer: the client left and its request was cancelled (nginx's 499).
+            status = status or CLIENT_CLOSED
         finally:
+            status = status or 500
             route = self._route(scope)
             method = scope["method"]
             _child(HTTP_REQUESTS, method, route, str(status)).inc()

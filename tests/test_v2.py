@@ -38,7 +38,12 @@ def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
 def test_health_metadata_and_config(client: triton.InferenceServerClient, server: ServerProcess) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("linear") and client.is_model_ready("linear", "1")
-    assert client.get_server_metadata()["extensions"] == ["classification", "binary_tensor_data", "model_repository"]
+    assert client.get_server_metadata()["extensions"] == [
+        "classification",
+        "binary_tensor_data",
+        "model_repository",
+        "schedule_policy",
+    ]
     meta = client.get_model_metadata("linear")
     assert meta == {
         "name": "linear",

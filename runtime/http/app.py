@@ -8,7 +8,7 @@ import inspect
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
@@ -26,8 +26,11 @@ from runtime.azureml.swagger import Swagger
 from runtime.context import InitContext
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.executor import Executor
-from runtime.http import score, v2
+from runtime.http import score, v2, watchdog
+from runtime.http.admission import Admission, AdmissionMiddleware
 from runtime.http.headers import RequestIdMiddleware
+from runtime.http.health import WorkerHealth, ready, terminate_self
+from runtime.http.keepalive import ConnectionAgeMiddleware
 from runtime.http.responses import error_response
 from runtime.metrics import MetricsMiddleware, metrics_endpoint
 from runtime.pipeline import Pipeline
@@ -53,6 +56,7 @@ class AppState:
     pipeline: Pipeline
     swagger: Swagger
     context: InitContext
+    health: WorkerHealth = field(default_factory=WorkerHealth)
 
 
 async def _call_each(pm: pluggy.PluginManager, name: str, stop_on_error: bool, **kwargs: Any) -> None:
@@ -96,18 +100,24 @@ def _only_model(pm: pluggy.PluginManager) -> str | None:
     return names.pop() if len(names) == 1 else None
 
 
-def create_app(settings: Settings | None = None, exit_on_startup_error: bool = False) -> Starlette:
+def create_app(
+    settings: Settings | None = None, exit_on_startup_error: bool = False, worker_process: bool = False
+) -> Starlette:
     """The app one worker serves.
 
     With ``exit_on_startup_error`` (Gunicorn workers), a start-up error is logged as one clear message and
     the worker exits with code 3, which makes the master stop with code 3 too, as azmlinfsrv does.
+    With ``worker_process`` (Gunicorn workers), the app owns its process: it watches SIGTERM to report
+    draining, recycles itself with SIGTERM, and may interrupt an async run() that blocks the loop.
     """
     settings = settings or Settings.from_env()
+    health = WorkerHealth(terminate_self if worker_process else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             state = build_state(settings)
+            state.health = health
             api.bind(asyncio.get_running_loop(), state.pm)
             await _call_each(state.pm, "init", stop_on_error=True, context=state.context)
             state.pipeline.default_model = _only_model(state.pm)
@@ -118,10 +128,23 @@ def create_app(settings: Settings | None = None, exit_on_startup_error: bool = F
                 os._exit(STARTUP_EXIT_CODE)
             raise
         app.state.runtime = state
+        if worker_process:
+            health.watch_sigterm()
+        entry_run = state.entry.run if state.entry is not None and state.entry.run_is_async else None
+        loop_watchdog = watchdog.install(
+            asyncio.get_running_loop(), settings.timeout_ms, entry_run, interrupt=worker_process
+        )
+        monitor = asyncio.get_running_loop().create_task(
+            watchdog.monitor(health, state.executor, settings.max_worker_memory_mb), name="worker-monitor"
+        )
+        health.started = True
         logger.info("Worker ready: entry script %s, timeout %d ms", settings.entry_path, settings.timeout_ms)
         try:
             yield
         finally:
+            health.draining = True
+            monitor.cancel()
+            loop_watchdog.stop()
             await _call_each(state.pm, "shutdown", stop_on_error=False)
             state.executor.shutdown()
             api.unbind()
@@ -129,13 +152,25 @@ def create_app(settings: Settings | None = None, exit_on_startup_error: bool = F
     middleware = [
         Middleware(MetricsMiddleware),
         Middleware(RequestIdMiddleware, server_version=settings.server_version_header),
+        Middleware(ConnectionAgeMiddleware, max_age_s=settings.keepalive_max_age_s),
+        Middleware(
+            AdmissionMiddleware,
+            admission=Admission(settings.max_concurrent_requests, settings.max_body_bytes_in_flight),
+            health=health,
+            max_body_bytes=settings.max_body_bytes,
+        ),
     ]
     if settings.cors_origins:
         middleware.append(
             Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"])
         )
     return Starlette(
-        routes=[*score.routes(), *v2.routes(), Route("/metrics", metrics_endpoint, methods=["GET"])],
+        routes=[
+            *score.routes(),
+            Route("/ready", ready, methods=["GET"]),
+            *v2.routes(),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},

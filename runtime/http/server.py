@@ -51,6 +51,10 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
             "timeout": int(os.environ.get("WORKER_TIMEOUT", "300")),
             "graceful_timeout": int(os.environ.get("RUNTIME_GRACEFUL_TIMEOUT", "30")),
             "keepalive": 75,
+            # Recycling by request count: Gunicorn's max_requests (+ jitter), which uvicorn workers honour
+            # with a graceful shutdown. 0 is off.
+            "max_requests": s.max_requests,
+            "max_requests_jitter": s.max_requests_jitter,
             "loglevel": s.log_level.lower(),
             "accesslog": None if os.environ.get("RUNTIME_ACCESS_LOG", "true").lower() == "false" else "-",
             "errorlog": "-",
@@ -66,7 +70,7 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> Starlette:
         from runtime.http.app import create_app
 
-        return create_app(Settings.from_env(), exit_on_startup_error=True)
+        return create_app(Settings.from_env(), exit_on_startup_error=True, worker_process=True)
 
 
 def set_parent_death_signal(sig: int) -> None:

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from runtime import __version__
 from runtime.errors import BadRequest, NotFound, Overloaded, ServingError
+from runtime.http.health import not_ready_reason
 from runtime.http.responses import overloaded
 from runtime.http.score import read_body, state_of
 from runtime.http.v2codec import HEADER_LENGTH, RequestedOutput, classify, decode_infer_request, encode_outputs
@@ -72,11 +73,6 @@ def model_config(pm: pluggy.PluginManager, model: str, version: str | None) -> M
     return config
 
 
-async def server_ready(pm: pluggy.PluginManager) -> bool:
-    results = [await _resolve(r) for r in pm.hook.server_ready()]
-    return all(results)
-
-
 @v2_errors
 async def server_metadata(request: Request) -> Response:
     return JSONResponse({"name": "runtime", "version": __version__, "extensions": EXTENSIONS})
@@ -87,7 +83,7 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    return Response(status_code=200 if await server_ready(state_of(request).pm) else 503)
+    return Response(status_code=200 if await not_ready_reason(request) is None else 503)
 
 
 @v2_errors

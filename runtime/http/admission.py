@@ -1,0 +1,200 @@
+"""Admission control and cancellation for the scoring routes (/score and /v2/.../infer).
+
+A pure ASGI middleware, per worker:
+
+- at most ``max_concurrent_requests`` requests in progress; the next one gets a 429 with
+  ``Retry-After`` at once (as Azure ML endpoints answer beyond ``max_concurrent_requests_per_instance``);
+- at most ``max_body_bytes_in_flight`` bytes of request bodies held at once (declared lengths are
+  reserved before the body is read; chunked bodies are counted as they arrive);
+- a worker being replaced answers 503 and closes the connection, so clients move to another worker;
+- a client that disconnects cancels its request: queued work is dropped before it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runtime import metrics
+from runtime.errors import Overloaded
+from runtime.http.health import WorkerHealth
+
+logger = logging.getLogger("runtime.admission")
+
+RETRY_AFTER_S = 1
+
+
+def scoring_route(scope: Scope) -> str | None:
+    """The label of an admission-controlled route, or None for routes that are always served (health...)."""
+    path: str = scope["path"]
+    if path == "/score":
+        return "/score"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return "v2"
+    return None
+
+
+class Admission:
+    """This worker's counters: requests in progress and request-body bytes held."""
+
+    def __init__(self, max_requests: int, max_body_bytes: int) -> None:
+        self.max_requests = max_requests
+        self.max_body_bytes = max_body_bytes
+        self.in_progress = 0
+        self.body_bytes = 0
+
+    def refusal(self, declared: int) -> tuple[str, str] | None:
+        """(reason label, message) when a request declaring ``declared`` body bytes cannot be admitted now."""
+        if self.in_progress >= self.max_requests:
+            return (
+                "max_concurrent_requests",
+                f"Too many requests: this worker is serving {self.in_progress} requests, its limit "
+                f"(max_concurrent_requests {self.max_requests}). Retry after {RETRY_AFTER_S} s.",
+            )
+        if self.body_bytes + declared > self.max_body_bytes:
+            return "body_bytes", self.body_bytes_message()
+        return None
+
+    def body_bytes_message(self) -> str:
+        return (
+            f"Too many request bytes in flight: this worker holds {self.body_bytes} bytes of request bodies, "
+            f"its limit is {self.max_body_bytes} (max_body_bytes_in_flight). Retry after {RETRY_AFTER_S} s."
+        )
+
+
+class AdmissionMiddleware:
+    def __init__(self, app: ASGIApp, admission: Admission, health: WorkerHealth, max_body_bytes: int) -> None:
+        self.app = app
+        self.admission = admission
+        self.health = health
+        self.max_body_bytes = max_body_bytes  # larger bodies are refused with 413 by the route, unread
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = scoring_route(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        admission = self.admission
+        declared = _content_length(scope)
+        reserved = declared if declared <= self.max_body_bytes else 0
+        if self.health.poisoned is not None:
+            reason = self.health.not_ready_reason() or "the worker is being replaced"
+            await _refuse(send, route, 503, "recycling", f"Service unavailable: {reason}. Retry.", close=True)
+            return
+        refusal = admission.refusal(reserved)
+        if refusal is not None:
+            await _refuse(send, route, 429, *refusal)
+            return
+        admission.in_progress += 1
+        admission.body_bytes += reserved
+        metrics.IN_PROGRESS.inc()
+        try:
+            reserved += await _Watched(self.app, scope, receive, send, admission, declared).run(route)
+        finally:
+            admission.in_progress -= 1
+            admission.body_bytes -= reserved
+            metrics.IN_PROGRESS.dec()
+
+
+class _Watched:
+    """One admitted request: counts unannounced body bytes and cancels the handler when the client leaves."""
+
+    def __init__(
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, admission: Admission, declared: int
+    ) -> None:
+        self.app, self.scope, self._receive, self._send = app, scope, receive, send
+        self.admission = admission
+        self.counted = declared == 0 and b"content-length" not in _header_names(scope)
+        self.extra_bytes = 0  # bytes of a chunked body, reserved as they arrive
+        self.body_done = False
+        self.responded = False
+        self.client_left = False
+        self.gone = asyncio.Event()
+        self.task = asyncio.current_task()
+        self.watcher: asyncio.Task[None] | None = None
+
+    async def run(self, route: str) -> int:
+        """Serve the request; return the chunked-body bytes it reserved (for the caller to release)."""
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            if not self.client_left:
+                raise
+            if self.task is not None and sys.version_info >= (3, 11):
+                self.task.uncancel()
+            metrics.CANCELLED.labels(route).inc()
+            logger.info("Client left before the answer to %s %s: request cancelled", self.scope["method"], route)
+        finally:
+            if self.watcher is not None:
+                self.watcher.cancel()
+        return self.extra_bytes
+
+    async def receive(self) -> Message:
+        if self.body_done:
+            await self.gone.wait()  # the watcher owns the server's receive now
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            if self.counted:
+                self._reserve(len(message.get("body", b"")))
+            if not message.get("more_body", False):
+                self.body_done = True
+                self.watcher = asyncio.get_running_loop().create_task(self._watch())
+        elif message["type"] == "http.disconnect":
+            self.gone.set()
+        return message
+
+    def _reserve(self, size: int) -> None:
+        admission = self.admission
+        if admission.body_bytes + size > admission.max_body_bytes:
+            metrics.REJECTED.labels("body_bytes").inc()
+            raise Overloaded(admission.body_bytes_message())
+        admission.body_bytes += size
+        self.extra_bytes += size
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.responded = True
+        await self._send(message)
+
+    async def _watch(self) -> None:
+        """Wait for the server to report the connection gone; cancel the handler if nothing was answered."""
+        message = await self._receive()
+        if message["type"] != "http.disconnect":
+            return
+        self.gone.set()
+        if not self.responded and self.task is not None:
+            self.client_left = True
+            self.task.cancel()
+
+
+def _header_names(scope: Scope) -> set[bytes]:
+    return {name for name, _ in scope["headers"]}
+
+
+def _content_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+async def _refuse(send: Send, route: str, status: int, reason: str, message: str, close: bool = False) -> None:
+    metrics.REJECTED.labels(reason).inc()
+    # /score answers as Azure ML does ({"message"}); KServe v2 clients read {"error"}.
+    body = json.dumps({"message": message} if route == "/score" else {"error": message}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(RETRY_AFTER_S).encode()),
+    ]
+    if route == "/score":
+        headers.append((b"x-ms-run-function-failed", b"False"))
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

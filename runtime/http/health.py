@@ -1,0 +1,91 @@
+"""Truthful health: liveness, readiness, and the worker's own decision to be replaced.
+
+Liveness (``GET /``, ``/v2/health/live``) means the process answers. Readiness
+(``GET /ready``, ``/v2/health/ready``) is false until start-up (init and every
+model's warm-up) is done, while draining after SIGTERM, and once the worker is
+poisoned or recycling. A worker that must go (too many abandoned threads, too
+much memory) asks for its own graceful shutdown with SIGTERM: the server stops
+accepting connections, answers what is in flight, and Gunicorn starts a fresh
+worker.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import signal
+from collections.abc import Callable
+from types import FrameType
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from runtime import metrics
+from runtime.http.responses import error_response
+from runtime.http.score import state_of
+
+logger = logging.getLogger("runtime.health")
+
+
+def terminate_self() -> None:
+    """Graceful shutdown of this worker process (uvicorn handles SIGTERM by draining)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+class WorkerHealth:
+    def __init__(self, recycle_action: Callable[[], None] | None = None) -> None:
+        self.started = False
+        self.draining = False
+        self.poisoned: str | None = None
+        self._recycle_action = recycle_action
+
+    def not_ready_reason(self) -> str | None:
+        """Why this worker should get no new traffic, or None when it is ready."""
+        if not self.started:
+            return "the worker is starting"
+        if self.poisoned is not None:
+            return f"the worker is being replaced: {self.poisoned}"
+        if self.draining:
+            return "the worker is draining after SIGTERM"
+        return None
+
+    def recycle(self, reason: str, label: str) -> None:
+        """Take this worker out of rotation and have it replaced once its in-flight requests are answered."""
+        if self.poisoned is not None:
+            return
+        self.poisoned = reason
+        metrics.RECYCLES.labels(label).inc()
+        logger.warning("Recycling worker %d: %s", os.getpid(), reason)
+        if self._recycle_action is not None:
+            self._recycle_action()
+
+    def watch_sigterm(self) -> None:
+        """Mark the worker draining when SIGTERM arrives, then let the server's own handler drain it."""
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(sig: int, frame: FrameType | None) -> None:
+            self.draining = True
+            if callable(previous):
+                previous(sig, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+async def not_ready_reason(request: Request) -> str | None:
+    """Why this worker is not ready (its own state first, then every backend's), or None."""
+    state = state_of(request)
+    reason = state.health.not_ready_reason()
+    if reason is None:
+        results = [await r if inspect.isawaitable(r) else r for r in state.pm.hook.server_ready()]
+        if not all(results):
+            reason = "a backend is not ready"
+    return reason
+
+
+async def ready(request: Request) -> Response:
+    """``GET /ready``: the readiness probe for /score users (``GET /`` stays the liveness probe)."""
+    reason = await not_ready_reason(request)
+    if reason is None:
+        return PlainTextResponse("Ready")
+    return error_response(503, f"Not ready: {reason}")
