@@ -6,7 +6,7 @@ A pure ASGI middleware, per worker:
   ``Retry-After`` at once (as Azure ML endpoints answer beyond ``max_concurrent_requests_per_instance``);
 - at most ``max_body_bytes_in_flight`` bytes of request bodies held at once (declared lengths are
   reserved before the body is read; chunked bodies are counted as they arrive);
-- a worker being replaced answers 503 and closes the connection, so clients move to another worker;
+- a worker being replaced still answers, with ``Connection: close``, so clients move to its replacement;
 - a client that disconnects cancels its request: queued work is dropped before it runs.
 """
 
@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from runtime import metrics
 from runtime.errors import Overloaded
 from runtime.http.health import WorkerHealth
+from runtime.http.keepalive import closing
 
 logger = logging.getLogger("runtime.admission")
 
@@ -41,11 +42,13 @@ def scoring_route(scope: Scope) -> str | None:
 class Admission:
     """This worker's counters: requests in progress and request-body bytes held."""
 
-    def __init__(self, max_requests: int, max_body_bytes: int) -> None:
+    def __init__(self, max_requests: int, max_body_bytes: int, lifetime_requests: int = 0) -> None:
         self.max_requests = max_requests
         self.max_body_bytes = max_body_bytes
+        self.lifetime_requests = lifetime_requests  # recycle after this many requests (0: never)
         self.in_progress = 0
         self.body_bytes = 0
+        self.served = 0
 
     def refusal(self, declared: int) -> tuple[str, str] | None:
         """(reason label, message) when a request declaring ``declared`` body bytes cannot be admitted now."""
@@ -74,17 +77,21 @@ class AdmissionMiddleware:
         self.max_body_bytes = max_body_bytes  # larger bodies are refused with 413 by the route, unread
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = scoring_route(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if route is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         admission = self.admission
+        admission.served += 1
+        if admission.served == admission.lifetime_requests:
+            self.health.recycle(f"it served {admission.served} requests (--max-requests)", "max_requests")
+        if self.health.poisoned is not None:
+            send = closing(send)  # still served, but the client reconnects to the worker that replaces this one
+        route = scoring_route(scope) if scope["method"] == "POST" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
         declared = _content_length(scope)
         reserved = declared if declared <= self.max_body_bytes else 0
-        if self.health.poisoned is not None:
-            reason = self.health.not_ready_reason() or "the worker is being replaced"
-            await _refuse(send, route, 503, "recycling", f"Service unavailable: {reason}. Retry.", close=True)
-            return
         refusal = admission.refusal(reserved)
         if refusal is not None:
             await _refuse(send, route, 429, *refusal)
@@ -183,7 +190,7 @@ def _content_length(scope: Scope) -> int:
     return 0
 
 
-async def _refuse(send: Send, route: str, status: int, reason: str, message: str, close: bool = False) -> None:
+async def _refuse(send: Send, route: str, status: int, reason: str, message: str) -> None:
     metrics.REJECTED.labels(reason).inc()
     # /score answers as Azure ML does ({"message"}); KServe v2 clients read {"error"}.
     body = json.dumps({"message": message} if route == "/score" else {"error": message}).encode()
@@ -194,7 +201,5 @@ async def _refuse(send: Send, route: str, status: int, reason: str, message: str
     ]
     if route == "/score":
         headers.append((b"x-ms-run-function-failed", b"False"))
-    if close:
-        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import logging
 import os
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from runtime.executor import Executor
 from runtime.http import score, v2, watchdog
 from runtime.http.admission import Admission, AdmissionMiddleware
 from runtime.http.headers import RequestIdMiddleware
-from runtime.http.health import WorkerHealth, ready, terminate_self
+from runtime.http.health import WorkerHealth, ready
 from runtime.http.keepalive import ConnectionAgeMiddleware
 from runtime.http.responses import error_response
 from runtime.metrics import MetricsMiddleware, metrics_endpoint
@@ -111,7 +112,12 @@ def create_app(
     draining, recycles itself with SIGTERM, and may interrupt an async run() that blocks the loop.
     """
     settings = settings or Settings.from_env()
-    health = WorkerHealth(terminate_self if worker_process else None)
+    if worker_process:
+        from runtime.http.server import stop_accepting, terminate_self
+
+        health = WorkerHealth(stop_accepting, terminate_self)
+    else:
+        health = WorkerHealth()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -155,7 +161,11 @@ def create_app(
         Middleware(ConnectionAgeMiddleware, max_age_s=settings.keepalive_max_age_s),
         Middleware(
             AdmissionMiddleware,
-            admission=Admission(settings.max_concurrent_requests, settings.max_body_bytes_in_flight),
+            admission=Admission(
+                settings.max_concurrent_requests,
+                settings.max_body_bytes_in_flight,
+                settings.max_requests + random.randint(0, settings.max_requests_jitter) if settings.max_requests else 0,
+            ),
             health=health,
             max_body_bytes=settings.max_body_bytes,
         ),

@@ -28,17 +28,16 @@ from runtime.http.score import state_of
 logger = logging.getLogger("runtime.health")
 
 
-def terminate_self() -> None:
-    """Graceful shutdown of this worker process (uvicorn handles SIGTERM by draining)."""
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 class WorkerHealth:
-    def __init__(self, recycle_action: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, stop_accepting: Callable[[], None] | None = None, terminate: Callable[[], None] | None = None
+    ) -> None:
+        """``stop_accepting`` and ``terminate``: what recycling does to the process (nothing in-process)."""
         self.started = False
         self.draining = False
         self.poisoned: str | None = None
-        self._recycle_action = recycle_action
+        self._stop_accepting = stop_accepting
+        self._terminate = terminate
 
     def not_ready_reason(self) -> str | None:
         """Why this worker should get no new traffic, or None when it is ready."""
@@ -51,14 +50,24 @@ class WorkerHealth:
         return None
 
     def recycle(self, reason: str, label: str) -> None:
-        """Take this worker out of rotation and have it replaced once its in-flight requests are answered."""
+        """Take this worker out of rotation; :func:`runtime.http.watchdog.monitor` has it replaced.
+
+        It stops accepting connections at once; until it exits it answers the requests on the connections
+        it has with ``Connection: close``, so that keep-alive clients reconnect (to the other workers, or to
+        the replacement) instead of meeting a connection closed under them.
+        """
         if self.poisoned is not None:
             return
         self.poisoned = reason
         metrics.RECYCLES.labels(label).inc()
         logger.warning("Recycling worker %d: %s", os.getpid(), reason)
-        if self._recycle_action is not None:
-            self._recycle_action()
+        if self._stop_accepting is not None:
+            self._stop_accepting()
+
+    def terminate(self) -> None:
+        """Shut this worker down gracefully (in-flight requests are answered first)."""
+        if self._terminate is not None:
+            self._terminate()
 
     def watch_sigterm(self) -> None:
         """Mark the worker draining when SIGTERM arrives, then let the server's own handler drain it."""

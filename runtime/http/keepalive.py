@@ -38,11 +38,16 @@ class ConnectionAgeMiddleware:
             await self.app(scope, receive, send)
             return
         del self._first_seen[key]
+        await self.app(scope, receive, closing(send))
 
-        async def send_close(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
-            await send(message)
 
-        await self.app(scope, receive, send_close)
+def closing(send: Send) -> Send:
+    """``send`` that answers with ``Connection: close``: the client reconnects, possibly to another worker."""
+
+    async def send_close(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return send_close

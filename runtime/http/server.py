@@ -12,11 +12,14 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from starlette.applications import Starlette
+from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from runtime.settings import Settings
@@ -36,6 +39,31 @@ class RuntimeWorker(UvicornWorker):  # type: ignore[misc]
         set_parent_death_signal(signal.SIGTERM)
         super().init_process()
 
+    async def _serve(self) -> None:
+        # UvicornWorker._serve, keeping the server so that a recycling worker can stop accepting.
+        self.config.app = self.wsgi
+        server = Server(config=self.config)
+        _servers.append(server)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+_servers: list[Server] = []  # this worker's uvicorn server (one)
+
+
+def stop_accepting() -> None:
+    """Stop taking new connections in this worker; the other workers (or its replacement) take them."""
+    for server in _servers:
+        for listener in server.servers:
+            listener.close()
+
+
+def terminate_self() -> None:
+    """Graceful shutdown of this worker (uvicorn drains on SIGTERM); Gunicorn starts a replacement."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
 
 class ServerApplication(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings) -> None:
@@ -51,10 +79,6 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
             "timeout": int(os.environ.get("WORKER_TIMEOUT", "300")),
             "graceful_timeout": int(os.environ.get("RUNTIME_GRACEFUL_TIMEOUT", "30")),
             "keepalive": 75,
-            # Recycling by request count: Gunicorn's max_requests (+ jitter), which uvicorn workers honour
-            # with a graceful shutdown. 0 is off.
-            "max_requests": s.max_requests,
-            "max_requests_jitter": s.max_requests_jitter,
             "loglevel": s.log_level.lower(),
             "accesslog": None if os.environ.get("RUNTIME_ACCESS_LOG", "true").lower() == "false" else "-",
             "errorlog": "-",
@@ -99,8 +123,10 @@ def _prepare_metrics_dir() -> str | None:
 
 def serve(settings: Settings) -> None:
     created = _prepare_metrics_dir()
+    master = os.getpid()
     try:
         ServerApplication(settings).run()
     finally:
-        if created:
+        # A worker that exits on its own (--max-requests) unwinds through here too: only the master cleans.
+        if created and os.getpid() == master:
             shutil.rmtree(created, ignore_errors=True)

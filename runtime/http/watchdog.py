@@ -31,7 +31,8 @@ from runtime.http.health import WorkerHealth
 
 logger = logging.getLogger("runtime.watchdog")
 
-CHECK_INTERVAL_S = 0.5
+CHECK_INTERVAL_S = 0.2
+RECYCLE_GRACE_S = 1.0
 LOOP_BEAT_S = 0.1
 LOOP_STALL_S = 1.0  # a loop blocked this long is reported
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -47,7 +48,11 @@ def rss_bytes() -> int | None:
 
 
 async def monitor(health: WorkerHealth, executor: Executor, max_memory_mb: int) -> None:
-    """Recycle the worker when abandoned calls hold half its threads, or when it uses too much memory."""
+    """Recycle the worker when abandoned calls hold half its threads, or when it uses too much memory.
+
+    A worker marked for recycling (here, or by --max-requests) serves with ``Connection: close`` for
+    RECYCLE_GRACE_S, so that busy keep-alive clients leave cleanly, then shuts down gracefully.
+    """
     threshold = max(1, executor.threads // 2)
     while health.poisoned is None:
         await asyncio.sleep(CHECK_INTERVAL_S)
@@ -62,6 +67,8 @@ async def monitor(health: WorkerHealth, executor: Executor, max_memory_mb: int) 
                 health.recycle(
                     f"RSS {rss // (1024 * 1024)} MiB exceeds --max-worker-memory {max_memory_mb} MiB", "memory"
                 )
+    await asyncio.sleep(RECYCLE_GRACE_S)
+    health.terminate()
 
 
 class LoopWatchdog:
@@ -119,7 +126,7 @@ class LoopWatchdog:
 
     def _main_stack(self) -> str:
         frame = sys._current_frames().get(self._main or 0)
-        return "".join(traceback.format_stack(frame)) if frame is not None else "(unknown)"
+        return "".join(traceback.format_stack(frame, limit=12)) if frame is not None else "(unknown)"
 
     def _on_interrupt(self, sig: int, frame: FrameType | None) -> None:
         """In the main thread: raise ScoringTimeout if the loop is still blocked in the script's async run()."""

@@ -1,0 +1,126 @@
+"""Fault-injection helpers shared by tests/test_faults.py and benchmarks/faults.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.servers import REPO
+
+FAULTS = REPO / "tests" / "scripts" / "faults"
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (Gunicorn's workers of a master)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: fields start after the last ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+@dataclass
+class LoadResult:
+    """What a closed-loop load saw: statuses, latencies by status class, answers by worker pid and time."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    ok_ms: list[float] = field(default_factory=list)
+    shed_ms: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    # (seconds since start, worker pid) for every 200
+    served: list[tuple[float, int]] = field(default_factory=list)
+
+    def share_after(self, pid: int, start: float, window: float = 1.0) -> list[tuple[float, float]]:
+        """The fraction of answers ``pid`` gave in each ``window`` from ``start`` on."""
+        buckets: dict[int, Counter[bool]] = {}
+        for at, who in self.served:
+            if at >= start:
+                buckets.setdefault(int((at - start) / window), Counter())[who == pid] += 1
+        return [(k * window, c[True] / max(1, sum(c.values()))) for k, c in sorted(buckets.items())]
+
+
+async def closed_loop(
+    url: str, clients: int, seconds: float, body: Any, timeout: float = 30.0, events: list[tuple[float, Any]] = ()
+) -> LoadResult:
+    """``clients`` keep-alive clients, each sending ``body`` as JSON back to back for ``seconds``.
+
+    ``events``: (second, callable) pairs run during the load (a SIGKILL, say).
+    """
+    result = LoadResult()
+    started = time.monotonic()
+    stop = started + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while time.monotonic() < stop:
+            sent = time.monotonic()
+            try:
+                response = await http.post(url, json=body)
+            except httpx.HTTPError as ex:
+                result.errors[type(ex).__name__] += 1
+                await asyncio.sleep(0.01)
+                continue
+            elapsed = (time.monotonic() - sent) * 1000
+            result.statuses[response.status_code] += 1
+            if response.status_code == 200:
+                result.ok_ms.append(elapsed)
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    result.served.append((sent - started, int(response.json()["pid"])))
+            elif response.status_code in (429, 503):
+                result.shed_ms.append(elapsed)
+
+    async def fire() -> None:
+        for at, action in events:
+            await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+            action()
+
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+        await asyncio.gather(fire(), *(client(http) for _ in range(clients)))
+    return result
+
+
+def kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)

@@ -1,0 +1,180 @@
+"""Overload and faults against real Gunicorn workers: admission, cancellation, recycling, SIGKILL, drain, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import StartRuntime
+from tests.support.faults import FAULTS, children, closed_loop, kill, rss_mib, wait_for
+
+SCORE = str(FAULTS / "score.py")
+
+
+def metric(server_url: str, name: str) -> float:
+    """The sum of a metric's samples (all label values) from /metrics."""
+    text = httpx.get(server_url + "/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_overload_gets_fast_429_with_retry_after(start_runtime: StartRuntime) -> None:
+    server = start_runtime("--entry", SCORE, "--max-concurrent-requests", "4")
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(client.post(server.url + "/score", json={"sleep": 1}) for _ in range(12)))
+
+    responses = asyncio.run(burst())
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 4 + [429] * 8
+    shed = [r for r in responses if r.status_code == 429]
+    for response in shed:
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["content-type"] == "application/json"
+        assert "max_concurrent_requests 4" in response.json()["message"]
+        assert response.elapsed.total_seconds() < 0.9  # answered before any admitted request finished
+    assert metric(server.url, 'runtime_requests_rejected_total{reason="max_concurrent_requests"}') == 8
+
+
+def test_departed_clients_requests_are_never_computed(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    server = start_runtime("--entry", SCORE, "--concurrency", "1", env={"FAULT_CALLS": str(calls)})
+
+    async def scenario() -> int:
+        async with httpx.AsyncClient(timeout=30) as client:
+            staying = asyncio.ensure_future(client.post(server.url + "/score", json={"id": "stay", "sleep": 1.5}))
+            await asyncio.sleep(0.3)  # the one thread is busy: what follows queues
+
+            async def leave(i: int) -> None:
+                try:
+                    await client.post(server.url + "/score", json={"id": f"left-{i}"}, timeout=0.3)
+                except httpx.TimeoutException:
+                    return
+                raise AssertionError("expected the client to give up first")
+
+            await asyncio.gather(*(leave(i) for i in range(8)))
+            return (await staying).status_code
+
+    assert asyncio.run(scenario()) == 200
+    time.sleep(1.0)  # anything still queued would run now
+    assert calls.read_text().split() == ["stay"]
+    assert wait_for(lambda: metric(server.url, "runtime_requests_cancelled_total") == 8, 5)
+    assert metric(server.url, 'runtime_http_requests_total{method="POST",route="/score",status="499"}') == 8
+
+
+def test_threads_held_by_timed_out_calls_recycle_the_worker(start_runtime: StartRuntime) -> None:
+    server = start_runtime("--entry", SCORE, "--concurrency", "4", env={"SCORING_TIMEOUT_MS": "500"})
+    master = server.proc
+    assert master is not None
+    [worker] = children(master.pid)
+    with httpx.Client(timeout=30) as client:
+        stuck = [client.post(server.url + "/score", json={"sleep": 60}) for _ in range(2)]
+        assert [r.status_code for r in stuck] == [500, 500]
+        assert all("Scoring timeout" in r.json()["message"] for r in stuck)
+        # Half the pool is held: the worker takes itself out and Gunicorn starts a fresh one.
+        assert wait_for(lambda: children(master.pid) not in ([], [worker]), 30)
+        server.wait_ready()
+        answers = [client.post(server.url + "/score", json={}) for _ in range(5)]
+    assert [r.status_code for r in answers] == [200] * 5
+    assert all(r.json()["pid"] != worker for r in answers)
+    assert "Recycling worker" in server.log() and "threads still run calls that timed out" in server.log()
+
+
+def test_async_run_blocking_the_loop_is_reported_and_timed_out(start_runtime: StartRuntime) -> None:
+    server = start_runtime("--entry", str(FAULTS / "async_block.py"), env={"SCORING_TIMEOUT_MS": "1500"})
+    with httpx.Client(timeout=60) as client:
+        started = time.monotonic()
+        blocked = client.post(server.url + "/score", json={"block": 30})
+        elapsed = time.monotonic() - started
+        after = client.post(server.url + "/score", json={})
+    assert blocked.status_code == 500 and blocked.json()["message"] == "Scoring timeout after 1500 ms"
+    assert elapsed < 10
+    assert after.status_code == 200
+    assert "The event loop has been blocked" in server.log() and "async_block.py" in server.log()
+    assert metric(server.url, "runtime_event_loop_stalls_total") >= 1
+
+
+def test_sigkilled_worker_gets_its_share_back_within_5s(start_runtime: StartRuntime) -> None:
+    server = start_runtime("--entry", SCORE, "--workers", "2", "--keepalive-max-age", "1")
+    master = server.proc
+    assert master is not None
+    assert wait_for(lambda: len(children(master.pid)) == 2, 30)
+    victim = children(master.pid)[0]
+    result = asyncio.run(
+        closed_loop(server.url + "/score", 8, 12, {"sleep": 0.02}, events=[(2.0, lambda: kill(victim))])
+    )
+    replacements = [pid for pid in children(master.pid) if pid != victim]
+    before = {pid for at, pid in result.served if at < 2}
+    new = [pid for pid in replacements if pid not in before and pid in {pid for _, pid in result.served}]
+    assert len(new) == 1, (replacements, result.statuses)
+    # From 5 s after the kill on, the replacement answers a fair part (a quarter or more) of every second.
+    shares = [share for at, share in result.share_after(new[0], 2.0) if 5 <= at < 9]
+    assert shares and min(shares) >= 0.25, result.share_after(new[0], 2.0)
+
+
+def test_sigterm_drains_in_flight_requests(start_runtime: StartRuntime) -> None:
+    server = start_runtime("--entry", SCORE)
+
+    async def scenario() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            pending = [asyncio.ensure_future(client.post(server.url + "/score", json={"sleep": 1})) for _ in range(10)]
+            await asyncio.sleep(0.4)
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            return [r.status_code for r in await asyncio.gather(*pending)]
+
+    assert asyncio.run(scenario()) == [200] * 10
+    assert server.wait_exit(30) == 0
+
+
+def test_max_requests_recycles_workers_without_losing_requests(start_runtime: StartRuntime) -> None:
+    server = start_runtime("--entry", SCORE, "--workers", "2", "--max-requests", "40", "--max-requests-jitter", "10")
+    result = asyncio.run(closed_loop(server.url + "/score", 4, 8, {}))
+    pids = {pid for _, pid in result.served}
+    assert len(pids) >= 4, pids  # both first workers were replaced at least once
+    assert set(result.statuses) == {200} and not result.errors, (result.statuses, result.errors)
+
+
+def test_memory_is_recycled_past_max_worker_memory(start_runtime: StartRuntime) -> None:
+    server = start_runtime("--entry", SCORE, "--max-worker-memory", "300")
+    with httpx.Client(timeout=30) as client:
+        first = client.post(server.url + "/score", json={"leak_mb": 250}).json()["pid"]
+        assert client.post(server.url + "/score", json={"leak_mb": 100}).status_code == 200
+        assert wait_for(lambda: "RSS" in server.log() and "exceeds --max-worker-memory 300 MiB" in server.log(), 10)
+        server.wait_ready()
+        assert wait_for(lambda: client.post(server.url + "/score", json={}).json()["pid"] != first, 30)
+
+
+def test_burst_of_large_bodies_stays_within_the_bytes_in_flight_cap(start_runtime: StartRuntime) -> None:
+    mib = 1024 * 1024
+    server = start_runtime("--entry", SCORE, "--max-body-bytes-in-flight", str(24 * mib))
+    master = server.proc
+    assert master is not None
+    [worker] = children(master.pid)
+    body = json.dumps({"sleep": 0.5, "pad": "x" * (8 * mib)}).encode()
+    before = rss_mib(worker)
+    peak = before
+
+    async def burst() -> list[int]:
+        nonlocal peak
+        async with httpx.AsyncClient(timeout=60) as client:
+            sends = [
+                asyncio.ensure_future(
+                    client.post(server.url + "/score", content=body, headers={"content-type": "application/json"})
+                )
+                for _ in range(12)
+            ]
+            while not all(s.done() for s in sends):
+                peak = max(peak, rss_mib(worker))
+                await asyncio.sleep(0.02)
+            return [s.result().status_code for s in sends]
+
+    statuses = asyncio.run(burst())
+    assert statuses.count(200) >= 2 and statuses.count(429) >= 6, statuses
+    # 12 bodies of 8 MiB would cost ~100 MiB held at once (plus parsing); the cap admits 2.
+    assert peak - before < 80, (before, peak)
