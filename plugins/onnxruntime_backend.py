@@ -29,6 +29,7 @@ from runtime.pipeline import DEADLINE, schedule_parameters
 from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
 from runtime.serving.tensors import shape_outputs, to_str_array, validate_inputs
+from runtime.serving.warmup import warmup_samples
 
 logger = logging.getLogger("runtime.onnxruntime")
 
@@ -112,6 +113,14 @@ class LoadedModel:
         if self._batcher is not None:
             await self._batcher.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def warm_up(self) -> None:
+        """Run config.pbtxt's ``model_warmup`` samples on every instance."""
+        for sample in warmup_samples(self.config):
+            for instance in range(len(self.sessions)):
+                for _ in range(sample.count):
+                    self._run_session(instance, sample.inputs)
+            logger.info("Model %s warmed up with %s (x%d)", self.config.name, sample.name, sample.count)
 
     def _record(self, stats: BatchStats) -> None:
         metrics.record_batch(self.config.name, self.version, stats)
@@ -199,6 +208,7 @@ class OnnxRuntimeBackend:
             threads = max(1, cores // (config.instance_count * context.settings.workers))
             for version in config.versions:
                 loaded = await asyncio.to_thread(LoadedModel, config, version, threads)
+                await asyncio.to_thread(loaded.warm_up)  # before readiness, as Triton's model_warmup
                 loaded.start()
                 self.models[(config.name, version)] = loaded
             self.configs[config.name] = config

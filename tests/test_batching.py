@@ -7,7 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors
+from runtime.errors import Overloaded
+from runtime.serving.batching import DELAY, BatchStats, DynamicBatcher, QueuePolicy, SchedulePolicy, Tensors
 
 
 class FakeModel:
@@ -125,3 +126,163 @@ def test_preserve_ordering_resolves_in_arrival_order(preserve: bool) -> None:
 
     asyncio.run(scenario())
     assert order == ([0, 1] if preserve else [1, 0])
+
+
+# -- queue policy (Triton's ModelQueuePolicy), priorities, deadlines and cancellation --------------------
+
+
+async def _held(batcher: DynamicBatcher, model: FakeModel) -> asyncio.Future[Tensors]:
+    """Occupy the only instance with one request, so that what follows waits in the queue."""
+    batcher.start()
+    first = batcher.submit({"x": np.full((1, 2), -1, dtype=np.float32)})
+    while not model.batches:
+        await asyncio.sleep(0.001)
+    return first
+
+
+def test_max_queue_size_rejects_at_once_naming_the_model() -> None:
+    model = FakeModel(delay=0.2)
+    policy = SchedulePolicy(QueuePolicy(max_queue_size=2))
+    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=1, schedule=policy, name="linear")
+
+    async def scenario() -> None:
+        first = await _held(batcher, model)
+        queued = [batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}) for _ in range(2)]
+        with pytest.raises(Overloaded, match="model 'linear' has 2 requests queued, its max_queue_size"):
+            batcher.submit({"x": np.ones((1, 2), dtype=np.float32)})
+        assert batcher.depth == 2
+        await asyncio.gather(first, *queued)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert model.batches == [1, 1, 1]
+
+
+def test_cancelled_requests_never_join_a_batch() -> None:
+    model = FakeModel(delay=0.1)
+    depths: list[int] = []
+    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=8, on_queue=depths.append)
+
+    async def scenario() -> None:
+        first = await _held(batcher, model)
+        gone = [batcher.submit({"x": np.full((1, 2), 7, dtype=np.float32)}) for _ in range(5)]
+        stays = batcher.submit({"x": np.full((1, 2), 3, dtype=np.float32)})
+        for future in gone:
+            future.cancel()
+        await asyncio.sleep(0)
+        assert batcher.depth == 1
+        await asyncio.gather(first, stays)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert model.batches == [1, 1]  # the held request, then the one that stayed: nothing for the 5 that left
+    assert depths[-1] == 0 and max(depths) == 6
+
+
+def test_queue_timeout_rejects_and_the_request_is_not_computed() -> None:
+    model = FakeModel(delay=0.3)
+    policy = SchedulePolicy(QueuePolicy(default_timeout_us=50_000))
+    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=4, schedule=policy, name="m")
+
+    async def scenario() -> None:
+        first = await _held(batcher, model)
+        late = batcher.submit({"x": np.ones((1, 2), dtype=np.float32)})
+        with pytest.raises(Overloaded, match="timed out in the queue of model 'm'"):
+            await late
+        await first
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert model.batches == [1]
+
+
+def test_timeout_override_only_when_allowed() -> None:
+    async def outcome(allow: bool) -> bool:
+        model = FakeModel(delay=0.2)
+        policy = SchedulePolicy(QueuePolicy(allow_timeout_override=allow))
+        batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=4, schedule=policy)
+        first = await _held(batcher, model)
+        late = batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, timeout_us=20_000)
+        result = await asyncio.gather(late, return_exceptions=True)
+        await first
+        await batcher.stop()
+        return isinstance(result[0], Overloaded)
+
+    assert asyncio.run(outcome(True)) is True
+    assert asyncio.run(outcome(False)) is False
+
+
+def test_delay_action_serves_timed_out_requests_after_the_others() -> None:
+    model = FakeModel(delay=0.1)
+    policy = SchedulePolicy(QueuePolicy(default_timeout_us=0, timeout_action=DELAY, allow_timeout_override=True))
+    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=1, schedule=policy)
+    order: list[int] = []
+
+    async def scenario() -> None:
+        first = await _held(batcher, model)
+        delayed = batcher.submit({"x": np.full((1, 2), 1, dtype=np.float32)}, timeout_us=10_000)
+        await asyncio.sleep(0.03)  # its timeout passes: it moves behind requests that arrive later
+        on_time = batcher.submit({"x": np.full((1, 2), 2, dtype=np.float32)})
+        for value, future in ((1, delayed), (2, on_time)):
+            future.add_done_callback(lambda _, v=value: order.append(v))
+        await asyncio.gather(first, delayed, on_time)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert order == [2, 1]
+
+
+def test_priority_levels_serve_higher_priority_first() -> None:
+    model = FakeModel(delay=0.05)
+    policy = SchedulePolicy(priority_levels=3, default_priority_level=2)
+    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=1, schedule=policy)
+    order: list[float] = []
+
+    async def scenario() -> None:
+        first = await _held(batcher, model)
+        futures = []
+        for value, priority in ((30, 3), (20, 0), (10, 1), (21, 2), (99, 7)):  # 0 and 7: the default level (2)
+            future = batcher.submit({"x": np.full((1, 2), value, dtype=np.float32)}, priority=priority)
+            future.add_done_callback(lambda _, v=value: order.append(v))
+            futures.append(future)
+        await asyncio.gather(first, *futures)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert order == [10, 20, 21, 99, 30]
+
+
+def test_per_level_policy_limits_only_its_level() -> None:
+    model = FakeModel(delay=0.2)
+    policy = SchedulePolicy(priority_levels=2, default_priority_level=2, levels={2: QueuePolicy(max_queue_size=1)})
+    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=1, schedule=policy, name="m")
+
+    async def scenario() -> None:
+        first = await _held(batcher, model)
+        low = batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, priority=2)
+        with pytest.raises(Overloaded, match="at priority level 2"):
+            batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, priority=2)
+        high = [batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, priority=1) for _ in range(3)]
+        await asyncio.gather(first, low, *high)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_deadline_drops_a_queued_request_and_refuses_a_passed_one() -> None:
+    model = FakeModel(delay=0.2)
+    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=4, name="m")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        first = await _held(batcher, model)
+        with pytest.raises(Overloaded, match="deadline passed"):
+            batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, deadline=loop.time() - 1)
+        late = batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, deadline=loop.time() + 0.05)
+        with pytest.raises(Overloaded):
+            await late
+        await first
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert model.batches == [1]

@@ -1,0 +1,150 @@
+"""In-process: readiness, admission limits, queue policy through the v2 route, warm-up (httpx on create_app)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from starlette.applications import Starlette
+
+from runtime.errors import StartupError
+from runtime.http.app import create_app
+from runtime.serving.batching import DELAY, QueuePolicy
+from runtime.serving.repository import load_repository
+from runtime.serving.warmup import warmup_samples
+from runtime.settings import Settings
+from tests.support import models
+from tests.support.faults import FAULTS
+
+QUEUED_CONFIG = """
+max_batch_size: 1
+instance_group [{ count: 1 kind: KIND_CPU }]
+dynamic_batching {
+  default_queue_policy { max_queue_size: 1 }
+  priority_levels: 2
+  default_priority_level: 2
+  priority_queue_policy { key: 1 value { max_queue_size: 4 timeout_action: DELAY default_timeout_microseconds: 5000 } }
+}
+model_warmup [{ name: "zeros" batch_size: 1 inputs { key: "x" value { data_type: TYPE_FP32 dims: [4] zero_data: true } } }]
+"""
+
+
+def repository(root: Path, config: str = QUEUED_CONFIG) -> Path:
+    models.make_linear(root / "linear" / "1" / "model.onnx")
+    (root / "linear" / "config.pbtxt").write_text(config)
+    return root
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            yield client
+
+
+def run(scenario: Callable[[httpx.AsyncClient], Any], app: Starlette) -> Any:
+    async def main() -> Any:
+        async with serving(app) as client:
+            return await scenario(client)
+
+    return asyncio.run(main())
+
+
+def test_queue_policy_and_warmup_are_read_from_config(tmp_path: Path) -> None:
+    (config,) = load_repository(repository(tmp_path))
+    assert config.dynamic_batching is not None
+    schedule = config.dynamic_batching.schedule
+    assert schedule.priority_levels == 2 and schedule.default_priority_level == 2
+    assert schedule.policy(2) == QueuePolicy(max_queue_size=1)
+    assert schedule.policy(1) == QueuePolicy(max_queue_size=4, default_timeout_us=5000, timeout_action=DELAY)
+    [sample] = warmup_samples(config)
+    assert sample.name == "zeros" and sample.count == 1
+    np.testing.assert_array_equal(sample.inputs["x"], np.zeros((1, 4), dtype=np.float32))
+
+
+def test_bad_default_priority_level_is_a_startup_error(tmp_path: Path) -> None:
+    config = "max_batch_size: 4\ndynamic_batching { priority_levels: 2 default_priority_level: 3 }\n"
+    with pytest.raises(StartupError, match="default_priority_level must be in 1..priority_levels"):
+        load_repository(repository(tmp_path, config))
+
+
+def test_ready_routes_follow_the_worker_state(tmp_path: Path) -> None:
+    app = create_app(Settings(model_dir=str(repository(tmp_path))))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        ready = await client.get("/ready")
+        assert (ready.status_code, ready.text) == (200, "Ready")
+        assert (await client.get("/v2/health/ready")).status_code == 200
+        app.state.runtime.health.draining = True
+        not_ready = await client.get("/ready")
+        assert not_ready.status_code == 503
+        assert not_ready.json() == {"message": "Not ready: the worker is draining after SIGTERM"}
+        assert (await client.get("/v2/health/ready")).status_code == 503
+        assert (await client.get("/")).status_code == 200  # liveness: the process answers
+        assert (await client.get("/v2/health/live")).status_code == 200
+
+    run(scenario, app)
+
+
+def test_full_queue_is_503_on_v2_naming_the_model(tmp_path: Path) -> None:
+    app = create_app(Settings(model_dir=str(repository(tmp_path))))
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+
+    async def scenario(client: httpx.AsyncClient) -> list[httpx.Response]:
+        backend = app.state.runtime.pm.get_plugin("onnxruntime")
+        batcher = backend.models[("linear", "1")]._batcher
+        gate = asyncio.Event()
+        execute = batcher._execute
+
+        async def held(instance: int, inputs: Any) -> Any:
+            await gate.wait()
+            return await execute(instance, inputs)
+
+        batcher._execute = held
+        url = "/v2/models/linear/infer"
+        running = asyncio.ensure_future(client.post(url, json=body))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(client.post(url, json=body))
+        await asyncio.sleep(0.05)
+        shed = await client.post(url, json=body)
+        bad = await client.post(url, json={**body, "parameters": {"priority": -1}})
+        gate.set()
+        return [await running, await queued, shed, bad]
+
+    running, queued, shed, bad = run(scenario, app)
+    assert running.status_code == 200 and queued.status_code == 200
+    assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
+    assert shed.json() == {
+        "error": "model 'linear' has 1 requests queued at priority level 2, its max_queue_size; retry later"
+    }
+    assert bad.status_code == 400 and "priority" in bad.json()["error"]
+
+
+def test_overloaded_score_is_429_and_chunked_bodies_count_against_the_cap() -> None:
+    settings = Settings(entry_script=str(FAULTS / "score.py"), max_body_bytes_in_flight=1000)
+    app = create_app(settings)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"pad": "'
+        for _ in range(20):
+            yield b"x" * 100
+        yield b'"}'
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        small = await client.post("/score", json={})
+        declared = await client.post("/score", content=b"x" * 2000, headers={"content-type": "application/json"})
+        chunked = await client.post("/score", content=chunks(), headers={"content-type": "application/json"})
+        return small, declared, chunked
+
+    small, declared, chunked = run(scenario, app)
+    assert small.status_code == 200
+    for response in (declared, chunked):
+        assert response.status_code == 429 and response.headers["retry-after"] == "1"
+        assert "max_body_bytes_in_flight" in response.json()["message"]
