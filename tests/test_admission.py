@@ -31,7 +31,9 @@ dynamic_batching {
   default_priority_level: 2
   priority_queue_policy { key: 1 value { max_queue_size: 4 timeout_action: DELAY default_timeout_microseconds: 5000 } }
 }
-model_warmup [{ name: "zeros" batch_size: 1 inputs { key: "x" value { data_type: TYPE_FP32 dims: [4] zero_data: true } } }]
+model_warmup [{
+  name: "zeros" batch_size: 1 inputs { key: "x" value { data_type: TYPE_FP32 dims: [4] zero_data: true } }
+}]
 """
 
 
@@ -71,7 +73,7 @@ def test_queue_policy_and_warmup_are_read_from_config(tmp_path: Path) -> None:
 
 def test_bad_default_priority_level_is_a_startup_error(tmp_path: Path) -> None:
     config = "max_batch_size: 4\ndynamic_batching { priority_levels: 2 default_priority_level: 3 }\n"
-    with pytest.raises(StartupError, match="default_priority_level must be in 1..priority_levels"):
+    with pytest.raises(StartupError, match=r"default_priority_level must be in 1\.\.priority_levels"):
         load_repository(repository(tmp_path, config))
 
 

@@ -26,7 +26,7 @@ def _array(config: ModelConfig, sample: mc.ModelWarmup, name: str, spec: mc.Mode
     dtype = wire_to_numpy(datatype)
     shape = tuple(int(d) for d in spec.dims)
     if config.max_batch_size > 0:
-        shape = (max(1, int(sample.batch_size)),) + shape
+        shape = (max(1, int(sample.batch_size)), *shape)
     source = spec.WhichOneof("input_data_type")
     if source == "random_data":
         return np.random.default_rng(0).random(shape).astype(dtype)
@@ -39,7 +39,8 @@ def _array(config: ModelConfig, sample: mc.ModelWarmup, name: str, spec: mc.Mode
         per_batch = int(np.prod(shape[1:] if config.max_batch_size > 0 else shape))
         if one.size != per_batch:
             raise RepositoryError(f"{where}: {path} holds {one.size} values, the input needs {per_batch}")
-        return np.broadcast_to(one.reshape(shape[1:] if config.max_batch_size > 0 else shape), shape).copy()
+        array: np.ndarray = np.broadcast_to(one.reshape(shape[1:] if config.max_batch_size > 0 else shape), shape)
+        return array.copy()
     return np.zeros(shape, dtype=dtype)
 
 
