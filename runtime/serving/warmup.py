@@ -39,8 +39,7 @@ def _array(config: ModelConfig, sample: mc.ModelWarmup, name: str, spec: mc.Mode
         per_batch = int(np.prod(shape[1:] if config.max_batch_size > 0 else shape))
         if one.size != per_batch:
             raise RepositoryError(f"{where}: {path} holds {one.size} values, the input needs {per_batch}")
-        array: np.ndarray = np.broadcast_to(one.reshape(shape[1:] if config.max_batch_size > 0 else shape), shape)
-        return array.copy()
+        return np.array(np.broadcast_to(one.reshape(shape[1:] if config.max_batch_size > 0 else shape), shape))
     return np.zeros(shape, dtype=dtype)
 
 
