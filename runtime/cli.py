@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-body-bytes-in-flight",
         type=_positive,
         help="request-body bytes one worker holds at once; more get 429 "
-        "(env RUNTIME_MAX_BODY_BYTES_IN_FLIGHT; 400 MiB)",
+        "(env RUNTIME_MAX_BODY_BYTES_IN_FLIGHT; 200 MiB)",
     )
     serve.add_argument(
         "--max-requests",

@@ -129,24 +129,28 @@ def test_full_queue_is_503_on_v2_naming_the_model(tmp_path: Path) -> None:
     assert bad.status_code == 400 and "priority" in bad.json()["error"]
 
 
-def test_overloaded_score_is_429_and_chunked_bodies_count_against_the_cap() -> None:
+def test_request_bodies_held_at_once_are_capped_declared_or_chunked() -> None:
     settings = Settings(entry_script=str(FAULTS / "score.py"), max_body_bytes_in_flight=1000)
     app = create_app(settings)
+    json_type = {"content-type": "application/json"}
 
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"pad": "'
-        for _ in range(20):
+        for _ in range(6):
             yield b"x" * 100
         yield b'"}'
 
-    async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+    async def scenario(client: httpx.AsyncClient) -> list[httpx.Response]:
+        alone = await client.post("/score", json={"pad": "x" * 2000})  # one body is always admitted
+        holding = asyncio.ensure_future(client.post("/score", json={"sleep": 0.5, "pad": "x" * 600}))
+        await asyncio.sleep(0.1)
+        declared = await client.post("/score", json={"pad": "x" * 600})
+        chunked = await client.post("/score", content=chunks(), headers=json_type)
         small = await client.post("/score", json={})
-        declared = await client.post("/score", content=b"x" * 2000, headers={"content-type": "application/json"})
-        chunked = await client.post("/score", content=chunks(), headers={"content-type": "application/json"})
-        return small, declared, chunked
+        return [alone, await holding, declared, chunked, small]
 
-    small, declared, chunked = run(scenario, app)
-    assert small.status_code == 200
+    alone, holding, declared, chunked, small = run(scenario, app)
+    assert alone.status_code == 200 and holding.status_code == 200 and small.status_code == 200
     for response in (declared, chunked):
         assert response.status_code == 429 and response.headers["retry-after"] == "1"
         assert "max_body_bytes_in_flight" in response.json()["message"]

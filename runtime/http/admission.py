@@ -58,7 +58,9 @@ class Admission:
                 f"Too many requests: this worker is serving {self.in_progress} requests, its limit "
                 f"(max_concurrent_requests {self.max_requests}). Retry after {RETRY_AFTER_S} s.",
             )
-        if self.body_bytes + declared > self.max_body_bytes:
+        # One request is always admitted when no other body is held, so a cap below the body limit cannot
+        # refuse a request forever.
+        if self.body_bytes and self.body_bytes + declared > self.max_body_bytes:
             return "body_bytes", self.body_bytes_message()
         return None
 
@@ -100,7 +102,7 @@ class AdmissionMiddleware:
         admission.body_bytes += reserved
         metrics.IN_PROGRESS.inc()
         try:
-            reserved += await _Watched(self.app, scope, receive, send, admission, declared).run(route)
+            reserved += await _Watched(self.app, scope, receive, send, admission, reserved).run(route)
         finally:
             admission.in_progress -= 1
             admission.body_bytes -= reserved
@@ -111,11 +113,12 @@ class _Watched:
     """One admitted request: counts unannounced body bytes and cancels the handler when the client leaves."""
 
     def __init__(
-        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, admission: Admission, declared: int
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, admission: Admission, reserved: int
     ) -> None:
         self.app, self.scope, self._receive, self._send = app, scope, receive, send
         self.admission = admission
-        self.counted = declared == 0 and b"content-length" not in _header_names(scope)
+        self.reserved = reserved
+        self.counted = reserved == 0 and b"content-length" not in _header_names(scope)
         self.extra_bytes = 0  # bytes of a chunked body, reserved as they arrive
         self.body_done = False
         self.responded = False
@@ -157,7 +160,8 @@ class _Watched:
 
     def _reserve(self, size: int) -> None:
         admission = self.admission
-        if admission.body_bytes + size > admission.max_body_bytes:
+        others = admission.body_bytes - self.reserved - self.extra_bytes
+        if others and admission.body_bytes + size > admission.max_body_bytes:
             metrics.REJECTED.labels("body_bytes").inc()
             raise Overloaded(admission.body_bytes_message())
         admission.body_bytes += size
