@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,25 +132,33 @@ def test_preserve_ordering_resolves_in_arrival_order(preserve: bool) -> None:
 # -- queue policy (Triton's ModelQueuePolicy), priorities, deadlines and cancellation --------------------
 
 
+def row(value: float = 1) -> Tensors:
+    return {"x": np.full((1, 2), value, dtype=np.float32)}
+
+
+def single_instance(delay: float, **kwargs: Any) -> tuple[FakeModel, DynamicBatcher]:
+    model = FakeModel(delay=delay)
+    return model, DynamicBatcher(model.execute, instances=1, **kwargs)
+
+
 async def _held(batcher: DynamicBatcher, model: FakeModel) -> asyncio.Future[Tensors]:
     """Occupy the only instance with one request, so that what follows waits in the queue."""
     batcher.start()
-    first = batcher.submit({"x": np.full((1, 2), -1, dtype=np.float32)})
+    first = batcher.submit(row(-1))
     while not model.batches:
         await asyncio.sleep(0.001)
     return first
 
 
 def test_max_queue_size_rejects_at_once_naming_the_model() -> None:
-    model = FakeModel(delay=0.2)
     policy = SchedulePolicy(QueuePolicy(max_queue_size=2))
-    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=1, schedule=policy, name="linear")
+    model, batcher = single_instance(0.2, max_batch_size=1, schedule=policy, name="linear")
 
     async def scenario() -> None:
         first = await _held(batcher, model)
-        queued = [batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}) for _ in range(2)]
+        queued = [batcher.submit(row()) for _ in range(2)]
         with pytest.raises(Overloaded, match="model 'linear' has 2 requests queued, its max_queue_size"):
-            batcher.submit({"x": np.ones((1, 2), dtype=np.float32)})
+            batcher.submit(row())
         assert batcher.depth == 2
         await asyncio.gather(first, *queued)
         await batcher.stop()
@@ -159,14 +168,13 @@ def test_max_queue_size_rejects_at_once_naming_the_model() -> None:
 
 
 def test_cancelled_requests_never_join_a_batch() -> None:
-    model = FakeModel(delay=0.1)
     depths: list[int] = []
-    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=8, on_queue=depths.append)
+    model, batcher = single_instance(0.1, max_batch_size=8, on_queue=depths.append)
 
     async def scenario() -> None:
         first = await _held(batcher, model)
-        gone = [batcher.submit({"x": np.full((1, 2), 7, dtype=np.float32)}) for _ in range(5)]
-        stays = batcher.submit({"x": np.full((1, 2), 3, dtype=np.float32)})
+        gone = [batcher.submit(row(7)) for _ in range(5)]
+        stays = batcher.submit(row(3))
         for future in gone:
             future.cancel()
         await asyncio.sleep(0)
@@ -180,13 +188,12 @@ def test_cancelled_requests_never_join_a_batch() -> None:
 
 
 def test_queue_timeout_rejects_and_the_request_is_not_computed() -> None:
-    model = FakeModel(delay=0.3)
     policy = SchedulePolicy(QueuePolicy(default_timeout_us=50_000))
-    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=4, schedule=policy, name="m")
+    model, batcher = single_instance(0.3, max_batch_size=4, schedule=policy, name="m")
 
     async def scenario() -> None:
         first = await _held(batcher, model)
-        late = batcher.submit({"x": np.ones((1, 2), dtype=np.float32)})
+        late = batcher.submit(row())
         with pytest.raises(Overloaded, match="timed out in the queue of model 'm'"):
             await late
         await first
@@ -198,11 +205,10 @@ def test_queue_timeout_rejects_and_the_request_is_not_computed() -> None:
 
 def test_timeout_override_only_when_allowed() -> None:
     async def outcome(allow: bool) -> bool:
-        model = FakeModel(delay=0.2)
         policy = SchedulePolicy(QueuePolicy(allow_timeout_override=allow))
-        batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=4, schedule=policy)
+        model, batcher = single_instance(0.2, max_batch_size=4, schedule=policy)
         first = await _held(batcher, model)
-        late = batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, timeout_us=20_000)
+        late = batcher.submit(row(), timeout_us=20_000)
         result = await asyncio.gather(late, return_exceptions=True)
         await first
         await batcher.stop()
@@ -213,16 +219,15 @@ def test_timeout_override_only_when_allowed() -> None:
 
 
 def test_delay_action_serves_timed_out_requests_after_the_others() -> None:
-    model = FakeModel(delay=0.1)
     policy = SchedulePolicy(QueuePolicy(default_timeout_us=0, timeout_action=DELAY, allow_timeout_override=True))
-    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=1, schedule=policy)
+    model, batcher = single_instance(0.1, max_batch_size=1, schedule=policy)
     order: list[int] = []
 
     async def scenario() -> None:
         first = await _held(batcher, model)
-        delayed = batcher.submit({"x": np.full((1, 2), 1, dtype=np.float32)}, timeout_us=10_000)
+        delayed = batcher.submit(row(1), timeout_us=10_000)
         await asyncio.sleep(0.03)  # its timeout passes: it moves behind requests that arrive later
-        on_time = batcher.submit({"x": np.full((1, 2), 2, dtype=np.float32)})
+        on_time = batcher.submit(row(2))
         for value, future in ((1, delayed), (2, on_time)):
             future.add_done_callback(lambda _, v=value: order.append(v))
         await asyncio.gather(first, delayed, on_time)
@@ -233,16 +238,15 @@ def test_delay_action_serves_timed_out_requests_after_the_others() -> None:
 
 
 def test_priority_levels_serve_higher_priority_first() -> None:
-    model = FakeModel(delay=0.05)
     policy = SchedulePolicy(priority_levels=3, default_priority_level=2)
-    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=1, schedule=policy)
+    model, batcher = single_instance(0.05, max_batch_size=1, schedule=policy)
     order: list[float] = []
 
     async def scenario() -> None:
         first = await _held(batcher, model)
         futures = []
         for value, priority in ((30, 3), (20, 0), (10, 1), (21, 2), (99, 7)):  # 0 and 7: the default level (2)
-            future = batcher.submit({"x": np.full((1, 2), value, dtype=np.float32)}, priority=priority)
+            future = batcher.submit(row(value), priority=priority)
             future.add_done_callback(lambda _, v=value: order.append(v))
             futures.append(future)
         await asyncio.gather(first, *futures)
@@ -253,16 +257,15 @@ def test_priority_levels_serve_higher_priority_first() -> None:
 
 
 def test_per_level_policy_limits_only_its_level() -> None:
-    model = FakeModel(delay=0.2)
     policy = SchedulePolicy(priority_levels=2, default_priority_level=2, levels={2: QueuePolicy(max_queue_size=1)})
-    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=1, schedule=policy, name="m")
+    model, batcher = single_instance(0.2, max_batch_size=1, schedule=policy, name="m")
 
     async def scenario() -> None:
         first = await _held(batcher, model)
-        low = batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, priority=2)
+        low = batcher.submit(row(), priority=2)
         with pytest.raises(Overloaded, match="at priority level 2"):
-            batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, priority=2)
-        high = [batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, priority=1) for _ in range(3)]
+            batcher.submit(row(), priority=2)
+        high = [batcher.submit(row(), priority=1) for _ in range(3)]
         await asyncio.gather(first, low, *high)
         await batcher.stop()
 
@@ -270,15 +273,14 @@ def test_per_level_policy_limits_only_its_level() -> None:
 
 
 def test_deadline_drops_a_queued_request_and_refuses_a_passed_one() -> None:
-    model = FakeModel(delay=0.2)
-    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=4, name="m")
+    model, batcher = single_instance(0.2, max_batch_size=4, name="m")
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         first = await _held(batcher, model)
         with pytest.raises(Overloaded, match="deadline passed"):
-            batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, deadline=loop.time() - 1)
-        late = batcher.submit({"x": np.ones((1, 2), dtype=np.float32)}, deadline=loop.time() + 0.05)
+            batcher.submit(row(), deadline=loop.time() - 1)
+        late = batcher.submit(row(), deadline=loop.time() + 0.05)
         with pytest.raises(Overloaded):
             await late
         await first
