@@ -154,3 +154,26 @@ def test_request_bodies_held_at_once_are_capped_declared_or_chunked() -> None:
     for response in (declared, chunked):
         assert response.status_code == 429 and response.headers["retry-after"] == "1"
         assert "max_body_bytes_in_flight" in response.json()["message"]
+
+
+def test_overload_settings_come_from_the_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.cli import apply_flags, build_parser
+
+    env = {"MAX_CONCURRENT_REQUESTS": "5", "RUNTIME_KEEPALIVE_MAX_AGE_S": "0", "RUNTIME_MAX_WORKER_MEMORY_MB": "512"}
+    settings = Settings.from_env(env)
+    assert (settings.max_concurrent_requests, settings.keepalive_max_age_s, settings.max_worker_memory_mb) == (
+        5,
+        0,
+        512,
+    )
+    assert settings.max_requests == 0 and settings.max_body_bytes_in_flight == 200 * 1024 * 1024
+    with pytest.raises(ValueError, match="RUNTIME_MAX_REQUESTS must be 0 \\(off\\) or positive"):
+        Settings.from_env({"RUNTIME_MAX_REQUESTS": "-1"})
+    for name in ("MAX_CONCURRENT_REQUESTS", "RUNTIME_MAX_REQUESTS", "RUNTIME_MAX_REQUESTS_JITTER"):
+        monkeypatch.setenv(name, "")  # restored after the test, whatever apply_flags writes
+    args = build_parser().parse_args(
+        ["serve", "--max-concurrent-requests", "7", "--max-requests", "100", "--max-requests-jitter", "10"]
+    )
+    apply_flags(args)
+    flagged = Settings.from_env()
+    assert (flagged.max_concurrent_requests, flagged.max_requests, flagged.max_requests_jitter) == (7, 100, 10)
