@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import StartRuntime
 from tests.support.faults import FAULTS, children, closed_loop, kill, rss_mib, wait_for
+
+pytestmark = pytest.mark.slow
 
 SCORE = str(FAULTS / "score.py")
 

@@ -240,3 +240,17 @@ def test_managed_mode_leaves_no_orphans_when_the_master_crashes(
     server.proc.wait(10)
     orphans = wait_gone(family, 45)
     assert not orphans, f"orphans left: {orphans}"
+
+
+def test_triton_queue_rejections_are_load_shedding_not_outages() -> None:
+    from runtime_plugins.triton_backend import triton_error
+    from tritonclient.utils import InferenceServerException
+
+    from runtime.errors import Overloaded, ServiceUnavailable
+
+    full = triton_error(InferenceServerException("Exceeds maximum queue size", status="503"), "t:8000")
+    timed_out = triton_error(InferenceServerException("Request timeout expired", status="503"), "t:8000")
+    down = triton_error(InferenceServerException("connection refused", status="503"), "t:8000")
+    assert isinstance(full, Overloaded) and isinstance(timed_out, Overloaded)
+    assert "rejected the request: Exceeds maximum queue size" in full.message
+    assert isinstance(down, ServiceUnavailable) and not isinstance(down, Overloaded)
