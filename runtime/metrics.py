@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import (
@@ -75,6 +76,12 @@ def record_request(model: str, version: str, seconds: float, ok: bool) -> None:
     _child(REQUEST_DURATION, model, version).inc(seconds * 1e6)
 
 
+# Metrics that live elsewhere and are read at scrape time (Triton's batch statistics): each returns
+# Prometheus text, or b"" when its source cannot be reached right now.
+ScrapeSource = Callable[[], Awaitable[bytes]]
+SCRAPE_SOURCES: list[ScrapeSource] = []
+
+
 async def metrics_endpoint(request: Request) -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
@@ -82,6 +89,8 @@ async def metrics_endpoint(request: Request) -> Response:
         body = generate_latest(registry)
     else:
         body = generate_latest()
+    for source in SCRAPE_SOURCES:
+        body += await source()
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
