@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from runtime import __version__
 from runtime.cliparse import Parser, check_log_level, log_level, port, positive
-from runtime.errors import STARTUP_EXIT_CODE
+from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.logs import configure
 from runtime.settings import Settings
 
@@ -122,7 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if entry is None and not settings.model_dir and settings.backend != "triton":
         print("runtime serve: give --entry score.py and/or --model-dir DIR", file=sys.stderr)
         return 2
-    from runtime.preflight import PreflightError, check_entry, check_model_dir, check_port_free
+    from runtime.preflight import check_entry, check_model_dir, check_port_free
 
     try:
         if entry is not None:
@@ -132,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if settings.model_dir:
             check_model_dir(settings.model_dir, entry is not None, settings.backend)
         check_port_free(settings.host, settings.port)
-    except PreflightError as ex:
+    except StartupError as ex:
         print(f"runtime serve: {ex}", file=sys.stderr)
         return STARTUP_EXIT_CODE
     from runtime.http.server import serve
@@ -145,7 +145,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def serve_with_managed_triton(settings: Settings) -> int:
     """Start tritonserver for the repository, point the workers at it, stop it when serving ends."""
-    from runtime.errors import StartupError
     from runtime.http.server import serve
     from runtime.serving.tritonserver import ManagedTriton, find_tritonserver
 

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 from runtime.errors import StartupError
-from runtime.serving.repository import looks_like_repository, repository_root
+from runtime.serving.repository import load_repository, looks_like_repository, repository_root
 
 
 class PreflightError(StartupError):
@@ -30,7 +30,8 @@ def check_entry(path: str) -> None:
 
 
 def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
-    """A model directory must exist; without an entry script it must hold something to serve."""
+    """A model directory must exist; a repository in it must load; without an entry script it must hold
+    something to serve. Raises PreflightError, or the repository's RepositoryError (both StartupErrors)."""
     if not os.path.exists(model_dir):
         parent = Path(model_dir).parent
         near = sorted(p.name for p in parent.iterdir() if p.is_dir())[:8] if parent.is_dir() else []
@@ -38,7 +39,11 @@ def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
         raise PreflightError(f"model directory {model_dir} does not exist{hint}")
     if not os.path.isdir(model_dir):
         raise PreflightError(f"model directory {model_dir} is a file, not a folder")
-    if has_entry or backend == "triton" or looks_like_repository(model_dir):
+    if looks_like_repository(model_dir):
+        # As strict as Triton, before any worker starts: names, datatypes, dims against each model file.
+        load_repository(model_dir)
+        return
+    if has_entry or backend == "triton":
         return
     raise PreflightError(
         f"model directory {model_dir} holds nothing to serve: no model repository "
