@@ -26,7 +26,7 @@ from runtime.azureml.swagger import Swagger
 from runtime.context import InitContext
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.executor import Executor
-from runtime.http import score, v2
+from runtime.http import score, startup, v2
 from runtime.http.headers import RequestIdMiddleware
 from runtime.http.responses import error_response
 from runtime.metrics import MetricsMiddleware, metrics_endpoint
@@ -107,10 +107,11 @@ def create_app(settings: Settings | None = None, exit_on_startup_error: bool = F
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            state = build_state(settings)
-            api.bind(asyncio.get_running_loop(), state.pm)
-            await _call_each(state.pm, "init", stop_on_error=True, context=state.context)
-            state.pipeline.default_model = _only_model(state.pm)
+            with startup.interruptible() if exit_on_startup_error else contextlib.nullcontext():
+                state = build_state(settings)
+                api.bind(asyncio.get_running_loop(), state.pm)
+                await _call_each(state.pm, "init", stop_on_error=True, context=state.context)
+                state.pipeline.default_model = _only_model(state.pm)
         except StartupError as ex:
             logger.error("Start-up failed: %s", ex)
             if exit_on_startup_error:
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None, exit_on_startup_error: bool = F
             raise
         app.state.runtime = state
         logger.info("Worker ready: entry script %s, timeout %d ms", settings.entry_path, settings.timeout_ms)
+        startup.log_summary_once(settings, state.pm, app.routes)
         try:
             yield
         finally:

@@ -19,6 +19,7 @@ from gunicorn.app.base import BaseApplication
 from starlette.applications import Starlette
 from uvicorn_worker import UvicornWorker
 
+from runtime.http.startup import SUMMARY_MARKER_ENV
 from runtime.settings import Settings
 
 logger = logging.getLogger("runtime.server")
@@ -34,7 +35,14 @@ class RuntimeWorker(UvicornWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         # Gunicorn's sync workers notice a dead master; uvicorn workers do not. Have the kernel tell us.
         set_parent_death_signal(signal.SIGTERM)
+        # uvicorn's shutdown closes the listening socket through asyncio, then through Gunicorn's wrapper,
+        # whose second close fails with EBADF and logs it: a harmless double close, not worth a line per stop.
+        logging.getLogger("gunicorn.error").addFilter(_not_double_close)
         super().init_process()
+
+
+def _not_double_close(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Error while closing socket [Errno 9]")
 
 
 class ServerApplication(BaseApplication):  # type: ignore[misc]
@@ -95,8 +103,12 @@ def _prepare_metrics_dir() -> str | None:
 
 def serve(settings: Settings) -> None:
     created = _prepare_metrics_dir()
+    marker_dir = tempfile.mkdtemp(prefix="runtime-serve-")
+    # The first worker that is ready logs the start-up summary; the others find this file and stay quiet.
+    os.environ[SUMMARY_MARKER_ENV] = os.path.join(marker_dir, "summary-logged")
     try:
         ServerApplication(settings).run()
     finally:
+        shutil.rmtree(marker_dir, ignore_errors=True)
         if created:
             shutil.rmtree(created, ignore_errors=True)
