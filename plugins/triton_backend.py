@@ -126,7 +126,7 @@ class TritonBackend:
         """Poll ``probe`` (None when ready, else why not) until ``deadline``, saying every few seconds why."""
         started = time.monotonic()
         total = deadline - started
-        next_report = started + WAIT_REPORT_S
+        next_report = started  # say at once why it is waiting, and for how long
         while True:
             reason = await probe()
             if reason is None:
@@ -144,7 +144,7 @@ class TritonBackend:
                     )
                 if now > deadline:
                     raise StartupError(message)
-                logger.warning("%s; still trying", message)
+                logger.warning("%s; trying again for %.0f s", message, deadline - now)
                 next_report = now + WAIT_REPORT_S
             await asyncio.sleep(0.25)
 

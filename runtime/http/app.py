@@ -70,6 +70,11 @@ async def _call_each(pm: pluggy.PluginManager, name: str, stop_on_error: bool, *
                 result = await asyncio.to_thread(impl.function, *args)
                 if inspect.isawaitable(result):
                     await result
+        except StartupError as ex:
+            # Expected (Triton not there, a bad repository): its message says it all, no traceback.
+            if stop_on_error:
+                raise StartupError(f"{name}() of {impl.plugin_name}: {ex}") from ex
+            logger.error("%s() of %s failed; continuing shutdown: %s", name, impl.plugin_name, ex)
         except Exception as ex:
             where = f"{name}() of {impl.plugin_name}"
             if stop_on_error:

@@ -32,10 +32,10 @@ class _StatsCollector(Collector):
             "runtime_batch_size", "Size of each executed batch (Triton mode: Triton's statistics)", labels=LABELS
         )
         executions = CounterMetricFamily(
-            "runtime_triton_execution_count", "Model executions in Triton (a batch counts once)", labels=LABELS
+            "runtime_triton_executions", "Model executions in Triton (a batch counts once)", labels=LABELS
         )
         inferences = CounterMetricFamily(
-            "runtime_triton_inference_count", "Inferences in Triton (a batch of N counts N)", labels=LABELS
+            "runtime_triton_inferences", "Inferences in Triton (a batch of N counts N)", labels=LABELS
         )
         queue = CounterMetricFamily(
             "runtime_triton_queue_duration_us", "Cumulative time requests waited in Triton's queue (us)", labels=LABELS
