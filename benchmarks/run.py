@@ -461,6 +461,9 @@ def report(
         "* ratios are at concurrency 32 against the limit and against azmlinfsrv with the same worker count",
         "",
     ]
+    usage = HERE / "usage.md"
+    if usage.is_file():
+        lines += [usage.read_text().rstrip(), ""]
     for workload in dict.fromkeys(r.workload for r in rows):
         group = [r for r in rows if r.workload == workload]
         limit = next((r.steps[0]["throughput"] for r in group if r.system == "limit"), 0.0)

@@ -185,6 +185,9 @@ def test_bench_jpeg_payload_gets_200s_without_content_type(
     # The expected duration is said up front, with the content type it chose.
     assert "2 step(s) of 0.2 s warm-up + 1 s, about 2 s; image/jpeg to " + url in result.stderr
     assert_matplotlib_png(plot)
+    # The server's /metrics gave each step's batch sizes: drawn beside the latency plot.
+    assert all(sum(s["batch_sizes"].values()) > 0 for s in steps)
+    assert_matplotlib_png(tmp_path / "latency-batches.png")
 
 
 def test_bench_closed_port_exits_non_zero_within_seconds() -> None:
@@ -245,3 +248,12 @@ def test_content_type_from_extension(name: str, expected: str) -> None:
     from runtime.tools.bench_cli import content_type
 
     assert content_type(name) == expected
+
+
+def test_batch_ranges_between_two_scrapes() -> None:
+    from runtime.tools.bench import batch_ranges
+
+    before = {1.0: 5.0, 2.0: 5.0, 4.0: 6.0, 8.0: 6.0, float("inf"): 6.0}
+    after = {1.0: 7.0, 2.0: 8.0, 4.0: 12.0, 8.0: 13.0, float("inf"): 14.0}
+    assert batch_ranges(before, after) == {"1": 2, "2": 1, "3-4": 3, "5-8": 1, ">8": 1}
+    assert batch_ranges({}, {}) == {}

@@ -17,7 +17,10 @@ import io
 import json
 import os
 import platform
+import re
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,6 +58,9 @@ class Step:
     # One response body (cut at ERROR_SAMPLE_BYTES) per error status, so a report says *why* requests failed.
     error_samples: dict[str, str] = field(default_factory=dict)
     client_processes: int = 1
+    # Model executions per batch-size range during the step (warm-up included), from the server's
+    # /metrics (runtime_batch_size, both backends); empty when the server has none.
+    batch_sizes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,10 +229,49 @@ async def sweep(
             def update(fraction: float, task: Any = task) -> None:
                 progress.update(task, completed=fraction, status="measuring")
 
+            before = await asyncio.to_thread(batch_counts, target.url)
             step = await run_step(target, concurrency, duration, warmup, update)
+            step.batch_sizes = batch_ranges(before, await asyncio.to_thread(batch_counts, target.url))
             progress.update(task, completed=1.0, status=step_status(step))
             steps.append(step)
     return steps
+
+
+BATCH_BUCKET = re.compile(r"^runtime_batch_size_bucket\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
+
+
+def batch_counts(url: str) -> dict[float, float]:
+    """Cumulative executions per ``le`` bound of runtime_batch_size, summed over models, from the server of
+    ``url``; empty when it has no /metrics (azmlinfsrv, Triton itself)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        with urllib.request.urlopen(f"{parts.scheme}://{parts.netloc}/metrics", timeout=5) as response:
+            text = response.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return {}
+    counts: dict[float, float] = {}
+    for match in BATCH_BUCKET.finditer(text):
+        bound = re.search(r'le="([^"]+)"', match.group("labels"))
+        if bound:
+            le = float(bound.group(1))
+            counts[le] = counts.get(le, 0.0) + float(match.group("value"))
+    return counts
+
+
+def batch_ranges(before: dict[float, float], after: dict[float, float]) -> dict[str, int]:
+    """Executions per batch-size range ("1", "2", "3-4", ...) between two :func:`batch_counts`."""
+    ranges: dict[str, int] = {}
+    previous_bound, previous_total = 0.0, 0.0
+    for bound in sorted(after):
+        total = after[bound] - before.get(bound, 0.0)
+        count = round(total - previous_total)
+        if count > 0 and bound != float("inf"):
+            low, high = int(previous_bound) + 1, int(bound)
+            ranges[str(high) if low == high else f"{low}-{high}"] = count
+        elif count > 0:
+            ranges[f">{int(previous_bound)}"] = count
+        previous_bound, previous_total = bound, total
+    return ranges
 
 
 # The target a forked client process measures (set before the pool forks; a Target holds a callable).
@@ -261,6 +306,7 @@ def sweep_processes(
         for concurrency in concurrencies:
             task = progress.add_task(f"concurrency {concurrency:>4}", total=1.0, status="warming up")
             shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+            before = batch_counts(target.url)
             wall_start = time.time() + 0.5  # the same instant for every process, after they are all running
             futures = [pool.submit(_child_step, n, duration, warmup, wall_start) for n in shares if n]
             while True:
@@ -274,6 +320,7 @@ def sweep_processes(
             for future in futures:
                 raw.merge(future.result())
             step = raw.step(concurrency, duration, processes)
+            step.batch_sizes = batch_ranges(before, batch_counts(target.url))
             progress.update(task, completed=1.0, status=step_status(step))
             steps.append(step)
     return steps

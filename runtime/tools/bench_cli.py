@@ -77,7 +77,9 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     )
     bench.add_argument("--output", help="write the report to this file (default: stdout)")
     bench.add_argument(
-        "--plot", help="a PNG of p50 and p99 latency against throughput (needs the [bench] extra; default: none)"
+        "--plot",
+        help="a PNG of p50 and p99 latency against throughput, and beside it (-batches.png) the batch sizes the "
+        "server's /metrics reported per step (needs the [bench] extra; default: none)",
     )
     bench.add_argument("--quiet", action="store_true", help="no progress display on stderr (default: shown)")
     return bench
@@ -165,10 +167,16 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         print(report)
     if args.plot:
-        from runtime.tools.plot import latency_throughput_png
+        from runtime.tools.plot import batch_sizes_png, latency_throughput_png
 
         name = target.description or target.url
-        latency_throughput_png({name: steps}, Path(args.plot), f"{name}: latency vs throughput")
+        machine = bench.machine()
+        where = f"{machine['cpus']} CPUs, {machine['platform']}"
+        latency_throughput_png({name: steps}, Path(args.plot), f"{name}: latency against throughput", where)
+        batches = {f"c={s.concurrency}": s.batch_sizes for s in steps if s.batch_sizes}
+        if batches:
+            path = Path(args.plot)
+            batch_sizes_png(batches, path.with_name(f"{path.stem}-batches.png"), f"{name}: batch sizes", where)
     failed = sum(sum(s.errors.values()) for s in steps)
     ok = sum(s.requests for s in steps) - failed
     errors = bench.error_report(steps)

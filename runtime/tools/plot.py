@@ -7,6 +7,7 @@ saved as PNG; matplotlib records itself in the PNG's ``Software`` text chunk.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -79,7 +80,7 @@ def latency_throughput_png(
     axes.set_ylabel("latency (ms, log scale)")
     axes.grid(True, which="major", alpha=0.5)
     axes.grid(True, which="minor", alpha=0.15)
-    axes.set_title(f"{title}\n{subtitle}" if subtitle else title, fontsize=11)
+    axes.set_title(_title(title, subtitle), fontsize=11)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     _save(figure, path)
 
@@ -116,13 +117,19 @@ def throughput_bars_png(
         axes.set_ylabel("requests/s (best over the sweep)")
         axes.grid(True, axis="y", alpha=0.4)
         axes.set_axisbelow(True)
-    figure.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=11)
+    figure.suptitle(_title(title, subtitle), fontsize=11)
     _save(figure, path)
 
 
-def batch_sizes_png(distributions: Mapping[str, Mapping[str, int]], path: Path, title: str) -> None:
-    """``distributions``: name (e.g. "c=32") -> batch-size bucket label -> executions; grouped bars."""
-    labels = sorted({b for d in distributions.values() for b in d}, key=_bucket_key)
+BATCH_RANGES = ("1", "2", "3-4", "5-8", "9-16", "17-32", "33-64", "65-128", "129-256", "257-512")
+
+
+def batch_sizes_png(distributions: Mapping[str, Mapping[str, int]], path: Path, title: str, subtitle: str = "") -> None:
+    """``distributions``: name (e.g. "c=32") -> batch-size range ("1", "2", "3-4", ...) -> executions;
+    grouped bars of each name's share, every range up to the largest seen on the axis."""
+    seen = {b for d in distributions.values() for b in d}
+    top = max((BATCH_RANGES.index(b) for b in seen if b in BATCH_RANGES), default=0)
+    labels = [*BATCH_RANGES[: top + 1], *sorted(seen - set(BATCH_RANGES), key=_bucket_key)]
     figure = _figure(9, 4.8)
     axes = figure.add_subplot()
     width = 0.8 / max(1, len(distributions))
@@ -130,15 +137,20 @@ def batch_sizes_png(distributions: Mapping[str, Mapping[str, int]], path: Path, 
         total = sum(counts.values()) or 1
         shares = [100 * counts.get(label, 0) / total for label in labels]
         offsets = [i + (index - (len(distributions) - 1) / 2) * width for i in range(len(labels))]
-        axes.bar(offsets, shares, width, label=name, color=f"C{index % 10}")
+        axes.bar(offsets, shares, width, label=f"{name} ({sum(counts.values())} executions)", color=f"C{index % 10}")
     axes.set_xticks(range(len(labels)), labels)
     axes.set_xlabel("batch size (executions whose batch falls in this range)")
     axes.set_ylabel("share of model executions (%)")
     axes.grid(True, axis="y", alpha=0.4)
     axes.set_axisbelow(True)
-    axes.set_title(title, fontsize=11)
+    axes.set_title(_title(title, subtitle), fontsize=11)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, title="concurrency")
     _save(figure, path)
+
+
+def _title(title: str, subtitle: str) -> str:
+    """Long titles (a URL and a file) wrapped rather than cut off at the figure's edge."""
+    return "\n".join(textwrap.wrap(title, 90) + textwrap.wrap(subtitle, 110))
 
 
 def _bucket_key(label: str) -> float:
