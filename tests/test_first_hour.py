@@ -197,3 +197,38 @@ def test_startup_summary_and_a_clean_shutdown(start_runtime: StartRuntime, model
     ):
         assert line in summary, f"{line!r} not in:\n{summary}"
     assert "Error while closing socket" not in log and "Traceback" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.external
+def test_ctrl_c_while_managed_triton_loads(
+    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+) -> None:
+    from tests.conftest import alive, descendants
+
+    server = start_runtime(
+        "--model-dir",
+        str(model_repo),
+        "--backend",
+        "triton",
+        "--triton",
+        "managed",
+        "--tritonserver",
+        str(tritonserver_binary),
+        wait=False,
+    )
+    assert server.proc is not None
+    deadline = time.monotonic() + 60
+    while "[tritonserver]" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = descendants(server.proc.pid)
+    started = time.monotonic()
+    os.killpg(server.proc.pid, signal.SIGINT)
+    assert server.wait_exit(30) == 130
+    assert time.monotonic() - started < 2
+    log = server.log()
+    assert "runtime serve: interrupted" in log and "Traceback" not in log
+    deadline = time.monotonic() + 10
+    while alive(children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(children), "tritonserver outlived the runtime"

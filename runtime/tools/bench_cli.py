@@ -144,7 +144,11 @@ def run_bench(args: argparse.Namespace) -> int:
         target = bench.Target(args.url, lambda: body, headers, f"{args.url} with {args.payload}")
     else:
         headers.setdefault("Content-Type", args.content_type or GENERATOR_CONTENT_TYPE)
-        target = bench.Target(args.url, bench.load_generator(args.generator), headers, f"{args.url} ({args.generator})")
+        try:
+            generator = bench.load_generator(args.generator)
+        except (ImportError, AttributeError, OSError) as ex:
+            return _fail(f"cannot load --generator {args.generator}: {type(ex).__name__}: {ex}")
+        target = bench.Target(args.url, generator, headers, f"{args.url} ({args.generator})")
     expected = bench.expected_seconds(concurrencies, args.duration, args.warmup)
     if not args.quiet:
         print(
