@@ -603,7 +603,7 @@ def machine_line(machine: dict[str, Any]) -> str:
 
 def plot(rows: list[Row], path: Path, machine: dict[str, Any]) -> list[Path]:
     """The headline bar chart (``path``) and DenseNet's latency curves (``path`` with ``-latency``)."""
-    from runtime.tools.plot import latency_throughput_png, points, throughput_bars_png
+    from runtime.tools.plot import batch_sizes_png, latency_throughput_png, points, throughput_bars_png
 
     results: dict[str, dict[str, float]] = {}
     limits: dict[str, float] = {}
@@ -622,7 +622,19 @@ def plot(rows: list[Row], path: Path, machine: dict[str, Any]) -> list[Path]:
         if r.workload == "densenet_v2" and r.system != "limit" and (r.workers or 1) == 1
     }
     latency_throughput_png(series, latency, "DenseNet-121 v2 (1 worker): latency against throughput", subtitle)
-    return [path, latency]
+    pictures = [path, latency]
+    # Runs since runtime bench reads batch sizes from /metrics have them; older results do not.
+    batches = {
+        f"c={s['concurrency']}": s["batch_sizes"]
+        for r in rows
+        if r.workload == "densenet_v2" and r.system == "runtime v2" and r.workers == 1
+        for s in r.steps
+        if s.get("batch_sizes")
+    }
+    if batches:
+        pictures.append(path.with_name(path.stem + "-batches.png"))
+        batch_sizes_png(batches, pictures[-1], "DenseNet-121 v2, runtime v2 (1 worker): batch sizes", subtitle)
+    return pictures
 
 
 def main() -> None:

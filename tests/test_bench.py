@@ -148,6 +148,7 @@ def test_benchmark_command_quick_mode(tmp_path: Path) -> None:
     assert all(s["throughput"] > 0 for r in rows for s in r["steps"])
     assert_matplotlib_png(output.with_suffix(".png"))
     assert_matplotlib_png(output.with_name(output.stem + "-latency.png"))
+    assert_matplotlib_png(output.with_name(output.stem + "-batches.png"))  # from the runtime's /metrics
 
 
 @pytest.fixture(scope="module")
