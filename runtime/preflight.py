@@ -7,6 +7,8 @@ answers every request with a 404.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
 import socket
@@ -42,6 +44,10 @@ def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
     if looks_like_repository(model_dir):
         # As strict as Triton, before any worker starts: names, datatypes, dims against each model file.
         load_repository(model_dir)
+        # The graphs read for the check are garbage now; give their heap back before Gunicorn forks, or
+        # every worker's RSS would carry it.
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         return
     if has_entry or backend == "triton":
         return

@@ -194,8 +194,8 @@ def expected_seconds(concurrencies: Sequence[int], duration: float, warmup: floa
 def step_status(step: Step) -> str:
     errors = sum(step.errors.values())
     return (
-        f"{step.throughput:8.1f} req/s  p50 {step.latency_ms['p50']:7.2f} ms  "
-        f"p99 {step.latency_ms['p99']:7.2f} ms  errors {errors}"
+        f"{step.throughput:.1f} req/s, p50 {step.latency_ms['p50']:.1f} ms, "
+        f"p99 {step.latency_ms['p99']:.1f} ms, {errors} errors"
     )
 
 
@@ -205,7 +205,7 @@ def _progress(show: bool) -> Any:
 
     return Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=20),
         TextColumn("{task.fields[status]}"),
         TimeRemainingColumn(),
         disable=not show,
