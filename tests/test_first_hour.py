@@ -153,7 +153,8 @@ def test_triton_url_refused_says_so_and_suggests_managed(start_runtime: StartRun
     assert server.wait_exit(60) == 3
     log = server.log()
     assert f"Triton Inference Server at 127.0.0.1:{closed}: the server is not ready: connection refused" in log
-    assert "(0 s of 2 s; RUNTIME_TRITON_WAIT_S sets how long)" in log  # said at once, with the limit
+    assert "; trying again for " in log  # said at once, with how long it will keep trying
+    assert " s of 2 s; RUNTIME_TRITON_WAIT_S sets how long)" in log
     assert "use --triton managed" in log
     assert "Traceback" not in log
 
