@@ -233,3 +233,16 @@ def test_ctrl_c_while_managed_triton_loads(
     while alive(children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(children), "tritonserver outlived the runtime"
+
+
+def test_summary_names_gpu_instances(tmp_path: Path) -> None:
+    """A config asking for GPU instances says so in the summary (what runs there is the backend's business)."""
+    from runtime.http.startup import _instances
+    from runtime.serving.repository import load_repository
+
+    models.make_linear(tmp_path / "linear" / "1" / "model.onnx")
+    (tmp_path / "linear" / "config.pbtxt").write_text(
+        "max_batch_size: 4\ninstance_group [{ count: 2 kind: KIND_GPU gpus: [0] }, { count: 1 kind: KIND_CPU }]\n"
+    )
+    (config,) = load_repository(tmp_path)
+    assert _instances(config) == "2 x GPU [0], 1 x CPU"
