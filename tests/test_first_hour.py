@@ -246,3 +246,26 @@ def test_summary_names_gpu_instances(tmp_path: Path) -> None:
     )
     (config,) = load_repository(tmp_path)
     assert _instances(config) == "2 x GPU [0], 1 x CPU"
+
+
+@pytest.mark.slow
+def test_model_onnxruntime_cannot_load_is_a_startup_error_without_traceback(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOperator", ["x"], ["y"])],
+        "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    path = tmp_path / "broken" / "1" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save(helper.make_model(graph), str(path))
+    server = start_runtime("--model-dir", str(tmp_path), wait=False)
+    assert server.wait_exit(60) == 3
+    log = server.log()
+    assert f"{path}: onnxruntime cannot load it" in log and "NoSuchOperator" in log
+    assert "Traceback" not in log
