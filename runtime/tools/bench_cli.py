@@ -7,6 +7,7 @@ Exit status: 0 when most requests succeeded, 1 when most failed (the error bodie
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import mimetypes
 import socket
 import sys
@@ -120,6 +121,10 @@ def run_bench(args: argparse.Namespace) -> int:
         return _fail(f"--concurrency must be comma-separated integers, got {args.concurrency!r}")
     if not concurrencies or min(concurrencies) <= 0:
         return _fail(f"--concurrency must be positive integers, got {args.concurrency!r}")
+    needed = ["rich"] + (["matplotlib"] if args.plot else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        return _fail(f"needs {', '.join(missing)}: pip install 'scoring-runtime[bench]'")
     problem = unreachable(args.url)
     if problem:
         return _fail(f"{problem} (is the server running? start it with: runtime serve ...)")
