@@ -235,10 +235,14 @@ def test_ctrl_c_while_managed_triton_loads(
     assert not alive(children), "tritonserver outlived the runtime"
 
 
-def test_summary_names_gpu_instances(tmp_path: Path) -> None:
-    """A config asking for GPU instances says so in the summary (what runs there is the backend's business)."""
-    from runtime.http.startup import _instances
+def test_summary_names_gpu_instances_and_where_they_run(tmp_path: Path) -> None:
+    """A config asking for GPU instances says so, and says that the embedded backend runs them on CPU when
+    no GPU provider is chosen (the count is honoured, the device is onnxruntime's providers' choice)."""
+    from types import SimpleNamespace
+
+    from runtime.http.startup import _instances, summary
     from runtime.serving.repository import load_repository
+    from runtime.settings import Settings
 
     models.make_linear(tmp_path / "linear" / "1" / "model.onnx")
     (tmp_path / "linear" / "config.pbtxt").write_text(
@@ -246,6 +250,11 @@ def test_summary_names_gpu_instances(tmp_path: Path) -> None:
     )
     (config,) = load_repository(tmp_path)
     assert _instances(config) == "2 x GPU [0], 1 x CPU"
+    hook = SimpleNamespace(
+        model_index=lambda: [[{"name": "linear", "version": "1"}]], model_config=lambda model, version: config
+    )
+    text = summary(Settings(model_dir=str(tmp_path)), SimpleNamespace(hook=hook), [])  # type: ignore[arg-type]
+    assert "instances 2 x GPU [0], 1 x CPU (onnxruntime runs them on CPU here: no GPU provider" in text
 
 
 @pytest.mark.slow

@@ -102,11 +102,12 @@ def _routes(routes: list[Any]) -> str:
 
 def summary(settings: Settings, pm: pluggy.PluginManager, routes: list[Any]) -> str:
     url = f"http://{settings.host}:{settings.port}"
+    backend = _backend(settings)
     lines = [
         f"Serving at {url}",
         f"  entry script: {settings.entry_path or '(none: models only, v2 API)'}",
         f"  model dir:    {settings.model_dir or '(none)'}",
-        f"  backend:      {_backend(settings)}",
+        f"  backend:      {backend}",
         f"  workers:      {settings.workers}, {settings.concurrency} requests in flight each",
     ]
     names = sorted({entry["name"] for result in pm.hook.model_index() for entry in result})
@@ -115,9 +116,12 @@ def summary(settings: Settings, pm: pluggy.PluginManager, routes: list[Any]) -> 
         if config is None:
             lines.append(f"  model {name}")
             continue
+        instances = _instances(config)
+        if "GPU" in instances and settings.backend == "onnxruntime" and "CUDA" not in backend:
+            # The embedded backend honours the count; the device is onnxruntime's providers' choice.
+            instances += " (onnxruntime runs them on CPU here: no GPU provider in RUNTIME_ORT_PROVIDERS)"
         lines.append(
-            f"  model {name}: versions {', '.join(config.versions)}; {_batching(config)}; "
-            f"instances {_instances(config)}"
+            f"  model {name}: versions {', '.join(config.versions)}; {_batching(config)}; instances {instances}"
         )
     if not names:
         lines.append("  models:       none (score.py's init() loads what it needs)")
