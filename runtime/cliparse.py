@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import logging
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -78,9 +77,9 @@ def port(value: str) -> int:
 
 
 def log_level(value: str) -> str:
-    """A logging level name (any case) or number."""
+    """A logging level name, in any case (what logging.basicConfig and Gunicorn's loglevel both take)."""
     level = value.strip().upper()
-    if level in LOG_LEVELS or (level.isdigit() and logging.getLevelName(int(level)) != f"Level {level}"):
+    if level in LOG_LEVELS:
         return level
     raise argparse.ArgumentTypeError(f"invalid log level {value!r}: choose from {', '.join(LOG_LEVELS)}")
 
