@@ -432,7 +432,16 @@ def fmt(value: float) -> str:
     return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
-def report(rows: list[Row], memory_: dict[str, float], args: argparse.Namespace, command: str) -> str:
+def report(
+    rows: list[Row],
+    memory_: dict[str, float],
+    args: argparse.Namespace,
+    command: str,
+    date: str | None = None,
+    machine: dict[str, Any] | None = None,
+) -> str:
+    """The Markdown report; ``date`` and ``machine`` are the run's (now and here unless given)."""
+    date = date or f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}"
     lines = [
         "# Benchmarks",
         "",
@@ -440,8 +449,8 @@ def report(rows: list[Row], memory_: dict[str, float], args: argparse.Namespace,
         "",
         f"```bash\n{command}\n```",
         "",
-        f"* date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"* machine: {json.dumps(bench.machine())}; client and servers share these cores",
+        f"* date: {date}",
+        f"* machine: {json.dumps(machine or bench.machine())}; client and servers share these cores",
         f"* steps: {args.duration:g} s measured after {args.warmup:g} s warm-up, closed loop, concurrency "
         f"{', '.join(map(str, args.concurrency))}",
         "* `limit`: onnxruntime in-process at the best batch size "
@@ -452,6 +461,9 @@ def report(rows: list[Row], memory_: dict[str, float], args: argparse.Namespace,
         "* ratios are at concurrency 32 against the limit and against azmlinfsrv with the same worker count",
         "",
     ]
+    usage = HERE / "usage.md"
+    if usage.is_file():
+        lines += [usage.read_text().rstrip(), ""]
     for workload in dict.fromkeys(r.workload for r in rows):
         group = [r for r in rows if r.workload == workload]
         limit = next((r.steps[0]["throughput"] for r in group if r.system == "limit"), 0.0)
@@ -493,7 +505,12 @@ def report(rows: list[Row], memory_: dict[str, float], args: argparse.Namespace,
     analysis = HERE / "analysis.md"
     if analysis.is_file():
         lines += [analysis.read_text().rstrip(), ""]
-    lines += ["![p50 latency against throughput, DenseNet v2, 1 worker](benchmarks.png)", ""]
+    lines += [
+        "![Throughput per system and workload against the in-process limit](benchmarks.png)",
+        "",
+        "![p50 and p99 latency against throughput, DenseNet v2, 1 worker](benchmarks-latency.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -568,17 +585,56 @@ def targets(rows: list[Row], memory_: dict[str, float], args: argparse.Namespace
     return [*lines, ""]
 
 
-def plot(rows: list[Row], path: Path) -> None:
-    from runtime.tools.plot import latency_throughput_png
+def previous_run(saved: dict[str, Any], output: Path) -> tuple[str | None, dict[str, Any]]:
+    """When and where the saved results were measured: from the JSON, else from the report it wrote."""
+    date, machine = saved.get("date"), saved.get("machine")
+    if output.is_file() and (date is None or machine is None):
+        for line in output.read_text().splitlines():
+            if line.startswith("* date: ") and date is None:
+                date = line.removeprefix("* date: ").strip()
+            if line.startswith("* machine: ") and machine is None:
+                machine = json.loads(line.removeprefix("* machine: ").split("}; ", 1)[0] + "}")
+    return date, machine or bench.machine()
 
+
+def machine_line(machine: dict[str, Any]) -> str:
+    return f"{machine.get('cpus')} CPUs, {machine.get('platform', '?')}; client and servers share them"
+
+
+def plot(rows: list[Row], path: Path, machine: dict[str, Any]) -> list[Path]:
+    """The headline bar chart (``path``) and DenseNet's latency curves (``path`` with ``-latency``)."""
+    from runtime.tools.plot import batch_sizes_png, latency_throughput_png, points, throughput_bars_png
+
+    results: dict[str, dict[str, float]] = {}
+    limits: dict[str, float] = {}
+    for r in rows:
+        best = max(s["throughput"] for s in r.steps)
+        if r.system == "limit":
+            limits[r.workload] = best
+        else:
+            results.setdefault(r.workload, {})[f"{r.system} ({r.workers}w)" if r.workers else r.system] = best
+    subtitle = machine_line(machine)
+    throughput_bars_png(results, limits, path, "Throughput per system (best over the concurrency sweep)", subtitle)
+    latency = path.with_name(path.stem + "-latency.png")
     series = {
-        f"{r.system} ({r.workers or '-'}w)": [
-            (s["throughput"], s["latency_ms"]["p50"], s["concurrency"]) for s in r.steps
-        ]
+        f"{r.system} ({r.workers}w)" if r.workers else r.system: points(r.steps)
         for r in rows
         if r.workload == "densenet_v2" and r.system != "limit" and (r.workers or 1) == 1
     }
-    latency_throughput_png(series, path, "DenseNet-121 v2: p50 latency vs throughput (1 worker)")
+    latency_throughput_png(series, latency, "DenseNet-121 v2 (1 worker): latency against throughput", subtitle)
+    pictures = [path, latency]
+    # Runs since runtime bench reads batch sizes from /metrics have them; older results do not.
+    batches = {
+        f"c={s['concurrency']}": s["batch_sizes"]
+        for r in rows
+        if r.workload == "densenet_v2" and r.system == "runtime v2" and r.workers == 1
+        for s in r.steps
+        if s.get("batch_sizes")
+    }
+    if batches:
+        pictures.append(path.with_name(path.stem + "-batches.png"))
+        batch_sizes_png(batches, pictures[-1], "DenseNet-121 v2, runtime v2 (1 worker): batch sizes", subtitle)
+    return pictures
 
 
 def main() -> None:
@@ -608,8 +664,11 @@ def main() -> None:
         output = args.output or REPO / "docs" / "benchmarks.md"
         saved = json.loads(output.with_suffix(".json").read_text())
         rows = [Row(**r) for r in saved["rows"]]
-        output.write_text(report(rows, saved.get("memory", {}), args, saved.get("command", "python -m benchmarks.run")))
-        print(f"rewrote {output}")
+        date, machine = previous_run(saved, output)
+        command = saved.get("command", "python -m benchmarks.run")
+        output.write_text(report(rows, saved.get("memory", {}), args, command, date, machine))
+        pictures = plot(rows, output.with_suffix(".png"), machine)
+        print(f"rewrote {output} and {', '.join(map(str, pictures))}")
         return
     with tempfile.TemporaryDirectory(prefix="runtime-bench-") as tmp:
         run = Bench(args, Path(tmp))
@@ -625,10 +684,11 @@ def main() -> None:
         run.run()
         run.rows = sorted(kept + run.rows, key=lambda r: WORKLOAD_ORDER.index(r.workload))
         output.write_text(report(run.rows, run.memory, args, command.strip()))
-        plot(run.rows, output.with_suffix(".png"))
-        (output.with_suffix(".json")).write_text(
-            json.dumps({"rows": [asdict(r) for r in run.rows], "memory": run.memory, "command": command}, indent=1)
-        )
+        plot(run.rows, output.with_suffix(".png"), bench.machine())
+        saved_json = {"rows": [asdict(r) for r in run.rows], "memory": run.memory, "command": command}
+        saved_json["machine"] = bench.machine()
+        saved_json["date"] = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}"
+        (output.with_suffix(".json")).write_text(json.dumps(saved_json, indent=1))
     errors = sum(sum(s.get("errors", {}).values()) for r in run.rows for s in r.steps)
     print(f"wrote {output} and {output.with_suffix('.png')}; {errors} errors")
 

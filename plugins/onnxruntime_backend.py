@@ -22,7 +22,7 @@ import numpy as np
 
 from runtime import metrics
 from runtime.context import InitContext
-from runtime.errors import NotFound, ServingError
+from runtime.errors import NotFound, ServingError, StartupError
 from runtime.hookspecs import hookimpl
 from runtime.metrics import failure_reason
 from runtime.pipeline import DEADLINE, schedule_parameters
@@ -207,7 +207,10 @@ class OnnxRuntimeBackend:
         for config in configs:
             threads = max(1, cores // (config.instance_count * context.settings.workers))
             for version in config.versions:
-                loaded = await asyncio.to_thread(LoadedModel, config, version, threads)
+                try:
+                    loaded = await asyncio.to_thread(LoadedModel, config, version, threads)
+                except Exception as ex:  # onnxruntime's own error types; the message says what is wrong
+                    raise StartupError(f"{config.model_file(version)}: onnxruntime cannot load it: {ex}") from ex
                 await asyncio.to_thread(loaded.warm_up)  # before readiness, as Triton's model_warmup
                 loaded.start()
                 self.models[(config.name, version)] = loaded

@@ -10,10 +10,11 @@ when Triton is back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -32,12 +33,29 @@ from runtime.metrics import failure_reason
 from runtime.pipeline import CLASSIFICATION, DEADLINE, schedule_parameters
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository, model_config_from_proto
 from runtime.serving.tensors import validate_inputs
+from runtime.serving.tritonstats import prometheus_text
 
 logger = logging.getLogger("runtime.triton")
 
 # Triton's messages when its queue policy sheds a request (queue full, timed out in the queue).
 TRITON_REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
 CONNECTION_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, ConnectionError)
+
+
+WAIT_REPORT_S = 5.0
+STATS_TIMEOUT_S = 2.0
+
+
+def _connection_reason(ex: BaseException) -> str:
+    """Why a connection failed, in words: "connection refused", not aiohttp's class name."""
+    cause: BaseException | None = ex
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused (nothing listens there)"
+        if isinstance(cause, asyncio.TimeoutError):
+            return "no answer (timed out)"
+        cause = cause.__cause__ or (cause.os_error if isinstance(cause, aiohttp.ClientConnectorError) else None)
+    return f"cannot connect: {ex}"
 
 
 def triton_error(ex: InferenceServerException, url: str) -> ServingError:
@@ -74,17 +92,28 @@ class TritonBackend:
             self.url, conn_limit=max(settings.concurrency, 8), conn_timeout=settings.timeout_ms / 1000
         )
         deadline = time.monotonic() + wait_s
-        await self._wait(deadline, "the server", self._server_ready)
+        await self._wait(deadline, "the server", self._server_reason)
         names = self._expected_models(context)
         if names is None:
             index = await self.client.get_model_repository_index()
             names = sorted({entry["name"] for entry in index if entry.get("state", "READY") == "READY"})
         for name in names:
-            await self._wait(deadline, f"model {name!r}", lambda n=name: self._model_ready(n))
+            await self._wait(deadline, f"model {name!r}", functools.partial(self._model_reason, name))
             config_json = await self.client.get_model_config(name)
             proto = json_format.ParseDict(config_json, mc.ModelConfig(), ignore_unknown_fields=True)
             self.configs[name] = model_config_from_proto(proto, versions=await self._versions(name))
         logger.info("Triton at %s serves %s", self.url, ", ".join(sorted(self.configs)) or "no models")
+        metrics.SCRAPE_SOURCES.append(self._statistics)
+
+    async def _statistics(self) -> bytes:
+        """Triton's batch statistics for /metrics (nothing when Triton cannot be reached right now)."""
+        assert self.client is not None
+        try:
+            stats = await asyncio.wait_for(self.client.get_inference_statistics(), STATS_TIMEOUT_S)
+        except (InferenceServerException, *CONNECTION_ERRORS) as ex:
+            logger.debug("Triton statistics unavailable: %s", ex)
+            return b""
+        return prometheus_text(stats)
 
     def _expected_models(self, context: InitContext) -> list[str] | None:
         """The models score.py relies on: the repository's, when --model-dir names one (else Triton's index)."""
@@ -98,27 +127,53 @@ class TritonBackend:
         metadata = await self.client.get_model_metadata(name)
         return sorted(metadata.get("versions", ["1"]), key=lambda v: int(v) if v.isdigit() else 0)
 
-    async def _wait(self, deadline: float, what: str, probe: Any) -> None:
+    async def _wait(self, deadline: float, what: str, probe: Callable[[], Awaitable[str | None]]) -> None:
+        """Poll ``probe`` (None when ready, else why not) until ``deadline``, saying every few seconds why."""
+        started = time.monotonic()
+        total = deadline - started
+        next_report = started  # say at once why it is waiting, and for how long
         while True:
-            if await probe():
+            reason = await probe()
+            if reason is None:
                 return
-            if time.monotonic() > deadline:
-                raise StartupError(f"Triton Inference Server at {self.url}: {what} was not ready in time")
+            now = time.monotonic()
+            if now > deadline or now >= next_report:
+                message = (
+                    f"Triton Inference Server at {self.url}: {what} is not ready: {reason} "
+                    f"({now - started:.0f} s of {total:.0f} s; RUNTIME_TRITON_WAIT_S sets how long)"
+                )
+                if "refused" in reason or "cannot connect" in reason.lower():
+                    message += (
+                        ". Is a Triton server running at that address? "
+                        "To have the runtime start one for --model-dir, use --triton managed"
+                    )
+                if now > deadline:
+                    raise StartupError(message)
+                logger.warning("%s; trying again for %.0f s", message, deadline - now)
+                next_report = now + WAIT_REPORT_S
             await asyncio.sleep(0.25)
 
-    async def _server_ready(self) -> bool:
-        assert self.client is not None
+    async def _probe(self, call: Awaitable[bool]) -> str | None:
         try:
-            return bool(await self.client.is_server_ready())
-        except (InferenceServerException, *CONNECTION_ERRORS):
-            return False
+            return None if await call else "it answers, but is not ready yet"
+        except InferenceServerException as ex:
+            return ex.message() or str(ex)
+        except CONNECTION_ERRORS as ex:
+            return _connection_reason(ex)
+
+    async def _server_reason(self) -> str | None:
+        assert self.client is not None
+        return await self._probe(self.client.is_server_ready())
+
+    async def _model_reason(self, name: str, version: str = "") -> str | None:
+        assert self.client is not None
+        return await self._probe(self.client.is_model_ready(name, version))
+
+    async def _server_ready(self) -> bool:
+        return await self._server_reason() is None
 
     async def _model_ready(self, name: str, version: str = "") -> bool:
-        assert self.client is not None
-        try:
-            return bool(await self.client.is_model_ready(name, version))
-        except (InferenceServerException, *CONNECTION_ERRORS):
-            return False
+        return await self._model_reason(name, version) is None
 
     # -- serving ----------------------------------------------------------------------------------
 
@@ -219,5 +274,7 @@ class TritonBackend:
 
     @hookimpl
     async def shutdown(self) -> None:
+        if self._statistics in metrics.SCRAPE_SOURCES:
+            metrics.SCRAPE_SOURCES.remove(self._statistics)
         if self.client is not None:
             await self.client.close()

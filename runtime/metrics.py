@@ -12,6 +12,7 @@ import asyncio
 import functools
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import (
@@ -111,6 +112,12 @@ def pending_gauge(model: str, version: str) -> Any:
     return _child(PENDING, model, version)
 
 
+# Metrics that live elsewhere and are read at scrape time (Triton's batch statistics): each returns
+# Prometheus text, or b"" when its source cannot be reached right now.
+ScrapeSource = Callable[[], Awaitable[bytes]]
+SCRAPE_SOURCES: list[ScrapeSource] = []
+
+
 async def metrics_endpoint(request: Request) -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
@@ -118,6 +125,8 @@ async def metrics_endpoint(request: Request) -> Response:
         body = generate_latest(registry)
     else:
         body = generate_latest()
+    for source in SCRAPE_SOURCES:
+        body += await source()
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

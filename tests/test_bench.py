@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from tests.conftest import StartRuntime, script
+from tests.support.plots import assert_matplotlib_png
 from tests.support.servers import REPO, runtime_argv
 
 pytestmark = pytest.mark.slow
@@ -57,7 +58,7 @@ def test_bench_score_sweep_reports_json_plot_and_no_errors(start_runtime: StartR
         assert step["throughput"] > 0 and step["requests"] > 0
         assert 0 < step["latency_ms"]["p50"] <= step["latency_ms"]["p90"] <= step["latency_ms"]["p99"]
         assert step["client_cpu_percent"] > 0
-    assert Image.open(png).size == (960, 600)
+    assert_matplotlib_png(png)
 
 
 def test_bench_v2_model_and_counts_errors(start_runtime: StartRuntime, model_repo: Path) -> None:
@@ -113,6 +114,10 @@ def test_bench_v2_model_and_counts_errors(start_runtime: StartRuntime, model_rep
     )
     steps = json.loads(bad.stdout)["steps"]
     assert steps[0]["throughput"] == 0 and steps[0]["errors"].get("400", 0) > 0
+    # ...with what the server said, and an exit status that says the run failed.
+    assert bad.returncode == 1
+    assert "400" in steps[0]["error_samples"] and '"error"' in steps[0]["error_samples"]["400"]
+    assert "errors (status x count: a response body):\n400 x " in bad.stderr
 
 
 @pytest.mark.external
@@ -141,4 +146,115 @@ def test_benchmark_command_quick_mode(tmp_path: Path) -> None:
     rows = json.loads(output.with_suffix(".json").read_text())["rows"]
     assert all(sum(s.get("errors", {}).values()) == 0 for r in rows for s in r["steps"])
     assert all(s["throughput"] > 0 for r in rows for s in r["steps"])
-    assert output.with_suffix(".png").is_file()
+    assert_matplotlib_png(output.with_suffix(".png"))
+    assert_matplotlib_png(output.with_name(output.stem + "-latency.png"))
+    assert_matplotlib_png(output.with_name(output.stem + "-batches.png"))  # from the runtime's /metrics
+
+
+@pytest.fixture(scope="module")
+def densenet_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("densenet")
+    make = REPO / "examples" / "densenet_onnx" / "make_model.py"
+    subprocess.run([sys.executable, str(make), "--out", str(root), "--small"], check=True, capture_output=True)
+    return root
+
+
+def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(runtime_argv("bench", *args), capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_jpeg_payload_gets_200s_without_content_type(
+    start_runtime: StartRuntime, densenet_small: Path, tmp_path: Path
+) -> None:
+    """The content type comes from the extension: a .jpg goes as image/jpeg, which score.py accepts."""
+    import numpy as np
+    from PIL import Image
+
+    picture = tmp_path / "cat.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(picture)
+    score = str(REPO / "examples" / "densenet_onnx" / "score_densenet.py")
+    server = start_runtime("--entry", score, "--model-dir", str(densenet_small))
+    plot = tmp_path / "latency.png"
+    url = server.url + "/score"
+    args = ["--url", url, "--payload", str(picture), "--concurrency", "2,4", "--duration", "1", "--warmup", "0.2"]
+    result = bench(*args, "--format", "json", "--processes", "2", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    steps = json.loads(result.stdout)["steps"]
+    assert [s["errors"] for s in steps] == [{}, {}]
+    assert all(s["requests"] > 0 and s["client_processes"] == 2 for s in steps)
+    assert steps[1]["client_cpu_percent"] > 0  # the client processes' CPU, summed
+    # The expected duration is said up front, with the content type it chose.
+    assert "2 step(s) of 0.2 s warm-up + 1 s, about 2 s; image/jpeg to " + url in result.stderr
+    assert_matplotlib_png(plot)
+    # The server's /metrics gave each step's batch sizes: drawn beside the latency plot.
+    assert all(sum(s["batch_sizes"].values()) > 0 for s in steps)
+    assert_matplotlib_png(tmp_path / "latency-batches.png")
+
+
+def test_bench_closed_port_exits_non_zero_within_seconds() -> None:
+    from tests.support.servers import free_port
+
+    port = free_port()
+    started = time.monotonic()
+    result = bench("--url", f"http://127.0.0.1:{port}/score", "--payload", __file__, timeout=60)
+    assert result.returncode == 2
+    assert time.monotonic() - started < 10
+    assert f"cannot connect to 127.0.0.1:{port}: Connection refused" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bench_connection_errors_back_off() -> None:
+    """A server that goes away mid-run: clients pause between refused connections instead of spinning."""
+    import asyncio
+
+    from runtime.tools import bench as tool
+    from tests.support.servers import free_port
+
+    target = tool.Target(f"http://127.0.0.1:{free_port()}/score", lambda: b"{}", {"Content-Type": "application/json"})
+    step = asyncio.run(tool.run_step(target, 4, 1.0, 0.0))
+    failures = sum(step.errors.values())
+    assert step.throughput == 0 and 0 < failures < 4 * 20  # back-off doubles up to 1 s: a few tries, not 12,000
+    assert step.client_cpu_percent < 50
+    assert "Connect call failed" in next(iter(step.error_samples.values())) or "refused" in str(step.error_samples)
+
+
+def test_bench_help_states_every_default() -> None:
+    result = subprocess.run(runtime_argv("bench", "--help"), capture_output=True, text=True, timeout=60)
+    text = " ".join(result.stdout.split())
+    for default in (
+        "(default: 1,2,4,8,16,32,64,128,256)",
+        "seconds measured per step (default: 5.0)",
+        "(default: 1.0)",
+        "from the payload's extension, .jpg image/jpeg, .json application/json",
+        "(default: table)",
+        "(default: stdout)",
+        "The default sweep takes about 54 s",
+        "client processes",
+    ):
+        assert default in text, default
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("cat.jpg", "image/jpeg"),
+        ("x.JPEG", "image/jpeg"),
+        ("b.json", "application/json"),
+        ("p.png", "image/png"),
+        ("t.npy", "application/octet-stream"),
+        ("noext", "application/octet-stream"),
+    ],
+)
+def test_content_type_from_extension(name: str, expected: str) -> None:
+    from runtime.tools.bench_cli import content_type
+
+    assert content_type(name) == expected
+
+
+def test_batch_ranges_between_two_scrapes() -> None:
+    from runtime.tools.bench import batch_ranges
+
+    before = {1.0: 5.0, 2.0: 5.0, 4.0: 6.0, 8.0: 6.0, float("inf"): 6.0}
+    after = {1.0: 7.0, 2.0: 8.0, 4.0: 12.0, 8.0: 13.0, float("inf"): 14.0}
+    assert batch_ranges(before, after) == {"1": 2, "2": 1, "3-4": 3, "5-8": 1, ">8": 1}
+    assert batch_ranges({}, {}) == {}

@@ -134,8 +134,11 @@ def test_densenet_bad_images_get_400(
     assert httpx.post(server.url + "/score", content=jpeg(), headers={"Content-Type": "image/jpeg"}).status_code == 200
 
 
-def test_densenet_concurrent_requests_are_batched(start_runtime: StartRuntime, examples_repo: Path) -> None:
-    server = serve(start_runtime, DENSENET / "score_densenet.py", examples_repo, "onnxruntime", None)
+def test_densenet_concurrent_requests_are_batched(
+    start_runtime: StartRuntime, examples_repo: Path, backend: str, triton_if_needed: ManagedTriton | None
+) -> None:
+    """Batches show in /metrics in both modes (on Triton, from its statistics API)."""
+    server = serve(start_runtime, DENSENET / "score_densenet.py", examples_repo, backend, triton_if_needed)
     images = [jpeg(seed=i) for i in range(48)]
 
     async def send() -> list[httpx.Response]:

@@ -101,7 +101,24 @@ def test_label_file(tmp_path: Path) -> None:
         ('input [{ name: "nope" data_type: TYPE_FP32 dims: [4] }]', "input 'nope' is not in the ONNX model (it has x)"),
         (
             'input [{ name: "x" data_type: TYPE_INT32 dims: [4] }]',
-            "has data_type TYPE_INT32, but the ONNX model has TYPE_FP32",
+            "input 'x' has data_type TYPE_INT32, but ",
+        ),
+        # Dims are checked as strictly as Triton does: the config's against the graph's, batch dimension apart.
+        (
+            'max_batch_size: 4\ninput [{ name: "x" data_type: TYPE_FP32 dims: [5] }]',
+            "input 'x' has dims [5], but ",
+        ),
+        (
+            'max_batch_size: 4\noutput [{ name: "y" data_type: TYPE_FP32 dims: [3, 1] }]',
+            "output 'y' has dims [3, 1], but ",
+        ),
+        (
+            'max_batch_size: 0\ninput [{ name: "x" data_type: TYPE_FP32 dims: [4] }]',
+            "input 'x' has dims [4], but ",
+        ),
+        (
+            'max_batch_size: 4\ninput [{ name: "x" data_type: TYPE_FP32 dims: [2, 2] reshape: { shape: [5] } }]',
+            "input 'x' has reshape [5], but ",
         ),
         ('platform: "tensorrt_plan"', "is not served by the embedded onnxruntime backend"),
         ('name: "other"', "does not match the folder name 'linear'"),
@@ -150,3 +167,38 @@ def test_looks_like_repository(tmp_path: Path) -> None:
     assert looks_like_repository(tmp_path / "repo")
     shutil.copytree(tmp_path / "repo", tmp_path / "azure" / "triton")
     assert looks_like_repository(tmp_path / "azure")
+
+
+@pytest.mark.parametrize(
+    ("config", "declared", "graph"),
+    [
+        ('max_batch_size: 4\ninput [{ name: "x" data_type: TYPE_FP32 dims: [5] }]', "[5]", "has [4] without the batch"),
+        ('max_batch_size: 0\ninput [{ name: "x" data_type: TYPE_FP32 dims: [4] }]', "[4]", "has [-1, 4] (-1"),
+        ('max_batch_size: 4\ninput [{ name: "x" data_type: TYPE_FP32 dims: [-1] }]', "[-1]", "has [4] without"),
+    ],
+)
+def test_dims_mismatch_names_config_model_tensor_and_both_values(
+    tmp_path: Path, config: str, declared: str, graph: str
+) -> None:
+    linear_repo(tmp_path, config)
+    with pytest.raises(RepositoryError) as info:
+        load_repository(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'linear' / 'config.pbtxt'}: input 'x' has dims {declared}, but ")
+    assert f"{tmp_path / 'linear' / '1' / 'model.onnx'} {graph}" in message
+
+
+def test_every_version_is_checked(tmp_path: Path) -> None:
+    """Version 1 is an older graph with another input width: loading it would fail on the first request."""
+    linear_repo(
+        tmp_path, 'max_batch_size: 4\nversion_policy: { all: {} }\ninput [{ name: "x" data_type: TYPE_FP32 dims: [4] }]'
+    )
+    models.make_linear(tmp_path / "linear" / "2" / "model.onnx")
+    assert load_repository(tmp_path)[0].versions == ["1", "2"]
+    import onnx
+
+    old = onnx.load(str(tmp_path / "linear" / "1" / "model.onnx"))
+    old.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 5
+    onnx.save(old, str(tmp_path / "linear" / "1" / "model.onnx"))
+    with pytest.raises(RepositoryError, match=r"linear/1/model\.onnx has \[5\] without the batch dimension"):
+        load_repository(tmp_path)

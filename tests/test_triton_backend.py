@@ -186,7 +186,9 @@ def test_startup_waits_for_triton_within_a_bound(start_runtime: StartRuntime) ->
         wait=False,
     )
     assert server.wait_exit(60) == 3
-    assert "Triton Inference Server at 127.0.0.1:9: the server was not ready in time" in server.log()
+    log = server.log()
+    assert "Triton Inference Server at 127.0.0.1:9: the server is not ready: connection refused" in log
+    assert " s of 2 s; RUNTIME_TRITON_WAIT_S sets how long)" in log
 
 
 def start_managed(start_runtime: StartRuntime, model_repo: Path, binary: Path) -> ServerProcess:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +18,11 @@ import tokens
 
 CONTEXT = "A quick brown fox jumps over the lazy dog."
 QUERY = "What color is the fox?"
+
+
+# runtime serve's port: SERVER_PORT, else 5001.
+DEFAULT_URL = f"http://127.0.0.1:{os.environ.get('SERVER_PORT', '5001')}"
+NO_ENTRY = "; a server started with --model-dir only has no /score: serve score_bidaf.py (--entry) or use --v2"
 
 
 def via_score(url: str, context: str, query: str) -> object:
@@ -43,11 +50,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("context", nargs="?", default=CONTEXT)
     parser.add_argument("query", nargs="?", default=QUERY)
-    parser.add_argument("--url", default="http://127.0.0.1:5001")
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"the server (default: {DEFAULT_URL})")
     parser.add_argument("--v2", action="store_true", help="tritonclient to /v2/models/bidaf_onnx/infer")
     args = parser.parse_args()
     call = via_v2 if args.v2 else via_score
-    print(json.dumps(call(args.url, args.context, args.query)))
+    try:
+        print(json.dumps(call(args.url, args.context, args.query)))
+    except urllib.error.HTTPError as ex:
+        sys.exit(f"{ex.url}: HTTP {ex.code} {ex.read().decode(errors='replace')}{NO_ENTRY if ex.code == 404 else ''}")
+    except (urllib.error.URLError, ConnectionError) as ex:
+        sys.exit(f"cannot reach {args.url}: {ex} (is runtime serve running?)")
 
 
 if __name__ == "__main__":

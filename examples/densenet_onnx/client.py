@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +21,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imagenet
+
+# runtime serve's port: SERVER_PORT, else 5001.
+DEFAULT_URL = f"http://127.0.0.1:{os.environ.get('SERVER_PORT', '5001')}"
+NO_ENTRY = "; a server started with --model-dir only has no /score: serve score_densenet.py (--entry) or use --v2"
 
 
 def synthetic_jpeg() -> bytes:
@@ -50,11 +56,16 @@ def via_v2(url: str, data: bytes) -> object:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", nargs="?", type=Path)
-    parser.add_argument("--url", default="http://127.0.0.1:5001")
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"the server (default: {DEFAULT_URL})")
     parser.add_argument("--v2", action="store_true", help="tritonclient to /v2/models/densenet_onnx/infer")
     args = parser.parse_args()
     data = args.image.read_bytes() if args.image else synthetic_jpeg()
-    print(json.dumps(via_v2(args.url, data) if args.v2 else via_score(args.url, data), indent=2))
+    try:
+        print(json.dumps(via_v2(args.url, data) if args.v2 else via_score(args.url, data), indent=2))
+    except urllib.error.HTTPError as ex:
+        sys.exit(f"{ex.url}: HTTP {ex.code} {ex.read().decode(errors='replace')}{NO_ENTRY if ex.code == 404 else ''}")
+    except (urllib.error.URLError, ConnectionError) as ex:
+        sys.exit(f"cannot reach {args.url}: {ex} (is runtime serve running?)")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from runtime.azureml.swagger import Swagger
 from runtime.context import InitContext
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.executor import Executor
-from runtime.http import score, v2, watchdog
+from runtime.http import score, startup, v2, watchdog
 from runtime.http.admission import Admission, AdmissionMiddleware
 from runtime.http.headers import RequestIdMiddleware
 from runtime.http.health import WorkerHealth, ready
@@ -75,6 +75,11 @@ async def _call_each(pm: pluggy.PluginManager, name: str, stop_on_error: bool, *
                 result = await asyncio.to_thread(impl.function, *args)
                 if inspect.isawaitable(result):
                     await result
+        except StartupError as ex:
+            # Expected (Triton not there, a bad repository): its message says it all, no traceback.
+            if stop_on_error:
+                raise StartupError(f"{name}() of {impl.plugin_name}: {ex}") from ex
+            logger.error("%s() of %s failed; continuing shutdown: %s", name, impl.plugin_name, ex)
         except Exception as ex:
             where = f"{name}() of {impl.plugin_name}"
             if stop_on_error:
@@ -122,11 +127,12 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            state = build_state(settings)
-            state.health = health
-            api.bind(asyncio.get_running_loop(), state.pm)
-            await _call_each(state.pm, "init", stop_on_error=True, context=state.context)
-            state.pipeline.default_model = _only_model(state.pm)
+            with startup.interruptible() if exit_on_startup_error else contextlib.nullcontext():
+                state = build_state(settings)
+                state.health = health
+                api.bind(asyncio.get_running_loop(), state.pm)
+                await _call_each(state.pm, "init", stop_on_error=True, context=state.context)
+                state.pipeline.default_model = _only_model(state.pm)
         except StartupError as ex:
             logger.error("Start-up failed: %s", ex)
             if exit_on_startup_error:
@@ -145,6 +151,7 @@ def create_app(
         )
         health.started = True
         logger.info("Worker ready: entry script %s, timeout %d ms", settings.entry_path, settings.timeout_ms)
+        startup.log_summary_once(settings, state.pm, app.routes)
         try:
             yield
         finally:

@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from runtime.http.startup import SUMMARY_MARKER_ENV
 from runtime.settings import Settings
 
 logger = logging.getLogger("runtime.server")
@@ -37,6 +38,9 @@ class RuntimeWorker(UvicornWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         # Gunicorn's sync workers notice a dead master; uvicorn workers do not. Have the kernel tell us.
         set_parent_death_signal(signal.SIGTERM)
+        # uvicorn's shutdown closes the listening socket through asyncio, then through Gunicorn's wrapper,
+        # whose second close fails with EBADF and logs it: a harmless double close, not worth a line per stop.
+        logging.getLogger("gunicorn.error").addFilter(_not_double_close)
         super().init_process()
 
     async def _serve(self) -> None:
@@ -63,6 +67,10 @@ def stop_accepting() -> None:
 def terminate_self() -> None:
     """Graceful shutdown of this worker (uvicorn drains on SIGTERM); Gunicorn starts a replacement."""
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _not_double_close(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Error while closing socket [Errno 9]")
 
 
 class ServerApplication(BaseApplication):  # type: ignore[misc]
@@ -123,10 +131,15 @@ def _prepare_metrics_dir() -> str | None:
 
 def serve(settings: Settings) -> None:
     created = _prepare_metrics_dir()
+    marker_dir = tempfile.mkdtemp(prefix="runtime-serve-")
+    # The first worker that is ready logs the start-up summary; the others find this file and stay quiet.
+    os.environ[SUMMARY_MARKER_ENV] = os.path.join(marker_dir, "summary-logged")
     master = os.getpid()
     try:
         ServerApplication(settings).run()
     finally:
         # A worker that exits on its own (--max-requests) unwinds through here too: only the master cleans.
+        if os.getpid() == master:
+            shutil.rmtree(marker_dir, ignore_errors=True)
         if created and os.getpid() == master:
             shutil.rmtree(created, ignore_errors=True)

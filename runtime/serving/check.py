@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TextIO
 
 from runtime.errors import StartupError
-from runtime.serving.repository import ModelConfig, load_repository, repository_root
+from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository, repository_root
 from runtime.serving.tensors import expected_shape
 
 
@@ -31,6 +32,18 @@ def describe(config: ModelConfig) -> str:
 
 
 def check_repository(model_dir: str, out: TextIO) -> int:
+    if Path(model_dir).is_dir() and not looks_like_repository(model_dir):
+        # What `runtime serve` does with such a folder: hands it to score.py, serves no models itself.
+        held = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(model_dir).iterdir())
+        print(
+            f"{model_dir}: an Azure ML model folder, not a model repository (it holds "
+            f"{', '.join(held[:10]) or 'nothing'}{', ...' if len(held) > 10 else ''}).\n"
+            f"runtime serve --entry score.py --model-dir {model_dir} serves it: score.py finds it in "
+            "AZUREML_MODEL_DIR; the runtime's backends serve no models from it. Without --entry there is nothing "
+            "to serve.",
+            file=out,
+        )
+        return 0
     try:
         configs = load_repository(model_dir)
         for config in configs:

@@ -179,14 +179,68 @@ def _parse_config(path: Path) -> tuple[mc.ModelConfig, bool]:
     return config, explicit
 
 
-@dataclass
-class _OnnxIO:
+@dataclass(frozen=True)
+class GraphTensor:
+    """A tensor as the model file declares it (any format): the full shape, batch dimension included."""
+
     name: str
     datatype: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # -1: dynamic (a symbolic or missing dimension)
 
 
-def _onnx_io(path: Path) -> tuple[list[_OnnxIO], list[_OnnxIO]]:
+def _dims(values: tuple[int, ...]) -> str:
+    return "[" + ", ".join(map(str, values)) + "]"
+
+
+def check_against_graph(
+    config_file: Path,
+    model_file: Path,
+    kind: str,
+    specs: list[TensorSpec],
+    graph: list[GraphTensor],
+    max_batch_size: int,
+) -> None:
+    """What Triton checks when it loads a model: every declared tensor exists in the model file with the same
+    datatype and dims (``-1`` in the file accepts any size; the batch dimension, when the model batches, must
+    be dynamic). Model-agnostic: ``graph`` comes from any format's reader. Raises a RepositoryError naming
+    the files, the tensor, and both values."""
+    by_name = {t.name: t for t in graph}
+    where = f"{config_file if config_file.is_file() else config_file.parent}"
+    for spec in specs:
+        tensor = by_name.get(spec.name)
+        if tensor is None:
+            raise RepositoryError(
+                f"{where}: {kind} {spec.name!r} is not in {model_file} (it has {', '.join(by_name) or 'none'})"
+            )
+        if spec.datatype != tensor.datatype:
+            raise RepositoryError(
+                f"{where}: {kind} {spec.name!r} has data_type {wire_to_config(spec.datatype)}, "
+                f"but {model_file} has {wire_to_config(tensor.datatype)}"
+            )
+        shape = tensor.shape
+        if max_batch_size > 0:
+            if not shape or shape[0] != -1:
+                raise RepositoryError(
+                    f"{where}: {kind} {spec.name!r}: max_batch_size {max_batch_size} needs a dynamic first "
+                    f"(batch) dimension, but {model_file} has shape {_dims(shape)}; set max_batch_size: 0"
+                )
+            shape = shape[1:]
+        declared = spec.model_dims
+        matches = len(declared) == len(shape) and all(g == -1 or g == d for d, g in zip(declared, shape, strict=True))
+        if not matches:
+            what = "reshape" if spec.reshape is not None else "dims"
+            batch = " without the batch dimension" if max_batch_size > 0 else ""
+            raise RepositoryError(
+                f"{where}: {kind} {spec.name!r} has {what} {_dims(declared)}, but {model_file} has "
+                f"{_dims(shape)}{batch} (-1 there accepts any size)"
+            )
+    if kind == "input":
+        missing = [t.name for t in graph if t.name not in {s.name for s in specs}]
+        if missing:
+            raise RepositoryError(f"{where}: {model_file} has input(s) {', '.join(missing)} that the config lacks")
+
+
+def _onnx_io(path: Path) -> tuple[list[GraphTensor], list[GraphTensor]]:
     import onnx
     from onnx import helper
 
@@ -196,7 +250,7 @@ def _onnx_io(path: Path) -> tuple[list[_OnnxIO], list[_OnnxIO]]:
         raise RepositoryError(f"{path}: not a readable ONNX model: {ex}") from None
     initializers = {i.name for i in model.graph.initializer}
 
-    def describe(value: onnx.ValueInfoProto) -> _OnnxIO:
+    def describe(value: onnx.ValueInfoProto) -> GraphTensor:
         tensor = value.type.tensor_type
         if tensor.elem_type == onnx.TensorProto.STRING:
             datatype = "BYTES"
@@ -205,7 +259,7 @@ def _onnx_io(path: Path) -> tuple[list[_OnnxIO], list[_OnnxIO]]:
 
             datatype = numpy_to_wire(np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
-        return _OnnxIO(value.name, datatype, shape)
+        return GraphTensor(value.name, datatype, shape)
 
     inputs = [describe(v) for v in model.graph.input if v.name not in initializers]
     outputs = [describe(v) for v in model.graph.output]
@@ -232,7 +286,7 @@ def _select_versions(config: mc.ModelConfig, available: list[int], model_path: P
 
 def _complete_tensors(
     declared: list[mc.ModelInput] | list[mc.ModelOutput],
-    onnx_tensors: list[_OnnxIO],
+    onnx_tensors: list[GraphTensor],
     batched: bool,
     kind: str,
     model_path: Path,
@@ -250,11 +304,6 @@ def _complete_tensors(
         datatype = config_to_wire(mc.DataType.Name(tensor.data_type))
         if tensor.data_type == mc.TYPE_INVALID:
             datatype = onnx_tensor.datatype
-        elif datatype != onnx_tensor.datatype:
-            raise RepositoryError(
-                f"{config_file}: {kind} {tensor.name!r} has data_type {wire_to_config(datatype)}, "
-                f"but the ONNX model has {wire_to_config(onnx_tensor.datatype)}"
-            )
         dims = tuple(int(d) for d in tensor.dims) or (onnx_tensor.shape[1:] if batched else onnx_tensor.shape)
         reshape = tuple(int(d) for d in tensor.reshape.shape) if tensor.HasField("reshape") else None
         labels = None
@@ -302,6 +351,11 @@ def load_model(model_path: Path) -> ModelConfig:
     batched = max_batch_size > 0
     inputs = _complete_tensors(list(config.input), onnx_inputs, batched, "input", model_path)
     outputs = _complete_tensors(list(config.output), onnx_outputs, batched, "output", model_path)
+    for version in versions:
+        model_file = model_path / str(version) / filename
+        graph_in, graph_out = (onnx_inputs, onnx_outputs) if version == versions[-1] else _onnx_io(model_file)
+        check_against_graph(config_file, model_file, "input", inputs, graph_in, max_batch_size)
+        check_against_graph(config_file, model_file, "output", outputs, graph_out, max_batch_size)
 
     dynamic = None
     scheduler = config.WhichOneof("scheduling_choice")

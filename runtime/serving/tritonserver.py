@@ -141,6 +141,30 @@ def stage_repository(model_dir: str, stage: Path) -> Path:
     return stage
 
 
+# What a tritonserver without a GPU always says (it looks for CUDA, NVML and DCGM at start): expected, not errors.
+CPU_ONLY_MESSAGES = (
+    "CudaDriverHelper has not been initialized",
+    "Failed to initialize NVML",
+    "DCGM unable to start",
+    "Unable to allocate pinned system memory",
+    "CUDA memory pool disabled",
+    "GPU metrics will not be available",
+)
+GLOG_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+
+
+def triton_log_level(line: str, previous: int) -> int:
+    """The level for one line of Triton's log: its glog letter (``E1126 ...``), DEBUG for expected CPU-only
+    complaints and for the start-up tables (the runtime's own summary says what is served)."""
+    if any(message in line for message in CPU_ONLY_MESSAGES):
+        return logging.DEBUG
+    if line[:1] in GLOG_LEVELS and line[1:5].isdigit():
+        return GLOG_LEVELS[line[0]]
+    if line.startswith(("+", "|")) or not line.strip():
+        return logging.DEBUG
+    return logging.INFO if previous == logging.DEBUG else previous
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -182,7 +206,7 @@ class ManagedTriton:
         cmd = [
             str(self.launch.binary),
             f"--model-repository={self.repository}",
-            "--strict-model-config=false",
+            # Auto-complete (what --strict-model-config=false asked for, a deprecated flag) is Triton's default.
             "--http-address=127.0.0.1",
             f"--http-port={self.http_port}",
             "--grpc-address=127.0.0.1",
@@ -208,8 +232,11 @@ class ManagedTriton:
 
     def _stream_log(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            logger.info("[tritonserver] %s", line.decode("utf-8", "replace").rstrip())
+        level = logging.INFO
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            level = triton_log_level(line, level)
+            logger.log(level, "[tritonserver] %s", line)
 
     def start(self) -> None:
         self._spawn()
@@ -259,13 +286,13 @@ class ManagedTriton:
             except StartupError as ex:
                 logger.error("tritonserver restart failed: %s", ex)
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 30) -> None:
         self._stopping.set()
         proc = self.proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(30)
+                proc.wait(grace_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)

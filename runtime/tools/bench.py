@@ -17,7 +17,10 @@ import io
 import json
 import os
 import platform
+import re
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,6 +55,49 @@ class Step:
     errors: dict[str, int]
     client_cpu_percent: float
     client_cpu_us_per_request: float
+    # One response body (cut at ERROR_SAMPLE_BYTES) per error status, so a report says *why* requests failed.
+    error_samples: dict[str, str] = field(default_factory=dict)
+    client_processes: int = 1
+    # Model executions per batch-size range during the step (warm-up included), from the server's
+    # /metrics (runtime_batch_size, both backends); empty when the server has none.
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Raw:
+    """What one client process measured in one step; steps of several processes are merged from these."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, str] = field(default_factory=dict)
+    cpu_s: float = 0.0
+
+    def merge(self, other: Raw) -> None:
+        self.latencies += other.latencies
+        self.errors.update(other.errors)
+        for status, body in other.samples.items():
+            self.samples.setdefault(status, body)
+        self.cpu_s += other.cpu_s
+
+    def step(self, concurrency: int, duration: float, processes: int = 1) -> Step:
+        completed = len(self.latencies) + sum(self.errors.values())
+        return Step(
+            concurrency=concurrency,
+            requests=completed,
+            duration_s=duration,
+            throughput=len(self.latencies) / duration,
+            latency_ms=percentiles(self.latencies),
+            errors=dict(self.errors),
+            client_cpu_percent=100 * self.cpu_s / duration,
+            client_cpu_us_per_request=1e6 * self.cpu_s / completed if completed else 0.0,
+            error_samples=dict(self.samples),
+            client_processes=processes,
+        )
+
+
+ERROR_SAMPLE_BYTES = 300
+# A refused or reset connection fails in microseconds; without a pause a client would spin a core.
+BACKOFF_S = (0.01, 1.0)
 
 
 def percentiles(latencies: Sequence[float]) -> dict[str, float]:
@@ -62,18 +108,25 @@ def percentiles(latencies: Sequence[float]) -> dict[str, float]:
     return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(values.mean())}
 
 
-async def run_step(
+def _describe(ex: BaseException) -> str:
+    if isinstance(ex, aiohttp.ClientConnectorError):
+        return f"connection error: {ex.os_error.strerror or ex}"
+    return f"{type(ex).__name__}: {ex}" if str(ex) else type(ex).__name__
+
+
+async def measure(
     target: Target,
     concurrency: int,
     duration: float,
     warmup: float,
     on_progress: Callable[[float], None] | None = None,
-) -> Step:
+    start: float | None = None,
+) -> Raw:
+    """``concurrency`` closed-loop clients; what completes in [start + warmup, start + warmup + duration]."""
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=max(120.0, duration * 4))
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    start = time.perf_counter()
+    raw = Raw()
+    start = time.perf_counter() if start is None else start
     measure_from = start + warmup
     stop_at = measure_from + duration
     cpu_start: list[float] = []
@@ -81,25 +134,34 @@ async def run_step(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def client() -> None:
+            backoff = 0.0
+            await asyncio.sleep(max(0.0, start - time.perf_counter()))
             while True:
                 sent = time.perf_counter()
                 if sent >= stop_at:
                     return
-                status = "error"
+                status, body = "error", ""
                 try:
                     async with session.post(target.url, data=target.body(), headers=target.headers) as response:
-                        await response.read()
+                        content = await response.read()
                         status = str(response.status)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as ex:
-                    status = type(ex).__name__
+                        if response.status != 200 and status not in raw.samples:
+                            body = content[:ERROR_SAMPLE_BYTES].decode("utf-8", "replace")
+                    backoff = 0.0
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as ex:
+                    status, body = type(ex).__name__, _describe(ex)
+                    backoff = min(max(backoff * 2, BACKOFF_S[0]), BACKOFF_S[1])
                 done = time.perf_counter()
                 # Count what completes inside the window, whenever it was sent (as perf_analyzer does),
                 # so that steps whose latency exceeds the window still measure throughput.
                 if measure_from <= done <= stop_at:
                     if status == "200":
-                        latencies.append(done - sent)
+                        raw.latencies.append(done - sent)
                     else:
-                        errors[status] += 1
+                        raw.errors[status] += 1
+                        raw.samples.setdefault(status, body)
+                if backoff:
+                    await asyncio.sleep(min(backoff, max(0.0, stop_at - time.perf_counter())))
 
         async def clock() -> None:
             await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
@@ -110,17 +172,45 @@ async def run_step(
                 await asyncio.sleep(0.2)
 
         await asyncio.gather(clock(), *(client() for _ in range(concurrency)))
-    cpu = time.process_time() - (cpu_start[0] if cpu_start else 0.0)
-    completed = len(latencies) + sum(errors.values())
-    return Step(
-        concurrency=concurrency,
-        requests=completed,
-        duration_s=duration,
-        throughput=len(latencies) / duration,
-        latency_ms=percentiles(latencies),
-        errors=dict(errors),
-        client_cpu_percent=100 * cpu / duration,
-        client_cpu_us_per_request=1e6 * cpu / completed if completed else 0.0,
+    raw.cpu_s = time.process_time() - (cpu_start[0] if cpu_start else 0.0)
+    return raw
+
+
+async def run_step(
+    target: Target,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    on_progress: Callable[[float], None] | None = None,
+) -> Step:
+    raw = await measure(target, concurrency, duration, warmup, on_progress)
+    return raw.step(concurrency, duration)
+
+
+def expected_seconds(concurrencies: Sequence[int], duration: float, warmup: float) -> float:
+    return len(concurrencies) * (duration + warmup)
+
+
+def step_status(step: Step) -> str:
+    errors = sum(step.errors.values())
+    return (
+        f"{step.throughput:.1f} req/s, p50 {step.latency_ms['p50']:.1f} ms, "
+        f"p99 {step.latency_ms['p99']:.1f} ms, {errors} errors"
+    )
+
+
+def _progress(show: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=20),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        disable=not show,
+        transient=False,
+        console=Console(stderr=True),
     )
 
 
@@ -131,31 +221,107 @@ async def sweep(
     warmup: float,
     show_progress: bool = True,
 ) -> list[Step]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     steps: list[Step] = []
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeRemainingColumn(),
-        disable=not show_progress,
-        transient=False,
-    ) as progress:
+    with _progress(show_progress) as progress:
         for concurrency in concurrencies:
             task = progress.add_task(f"concurrency {concurrency:>4}", total=1.0, status="warming up")
 
             def update(fraction: float, task: Any = task) -> None:
                 progress.update(task, completed=fraction, status="measuring")
 
+            before = await asyncio.to_thread(batch_counts, target.url)
             step = await run_step(target, concurrency, duration, warmup, update)
-            errors = sum(step.errors.values())
-            progress.update(
-                task,
-                completed=1.0,
-                status=f"{step.throughput:8.1f} req/s  p50 {step.latency_ms['p50']:7.2f} ms  "
-                f"p99 {step.latency_ms['p99']:7.2f} ms  errors {errors}",
-            )
+            step.batch_sizes = batch_ranges(before, await asyncio.to_thread(batch_counts, target.url))
+            progress.update(task, completed=1.0, status=step_status(step))
+            steps.append(step)
+    return steps
+
+
+BATCH_BUCKET = re.compile(r"^runtime_batch_size_bucket\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
+
+
+def batch_counts(url: str) -> dict[float, float]:
+    """Cumulative executions per ``le`` bound of runtime_batch_size, summed over models, from the server of
+    ``url``; empty when it has no /metrics (azmlinfsrv, Triton itself)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        with urllib.request.urlopen(f"{parts.scheme}://{parts.netloc}/metrics", timeout=5) as response:
+            text = response.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return {}
+    counts: dict[float, float] = {}
+    for match in BATCH_BUCKET.finditer(text):
+        bound = re.search(r'le="([^"]+)"', match.group("labels"))
+        if bound:
+            le = float(bound.group(1))
+            counts[le] = counts.get(le, 0.0) + float(match.group("value"))
+    return counts
+
+
+def batch_ranges(before: dict[float, float], after: dict[float, float]) -> dict[str, int]:
+    """Executions per batch-size range ("1", "2", "3-4", ...) between two :func:`batch_counts`."""
+    ranges: dict[str, int] = {}
+    previous_bound, previous_total = 0.0, 0.0
+    for bound in sorted(after):
+        total = after[bound] - before.get(bound, 0.0)
+        count = round(total - previous_total)
+        if count > 0 and bound != float("inf"):
+            low, high = int(previous_bound) + 1, int(bound)
+            ranges[str(high) if low == high else f"{low}-{high}"] = count
+        elif count > 0:
+            ranges[f">{int(previous_bound)}"] = count
+        previous_bound, previous_total = bound, total
+    return ranges
+
+
+# The target a forked client process measures (set before the pool forks; a Target holds a callable).
+_CHILD_TARGET: Target | None = None
+
+
+def _child_step(concurrency: int, duration: float, warmup: float, wall_start: float) -> Raw:
+    assert _CHILD_TARGET is not None
+    start = time.perf_counter() + (wall_start - time.time())
+    return asyncio.run(measure(_CHILD_TARGET, concurrency, duration, warmup, start=start))
+
+
+def sweep_processes(
+    target: Target,
+    concurrencies: Sequence[int],
+    duration: float,
+    warmup: float,
+    processes: int,
+    show_progress: bool = True,
+) -> list[Step]:
+    """The sweep with each step's clients spread over ``processes`` forked client processes."""
+    if processes <= 1:
+        return asyncio.run(sweep(target, concurrencies, duration, warmup, show_progress))
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    global _CHILD_TARGET
+    _CHILD_TARGET = target
+    steps: list[Step] = []
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(processes, mp_context=context) as pool, _progress(show_progress) as progress:
+        for concurrency in concurrencies:
+            task = progress.add_task(f"concurrency {concurrency:>4}", total=1.0, status="warming up")
+            shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+            before = batch_counts(target.url)
+            wall_start = time.time() + 0.5  # the same instant for every process, after they are all running
+            futures = [pool.submit(_child_step, n, duration, warmup, wall_start) for n in shares if n]
+            while True:
+                _, pending = wait(futures, timeout=0.2)
+                measured = time.time() - wall_start - warmup
+                if measured > 0:
+                    progress.update(task, completed=min(1.0, measured / duration), status="measuring")
+                if not pending:
+                    break
+            raw = Raw()
+            for future in futures:
+                raw.merge(future.result())
+            step = raw.step(concurrency, duration, processes)
+            step.batch_sizes = batch_ranges(before, batch_counts(target.url))
+            progress.update(task, completed=1.0, status=step_status(step))
             steps.append(step)
     return steps
 
@@ -266,6 +432,20 @@ def as_csv(steps: list[Step]) -> str:
             ]
         )
     return out.getvalue()
+
+
+def error_report(steps: Sequence[Step]) -> str:
+    """One line per error status over the sweep: how many, and what the server said."""
+    counts: Counter[str] = Counter()
+    samples: dict[str, str] = {}
+    for step in steps:
+        counts.update(step.errors)
+        for status, body in step.error_samples.items():
+            samples.setdefault(status, body)
+    lines = []
+    for status, count in counts.most_common():
+        lines.append(f"{status} x {count}: {samples.get(status, '').strip() or '(empty body)'}")
+    return "\n".join(lines)
 
 
 def as_table(steps: list[Step]) -> str:

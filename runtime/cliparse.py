@@ -1,0 +1,103 @@
+"""Argument parsing for ``runtime``: messages a person can act on.
+
+:class:`Parser` is :class:`argparse.ArgumentParser` with "did you mean" for misspelled flags and
+subcommands (Python 3.14's ``suggest_on_error``, for the Pythons we support), and the value types
+here say what was wrong with a value in words ("invalid port 'abc'"), not with a function's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def suggest(word: str, candidates: Sequence[str]) -> str:
+    """``" (did you mean --model-dir?)"`` for the closest candidate, or ``""``."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose "unrecognized arguments" and "invalid choice" errors suggest the closest name."""
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            # The subcommand's parser knows the flags the user meant; the top-level one knows only its own.
+            parser = self._innermost(parsed)
+            flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+            hints = "".join(suggest(extra.split("=", 1)[0], flags) for extra in extras if extra.startswith("-"))
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{hints}")
+        return parsed
+
+    def _innermost(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self
+        while True:
+            sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+            chosen = getattr(parsed, sub.dest, None) if sub is not None and sub.dest else None
+            if sub is None or chosen not in sub.choices:
+                return parser
+            parser = sub.choices[chosen]
+
+    def error(self, message: str) -> NoReturn:
+        # argparse words a bad choice as "invalid choice: 'tirton' (choose from ...)"; add the likely one.
+        if "invalid choice: '" in message:
+            word = message.split("invalid choice: '", 1)[1].split("'", 1)[0]
+            choices = [c.strip(" '") for c in message.rsplit("(choose from", 1)[-1].rstrip(")").split(",")]
+            message += suggest(word, choices)
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def non_negative(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {value}")
+    return number
+
+
+def port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {value!r}: give a number from 0 to 65535") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {value}: give a number from 0 to 65535")
+    return number
+
+
+def log_level(value: str) -> str:
+    """A logging level name, in any case (what logging.basicConfig and Gunicorn's loglevel both take)."""
+    level = value.strip().upper()
+    if level in LOG_LEVELS:
+        return level
+    raise argparse.ArgumentTypeError(f"invalid log level {value!r}: choose from {', '.join(LOG_LEVELS)}")
+
+
+def check_log_level(value: str, source: str) -> str | None:
+    """The problem with a log level from ``source`` (an environment variable), or None."""
+    try:
+        log_level(value)
+    except argparse.ArgumentTypeError as ex:
+        return f"{source}: {ex}"
+    return None

@@ -1,0 +1,139 @@
+"""A worker's start-up, as a person sees it: one summary block of what is served, and Ctrl-C that works.
+
+* :func:`summary` says what the server serves: entry script, backend and where it runs, each model
+  with versions, batching and instances, the routes, the URL. :func:`log_summary_once` logs it from the
+  first worker that is ready (the others would repeat it).
+* :func:`interruptible` makes SIGINT, SIGTERM and SIGQUIT end a worker at once while ``init`` runs:
+  uvicorn only records signals until start-up completes, so a slow ``init()`` (or a wait for Triton)
+  kept the worker alive until Gunicorn killed it after its graceful timeout ("Worker was sent SIGKILL!
+  Perhaps out of memory?").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from runtime.serving.repository import ModelConfig
+    from runtime.settings import Settings
+
+logger = logging.getLogger("runtime.app")
+
+# Set by `runtime serve` for its workers: the first to create this file logs the summary.
+SUMMARY_MARKER_ENV = "RUNTIME_SUMMARY_MARKER"
+STARTUP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """While inside: a stop signal exits the process at once (Gunicorn workers only: main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # No logging here: the signal may have interrupted a thread holding the logging lock.
+        os.write(2, f"Worker {os.getpid()}: {signal.Signals(signum).name} during start-up, exiting\n".encode())
+        os._exit(0)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STARTUP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _instances(config: ModelConfig) -> str:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    kinds: dict[str, int] = {}
+    for group in config.proto.instance_group:
+        kind = "GPU" if group.kind == mc.ModelInstanceGroup.KIND_GPU else "CPU"
+        gpus = f" {list(group.gpus)}" if group.gpus else ""
+        kinds[kind + gpus] = kinds.get(kind + gpus, 0) + max(group.count, 1)
+    return ", ".join(f"{count} x {kind}" for kind, count in kinds.items()) or f"{config.instance_count} x CPU"
+
+
+def _batching(config: ModelConfig) -> str:
+    if config.max_batch_size <= 0:
+        return "no batching (max_batch_size 0)"
+    dynamic = config.dynamic_batching
+    if dynamic is None:
+        return f"max_batch_size {config.max_batch_size}, no dynamic batching"
+    preferred = f", preferred {list(dynamic.preferred_batch_sizes)}" if dynamic.preferred_batch_sizes else ""
+    return (
+        f"max_batch_size {config.max_batch_size}, dynamic batching "
+        f"(max_queue_delay {dynamic.max_queue_delay_us} us{preferred})"
+    )
+
+
+def _backend(settings: Settings) -> str:
+    if settings.backend == "triton":
+        how = "started by this runtime" if settings.triton_mode == "managed" else "remote"
+        return f"triton: Triton Inference Server at {settings.triton_url} ({how})"
+    providers = "CPUExecutionProvider"
+    with contextlib.suppress(ImportError, AttributeError):
+        # The providers the backend chose (RUNTIME_ORT_PROVIDERS among those available): CPU or GPU.
+        backend = importlib.import_module("runtime_plugins.onnxruntime_backend")
+        providers = ", ".join(backend.providers())
+    return f"onnxruntime, in each worker process ({providers})"
+
+
+def _routes(routes: list[Any]) -> str:
+    paths = [r for r in routes if isinstance(r, Route)]
+    plain = [f"{'/'.join(sorted((r.methods or set()) - {'HEAD', 'OPTIONS'}))} {r.path}" for r in paths]
+    own = [p for p in plain if " /v2" not in p]
+    v2 = len(plain) - len(own)
+    return ", ".join(own) + (f", and {v2} KServe v2 routes under /v2 (POST /v2/models/<model>/infer)" if v2 else "")
+
+
+def summary(settings: Settings, pm: pluggy.PluginManager, routes: list[Any]) -> str:
+    url = f"http://{settings.host}:{settings.port}"
+    backend = _backend(settings)
+    lines = [
+        f"Serving at {url}",
+        f"  entry script: {settings.entry_path or '(none: models only, v2 API)'}",
+        f"  model dir:    {settings.model_dir or '(none)'}",
+        f"  backend:      {backend}",
+        f"  workers:      {settings.workers}, {settings.concurrency} requests in flight each",
+    ]
+    names = sorted({entry["name"] for result in pm.hook.model_index() for entry in result})
+    for name in names:
+        config = pm.hook.model_config(model=name, version=None)
+        if config is None:
+            lines.append(f"  model {name}")
+            continue
+        instances = _instances(config)
+        if "GPU" in instances and settings.backend == "onnxruntime" and "CUDA" not in backend:
+            # The embedded backend honours the count; the device is onnxruntime's providers' choice.
+            instances += " (onnxruntime runs them on CPU here: no GPU provider in RUNTIME_ORT_PROVIDERS)"
+        lines.append(
+            f"  model {name}: versions {', '.join(config.versions)}; {_batching(config)}; instances {instances}"
+        )
+    if not names:
+        lines.append("  models:       none (score.py's init() loads what it needs)")
+    lines.append(f"  routes:       {_routes(routes)}")
+    return "\n".join(lines)
+
+
+def log_summary_once(settings: Settings, pm: pluggy.PluginManager, routes: list[Any]) -> None:
+    marker = os.environ.get(SUMMARY_MARKER_ENV)
+    if marker:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    logger.info("%s", summary(settings, pm, routes))

@@ -1,0 +1,280 @@
+"""A new user's mistakes, through the real CLI: each gets a message naming the problem and an exit code.
+
+Exit codes: 2 for a usage mistake (argparse and settings), 3 for a start-up error (what the server
+would have served is wrong: the entry script, the model directory, the port, the repository).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import StartRuntime, script
+from tests.support import models
+from tests.support.servers import free_port, runtime_argv
+
+ECHO = script("core/echo.py")
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        runtime_argv(*args), capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def densenet_like_repo(root: Path, dims: str) -> Path:
+    """The linear test model with a config that declares ``dims`` for its input (the graph has [N, 4])."""
+    models.make_linear(root / "triton" / "linear" / "1" / "model.onnx")
+    (root / "triton" / "linear" / "config.pbtxt").write_text(
+        f'max_batch_size: 8\ninput [{{ name: "x" data_type: TYPE_FP32 dims: {dims} }}]\n'
+    )
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "message"),
+    [
+        (["--log-level", "LOUD"], {}, 2, "argument --log-level: invalid log level 'LOUD': choose from DEBUG, INFO"),
+        ([], {"AZUREML_LOG_LEVEL": "loud"}, 2, "AZUREML_LOG_LEVEL: invalid log level 'LOUD'"),
+        (["--port", "abc"], {}, 2, "argument --port: invalid port 'abc': give a number from 0 to 65535"),
+        (["--port", "70000"], {}, 2, "argument --port: invalid port 70000"),
+        (["--modle-dir", "x"], {}, 2, "unrecognized arguments: --modle-dir x (did you mean --model-dir?)"),
+        (["--wokers", "2"], {}, 2, "(did you mean --workers?)"),
+        (
+            ["--backend", "tirton"],
+            {},
+            2,
+            "invalid choice: 'tirton' (choose from 'onnxruntime', 'triton') (did you mean",
+        ),
+    ],
+)
+def test_usage_mistakes_exit_2_with_the_reason(args: list[str], env: dict[str, str], code: int, message: str) -> None:
+    result = run("serve", "--entry", ECHO, *args, env=env)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_misspelled_subcommand_gets_did_you_mean() -> None:
+    result = run("serv")
+    assert result.returncode == 2
+    assert "invalid choice: 'serv'" in result.stderr and "(did you mean serve?)" in result.stderr
+
+
+def test_folder_as_entry_names_the_scripts_inside(tmp_path: Path) -> None:
+    (tmp_path / "score.py").write_text("def init(): pass\ndef run(data): return data\n")
+    result = run("serve", "--entry", str(tmp_path))
+    assert result.returncode == 3
+    assert f"--entry {tmp_path} is a folder, not a script" in result.stderr
+    assert "(it holds score.py)" in result.stderr and "does not exist" not in result.stderr
+
+
+def test_misspelled_model_dir_is_a_startup_error(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    result = run("serve", "--entry", ECHO, "--model-dir", str(tmp_path / "model"))
+    assert result.returncode == 3
+    assert f"model directory {tmp_path / 'model'} does not exist ({tmp_path} holds: models)" in result.stderr
+
+
+def test_model_dir_with_nothing_to_serve(tmp_path: Path) -> None:
+    (tmp_path / "model.pkl").write_bytes(b"pickle")
+    result = run("serve", "--model-dir", str(tmp_path))
+    assert result.returncode == 3
+    assert f"model directory {tmp_path} holds nothing to serve" in result.stderr
+    assert "no --entry score.py" in result.stderr
+
+
+def test_dims_contradicting_the_graph_fail_serve_and_check(tmp_path: Path) -> None:
+    repo = densenet_like_repo(tmp_path, "[5]")
+    config = repo / "triton" / "linear" / "config.pbtxt"
+    model = repo / "triton" / "linear" / "1" / "model.onnx"
+    started = time.monotonic()
+    result = run("serve", "--model-dir", str(repo), "--port", str(free_port()))
+    assert result.returncode == 3
+    assert time.monotonic() - started < 30  # refused before any worker starts, not after a timeout
+    expected = f"{config}: input 'x' has dims [5], but {model} has [4] without the batch dimension"
+    assert expected in result.stderr
+    checked = run("check", "--model-dir", str(repo))
+    assert checked.returncode == 1
+    assert expected in checked.stdout
+
+
+def test_check_and_serve_agree_on_an_azure_ml_model_folder(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    """A folder holding a pickle is score.py's business: check says so (exit 0) and serve serves it."""
+    (tmp_path / "model.pkl").write_bytes(b"pickle")
+    checked = run("check", "--model-dir", str(tmp_path))
+    assert checked.returncode == 0, checked.stdout
+    assert "an Azure ML model folder, not a model repository (it holds model.pkl)" in checked.stdout
+    server = start_runtime("--entry", ECHO, "--model-dir", str(tmp_path))
+    assert httpx.post(server.url + "/score", json={"a": 1}).status_code == 200
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_port_in_use_fails_fast(busy_port: int) -> None:
+    started = time.monotonic()
+    result = run("serve", "--entry", ECHO, "--port", str(busy_port))
+    assert result.returncode == 3
+    assert time.monotonic() - started < 5  # Gunicorn alone retries for 5 s, then says "Can't connect"
+    assert f"address already in use: 127.0.0.1:{busy_port}" in result.stderr
+    assert "choose another --port" in result.stderr
+
+
+@pytest.mark.slow
+def test_port_in_use_is_found_before_managed_triton_starts(busy_port: int, model_repo: Path) -> None:
+    result = run(
+        "serve", "--model-dir", str(model_repo), "--backend", "triton", "--triton", "managed", "--port", str(busy_port)
+    )
+    assert result.returncode == 3
+    assert f"address already in use: 127.0.0.1:{busy_port}" in result.stderr
+    assert "tritonserver" not in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_triton_url_refused_says_so_and_suggests_managed(start_runtime: StartRuntime) -> None:
+    closed = free_port()
+    server = start_runtime(
+        "--backend", "triton", "--triton-url", f"127.0.0.1:{closed}", env={"RUNTIME_TRITON_WAIT_S": "2"}, wait=False
+    )
+    assert server.wait_exit(60) == 3
+    log = server.log()
+    assert f"Triton Inference Server at 127.0.0.1:{closed}: the server is not ready: connection refused" in log
+    assert "; trying again for " in log  # said at once, with how long it will keep trying
+    assert " s of 2 s; RUNTIME_TRITON_WAIT_S sets how long)" in log
+    assert "use --triton managed" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_slow_start_stops_within_2_s(start_runtime: StartRuntime) -> None:
+    server = start_runtime("--entry", script("core/slow_init.py"), "--workers", "2", wait=False)
+    assert server.proc is not None
+    deadline = time.monotonic() + 60
+    while "Waiting for application startup" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    started = time.monotonic()
+    os.killpg(server.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    server.wait_exit(30)
+    took = time.monotonic() - started
+    assert took < 2, f"took {took:.1f} s:\n{server.log()}"
+    log = server.log()
+    assert "SIGINT during start-up, exiting" in log
+    assert "SIGKILL" not in log and "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_startup_summary_and_a_clean_shutdown(start_runtime: StartRuntime, model_repo: Path) -> None:
+    server = start_runtime("--entry", ECHO, "--model-dir", str(model_repo), "--workers", "2")
+    deadline = time.monotonic() + 30
+    while server.log().count("Worker ready") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.stop() == 0
+    log = server.log()
+    assert log.count("Serving at ") == 1  # one block, from the first worker that is ready
+    summary = log[log.index("Serving at ") :]
+    for line in (
+        f"Serving at http://127.0.0.1:{server.port}",
+        f"  entry script: {ECHO}",
+        "  backend:      onnxruntime, in each worker process (CPUExecutionProvider)",
+        "  workers:      2, 32 requests in flight each",
+        "  model linear: versions 1; max_batch_size 4, dynamic batching (max_queue_delay 0 us); instances 1 x CPU",
+        "  model sleepy_unbatched: versions 1; no batching (max_batch_size 0); instances 1 x CPU",
+        "  routes:       GET /, GET/POST /score, GET /swagger.json, GET /ready, GET /metrics, and 12 KServe v2 routes",
+    ):
+        assert line in summary, f"{line!r} not in:\n{summary}"
+    assert "Error while closing socket" not in log and "Traceback" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.external
+def test_ctrl_c_while_managed_triton_loads(
+    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+) -> None:
+    from tests.conftest import alive, descendants
+
+    server = start_runtime(
+        "--model-dir",
+        str(model_repo),
+        "--backend",
+        "triton",
+        "--triton",
+        "managed",
+        "--tritonserver",
+        str(tritonserver_binary),
+        wait=False,
+    )
+    assert server.proc is not None
+    deadline = time.monotonic() + 60
+    while "[tritonserver]" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = descendants(server.proc.pid)
+    started = time.monotonic()
+    os.killpg(server.proc.pid, signal.SIGINT)
+    assert server.wait_exit(30) == 130
+    assert time.monotonic() - started < 2
+    log = server.log()
+    assert "runtime serve: interrupted" in log and "Traceback" not in log
+    deadline = time.monotonic() + 10
+    while alive(children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(children), "tritonserver outlived the runtime"
+
+
+def test_summary_names_gpu_instances_and_where_they_run(tmp_path: Path) -> None:
+    """A config asking for GPU instances says so, and says that the embedded backend runs them on CPU when
+    no GPU provider is chosen (the count is honoured, the device is onnxruntime's providers' choice)."""
+    from types import SimpleNamespace
+
+    from runtime.http.startup import _instances, summary
+    from runtime.serving.repository import load_repository
+    from runtime.settings import Settings
+
+    models.make_linear(tmp_path / "linear" / "1" / "model.onnx")
+    (tmp_path / "linear" / "config.pbtxt").write_text(
+        "max_batch_size: 4\ninstance_group [{ count: 2 kind: KIND_GPU gpus: [0] }, { count: 1 kind: KIND_CPU }]\n"
+    )
+    (config,) = load_repository(tmp_path)
+    assert _instances(config) == "2 x GPU [0], 1 x CPU"
+    hook = SimpleNamespace(
+        model_index=lambda: [[{"name": "linear", "version": "1"}]], model_config=lambda model, version: config
+    )
+    text = summary(Settings(model_dir=str(tmp_path)), SimpleNamespace(hook=hook), [])  # type: ignore[arg-type]
+    assert "instances 2 x GPU [0], 1 x CPU (onnxruntime runs them on CPU here: no GPU provider" in text
+
+
+@pytest.mark.slow
+def test_model_onnxruntime_cannot_load_is_a_startup_error_without_traceback(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOperator", ["x"], ["y"])],
+        "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    path = tmp_path / "broken" / "1" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save(helper.make_model(graph), str(path))
+    server = start_runtime("--model-dir", str(tmp_path), wait=False)
+    assert server.wait_exit(60) == 3
+    log = server.log()
+    assert f"{path}: onnxruntime cannot load it" in log and "NoSuchOperator" in log
+    assert "Traceback" not in log

@@ -1,0 +1,68 @@
+"""What the runtime makes of Triton's output: its log lines' levels, and its statistics as metrics."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from runtime.serving.tritonserver import triton_log_level
+from runtime.serving.tritonstats import prometheus_text
+
+
+@pytest.mark.parametrize(
+    ("line", "level"),
+    [
+        ('E1126 15:11:31.297789 10279 server.cc:241] "CudaDriverHelper has not been initialized."', logging.DEBUG),
+        ("Error: Failed to initialize NVML", logging.DEBUG),
+        (
+            'W1126 15:11:33.649885 10279 metrics.cc:798] "DCGM unable to start: DCGM initialization error"',
+            logging.DEBUG,
+        ),
+        ("I1126 15:11:33.648205 10279 model_lifecycle.cc:839] \"successfully loaded 'linear'\"", logging.INFO),
+        ('W1126 15:11:33.000000 10279 model.cc:1] "something unexpected"', logging.WARNING),
+        ("E1126 15:11:33.000000 10279 model.cc:1] \"failed to load 'm'\"", logging.ERROR),
+        ("| linear | 1       | READY  |", logging.DEBUG),
+    ],
+)
+def test_triton_log_levels(line: str, level: int) -> None:
+    assert triton_log_level(line, logging.INFO) == level
+
+
+def test_continuation_lines_keep_the_level_of_their_message() -> None:
+    assert triton_log_level("  at frame 3", logging.ERROR) == logging.ERROR
+    assert triton_log_level("Signal (15) received.", logging.DEBUG) == logging.INFO
+
+
+def test_statistics_become_the_batch_size_histogram() -> None:
+    stats = {
+        "model_stats": [
+            {
+                "name": "densenet_onnx",
+                "version": "1",
+                "inference_count": 24,
+                "execution_count": 4,
+                "inference_stats": {"queue": {"count": 24, "ns": 5_000_000}, "compute_infer": {"count": 4, "ns": 8000}},
+                "batch_stats": [
+                    {"batch_size": 1, "compute_infer": {"count": 1, "ns": 10}},
+                    {"batch_size": 7, "compute_infer": {"count": 1, "ns": 10}},
+                    {"batch_size": 8, "compute_infer": {"count": 2, "ns": 10}},
+                ],
+            }
+        ]
+    }
+    text = prometheus_text(stats).decode()
+    labels = 'model="densenet_onnx",version="1"'
+    assert f'runtime_batch_size_bucket{{le="1.0",{labels}}} 1.0' in text
+    assert f'runtime_batch_size_bucket{{le="4.0",{labels}}} 1.0' in text
+    assert f'runtime_batch_size_bucket{{le="8.0",{labels}}} 4.0' in text
+    assert f'runtime_batch_size_bucket{{le="+Inf",{labels}}} 4.0' in text
+    assert f"runtime_batch_size_count{{{labels}}} 4.0" in text
+    assert f"runtime_batch_size_sum{{{labels}}} 24.0" in text
+    assert f"runtime_triton_executions_total{{{labels}}} 4.0" in text
+    assert f"runtime_triton_inferences_total{{{labels}}} 24.0" in text
+    assert f"runtime_triton_queue_duration_us_total{{{labels}}} 5000.0" in text
+
+
+def test_no_models_no_samples() -> None:
+    assert "runtime_batch_size_bucket" not in prometheus_text({"model_stats": []}).decode()
