@@ -16,7 +16,6 @@ import pluggy
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -29,6 +28,7 @@ from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.executor import Executor
 from runtime.http import score, startup, v2, watchdog
 from runtime.http.admission import Admission, AdmissionMiddleware
+from runtime.http.cors import CorsMiddleware
 from runtime.http.headers import RequestIdMiddleware
 from runtime.http.health import WorkerHealth, ready
 from runtime.http.keepalive import ConnectionAgeMiddleware
@@ -178,9 +178,7 @@ def create_app(
         ),
     ]
     if settings.cors_origins:
-        middleware.append(
-            Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"])
-        )
+        middleware.append(Middleware(CorsMiddleware, origins=settings.cors_origins))
     return Starlette(
         routes=[
             *score.routes(),

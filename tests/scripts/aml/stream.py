@@ -1,0 +1,47 @@
+"""@rawhttp run() returning AMLResponse(generator): chunks, optionally slow, SSE, or failing halfway."""
+
+import json
+import os
+import time
+
+from azureml_inference_server_http.api.aml_request import rawhttp
+from azureml_inference_server_http.api.aml_response import AMLResponse
+
+
+def init():
+    pass
+
+
+def chunks(count, delay, marker):
+    try:
+        for i in range(count):
+            if i and delay:
+                time.sleep(delay)
+            yield f"chunk {i};"
+    finally:
+        if marker:
+            with open(marker, "a") as out:
+                out.write("closed\n")
+
+
+def events(count):
+    for i in range(count):
+        yield f"data: {json.dumps({'token': i})}\n\n"
+
+
+def failing():
+    yield "first;"
+    raise RuntimeError("the model fell over")
+
+
+@rawhttp
+def run(request):
+    kind = request.args.get("kind", "plain")
+    if kind == "sse":
+        return AMLResponse(events(3), 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    if kind == "fail":
+        return AMLResponse(failing(), 200)
+    count = int(request.args.get("count", "3"))
+    delay = float(request.args.get("delay", "0"))
+    marker = os.environ.get("STREAM_MARKER") if request.args.get("marker") else None
+    return AMLResponse(chunks(count, delay, marker), 201, {"X-Stream": "yes"})
