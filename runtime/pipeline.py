@@ -25,17 +25,17 @@ from typing import Any
 import numpy as np
 import pluggy
 
+from runtime import tracing
 from runtime.azureml.entry import EntryScript
 from runtime.azureml.request import ScoringRequest
 from runtime.errors import BadRequest, ScoringTimeout, ServingError
 from runtime.executor import Executor
+from runtime.logs import REQUEST_ID as REQUEST_ID  # re-exported: the name other modules import
 
 logger = logging.getLogger("runtime.pipeline")
 
 # parameters key for the classification extension: {output name: class count}.
 CLASSIFICATION = "runtime.classification"
-# The request being served; thread-pool calls inherit it, so runtime.infer() from run() propagates it.
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 INLINE_MARK = "runtime_inline"
 # When the caller stops waiting (time.monotonic() seconds): the scoring timeout as a deadline that the
@@ -123,14 +123,17 @@ class Pipeline:
 
     async def _score(self, request: ScoringRequest) -> tuple[Any, float]:
         try:
-            payload = await self._call_first("preprocess", request=request)
+            with tracing.span("preprocess"):
+                payload = await self._call_first("preprocess", request=request)
             start = time.perf_counter()
             if self.entry is not None and self.entry.run is not None:
-                outputs = await self._run(payload, request)
+                with tracing.span("run"):
+                    outputs = await self._run(payload, request)
             else:
                 outputs = await self.infer(payload)
             elapsed_ms = (time.perf_counter() - start) * 1000
-            response = await self._call_first("postprocess", request=request, outputs=outputs)
+            with tracing.span("postprocess"):
+                response = await self._call_first("postprocess", request=request, outputs=outputs)
         except (ServingError, asyncio.CancelledError):
             raise
         except Exception as ex:
@@ -178,10 +181,11 @@ async def infer(
     request_id = REQUEST_ID.get()
     if request_id is not None:
         parameters.setdefault("request_id", request_id)
-    pending = pm.hook.infer(model=model, version=version, inputs=inputs, parameters=parameters)
-    if pending is None:
-        from runtime.errors import NotFound
+    with tracing.span(f"infer {model}", {"model": model}):
+        pending = pm.hook.infer(model=model, version=version, inputs=inputs, parameters=parameters)
+        if pending is None:
+            from runtime.errors import NotFound
 
-        raise NotFound(f"No backend serves a model named {model!r}.")
-    result: dict[str, np.ndarray] = await pending
+            raise NotFound(f"No backend serves a model named {model!r}.")
+        result: dict[str, np.ndarray] = await pending
     return result

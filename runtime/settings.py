@@ -7,6 +7,7 @@ worker builds the same :class:`Settings` with :func:`Settings.from_env`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +22,8 @@ DEFAULT_MAX_CONCURRENT_REQUESTS = 256
 # about 2.5 times a body's size on top).
 DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 2 * DEFAULT_MAX_BODY_BYTES
 DEFAULT_KEEPALIVE_MAX_AGE_S = 2
+DEFAULT_HEALTH_PORT = 5000  # azmlinfsrv's, used with SEPERATE_HEALTH_ENDPOINT=true
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -45,6 +48,13 @@ def _optional_int(env: Mapping[str, str], name: str, default: int = 0) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
     if value < 0:
         raise ValueError(f"{name} must be 0 (off) or positive, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -82,11 +92,24 @@ class Settings:
     max_requests_jitter: int = 0
     max_worker_memory_mb: int = 0  # recycle a worker whose RSS exceeds this (0: never)
     keepalive_max_age_s: int = DEFAULT_KEEPALIVE_MAX_AGE_S  # close keep-alive connections older (0: never)
+    # Operations (docs/azureml-contract.md, "Operations").
+    log_format: str = "text"  # or "json"
+    config_file: str | None = None
+    separate_health_endpoint: bool = False
+    health_port: int = DEFAULT_HEALTH_PORT
+    otel_traces_exporter: tuple[str, ...] = ()
+    otel_sdk_disabled: bool = False
+    app_insights_enabled: bool = False
+    app_insights_key: str | None = None
+    app_insights_log_response: bool = True
+    model_data_collection: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
         from runtime import __version__
+        from runtime.azureml.config import with_config_file
+
+        env = with_config_file(os.environ if env is None else env)
 
         version_header = ""
         if env.get("SERVER_VERSION_LOG_RESPONSE_ENABLED", "true").lower() == "true":
@@ -118,7 +141,25 @@ class Settings:
             max_requests_jitter=_optional_int(env, "RUNTIME_MAX_REQUESTS_JITTER"),
             max_worker_memory_mb=_optional_int(env, "RUNTIME_MAX_WORKER_MEMORY_MB"),
             keepalive_max_age_s=_optional_int(env, "RUNTIME_KEEPALIVE_MAX_AGE_S", DEFAULT_KEEPALIVE_MAX_AGE_S),
+            log_format=_choice(env, "RUNTIME_LOG_FORMAT", ("text", "json")),
+            config_file=env.get("AZUREML_CONFIG_FILE") or None,
+            separate_health_endpoint=env.get("SEPERATE_HEALTH_ENDPOINT") == "true",
+            health_port=_int(env, "HEALTH_PORT", DEFAULT_HEALTH_PORT),
+            otel_traces_exporter=_list(env.get("OTEL_TRACES_EXPORTER", "").lower()),
+            otel_sdk_disabled=env.get("OTEL_SDK_DISABLED", "").lower() == "true",
+            # azmlinfsrv: on only for exactly "true" (or a key given by --appinsights_instrumentation_key).
+            app_insights_enabled=env.get("AML_APP_INSIGHTS_ENABLED") == "true",
+            app_insights_key=env.get("AML_APP_INSIGHTS_KEY") or None,
+            app_insights_log_response=env.get("APP_INSIGHTS_LOG_RESPONSE_ENABLED", "true").lower() == "true",
+            model_data_collection=env.get("AML_MODEL_DC_STORAGE_ENABLED", "").lower() == "true",
         )
+
+    @property
+    def app_insights_connection_string(self) -> str | None:
+        """Where traces go when Application Insights is on: azmlinfsrv needs a UUID instrumentation key."""
+        if self.app_insights_enabled and self.app_insights_key and _UUID.match(self.app_insights_key):
+            return f"InstrumentationKey={self.app_insights_key}"
+        return None
 
     @property
     def entry_path(self) -> str | None:

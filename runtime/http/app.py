@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runtime import api, plugins
+from runtime import api, logs, plugins, tracing
 from runtime.azureml.entry import EntryScript, load_entry_script
 from runtime.azureml.swagger import Swagger
 from runtime.context import InitContext
@@ -126,6 +126,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        logs.tag_records()
+        logs.capture_print()
+        tracing.setup(settings)
         try:
             with startup.interruptible() if exit_on_startup_error else contextlib.nullcontext():
                 state = build_state(settings)
@@ -161,10 +164,17 @@ def create_app(
             await _call_each(state.pm, "shutdown", stop_on_error=False)
             state.executor.shutdown()
             api.unbind()
+            tracing.shutdown()
+            logs.release_print()
 
-    middleware = [
-        Middleware(MetricsMiddleware),
-        Middleware(RequestIdMiddleware, server_version=settings.server_version_header),
+    middleware = [Middleware(MetricsMiddleware)]
+    if settings.cors_origins:
+        # Outside the request ids: their 431 answers get the CORS headers too, as in azmlinfsrv.
+        middleware.append(Middleware(CorsMiddleware, origins=settings.cors_origins))
+    middleware.append(Middleware(RequestIdMiddleware, server_version=settings.server_version_header))
+    if tracing.configured(settings):
+        middleware.append(Middleware(tracing.TracingMiddleware))
+    middleware += [
         Middleware(ConnectionAgeMiddleware, max_age_s=settings.keepalive_max_age_s),
         Middleware(
             AdmissionMiddleware,
@@ -177,8 +187,6 @@ def create_app(
             max_body_bytes=settings.max_body_bytes,
         ),
     ]
-    if settings.cors_origins:
-        middleware.append(Middleware(CorsMiddleware, origins=settings.cors_origins))
     return Starlette(
         routes=[
             *score.routes(),

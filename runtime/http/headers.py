@@ -15,6 +15,8 @@ from typing import Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtime.logs import REQUEST_ID
+
 logger = logging.getLogger("runtime.headers")
 
 HEADER_LIMIT = 100
@@ -81,7 +83,12 @@ class RequestIdMiddleware:
                     raw.append(name.decode("latin-1"), value.decode("latin-1"))
             await send(message)
 
-        await self.app(scope, receive, send_with_ids)
+        # Every log record written while this request is served carries its id (runtime.logs).
+        token = REQUEST_ID.set(ids.request_id)
+        try:
+            await self.app(scope, receive, send_with_ids)
+        finally:
+            REQUEST_ID.reset(token)
 
 
 async def _send_json(send: Send, status: int, body: Any, extra: list[tuple[bytes, bytes]]) -> None:

@@ -139,7 +139,7 @@ def to_response(result: object) -> Response:
         return from_aml_response(result)
     if is_stream(result):
         # A bare generator from run() or postprocess: text when its chunks are str (decided on the first).
-        return StreamResponse(result)  # type: ignore[arg-type]
+        return StreamResponse(result, headers={FAILED: "False"})  # type: ignore[arg-type]
     foreign = from_foreign_response(result)
     if foreign is not None:
         return foreign

@@ -34,6 +34,24 @@ def failing():
     raise RuntimeError("the model fell over")
 
 
+def slow_first(delay):
+    time.sleep(delay)
+    yield "late"
+
+
+def failing_first():
+    raise RuntimeError("no first chunk")
+    yield "never"
+
+
+async def async_tokens(count):
+    import asyncio
+
+    for i in range(count):
+        await asyncio.sleep(0)
+        yield f"token {i};".encode()
+
+
 @rawhttp
 def run(request):
     kind = request.args.get("kind", "plain")
@@ -41,6 +59,12 @@ def run(request):
         return AMLResponse(events(3), 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     if kind == "fail":
         return AMLResponse(failing(), 200)
+    if kind == "slow_first":
+        return AMLResponse(slow_first(float(request.args.get("delay", "3"))), 200)
+    if kind == "fail_first":
+        return AMLResponse(failing_first(), 200)
+    if kind == "async":
+        return AMLResponse(async_tokens(3), 200, {"Content-Type": "text/plain"})
     count = int(request.args.get("count", "3"))
     delay = float(request.args.get("delay", "0"))
     marker = os.environ.get("STREAM_MARKER") if request.args.get("marker") else None

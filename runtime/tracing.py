@@ -1,0 +1,232 @@
+"""OpenTelemetry tracing: off by default, configured by the standard ``OTEL_*`` variables.
+
+Tracing is on in a worker when ``OTEL_TRACES_EXPORTER`` names exporters (``console``,
+``otlp``; ``none`` is off) or Application Insights is enabled, and the packages are
+installed (``pip install 'scoring-runtime[otel]'``). Everything else is the SDK's own
+``OTEL_*`` configuration: ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
+``OTEL_TRACES_SAMPLER``, ``OTEL_EXPORTER_OTLP_*``, ``OTEL_PROPAGATORS`` (W3C ``traceparent``
+by default) and ``OTEL_BSP_*``.
+
+Spans: the request (``POST /score``, continuing an incoming ``traceparent``), ``preprocess``,
+``run`` or ``infer <model>``, ``queue`` (time a request waited for its batch), ``batch
+<model>`` (the execution, a child of the first request in the batch and linked to every
+request in it), ``triton infer`` (whose ``traceparent`` goes on to Triton) and
+``postprocess``. When tracing is off, every helper here is a no-op that costs a function
+call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runtime import logs
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.trace import Tracer
+
+    from runtime.settings import Settings
+
+logger = logging.getLogger("runtime.tracing")
+
+_NOOP = contextlib.nullcontext()
+_tracer: Tracer | None = None
+_provider: TracerProvider | None = None
+
+
+def enabled() -> bool:
+    return _tracer is not None
+
+
+def _exporter_processor(name: str) -> SpanProcessor:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
+    if name == "console":
+        # Written as each span ends: for reading along, not for production volume.
+        return SimpleSpanProcessor(ConsoleSpanExporter())
+    if name == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError as ex:
+            raise ValueError("the OTLP exporter is not installed: pip install 'scoring-runtime[otel]'") from ex
+        return BatchSpanProcessor(OTLPSpanExporter())
+    raise ValueError(f"unknown OTEL_TRACES_EXPORTER {name!r}; this runtime knows console, otlp and none")
+
+
+def _azure_monitor_processor(connection_string: str) -> SpanProcessor | None:
+    try:
+        from azure.monitor.opentelemetry.exporter import AzureMonitorTraceExporter
+    except ImportError:
+        logger.warning(
+            "Application Insights is enabled but azure-monitor-opentelemetry-exporter is not installed; "
+            "install it with: pip install 'scoring-runtime[azure-monitor]'"
+        )
+        return None
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    return BatchSpanProcessor(AzureMonitorTraceExporter(connection_string=connection_string))
+
+
+def configured(settings: Settings) -> bool:
+    """Whether ``settings`` ask for tracing (an exporter, or Application Insights)."""
+    names = [n for n in settings.otel_traces_exporter if n != "none"]
+    return not settings.otel_sdk_disabled and bool(names or settings.app_insights_connection_string)
+
+
+def setup(settings: Settings) -> bool:
+    """Start tracing in this worker as ``settings`` say; False when off or OpenTelemetry is missing."""
+    global _tracer, _provider
+    names = [n for n in settings.otel_traces_exporter if n != "none"]
+    insights = settings.app_insights_connection_string
+    if not configured(settings):
+        return False
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:
+        logger.warning(
+            "OTEL_TRACES_EXPORTER is set but OpenTelemetry is not installed: pip install 'scoring-runtime[otel]'"
+        )
+        return False
+    shutdown()
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "unknown_service")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": settings.service_name}))
+    provider = TracerProvider(resource=resource)
+    chosen: list[SpanProcessor] = [_exporter_processor(n) for n in names]
+    if insights and (monitor := _azure_monitor_processor(insights)) is not None:
+        chosen.append(monitor)
+    for processor in chosen:
+        provider.add_span_processor(processor)
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(provider)  # score.py's own spans join ours
+    _provider, _tracer = provider, provider.get_tracer("runtime")
+    logs.trace_ids = current_ids
+    logger.info("Tracing on: exporters %s", ", ".join(names + (["azure_monitor"] if insights else [])) or "custom")
+    return True
+
+
+def add_processor(processor: SpanProcessor) -> None:
+    """One more span processor (an in-memory exporter in tests); tracing must be on."""
+    assert _provider is not None, "tracing is off"
+    _provider.add_span_processor(processor)
+
+
+def shutdown() -> None:
+    """Flush and stop (worker shutdown)."""
+    global _tracer, _provider
+    if _provider is not None:
+        _provider.shutdown()
+    _provider = _tracer = None
+    logs.trace_ids = None
+
+
+def current_ids() -> tuple[str, str] | None:
+    """The current (trace id, span id) in hex, for log records."""
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
+def span(name: str, attributes: dict[str, Any] | None = None) -> contextlib.AbstractContextManager[Any]:
+    """A child span of the current one, current inside the ``with``."""
+    if _tracer is None:
+        return _NOOP
+    return _tracer.start_as_current_span(name, attributes=attributes)
+
+
+def client_span(name: str, attributes: dict[str, Any] | None = None) -> contextlib.AbstractContextManager[Any]:
+    """A span for a call to another service (Triton); :func:`inject` inside it carries it on."""
+    if _tracer is None:
+        return _NOOP
+    from opentelemetry.trace import SpanKind
+
+    return _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+
+
+def inject(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Add ``traceparent`` (and the other configured propagation headers) for the current span."""
+    if _tracer is not None:
+        from opentelemetry import propagate
+
+        propagate.inject(headers)
+    return headers
+
+
+def capture() -> Any:
+    """The current trace context, kept by a request that waits (a batch queue); None when off."""
+    if _tracer is None:
+        return None
+    from opentelemetry import context
+
+    return context.get_current()
+
+
+def _epoch_ns(perf: float, now_perf: float, now_ns: int) -> int:
+    return now_ns - int((now_perf - perf) * 1e9)
+
+
+def record_queue(parents: Iterable[Any], enqueued: Iterable[float], started: float) -> None:
+    """A finished ``queue`` span per request: from ``enqueued`` to ``started`` (``time.perf_counter``)."""
+    if _tracer is None:
+        return
+    now_perf, now_ns = time.perf_counter(), time.time_ns()
+    end = _epoch_ns(started, now_perf, now_ns)
+    for parent, queued in zip(parents, enqueued, strict=True):
+        if parent is not None:
+            _tracer.start_span("queue", context=parent, start_time=_epoch_ns(queued, now_perf, now_ns)).end(end)
+
+
+def batch_span(name: str, parents: Sequence[Any], attributes: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
+    """The span of one batch execution: a child of the first request in it, linked to every request."""
+    if _tracer is None or not any(p is not None for p in parents):
+        return _NOOP
+    from opentelemetry import trace
+
+    links = [trace.Link(trace.get_current_span(p).get_span_context()) for p in parents if p is not None]
+    return _tracer.start_as_current_span(name, context=parents[0], links=links, attributes=attributes)
+
+
+class TracingMiddleware:
+    """The server span of each request, continuing the trace of an incoming ``traceparent``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _tracer is None:
+            await self.app(scope, receive, send)
+            return
+        from opentelemetry import propagate, trace
+
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        ids = scope.get("state", {}).get("request_ids")
+        attributes: dict[str, Any] = {"http.request.method": scope["method"], "url.path": scope["path"]}
+        if ids is not None:
+            attributes["azureml.request_id"] = ids.request_id
+        with _tracer.start_as_current_span(
+            f"{scope['method']} {scope['path']}",
+            context=propagate.extract(carrier),
+            kind=trace.SpanKind.SERVER,
+            attributes=attributes,
+        ) as current:
+
+            async def send_traced(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                    current.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        current.set_status(trace.StatusCode.ERROR)
+                await send(message)
+
+            await self.app(scope, receive, send_traced)
