@@ -7,4 +7,4 @@ def init():
 
 def run(data):
     print("scoring", data)
-    return {"printed": True}
+    return {"printed": True, "data": data}
