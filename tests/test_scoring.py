@@ -245,7 +245,7 @@ def test_log_level_debug(start_runtime: StartRuntime) -> None:
     server = start_runtime("--entry", ECHO, env={"AZUREML_LOG_LEVEL": "DEBUG"})
     post(server.url, {})
     time.sleep(0.3)
-    assert re.search(r"D \[\d+\] runtime\.scoring - POST /score 200", server.log())
+    assert re.search(r"D \[\d+\] runtime\.scoring \[[0-9a-f-]{36}\] - POST /score 200", server.log())
 
 
 def test_script_imports_azure_names_lazily(start_runtime: StartRuntime) -> None:
