@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+import sys
+import types
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runtime import logs, tracing
@@ -154,3 +157,55 @@ def test_app_insights_switches() -> None:
     )
     assert not tracing.configured(Settings.from_env({"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}))
     assert Settings.from_env({"OTEL_TRACES_EXPORTER": "console,otlp"}).otel_traces_exporter == ("console", "otlp")
+
+
+class FakeAzureMonitorExporter(SpanExporter):
+    """Stands in for azure-monitor-opentelemetry-exporter's AzureMonitorTraceExporter (no network here)."""
+
+    made: ClassVar[list[FakeAzureMonitorExporter]] = []
+
+    def __init__(self, connection_string: str) -> None:
+        self.connection_string = connection_string
+        self.spans: list[ReadableSpan] = []
+        self.made.append(self)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+async def test_app_insights_exports_through_azure_monitor(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    settings = Settings(entry_script=script("aml/prints.py"), app_insights_enabled=True, app_insights_key=key)
+    # Not installed: a warning that says what to install, and the server serves.
+    monkeypatch.setitem(sys.modules, "azure.monitor.opentelemetry.exporter", None)
+    async with client(settings) as http:
+        assert (await http.post("/score", content=b"x")).status_code == 200
+    assert "pip install 'scoring-runtime[azure-monitor]'" in caplog.text
+    # Installed: the request's spans go to it, with azmlinfsrv's connection string.
+    monkeypatch.setitem(
+        sys.modules,
+        "azure.monitor.opentelemetry.exporter",
+        types.SimpleNamespace(AzureMonitorTraceExporter=FakeAzureMonitorExporter),
+    )
+    async with client(settings) as http:
+        assert (await http.post("/score", content=b"x", headers={"traceparent": TRACEPARENT})).status_code == 200
+    exporter = FakeAzureMonitorExporter.made[-1]
+    assert exporter.connection_string == f"InstrumentationKey={key}"
+    assert {"POST /score", "run"} <= {s.name for s in exporter.spans}
+    assert {trace_hex(s) for s in exporter.spans} == {TRACE_ID}
+
+
+def test_inject_carries_the_current_span_on() -> None:
+    assert tracing.inject({}) == {}  # off: nothing added
+    assert tracing.setup(Settings(otel_traces_exporter=("console",)))
+    try:
+        with tracing.client_span("triton infer") as outer:
+            headers = tracing.inject({"x-request-id": "r"})
+        trace_id = f"{outer.get_span_context().trace_id:032x}"
+        assert headers["x-request-id"] == "r"
+        assert headers["traceparent"].split("-")[1] == trace_id
+    finally:
+        tracing.shutdown()
