@@ -198,7 +198,7 @@ def batch_span(name: str, parents: Sequence[Any], attributes: dict[str, Any]) ->
 
 
 class TracingMiddleware:
-    """The server span of each request, continuing the trace of an incoming ``traceparent``."""
+    """The server span of each request (``POST /score``), continuing the trace of an incoming ``traceparent``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -214,8 +214,9 @@ class TracingMiddleware:
         attributes: dict[str, Any] = {"http.request.method": scope["method"], "url.path": scope["path"]}
         if ids is not None:
             attributes["azureml.request_id"] = ids.request_id
+        # Named by the route template once routing is done (bounded names, as OpenTelemetry asks).
         with _tracer.start_as_current_span(
-            f"{scope['method']} {scope['path']}",
+            scope["method"],
             context=propagate.extract(carrier),
             kind=trace.SpanKind.SERVER,
             attributes=attributes,
@@ -223,6 +224,10 @@ class TracingMiddleware:
 
             async def send_traced(message: Message) -> None:
                 if message["type"] == "http.response.start":
+                    route = getattr(scope.get("route"), "path", None)
+                    if route:
+                        current.update_name(f"{scope['method']} {route}")
+                        current.set_attribute("http.route", route)
                     status = int(message["status"])
                     current.set_attribute("http.response.status_code", status)
                     if status >= 500:
