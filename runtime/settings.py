@@ -98,6 +98,7 @@ class Settings:
     separate_health_endpoint: bool = False
     health_port: int = DEFAULT_HEALTH_PORT
     otel_traces_exporter: tuple[str, ...] = ()
+    otel_exporter_otlp_protocol: str = "http/protobuf"
     otel_sdk_disabled: bool = False
     app_insights_enabled: bool = False
     app_insights_key: str | None = None
@@ -146,6 +147,11 @@ class Settings:
             separate_health_endpoint=env.get("SEPERATE_HEALTH_ENDPOINT") == "true",
             health_port=_int(env, "HEALTH_PORT", DEFAULT_HEALTH_PORT),
             otel_traces_exporter=_list(env.get("OTEL_TRACES_EXPORTER", "").lower()),
+            otel_exporter_otlp_protocol=(
+                env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or "http/protobuf"
+            ),
             otel_sdk_disabled=env.get("OTEL_SDK_DISABLED", "").lower() == "true",
             # azmlinfsrv: on only for exactly "true" (or a key given by --appinsights_instrumentation_key).
             app_insights_enabled=env.get("AML_APP_INSIGHTS_ENABLED") == "true",

@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime import logs
+from runtime.errors import StartupError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
 
     from runtime.settings import Settings
@@ -44,19 +46,34 @@ def enabled() -> bool:
     return _tracer is not None
 
 
-def _exporter_processor(name: str) -> SpanProcessor:
+def _otlp_exporter(protocol: str) -> SpanExporter:
+    # The exporters read OTEL_EXPORTER_OTLP_* (endpoint, headers, timeout, ...) themselves.
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+        except ImportError as ex:
+            raise StartupError(
+                "OTLP over gRPC needs its exporter: pip install opentelemetry-exporter-otlp-proto-grpc"
+            ) from ex
+        return GrpcExporter()  # type: ignore[no-any-return]
+    if protocol != "http/protobuf":
+        raise StartupError(f"OTEL_EXPORTER_OTLP_PROTOCOL {protocol!r} is not supported: use http/protobuf or grpc")
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as ex:
+        raise StartupError("the OTLP exporter is not installed: pip install 'scoring-runtime[otel]'") from ex
+    return OTLPSpanExporter()
+
+
+def _exporter_processor(name: str, settings: Settings) -> SpanProcessor:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
     if name == "console":
         # Written as each span ends: for reading along, not for production volume.
         return SimpleSpanProcessor(ConsoleSpanExporter())
     if name == "otlp":
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError as ex:
-            raise ValueError("the OTLP exporter is not installed: pip install 'scoring-runtime[otel]'") from ex
-        return BatchSpanProcessor(OTLPSpanExporter())
-    raise ValueError(f"unknown OTEL_TRACES_EXPORTER {name!r}; this runtime knows console, otlp and none")
+        return BatchSpanProcessor(_otlp_exporter(settings.otel_exporter_otlp_protocol))
+    raise StartupError(f"OTEL_TRACES_EXPORTER {name!r} is not supported: use console, otlp or none")
 
 
 def _azure_monitor_processor(connection_string: str) -> SpanProcessor | None:
@@ -100,7 +117,7 @@ def setup(settings: Settings) -> bool:
     if str(resource.attributes.get("service.name", "unknown_service")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": settings.service_name}))
     provider = TracerProvider(resource=resource)
-    chosen: list[SpanProcessor] = [_exporter_processor(n) for n in names]
+    chosen: list[SpanProcessor] = [_exporter_processor(n, settings) for n in names]
     if insights and (monitor := _azure_monitor_processor(insights)) is not None:
         chosen.append(monitor)
     for processor in chosen:

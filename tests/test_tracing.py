@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import logging
 import sys
+import threading
 import types
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -209,3 +211,49 @@ def test_inject_carries_the_current_span_on() -> None:
         assert headers["traceparent"].split("-")[1] == trace_id
     finally:
         tracing.shutdown()
+
+
+class Collector(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP trace collector that keeps what it receives."""
+
+    received: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.received.append((self.path, body))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_otlp_exporter_sends_to_the_configured_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        # Standard variables, read by the SDK's exporter itself.
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        settings = Settings.from_env({"OTEL_TRACES_EXPORTER": "otlp", "AZUREML_ENTRY_SCRIPT": script("aml/prints.py")})
+        async with client(settings) as http_client:
+            response = await http_client.post("/score", content=b"x", headers={"traceparent": TRACEPARENT})
+            assert response.status_code == 200
+        # Shutting the worker down flushed the batch.
+        paths = {path for path, _ in Collector.received}
+        assert paths == {"/v1/traces"}
+        names = set()
+        for _, body in Collector.received:
+            export = ExportTraceServiceRequest.FromString(body)
+            for resource_spans in export.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        assert span.trace_id.hex() == TRACE_ID
+                        names.add(span.name)
+        assert {"POST /score", "preprocess", "run", "postprocess"} <= names
+    finally:
+        server.shutdown()

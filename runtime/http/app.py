@@ -128,8 +128,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         logs.tag_records()
         logs.capture_print()
-        tracing.setup(settings)
         try:
+            tracing.setup(settings)
             with startup.interruptible() if exit_on_startup_error else contextlib.nullcontext():
                 state = build_state(settings)
                 state.health = health
