@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import json
 import logging
 import sys
-import threading
 import types
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -21,9 +19,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runtime import logs, tracing
+from runtime.serving.tritonserver import ManagedTriton
 from runtime.settings import Settings
 from tests.conftest import script
 from tests.support.inprocess import client
+from tests.support.otlp import collector
 
 pytestmark = pytest.mark.anyio
 
@@ -213,47 +213,53 @@ def test_inject_carries_the_current_span_on() -> None:
         tracing.shutdown()
 
 
-class Collector(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP trace collector that keeps what it receives."""
-
-    received: ClassVar[list[tuple[str, bytes]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        self.received.append((self.path, body))
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 async def test_otlp_exporter_sends_to_the_configured_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with collector() as received:
         # Standard variables, read by the SDK's exporter itself.
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{received.port}")
         settings = Settings.from_env({"OTEL_TRACES_EXPORTER": "otlp", "AZUREML_ENTRY_SCRIPT": script("aml/prints.py")})
-        async with client(settings) as http_client:
-            response = await http_client.post("/score", content=b"x", headers={"traceparent": TRACEPARENT})
+        async with client(settings) as http:
+            response = await http.post("/score", content=b"x", headers={"traceparent": TRACEPARENT})
             assert response.status_code == 200
         # Shutting the worker down flushed the batch.
-        paths = {path for path, _ in Collector.received}
-        assert paths == {"/v1/traces"}
-        names = set()
-        for _, body in Collector.received:
-            export = ExportTraceServiceRequest.FromString(body)
-            for resource_spans in export.resource_spans:
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        assert span.trace_id.hex() == TRACE_ID
-                        names.add(span.name)
-        assert {"POST /score", "preprocess", "run", "postprocess"} <= names
-    finally:
-        server.shutdown()
+        assert set(received.paths) == {"/v1/traces"}
+        assert {s.trace_id for s in received.spans} == {TRACE_ID}
+        assert {"POST /score", "preprocess", "run", "postprocess"} <= {s.name for s in received.spans}
+
+
+@pytest.mark.slow
+@pytest.mark.external
+async def test_triton_continues_the_trace(
+    exported: InMemorySpanExporter, model_repo: Path, tritonserver_binary: Path
+) -> None:
+    """Triton, tracing with OpenTelemetry, makes its request span a child of the runtime's ``triton infer``."""
+    with collector() as received:
+
+        class TracedTriton(ManagedTriton):
+            def command(self) -> list[str]:
+                trace = ["mode=opentelemetry", "rate=1", "level=TIMESTAMPS"]
+                trace += [
+                    f"opentelemetry,url=127.0.0.1:{received.port}/v1/traces",
+                    "opentelemetry,bsp_schedule_delay=50",
+                ]
+                return [*super().command(), *(arg for setting in trace for arg in ("--trace-config", setting))]
+
+        triton = TracedTriton(str(model_repo), tritonserver_binary, supervise=False)
+        await asyncio.to_thread(triton.start)
+        try:
+            settings = Settings(
+                entry_script=script("backend/hook_linear.py"),
+                backend="triton",
+                triton_url=triton.url,
+                otel_traces_exporter=("console",),
+            )
+            async with serve(settings, exported) as http:
+                response = await http.post("/score", json={"x": [1, 2, 3, 4]}, headers={"traceparent": TRACEPARENT})
+                assert response.status_code == 200, response.text
+        finally:
+            await asyncio.to_thread(triton.stop)
+    ours = by_name(exported.get_finished_spans())["triton infer"][-1]
+    assert trace_hex(ours) == TRACE_ID and ours.context is not None
+    theirs = [s for s in received.spans if s.trace_id == TRACE_ID]
+    assert theirs, received.spans
+    assert f"{ours.context.span_id:016x}" in {s.parent_span_id for s in theirs}
