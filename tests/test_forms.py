@@ -1,4 +1,4 @@
-"""Form and multipart bodies for @rawhttp scripts, in-process (httpx.ASGITransport on create_app)."""
+"""Form and multipart bodies for @rawhttp scripts, and the 500 for unhandled errors, in-process."""
 
 from __future__ import annotations
 
@@ -93,3 +93,13 @@ def test_parser_limits_and_edge_cases() -> None:
         parse_form("multipart/form-data; boundary=B", b"--B\r\nContent-Disposition: form-data\r\n\r\n1\r\n--B--\r\n")
     form, files = parse_form("application/json", b"{}")
     assert (len(form), len(files)) == (0, 0)
+
+
+async def test_unhandled_errors_carry_the_request_id() -> None:
+    async with client(Settings(entry_script=script("core/broken_response.py"), cors_origins=("*",))) as http:
+        response = await http.post("/score", content=b"x", headers={"x-request-id": "rid-500", "Origin": "https://a"})
+    assert response.status_code == 500
+    assert response.json() == {"message": "An unexpected internal error occurred. Check the logs for more info."}
+    assert response.headers["x-request-id"] == "rid-500"
+    assert response.headers["x-ms-run-function-failed"] == "False"
+    assert response.headers["access-control-allow-origin"] == "https://a"

@@ -32,7 +32,7 @@ from runtime.http.cors import CorsMiddleware
 from runtime.http.headers import RequestIdMiddleware
 from runtime.http.health import WorkerHealth, ready
 from runtime.http.keepalive import ConnectionAgeMiddleware
-from runtime.http.responses import error_response
+from runtime.http.responses import INTERNAL_ERROR, error_response
 from runtime.metrics import MetricsMiddleware, metrics_endpoint
 from runtime.pipeline import Pipeline
 from runtime.settings import Settings
@@ -45,7 +45,6 @@ NOT_FOUND = (
     "spelling and try again."
 )
 METHOD_NOT_ALLOWED = "The method is not allowed for the requested URL."
-INTERNAL_ERROR = "An unexpected internal error occurred. Check the logs for more info."
 
 
 @dataclass

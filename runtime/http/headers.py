@@ -15,6 +15,7 @@ from typing import Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtime.http.responses import INTERNAL_ERROR
 from runtime.logs import REQUEST_ID
 
 logger = logging.getLogger("runtime.headers")
@@ -75,8 +76,12 @@ class RequestIdMiddleware:
         if ids.client_request_id:
             extra.append((b"x-ms-client-request-id", ids.client_request_id.encode("latin-1")))
 
+        started = False
+
         async def send_with_ids(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 raw = MutableHeaders(scope=message)
                 for name, value in extra:
@@ -87,6 +92,12 @@ class RequestIdMiddleware:
         token = REQUEST_ID.set(ids.request_id)
         try:
             await self.app(scope, receive, send_with_ids)
+        except Exception:
+            if started:
+                raise
+            # Answered here, not by Starlette's outermost error handler, so that it carries the ids too.
+            logger.exception("Unhandled error for %s %s", scope["method"], scope["path"])
+            await _send_json(send, 500, {"message": INTERNAL_ERROR}, extra)
         finally:
             REQUEST_ID.reset(token)
 

@@ -12,6 +12,8 @@ from runtime.errors import Overloaded
 from runtime.http.streaming import StreamResponse
 
 FAILED = "x-ms-run-function-failed"
+# azmlinfsrv's answer to an error nobody handled.
+INTERNAL_ERROR = "An unexpected internal error occurred. Check the logs for more info."
 EXEC_MS = "x-ms-run-fn-exec-ms"
 
 
