@@ -25,7 +25,7 @@ from runtime.http.responses import (
     overloaded,
 )
 from runtime.http.streaming import StreamFailed, StreamResponse, is_stream
-from runtime.pipeline import REQUEST_ID, RunFailed
+from runtime.pipeline import RunFailed
 
 if TYPE_CHECKING:
     from runtime.http.app import AppState
@@ -84,7 +84,6 @@ async def score(request: Request) -> Response:
     try:
         body = await read_body(request, state.settings.max_body_bytes)
         ids = request.scope["state"]["request_ids"]
-        REQUEST_ID.set(ids.request_id)
         scoring_request = ScoringRequest(
             method=request.method,
             path=request.url.path,
