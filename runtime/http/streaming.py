@@ -58,10 +58,9 @@ class StreamFailed(Exception):
 class ChunkStream:
     """The chunks of a sync or async iterable, as bytes; :meth:`aclose` closes the source."""
 
-    def __init__(self, source: Iterable[Any] | AsyncIterable[Any], executor: Executor | None = None) -> None:
+    def __init__(self, source: Iterable[Any] | AsyncIterable[Any]) -> None:
         self.source = source
-        self.executor = executor
-        self.is_async = isinstance(source, AsyncIterable)
+        self.executor: Executor | None = None  # the worker's pool, once primed
         self._aiter: AsyncIterator[Any] | None = source.__aiter__() if isinstance(source, AsyncIterable) else None
         self._iter: Iterator[Any] | None = None if isinstance(source, AsyncIterable) else iter(source)
         # One next() or close() at a time: close() waits for a next() still running in its thread.
@@ -96,6 +95,7 @@ class ChunkStream:
             else:
                 chunk = await asyncio.to_thread(self._next)
             if chunk is _END:
+                self._closed = True  # exhausted: nothing left to close
                 return None
             if not self.chunks:
                 self.text = isinstance(chunk, str)
