@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Iterable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ from runtime import logs
 from runtime.errors import StartupError
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
@@ -40,6 +43,9 @@ logger = logging.getLogger("runtime.tracing")
 _NOOP = contextlib.nullcontext()
 _tracer: Tracer | None = None
 _provider: TracerProvider | None = None
+# Log records to Application Insights: the handler on the "runtime" logger and its provider.
+_log_handler: logging.Handler | None = None
+_log_provider: LoggerProvider | None = None
 
 
 def enabled() -> bool:
@@ -76,9 +82,10 @@ def _exporter_processor(name: str, settings: Settings) -> SpanProcessor:
     raise StartupError(f"OTEL_TRACES_EXPORTER {name!r} is not supported: use console, otlp or none")
 
 
-def _azure_monitor_processor(connection_string: str) -> SpanProcessor | None:
+def _azure_monitor(connection_string: str, resource: Resource) -> SpanProcessor | None:
+    """Application Insights: spans, and the runtime's log records (``print()`` included) as azmlinfsrv sends."""
     try:
-        from azure.monitor.opentelemetry.exporter import AzureMonitorTraceExporter
+        from azure.monitor.opentelemetry.exporter import AzureMonitorLogExporter, AzureMonitorTraceExporter
     except ImportError:
         logger.warning(
             "Application Insights is enabled but azure-monitor-opentelemetry-exporter is not installed; "
@@ -87,7 +94,26 @@ def _azure_monitor_processor(connection_string: str) -> SpanProcessor | None:
         return None
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    _export_logs(AzureMonitorLogExporter(connection_string=connection_string), resource)
     return BatchSpanProcessor(AzureMonitorTraceExporter(connection_string=connection_string))
+
+
+def _export_logs(exporter: Any, resource: Resource) -> None:
+    """Send the records of the ``runtime`` loggers (INFO and up) to ``exporter``, with their trace context."""
+    global _log_handler, _log_provider
+    try:
+        from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+    except ImportError:  # the SDK's logs API is still experimental and may move
+        logger.warning("This OpenTelemetry SDK has no logs API; only traces go to Application Insights")
+        return
+    _log_provider = LoggerProvider(resource=resource)
+    _log_provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    with warnings.catch_warnings():
+        # Newer SDKs deprecate their handler (azmlinfsrv 1.5.1 uses the same one); it still works.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _log_handler = LoggingHandler(level=logging.INFO, logger_provider=_log_provider)
+    logging.getLogger("runtime").addHandler(_log_handler)
 
 
 def configured(settings: Settings) -> bool:
@@ -108,9 +134,7 @@ def setup(settings: Settings) -> bool:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
     except ImportError:
-        logger.warning(
-            "OTEL_TRACES_EXPORTER is set but OpenTelemetry is not installed: pip install 'scoring-runtime[otel]'"
-        )
+        logger.warning("Tracing is configured but OpenTelemetry is not installed: pip install 'scoring-runtime[otel]'")
         return False
     shutdown()
     resource = Resource.create()
@@ -118,7 +142,7 @@ def setup(settings: Settings) -> bool:
         resource = resource.merge(Resource({"service.name": settings.service_name}))
     provider = TracerProvider(resource=resource)
     chosen: list[SpanProcessor] = [_exporter_processor(n, settings) for n in names]
-    if insights and (monitor := _azure_monitor_processor(insights)) is not None:
+    if insights and (monitor := _azure_monitor(insights, resource)) is not None:
         chosen.append(monitor)
     for processor in chosen:
         provider.add_span_processor(processor)
@@ -138,10 +162,14 @@ def add_processor(processor: SpanProcessor) -> None:
 
 def shutdown() -> None:
     """Flush and stop (worker shutdown)."""
-    global _tracer, _provider
+    global _tracer, _provider, _log_handler, _log_provider
     if _provider is not None:
         _provider.shutdown()
-    _provider = _tracer = None
+    if _log_handler is not None:
+        logging.getLogger("runtime").removeHandler(_log_handler)
+    if _log_provider is not None:
+        _log_provider.shutdown()  # flushes what is queued
+    _provider = _tracer = _log_handler = _log_provider = None
     logs.trace_ids = None
 
 

@@ -10,10 +10,11 @@ import sys
 import types
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import pytest
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -176,11 +177,31 @@ class FakeAzureMonitorExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+class FakeAzureMonitorLogExporter(LogRecordExporter):
+    made: ClassVar[list[FakeAzureMonitorLogExporter]] = []
+
+    def __init__(self, connection_string: str) -> None:
+        self.connection_string = connection_string
+        self.records: list[Any] = []
+        self.made.append(self)
+
+    def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
+        self.records.extend(batch)
+        return LogRecordExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
 async def test_app_insights_exports_through_azure_monitor(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     key = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
     settings = Settings(entry_script=script("aml/prints.py"), app_insights_enabled=True, app_insights_key=key)
+    caplog.set_level(logging.INFO)  # runtime serve's default level
     # Not installed: a warning that says what to install, and the server serves.
     monkeypatch.setitem(sys.modules, "azure.monitor.opentelemetry.exporter", None)
     async with client(settings) as http:
@@ -190,7 +211,9 @@ async def test_app_insights_exports_through_azure_monitor(
     monkeypatch.setitem(
         sys.modules,
         "azure.monitor.opentelemetry.exporter",
-        types.SimpleNamespace(AzureMonitorTraceExporter=FakeAzureMonitorExporter),
+        types.SimpleNamespace(
+            AzureMonitorTraceExporter=FakeAzureMonitorExporter, AzureMonitorLogExporter=FakeAzureMonitorLogExporter
+        ),
     )
     async with client(settings) as http:
         assert (await http.post("/score", content=b"x", headers={"traceparent": TRACEPARENT})).status_code == 200
@@ -198,6 +221,12 @@ async def test_app_insights_exports_through_azure_monitor(
     assert exporter.connection_string == f"InstrumentationKey={key}"
     assert {"POST /score", "run"} <= {s.name for s in exporter.spans}
     assert {trace_hex(s) for s in exporter.spans} == {TRACE_ID}
+    # Log records too (print() included), correlated with the request's trace, as azmlinfsrv sends them.
+    log_exporter = FakeAzureMonitorLogExporter.made[-1]
+    assert log_exporter.connection_string == f"InstrumentationKey={key}"
+    printed = [r for r in log_exporter.records if r.log_record.body == "scoring x"]
+    assert len(printed) == 1
+    assert f"{printed[0].log_record.trace_id:032x}" == TRACE_ID
 
 
 def test_inject_carries_the_current_span_on() -> None:
