@@ -201,6 +201,10 @@ def create_app(
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405 and request.method == "OPTIONS" and exc.headers:
+        # Flask answers OPTIONS on every route itself (CORS preflights for / and /swagger.json pass).
+        allow = f"{exc.headers.get('Allow', '')}, OPTIONS".lstrip(", ")
+        return Response(b"", media_type="text/html", headers={"Allow": allow})
     message = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED}.get(exc.status_code, exc.detail)
     response = error_response(exc.status_code, message)
     if exc.headers:
