@@ -51,6 +51,11 @@ class TextFormatter(logging.Formatter):
         super().__init__(FORMAT)
         self.converter = time.gmtime
 
+    def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "request_tag"):  # made without the record factory (logging.makeLogRecord)
+            record.request_tag = ""
+        return super().format(record)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, process, request_id, message, exception."""

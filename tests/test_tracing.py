@@ -136,6 +136,8 @@ async def test_log_records_carry_the_request_id(caplog: pytest.LogCaptureFixture
     assert "[rid-log]" in logs.TextFormatter().format(printed[0])
     line = json.loads(logs.JsonFormatter().format(printed[0]))
     assert line["request_id"] == "rid-log" and line["message"] == "scoring hello" and line["level"] == "INFO"
+    bare = logging.makeLogRecord({"name": "other", "msg": "made elsewhere", "levelno": logging.INFO})
+    assert logs.TextFormatter().format(bare).endswith(" other - made elsewhere")
     init = [r for r in caplog.records if r.getMessage() == "init says hello"]
     assert len(init) == 1 and getattr(init[0], "request_id", "missing") is None
 
