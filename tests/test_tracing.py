@@ -164,38 +164,32 @@ def test_app_insights_switches() -> None:
     assert Settings.from_env({"OTEL_TRACES_EXPORTER": "console,otlp"}).otel_traces_exporter == ("console", "otlp")
 
 
-class FakeAzureMonitorExporter(SpanExporter):
-    """Stands in for azure-monitor-opentelemetry-exporter's AzureMonitorTraceExporter (no network here)."""
+def fake_exporter(base: type, success: Any) -> Any:
+    """Stands in for an azure-monitor-opentelemetry-exporter class (no network here); keeps what it is given."""
 
-    made: ClassVar[list[FakeAzureMonitorExporter]] = []
+    class Fake(base):  # type: ignore[misc,valid-type]
+        made: ClassVar[list[Any]] = []
 
-    def __init__(self, connection_string: str) -> None:
-        self.connection_string = connection_string
-        self.spans: list[ReadableSpan] = []
-        self.made.append(self)
+        def __init__(self, connection_string: str) -> None:
+            self.connection_string = connection_string
+            self.items: list[Any] = []
+            self.made.append(self)
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans.extend(spans)
-        return SpanExportResult.SUCCESS
+        def export(self, batch: Sequence[Any]) -> Any:
+            self.items.extend(batch)
+            return success
+
+        def shutdown(self) -> None:
+            pass
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return True
+
+    return Fake
 
 
-class FakeAzureMonitorLogExporter(LogRecordExporter):
-    made: ClassVar[list[FakeAzureMonitorLogExporter]] = []
-
-    def __init__(self, connection_string: str) -> None:
-        self.connection_string = connection_string
-        self.records: list[Any] = []
-        self.made.append(self)
-
-    def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
-        self.records.extend(batch)
-        return LogRecordExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+FakeTraceExporter = fake_exporter(SpanExporter, SpanExportResult.SUCCESS)
+FakeLogExporter = fake_exporter(LogRecordExporter, LogRecordExportResult.SUCCESS)
 
 
 async def test_app_insights_exports_through_azure_monitor(
@@ -213,20 +207,18 @@ async def test_app_insights_exports_through_azure_monitor(
     monkeypatch.setitem(
         sys.modules,
         "azure.monitor.opentelemetry.exporter",
-        types.SimpleNamespace(
-            AzureMonitorTraceExporter=FakeAzureMonitorExporter, AzureMonitorLogExporter=FakeAzureMonitorLogExporter
-        ),
+        types.SimpleNamespace(AzureMonitorTraceExporter=FakeTraceExporter, AzureMonitorLogExporter=FakeLogExporter),
     )
     async with client(settings) as http:
         assert (await http.post("/score", content=b"x", headers={"traceparent": TRACEPARENT})).status_code == 200
-    exporter = FakeAzureMonitorExporter.made[-1]
+    exporter = FakeTraceExporter.made[-1]
     assert exporter.connection_string == f"InstrumentationKey={key}"
-    assert {"POST /score", "run"} <= {s.name for s in exporter.spans}
-    assert {trace_hex(s) for s in exporter.spans} == {TRACE_ID}
+    assert {"POST /score", "run"} <= {s.name for s in exporter.items}
+    assert {trace_hex(s) for s in exporter.items} == {TRACE_ID}
     # Log records too (print() included), correlated with the request's trace, as azmlinfsrv sends them.
-    log_exporter = FakeAzureMonitorLogExporter.made[-1]
+    log_exporter = FakeLogExporter.made[-1]
     assert log_exporter.connection_string == f"InstrumentationKey={key}"
-    printed = [r for r in log_exporter.records if r.log_record.body == "scoring x"]
+    printed = [r for r in log_exporter.items if r.log_record.body == "scoring x"]
     assert len(printed) == 1
     assert f"{printed[0].log_record.trace_id:032x}" == TRACE_ID
 
