@@ -50,7 +50,9 @@ class AzureMLDefaults:
     @hookimpl(trylast=True)
     @inline
     def postprocess(self, request: ScoringRequest, outputs: Any) -> Any:
-        return to_jsonable(outputs)
+        # Returned as they are: the JSON encoder turns numpy values into lists and numbers as it meets them
+        # (runtime.http.responses.numpy_default), without a recursive copy that fails on deep outputs.
+        return outputs
 
 
 def schema_arguments(entry: EntryScript, request: ScoringRequest) -> list[Any]:
@@ -82,20 +84,3 @@ def tensors_from_json(body: Any) -> dict[str, np.ndarray]:
         return {str(name): np.asarray(value) for name, value in body.items()}
     except ValueError as ex:
         raise BadRequest(f"Input tensors must be rectangular nested lists: {ex}") from None
-
-
-def to_jsonable(value: Any) -> Any:
-    """numpy arrays and scalars become lists and numbers; other values pass unchanged."""
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind in ("S", "O"):
-            return [to_jsonable(v) for v in value.tolist()]
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    return value

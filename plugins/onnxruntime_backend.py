@@ -138,8 +138,12 @@ class LoadedModel:
         try:
             return await loop.run_in_executor(self._pool, self._run_session, instance, inputs)
         except Exception as ex:
-            logger.error("Model %s version %s failed to execute: %s", self.config.name, self.version, ex)
-            raise InferenceFailed(f"inference failed for model '{self.config.name}': {ex}") from ex
+            # onnxruntime's message names its source files and C++ signatures: the log gets it, the client not.
+            raise InferenceFailed(
+                f"inference failed for model '{self.config.name}' version {self.version}; the server log has "
+                "the details",
+                detail=f"{type(ex).__name__}: {ex}",
+            ) from ex
 
     async def _execute_alone(self, inputs: Tensors) -> Tensors:
         assert self._free is not None

@@ -70,7 +70,12 @@ def triton_error(ex: InferenceServerException, url: str) -> ServingError:
         return NotFound(message)
     if code in (0, 502, 503, 504):
         return ServiceUnavailable(f"Triton Inference Server at {url} is unavailable: {message}")
-    return ServingError(f"Triton Inference Server at {url} failed: {message}", status_code=500)
+    # Triton relays its backends' messages (onnxruntime's name source files): the log gets them, the client not.
+    return ServingError(
+        f"Triton Inference Server at {url} failed to run the request; the server log has the details",
+        status_code=500,
+        detail=message,
+    )
 
 
 class TritonBackend:

@@ -13,6 +13,19 @@ from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.logs import configure
 from runtime.settings import Settings
 
+# Limits on hostile input (docs/reliability.md), all positive integers.
+HOSTILE_INPUT_FLAGS = [
+    ("--max-headers", "header fields per request (env RUNTIME_MAX_HEADERS; 100)"),
+    ("--max-header-bytes", "one header field's size (env RUNTIME_MAX_HEADER_BYTES; 8190)"),
+    ("--max-url-bytes", "request URL length (env RUNTIME_MAX_URL_BYTES; 4094)"),
+    ("--header-timeout", "seconds to receive the headers (env RUNTIME_HEADER_TIMEOUT_S; 60)"),
+    ("--body-timeout", "seconds the body may send nothing (env RUNTIME_BODY_TIMEOUT_S; 60)"),
+    (
+        "--max-inflate-ratio",
+        "a gzip/deflate body decodes to at most this many times its size (env RUNTIME_MAX_INFLATE_RATIO; 16)",
+    ),
+]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="runtime", description="Scoring runtime for Azure ML entry scripts.")
@@ -32,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-body-bytes", type=positive, help="largest request body (env RUNTIME_MAX_BODY_BYTES; 100 MiB)"
     )
+    for flag, meaning in HOSTILE_INPUT_FLAGS:
+        serve.add_argument(flag, type=positive, help=meaning)
+    serve.add_argument(
+        "--auth-key", help="require this API key or Bearer token on /score, /v2, /metrics (env RUNTIME_AUTH_KEY)"
+    )
+    serve.add_argument("--auth-key-file", help="a file of accepted keys, one a line (env RUNTIME_AUTH_KEY_FILE)")
     serve.add_argument(
         "--max-concurrent-requests",
         type=positive,
@@ -128,6 +147,14 @@ FLAG_ENV = {
     "concurrency": "RUNTIME_CONCURRENCY",
     "timeout_ms": "SCORING_TIMEOUT_MS",
     "max_body_bytes": "RUNTIME_MAX_BODY_BYTES",
+    "max_headers": "RUNTIME_MAX_HEADERS",
+    "max_header_bytes": "RUNTIME_MAX_HEADER_BYTES",
+    "max_url_bytes": "RUNTIME_MAX_URL_BYTES",
+    "header_timeout": "RUNTIME_HEADER_TIMEOUT_S",
+    "body_timeout": "RUNTIME_BODY_TIMEOUT_S",
+    "max_inflate_ratio": "RUNTIME_MAX_INFLATE_RATIO",
+    "auth_key": "RUNTIME_AUTH_KEY",
+    "auth_key_file": "RUNTIME_AUTH_KEY_FILE",
     "log_level": "AZUREML_LOG_LEVEL",
     "backend": "RUNTIME_BACKEND",
     "triton_url": "TRITON_URL",
@@ -151,7 +178,7 @@ def apply_flags(args: argparse.Namespace) -> None:
         value = getattr(args, flag, None)
         if value is None:
             continue
-        if flag in ("entry", "model_dir", "config_file"):
+        if flag in ("entry", "model_dir", "config_file", "auth_key_file"):
             value = os.path.abspath(value)
         os.environ[env] = str(value)
     if getattr(args, "appinsights_instrumentation_key", None) is not None:

@@ -14,11 +14,18 @@ class ServingError(Exception):
 
     status_code: int = 500
 
-    def __init__(self, message: str, status_code: int | None = None) -> None:
+    def __init__(self, message: str, status_code: int | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.message = message
+        # For the log only (a library's own message, with its paths): never sent to the client.
+        self.detail = detail
         if status_code is not None:
             self.status_code = status_code
+
+    def log_line(self, request_id: str | None) -> str:
+        """How a failed request is logged: its id, the client's message and the detail."""
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"request {request_id}: {self.status_code} {self.message}{detail}"
 
 
 class BadRequest(ServingError):

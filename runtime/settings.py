@@ -24,6 +24,15 @@ DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 2 * DEFAULT_MAX_BODY_BYTES
 DEFAULT_KEEPALIVE_MAX_AGE_S = 2
 DEFAULT_HEALTH_PORT = 5000  # azmlinfsrv's, used with SEPERATE_HEALTH_ENDPOINT=true
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
+# Gunicorn's own parser limits (limit_request_fields, limit_request_field_size, limit_request_line),
+# which azmlinfsrv answers with; the read timeouts are nginx's defaults.
+DEFAULT_MAX_HEADERS = 100
+DEFAULT_MAX_HEADER_BYTES = 8190
+DEFAULT_MAX_URL_BYTES = 4094
+DEFAULT_HEADER_TIMEOUT_S = 60
+DEFAULT_BODY_TIMEOUT_S = 60
+# A gzip/deflate body may decode to this many times the bytes sent (at least 1 MiB): zeros compress 1000:1.
+DEFAULT_MAX_INFLATE_RATIO = 16
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -56,6 +65,21 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def _auth_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """RUNTIME_AUTH_KEY, and the lines of RUNTIME_AUTH_KEY_FILE (blank lines and # comments skipped)."""
+    keys = [env["RUNTIME_AUTH_KEY"].strip()] if env.get("RUNTIME_AUTH_KEY", "").strip() else []
+    path = env.get("RUNTIME_AUTH_KEY_FILE", "").strip()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                keys += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        except OSError as ex:
+            raise ValueError(f"RUNTIME_AUTH_KEY_FILE {path!r} cannot be read: {ex.strerror}") from None
+        if not keys:
+            raise ValueError(f"RUNTIME_AUTH_KEY_FILE {path!r} holds no key")
+    return tuple(keys)
 
 
 def _list(raw: str) -> tuple[str, ...]:
@@ -104,6 +128,14 @@ class Settings:
     app_insights_key: str | None = None
     app_insights_log_response: bool = True
     model_data_collection: bool = False
+    max_header_count: int = DEFAULT_MAX_HEADERS
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_url_bytes: int = DEFAULT_MAX_URL_BYTES
+    header_timeout_s: int = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: int = DEFAULT_BODY_TIMEOUT_S
+    max_inflate_ratio: int = DEFAULT_MAX_INFLATE_RATIO
+    # API keys or Bearer tokens accepted on /score, /v2 and /metrics; empty: no authentication.
+    auth_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -158,6 +190,13 @@ class Settings:
             app_insights_key=env.get("AML_APP_INSIGHTS_KEY") or None,
             app_insights_log_response=env.get("APP_INSIGHTS_LOG_RESPONSE_ENABLED", "true").lower() == "true",
             model_data_collection=env.get("AML_MODEL_DC_STORAGE_ENABLED", "").lower() == "true",
+            max_header_count=_int(env, "RUNTIME_MAX_HEADERS", DEFAULT_MAX_HEADERS),
+            max_header_bytes=_int(env, "RUNTIME_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES),
+            max_url_bytes=_int(env, "RUNTIME_MAX_URL_BYTES", DEFAULT_MAX_URL_BYTES),
+            header_timeout_s=_int(env, "RUNTIME_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S),
+            body_timeout_s=_int(env, "RUNTIME_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S),
+            max_inflate_ratio=_int(env, "RUNTIME_MAX_INFLATE_RATIO", DEFAULT_MAX_INFLATE_RATIO),
+            auth_keys=_auth_keys(env),
         )
 
     @property

@@ -7,7 +7,7 @@ import base64
 import importlib.util
 import io
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -17,7 +17,9 @@ import pytest
 from PIL import Image
 
 from runtime.serving.tritonserver import ManagedTriton
-from tests.conftest import StartRuntime
+from tests.conftest import StartRuntime, descendants
+from tests.support import hostile
+from tests.support.rss import PeakRss
 from tests.support.servers import REPO, ServerProcess
 from tests.test_onnxruntime_backend import metric
 
@@ -139,6 +141,32 @@ def test_densenet_bad_images_get_400(
     assert response.status_code == 400, response.text
     assert message in response.json()["message"]
     assert httpx.post(server.url + "/score", content=jpeg(), headers={"Content-Type": "image/jpeg"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "image", "status"),
+    [
+        ("85-byte 1 x 4000 PNG", lambda: hostile.png(1, 4000), 200),
+        ("14000 x 14000 PNG", lambda: hostile.png(14000, 14000), 413),
+        ("5000 x 3000 PNG, over the 12 MP cap", lambda: hostile.png(5000, 3000), 413),
+        ("4000 x 3000 JPEG, at the cap", lambda: jpeg(4000, 3000), 200),
+    ],
+)
+def test_densenet_image_bombs(
+    start_runtime: StartRuntime, examples_repo: Path, name: str, image: Callable[[], bytes], status: int
+) -> None:
+    """Image dimensions are checked from the header before decoding; no image costs the worker 100 MiB."""
+    server = serve(start_runtime, DENSENET / "score_densenet.py", examples_repo, "onnxruntime", None)
+    body = image()
+    assert server.proc is not None
+    (worker,) = descendants(server.proc.pid)
+    with PeakRss(worker) as peak:
+        response = httpx.post(server.url + "/score", content=body, headers={"Content-Type": "image/png"}, timeout=60)
+    assert response.status_code == status, response.text
+    if status == 413:
+        assert "pixels" in response.json()["message"]
+    print(f"RSS growth {peak.growth_mib:.1f} MiB")  # the figure in docs/reliability.md (pytest -s)
+    assert peak.growth_mib < 100, f"{name}: the worker grew by {peak.growth_mib:.0f} MiB"
 
 
 def test_densenet_concurrent_requests_are_batched(

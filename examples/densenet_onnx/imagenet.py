@@ -10,6 +10,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from runtime import BadRequest
+from runtime import BadRequest, ServingError
 
+# Decoded RGB costs 3 bytes a pixel: 12 MP is 36 MB. Pillow's own check (MAX_IMAGE_PIXELS) reads the header
+# only, so an 85-byte PNG that claims 14000 x 14000 pixels is refused before any pixel is decoded.
+MAX_PIXELS = int(os.environ.get("DENSENET_MAX_PIXELS", "12000000"))
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+SHORT_SIDE, CROP = 256, 224
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 HERE = Path(__file__).resolve().parent
@@ -43,25 +49,46 @@ def image_bytes(mimetype: str, body: bytes) -> bytes:
     return body
 
 
+def too_large(width: int, height: int) -> ServingError:
+    return ServingError(f"the image has {width} x {height} pixels; at most {MAX_PIXELS} pixels are accepted", 413)
+
+
 def load_image(data: bytes) -> Image.Image:
+    """The decoded image, RGB; 413 before decoding when its header claims more than MAX_PIXELS pixels."""
     try:
         image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise too_large(width, height)
+        if min(width, height) == 0:
+            raise BadRequest(f"the image is {width} x {height} pixels: it has no pixels")
+        scale = SHORT_SIDE / min(width, height)
+        if scale < 1:
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale directly, when that still covers what the resize needs.
+            image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         image.load()
+    except Image.DecompressionBombError as ex:  # Image.open refuses more than twice MAX_IMAGE_PIXELS itself
+        raise ServingError(f"the image is too large: {ex}", 413) from None
     except UnidentifiedImageError:
         raise BadRequest(f"the request body is not an image Pillow can read: {USAGE}") from None
     except (OSError, SyntaxError, ValueError) as ex:
         raise BadRequest(f"the image is truncated or corrupt: {ex}") from None
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def preprocess(image: Image.Image) -> np.ndarray:
-    """Resize the shorter side to 256, center-crop 224, scale to [0, 1], normalise; NCHW float32 [1,3,224,224]."""
+    """Resize the shorter side to 256, center-crop 224, scale to [0, 1], normalise; NCHW float32 [1,3,224,224].
+
+    Only the region that the crop keeps is resized (Pillow's ``box``): a 1 x 4000 image would otherwise be
+    resized to 256 x 1,024,000 pixels first.
+    """
     width, height = image.size
-    scale = 256 / min(width, height)
-    image = image.resize((max(224, round(width * scale)), max(224, round(height * scale))), Image.BILINEAR)
-    width, height = image.size
-    left, top = (width - 224) // 2, (height - 224) // 2
-    image = image.crop((left, top, left + 224, top + 224))
+    scale = SHORT_SIDE / min(width, height)
+    resized_w, resized_h = max(CROP, round(width * scale)), max(CROP, round(height * scale))
+    left, top = (resized_w - CROP) // 2, (resized_h - CROP) // 2
+    sx, sy = width / resized_w, height / resized_h
+    box = (left * sx, top * sy, (left + CROP) * sx, (top + CROP) * sy)
+    image = image.resize((CROP, CROP), Image.BILINEAR, box=box)
     array = (np.asarray(image, dtype=np.float32) / 255.0 - MEAN) / STD
     return np.ascontiguousarray(array.transpose(2, 0, 1)[np.newaxis])
 

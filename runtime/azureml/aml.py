@@ -121,7 +121,7 @@ class AMLRequest:
             )
         try:
             return json.loads(self._request.body)
-        except ValueError as ex:
+        except (ValueError, RecursionError) as ex:
             if silent:
                 return None
             raise JSONDecodeFailed(f"Failed to decode JSON object: {ex}") from None

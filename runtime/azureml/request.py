@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
 
+from runtime import safejson
 from runtime.errors import BadRequest
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -54,11 +55,7 @@ class ScoringRequest:
         """The body parsed as JSON; an empty or malformed body is a 400 that says why."""
         if not self.body:
             raise BadRequest("POST body is empty. Expecting a JSON document.")
-        text = self.text()
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as ex:
-            raise BadRequest(f"POST body could not be decoded as JSON: {ex}") from None
+        return safejson.loads(self.text(), "POST body could not be decoded as JSON")
 
     def query_as_json(self) -> dict[str, Any]:
         """Query parameters the azmlinfsrv way: each value parsed as JSON if it can be,
@@ -81,5 +78,5 @@ class ScoringRequest:
 def _maybe_json(value: str) -> Any:
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return value

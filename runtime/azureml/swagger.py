@@ -201,6 +201,16 @@ def _schemas(run: Callable[..., Any] | None) -> tuple[set[str], Any, Any]:
     return supported, undecorated, undecorated
 
 
+def without_security(doc: dict[str, Any]) -> None:
+    """Drop the Bearer declarations azmlinfsrv always writes: without --auth-key nothing is enforced."""
+    doc.pop("securityDefinitions", None)
+    doc.pop("security", None)
+    doc.get("components", {}).pop("securitySchemes", None)
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            operation.pop("security", None)
+
+
 class Swagger:
     def __init__(self, settings: Settings, run: Callable[..., Any] | None) -> None:
         prefix = f"/{settings.service_path_prefix.strip('/')}" if settings.service_path_prefix else ""
@@ -217,6 +227,8 @@ class Swagger:
                 if not supported.intersection(aliases):
                     continue
                 doc = self._generate(version, prefix, info, input_schema, output_schema)
+                if not settings.auth_keys:
+                    without_security(doc)
             self.documents[version] = doc
         self.supported = sorted(self.documents)
 

@@ -16,8 +16,8 @@ import pluggy
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from runtime import api, logs, plugins, tracing
@@ -28,12 +28,13 @@ from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.executor import Executor
 from runtime.http import score, startup, v2, watchdog
 from runtime.http.admission import Admission, AdmissionMiddleware
+from runtime.http.auth import AuthMiddleware
 from runtime.http.cors import CorsMiddleware
 from runtime.http.headers import RequestIdMiddleware
 from runtime.http.health import WorkerHealth, ready
 from runtime.http.keepalive import ConnectionAgeMiddleware
 from runtime.http.responses import INTERNAL_ERROR, error_response
-from runtime.metrics import MetricsMiddleware, metrics_endpoint
+from runtime.metrics import CLIENT_CLOSED, MetricsMiddleware, metrics_endpoint
 from runtime.pipeline import Pipeline
 from runtime.settings import Settings
 
@@ -186,6 +187,8 @@ def create_app(
             max_body_bytes=settings.max_body_bytes,
         ),
     ]
+    if settings.auth_keys:
+        middleware.append(Middleware(AuthMiddleware, keys=settings.auth_keys))
     return Starlette(
         routes=[
             *score.routes(),
@@ -195,8 +198,15 @@ def create_app(
         ],
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={HTTPException: _http_error, ClientDisconnect: _client_gone, Exception: _internal_error},
     )
+
+
+def _error(request: Request, status: int, message: str) -> Response:
+    """The error body of the route family: Triton's ``{"error"}`` under /v2, azmlinfsrv's ``{"message"}`` elsewhere."""
+    if request.url.path.startswith("/v2"):
+        return JSONResponse({"error": message}, status_code=status)
+    return error_response(status, message)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -206,12 +216,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         allow = f"{exc.headers.get('Allow', '')}, OPTIONS".lstrip(", ")
         return Response(b"", media_type="text/html", headers={"Allow": allow})
     message = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED}.get(exc.status_code, exc.detail)
-    response = error_response(exc.status_code, message)
+    response = _error(request, exc.status_code, message)
     if exc.headers:
         response.headers.update(exc.headers)
     return response
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed the connection before its body arrived: nobody reads this answer, nothing failed here.
+    logger.info("Client left before sending the whole request: %s %s", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED)
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     logger.error("Unhandled error for %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, INTERNAL_ERROR)
+    return _error(request, 500, INTERNAL_ERROR)

@@ -63,7 +63,9 @@ class RequestIdMiddleware:
         if self.server_version:
             extra.append((b"x-ms-server-version", self.server_version))
         trace_id = headers.get("traceid")
-        if trace_id is not None:
+        if trace_id is not None and len(trace_id) > HEADER_LIMIT:
+            ids = f"TraceId must not exceed {HEADER_LIMIT} characters"
+        elif trace_id is not None:
             # Office services trace with their own header; it is echoed on every response.
             extra.append((b"TraceId", trace_id.encode("latin-1")))
         if isinstance(ids, str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 from starlette.responses import Response
 
 from runtime.azureml.aml import AMLResponse
@@ -17,10 +18,25 @@ INTERNAL_ERROR = "An unexpected internal error occurred. Check the logs for more
 EXEC_MS = "x-ms-run-fn-exec-ms"
 
 
+def numpy_default(value: Any) -> Any:
+    """``json.dumps(default=...)``: numpy arrays become lists, numpy scalars numbers, bytes UTF-8 text."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def json_response(status: int, body: Any, run_failed: bool = False) -> Response:
-    """azmlinfsrv's ``AMLResponse(body, status, json_str=True)``: ``json.dumps`` with its default separators."""
+    """azmlinfsrv's ``AMLResponse(body, status, json_str=True)``: ``json.dumps`` with its default separators.
+
+    NaN and Infinity are written as the bare tokens ``NaN`` and ``Infinity``, as azmlinfsrv (Python's json)
+    writes them; see docs/reliability.md.
+    """
     return Response(
-        json.dumps(body),
+        json.dumps(body, default=numpy_default),
         status_code=status,
         media_type="application/json",
         headers={FAILED: str(run_failed)},

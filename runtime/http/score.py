@@ -25,7 +25,7 @@ from runtime.http.responses import (
     overloaded,
 )
 from runtime.http.streaming import StreamFailed, StreamResponse, is_stream
-from runtime.pipeline import RunFailed
+from runtime.pipeline import REQUEST_ID, RunFailed
 
 if TYPE_CHECKING:
     from runtime.http.app import AppState
@@ -106,7 +106,7 @@ async def score(request: Request) -> Response:
         response = overloaded(error_response(ex.score_status, ex.message), ex)
     except ServingError as ex:
         if ex.status_code >= 500:
-            logger.error("Request %s failed: %s", request.url.path, ex.message)
+            logger.error("%s %s", request.url.path, ex.log_line(REQUEST_ID.get()))
         response = error_response(ex.status_code, ex.message, run_failed=ex.status_code >= 500)
     except RunFailed as ex:
         response = run_failed_response(ex.original, request)
@@ -144,7 +144,7 @@ def to_response(result: object) -> Response:
         return foreign
     try:
         return json_response(200, result)
-    except (TypeError, ValueError) as ex:
+    except (TypeError, ValueError, RecursionError) as ex:
         raise ScoringFailed(f"run() returned a value that cannot be serialised to JSON: {ex}") from ex
 
 

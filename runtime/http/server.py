@@ -37,6 +37,13 @@ class RuntimeWorker(UvicornWorker):  # type: ignore[misc]
     # of uvicorn's.
     CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": "httptools", "server_header": False}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from runtime.http.protocol import protocol_factory
+
+        # httptools with header limits and read timeouts (runtime/http/protocol.py).
+        self.config.http = protocol_factory(Settings.from_env())
+
     def init_process(self) -> None:
         # Gunicorn's sync workers notice a dead master; uvicorn workers do not. Have the kernel tell us.
         set_parent_death_signal(signal.SIGTERM)

@@ -7,9 +7,8 @@ Triton answers some of it with 500).
 
 from __future__ import annotations
 
-import gzip
 import inspect
-import zlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +19,10 @@ from starlette.routing import Route
 
 from runtime import __version__
 from runtime.errors import BadRequest, NotFound, Overloaded, ServingError
+from runtime.http.body import read_decoded_body
 from runtime.http.health import not_ready_reason
 from runtime.http.responses import overloaded
-from runtime.http.score import read_body, state_of
+from runtime.http.score import state_of
 from runtime.http.v2codec import HEADER_LENGTH, RequestedOutput, classify, decode_infer_request, encode_outputs
 from runtime.pipeline import CLASSIFICATION, REQUEST_ID, infer
 from runtime.serving.repository import ModelConfig
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "schedule_policy"]
 # Request parameters of the schedule-policy extension, handed to the backend's queue.
 SCHEDULE_PARAMETERS = ("priority", "timeout")
+logger = logging.getLogger("runtime.v2")
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -50,10 +51,17 @@ def v2_errors(handler: Handler) -> Handler:
         except Overloaded as ex:
             return overloaded(error(ex.status_code, ex.message), ex)
         except ServingError as ex:
+            if ex.status_code >= 500:
+                logger.error("%s %s", request.url.path, ex.log_line(REQUEST_ID.get() or _request_id(request)))
             return error(ex.status_code, ex.message)
 
     wrapped.__name__ = handler.__name__
     return wrapped
+
+
+def _request_id(request: Request) -> str | None:
+    ids = request.scope.get("state", {}).get("request_ids")
+    return ids.request_id if ids is not None else None
 
 
 async def _resolve(value: Any) -> Any:
@@ -126,26 +134,11 @@ async def repository_index(request: Request) -> Response:
     return JSONResponse(entries)
 
 
-def _body_encoding(body: bytes, encoding: str | None) -> bytes:
-    if not encoding or encoding == "identity":
-        return body
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error) as ex:
-        raise BadRequest(f"request body is not valid {encoding}: {ex}") from None
-    raise BadRequest(f"unsupported Content-Encoding {encoding!r}")
-
-
 @v2_errors
 async def model_infer(request: Request) -> Response:
     model, version = _model_version(request)
     state = state_of(request)
-    body = _body_encoding(
-        await read_body(request, state.settings.max_body_bytes), request.headers.get("content-encoding")
-    )
+    body = await read_decoded_body(request, state.settings.max_body_bytes, state.settings.max_inflate_ratio)
     decoded = decode_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
     config = model_config(state.pm, model, version)
     for name, datatype in decoded.datatypes.items():

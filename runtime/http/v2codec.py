@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime import safejson
 from runtime.errors import BadRequest
 from runtime.serving.datatypes import WIRE_TO_NUMPY, numpy_to_wire
 
@@ -42,6 +43,23 @@ def _element_count(shape: list[int]) -> int:
     for dim in shape:
         count *= dim
     return count
+
+
+def _reshape(array: np.ndarray, shape: list[int], name: str) -> np.ndarray:
+    # A zero-size tensor matches any shape with a 0 in it, [0, 2**70] included, which numpy cannot make.
+    try:
+        return array.reshape(shape)
+    except (ValueError, OverflowError) as ex:
+        raise BadRequest(f"input '{name}' cannot have shape {shape}: {ex}") from None
+
+
+def _parameters(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    parameters = raw.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"'parameters' of {where} must be an object, got {type(parameters).__name__}")
+    return parameters
 
 
 def deserialize_bytes(buffer: bytes, name: str) -> list[bytes]:
@@ -98,16 +116,17 @@ def _decode_json_tensor(name: str, datatype: str, shape: list[int], data: Any) -
             if not isinstance(item, str):
                 raise BadRequest(f"input '{name}' is BYTES: its JSON data must be strings")
             out[i] = item.encode("utf-8")
-        return out.reshape(shape)
+        return _reshape(out, shape, name)
     dtype = WIRE_TO_NUMPY[datatype]
     if datatype == "BOOL" and not all(isinstance(v, bool) for v in flat):
         raise BadRequest(f"input '{name}' is BOOL: its JSON data must be true or false")
     if datatype != "BOOL" and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
         raise BadRequest(f"input '{name}' is {datatype}: its JSON data must be numbers")
     try:
-        return np.asarray(flat, dtype=dtype).reshape(shape)
+        array = np.asarray(flat, dtype=dtype)
     except (ValueError, OverflowError) as ex:
         raise BadRequest(f"input '{name}' cannot be read as {datatype}: {ex}") from None
+    return _reshape(array, shape, name)
 
 
 def _decode_binary_tensor(name: str, datatype: str, shape: list[int], buffer: bytes) -> np.ndarray:
@@ -120,14 +139,14 @@ def _decode_binary_tensor(name: str, datatype: str, shape: list[int], buffer: by
             )
         out = np.empty(len(items), dtype=np.object_)
         out[:] = items
-        return out.reshape(shape)
+        return _reshape(out, shape, name)
     dtype = WIRE_TO_NUMPY[datatype]
     if len(buffer) != expected * dtype.itemsize:
         raise BadRequest(
             f"unexpected size of binary data for input '{name}': shape {shape} of {datatype} needs "
             f"{expected * dtype.itemsize} bytes, got {len(buffer)}"
         )
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    return _reshape(np.frombuffer(buffer, dtype=dtype), shape, name)
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -142,10 +161,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         if not 0 < length <= len(body):
             raise BadRequest(f"{HEADER_LENGTH} is {length}, but the request body has {len(body)} bytes")
         json_part, binary = body[:length], body[length:]
-    try:
-        header = json.loads(json_part)
-    except (json.JSONDecodeError, UnicodeDecodeError) as ex:
-        raise BadRequest(f"failed to parse the request JSON: {ex}") from None
+    header = safejson.loads(json_part, "failed to parse the request JSON")
     if not isinstance(header, dict):
         raise BadRequest("the request JSON must be an object")
     return header, binary
@@ -165,12 +181,13 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
         name = raw["name"]
         datatype = raw.get("datatype")
         shape = raw.get("shape")
-        if datatype not in WIRE_TO_NUMPY:
-            raise BadRequest(f"input '{name}' has unsupported datatype {datatype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise BadRequest(f"input '{name}' must have a 'shape' of non-negative integers, got {shape!r}")
-        parameters = raw.get("parameters") or {}
-        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if not isinstance(datatype, str) or datatype not in WIRE_TO_NUMPY:
+            raise BadRequest(f"input '{name}' has unsupported datatype {str(datatype)[:64]!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise BadRequest(f"input '{name}' must have a 'shape' of non-negative integers, got {str(shape)[:64]}")
+        size = _parameters(raw, f"input '{name}'").get("binary_data_size")
+        if isinstance(size, bool):
+            raise BadRequest(f"input '{name}' declares binary_data_size {size!r}, which is not a byte count")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise BadRequest(
@@ -186,7 +203,7 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
         datatypes[name] = datatype
     if offset != len(binary):
         raise BadRequest(f"the request has {len(binary) - offset} bytes of binary data that no input claims")
-    parameters = header.get("parameters") or {}
+    parameters = _parameters(header, "the request")
     outputs = None
     if header.get("outputs") is not None:
         if not isinstance(header["outputs"], list):
@@ -195,20 +212,22 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
         for raw in header["outputs"]:
             if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
                 raise BadRequest("each requested output must be an object with a 'name'")
-            params = raw.get("parameters") or {}
+            params = _parameters(raw, f"output '{raw['name']}'")
             count = params.get("classification", 0)
-            if not isinstance(count, int) or count < 0:
+            if type(count) is not int or count < 0:
                 raise BadRequest(f"classification of output '{raw['name']}' must be a non-negative integer")
             binary_out = params.get("binary_data", parameters.get("binary_data_output", False))
             outputs.append(RequestedOutput(raw["name"], bool(binary_out), count))
     request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest(f"the request 'id' must be a string, got {type(request_id).__name__}")
     return InferRequestBody(
-        id=str(request_id) if request_id is not None else None,
+        id=request_id,
         inputs=inputs,
         datatypes=datatypes,
         outputs=outputs,
         binary_output=bool(parameters.get("binary_data_output", False)),
-        parameters=parameters if isinstance(parameters, dict) else {},
+        parameters=parameters,
     )
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -97,3 +98,33 @@ class ServerProcess:
 
 def runtime_argv(*args: str) -> list[str]:
     return [str(BIN / "runtime"), *args]
+
+
+def start_azmlinfsrv_and_runtime(
+    entry: Path, azml_python: Path, tmp: Path, env: Mapping[str, str] | None = None
+) -> tuple[ServerProcess, ServerProcess]:
+    """azmlinfsrv 1.5.1 and ``runtime serve`` on the same entry script, started (not yet ready)."""
+    launcher = REPO / "tests" / "support" / "azmlinfsrv_launcher.py"
+    ref_port, our_port = free_port(), free_port()
+    reference = ServerProcess(
+        [str(azml_python), str(launcher), "--entry_script", str(entry), "--port", str(ref_port)],
+        ref_port,
+        tmp / f"azmlinfsrv-{entry.stem}.log",
+        env=env,
+        cwd=tmp,
+    )
+    ours = ServerProcess(
+        runtime_argv("serve", "--entry", str(entry), "--port", str(our_port)),
+        our_port,
+        tmp / f"runtime-{entry.stem}.log",
+        env=env,
+        cwd=tmp,
+    )
+    return reference.start(wait=False), ours.start(wait=False)
+
+
+def start_module_server(tmp_path_factory: Any, *args: str) -> ServerProcess:
+    """``runtime serve ARGS`` on a free port, ready; for module-scoped fixtures (the caller stops it)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    return ServerProcess(runtime_argv("serve", "--port", str(port), *args), port, log).start()

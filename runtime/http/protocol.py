@@ -1,0 +1,183 @@
+"""uvicorn's httptools protocol with the limits it lacks: header count and size, URL length, read timeouts.
+
+httptools accepts any number of headers of any size, and uvicorn arms no timer until a first
+response is sent: a client that opens a connection and stalls, or sends ``Content-Length: 1000``
+and 10 bytes, holds it forever. This subclass answers like Gunicorn's own parser (431 for too many
+or too large header fields, 414 for a long request line) and closes a connection whose headers are
+not complete ``header_timeout_s`` after they began, or whose body sends nothing for
+``body_timeout_s`` (nginx's client_header_timeout and client_body_timeout), with a 408.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from runtime.settings import Settings
+
+logger = logging.getLogger("runtime.protocol")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_count: int
+    max_header_bytes: int  # one header line: name and value
+    max_url_bytes: int
+    header_timeout_s: float
+    body_timeout_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            settings.max_header_count,
+            settings.max_header_bytes,
+            settings.max_url_bytes,
+            settings.header_timeout_s,
+            settings.body_timeout_s,
+        )
+
+    @property
+    def header_section_bytes(self) -> int:
+        """The most bytes a request may send before its headers end (the parser buffers that much)."""
+        return self.max_url_bytes + self.max_header_count * (self.max_header_bytes + 4) + 1024
+
+
+class Rejected(Exception):
+    """Raised from a parser callback: httptools stops, uvicorn calls send_400_response, we answer this."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def error_bytes(status: int, reason: str, message: str, path: bytes) -> bytes:
+    """A complete response that closes the connection, with the error body of the route family."""
+    key = "error" if path.startswith(b"/v2") else "message"
+    body = json.dumps({key: message}).encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode() + body
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self._rejected: Rejected | None = None
+        self._in_headers = True  # a new connection is waiting for its first request's headers
+        self._header_bytes = 0
+        self._header_count = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # Timers: one at a time, for the headers of the current request or the idle gap in its body.
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expired, what)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self, what: str) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if what == "body" and self.flow.read_paused:
+            # We stopped reading (the app has not taken the body yet): the client is not the one stalling.
+            self._arm(self.limits.body_timeout_s, "body")
+            return
+        seconds = self.limits.header_timeout_s if what == "headers" else self.limits.body_timeout_s
+        logger.info("Closing a connection from %s: no complete request %s within %g s", self.client, what, seconds)
+        if self.cycle is None or not self.cycle.response_started:
+            message = f"The request {what} did not arrive within {seconds:g} s."
+            self.transport.write(error_bytes(408, "Request Timeout", message, self.url if self.scope else b""))
+        self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout_s, "headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:
+            if self._timer is None:
+                self._arm(self.limits.header_timeout_s, "headers")
+            if self._header_bytes > self.limits.header_section_bytes:
+                # Bytes the parser holds before calling on_header: refuse before a huge field is buffered.
+                self._reject(Rejected(431, "Request Header Fields Too Large", "The request headers are too large."))
+                return
+            self._header_bytes += len(data)
+        elif self._timer is not None and self.limits.body_timeout_s:
+            self._arm(self.limits.body_timeout_s, "body")
+        super().data_received(data)
+
+    def _reject(self, rejected: Rejected) -> None:
+        self._rejected = rejected
+        self.send_400_response(rejected.message)
+
+    def send_400_response(self, msg: str) -> None:
+        rejected, self._rejected = self._rejected, None
+        if rejected is None:
+            super().send_400_response(msg)
+            return
+        logger.info("Refused a request from %s: %d %s", self.client, rejected.status, rejected.message)
+        self._disarm()
+        self.transport.write(error_bytes(rejected.status, rejected.reason, rejected.message, self.url or b""))
+        self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.max_url_bytes:
+            self._rejected = Rejected(
+                414, "URI Too Long", f"The request URL exceeds {self.limits.max_url_bytes} bytes."
+            )
+            raise self._rejected
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.max_header_count:
+            message = f"The request has more than {self.limits.max_header_count} header fields."
+        elif len(name) + len(value) > self.limits.max_header_bytes:
+            message = f"The header field {name[:64].decode('latin-1')!r} exceeds {self.limits.max_header_bytes} bytes."
+        else:
+            super().on_header(name, value)
+            return
+        self._rejected = Rejected(431, "Request Header Fields Too Large", message)
+        raise self._rejected
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._header_bytes = 0
+        self._disarm()
+        super().on_headers_complete()
+        if self.limits.body_timeout_s:
+            self._arm(self.limits.body_timeout_s, "body")
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+        # The next request's headers are timed from their first byte (the keep-alive timer runs until then).
+        self._in_headers = True
+
+
+def protocol_factory(settings: Settings) -> Any:
+    """What uvicorn's ``Config(http=...)`` takes: a callable that builds one protocol per connection."""
+    return functools.partial(LimitedHttpToolsProtocol, limits=Limits.from_settings(settings))
