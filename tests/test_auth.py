@@ -121,3 +121,16 @@ def test_a_key_file_without_keys_stops_the_server(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot be read"):
         Settings.from_env({"RUNTIME_AUTH_KEY_FILE": str(tmp_path / "missing")})
     assert Settings.from_env({"RUNTIME_AUTH_KEY": " k "}).auth_keys == ("k",)
+
+
+def test_cors_preflights_pass_without_a_key_only_with_cors_origins(model_repo: Path) -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    with InProcess(Settings(entry_script=ENTRY, auth_keys=KEYS, cors_origins=("https://app.example",))) as app:
+        allowed = app.request("OPTIONS", "/score", headers=preflight)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        assert (
+            app.request("POST", "/score", content=b"{}", headers={"Origin": "https://app.example"}).status_code == 401
+        )
+    with InProcess(Settings(entry_script=ENTRY, auth_keys=KEYS)) as app:
+        assert app.request("OPTIONS", "/score", headers=preflight).status_code == 401

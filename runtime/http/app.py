@@ -188,7 +188,7 @@ def create_app(
         ),
     ]
     if settings.auth_keys:
-        middleware.append(Middleware(AuthMiddleware, keys=settings.auth_keys))
+        middleware.append(Middleware(AuthMiddleware, keys=settings.auth_keys, cors=bool(settings.cors_origins)))
     return Starlette(
         routes=[
             *score.routes(),

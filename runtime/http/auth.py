@@ -45,15 +45,21 @@ def matches(candidate: str, keys: tuple[bytes, ...]) -> bool:
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], cors: bool = False) -> None:
         self.app = app
         self.keys = tuple(k.encode("utf-8") for k in keys)
+        # Browsers send CORS preflights without credentials (Fetch standard): with AML_CORS_ORIGINS they pass.
+        self.cors = cors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_protected(scope["path"]):
             await self.app(scope, receive, send)
             return
-        key = presented_key(Headers(scope=scope))
+        headers = Headers(scope=scope)
+        if self.cors and scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(headers)
         if key is not None and matches(key, self.keys):
             await self.app(scope, receive, send)
             return
