@@ -1,9 +1,9 @@
-"""The embedded backend: onnxruntime sessions for every model in the repository, with dynamic batching.
+"""The embedded backend: every model in the repository, in this process, with dynamic batching.
 
 Nothing else to start: ``runtime serve --model-dir DIR`` loads
-``DIR/triton/<model>/<version>/model.onnx`` (or ``DIR/<model>/...``), one
-session per ``instance_group`` instance, and a :class:`DynamicBatcher` per
-model version that batches.
+``DIR/triton/<model>/<version>/model.onnx`` or ``model.pt`` (or ``DIR/<model>/...``),
+one platform instance (:mod:`runtime.serving.platforms`) per ``instance_group``
+instance, and a :class:`DynamicBatcher` per model version that batches.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import numpy as np
 
 from runtime import metrics
 from runtime.context import InitContext
-from runtime.errors import NotFound, ServingError, StartupError
+from runtime.errors import NotFound, ServingError
 from runtime.hookspecs import hookimpl
 from runtime.metrics import failure_reason
 from runtime.pipeline import DEADLINE, schedule_parameters
 from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors
+from runtime.serving.platforms import Device, Instance, load_instance
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
-from runtime.serving.tensors import shape_outputs, to_str_array, validate_inputs
+from runtime.serving.tensors import shape_outputs, validate_inputs
 from runtime.serving.warmup import warmup_samples
 
 logger = logging.getLogger("runtime.onnxruntime")
@@ -38,30 +39,6 @@ class InferenceFailed(ServingError):
     status_code = 500
 
 
-def session_options(threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # The CPU arena keeps the largest footprint of every batch size the batcher forms; without it memory
-    # follows the current batch, at some cost in speed (RUNTIME_ORT_ARENA=0; onnxruntime's default is on).
-    options.enable_cpu_mem_arena = os.environ.get("RUNTIME_ORT_ARENA", "1") != "0"
-    # Spinning threads burn the cores other instances, workers and the HTTP loop need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-def providers() -> list[str]:
-    import onnxruntime as ort
-
-    wanted = [p for p in os.environ.get("RUNTIME_ORT_PROVIDERS", "").split(",") if p]
-    available = ort.get_available_providers()
-    chosen = [p for p in wanted if p in available]
-    return chosen or ["CPUExecutionProvider"]
-
-
 def release_free_memory() -> None:
     """Give the heap that model loading freed (the ONNX graph read for the config) back to the OS."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
@@ -69,22 +46,15 @@ def release_free_memory() -> None:
 
 
 class LoadedModel:
-    """One version of one model: its sessions, and the batcher or plain scheduler in front of them."""
+    """One version of one model: its instances, and the batcher or plain scheduler in front of them."""
 
     def __init__(self, config: ModelConfig, version: str, threads: int) -> None:
-        import onnxruntime as ort
-
         self.config = config
         self.version = version
-        path = str(config.model_file(version))
-        options = session_options(threads)
-        self.sessions = [
-            ort.InferenceSession(path, sess_options=options, providers=providers())
-            for _ in range(config.instance_count)
+        self.sessions: list[Instance] = [
+            load_instance(config, version, Device("cpu"), threads) for _ in range(config.instance_count)
         ]
-        self._string_inputs = {t.name for t in config.inputs if t.datatype == "BYTES"}
-        self._output_names = [t.name for t in config.outputs]
-        self._pool = ThreadPoolExecutor(config.instance_count, thread_name_prefix=f"ort-{config.name}")
+        self._pool = ThreadPoolExecutor(config.instance_count, thread_name_prefix=f"model-{config.name}")
         self._batcher: DynamicBatcher | None = None
         self._free: asyncio.Semaphore | None = None
         self._instances: list[int] = []
@@ -113,30 +83,24 @@ class LoadedModel:
         if self._batcher is not None:
             await self._batcher.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for session in self.sessions:
+            session.close()
 
     def warm_up(self) -> None:
         """Run config.pbtxt's ``model_warmup`` samples on every instance."""
         for sample in warmup_samples(self.config):
             for instance in range(len(self.sessions)):
                 for _ in range(sample.count):
-                    self._run_session(instance, sample.inputs)
+                    self.sessions[instance].run(sample.inputs)
             logger.info("Model %s warmed up with %s (x%d)", self.config.name, sample.name, sample.count)
 
     def _record(self, stats: BatchStats) -> None:
         metrics.record_batch(self.config.name, self.version, stats)
 
-    def _run_session(self, instance: int, inputs: Tensors) -> Tensors:
-        feeds: dict[str, Any] = {}
-        for name, value in inputs.items():
-            # onnxruntime takes string tensors as numpy arrays of str.
-            feeds[name] = to_str_array(value) if name in self._string_inputs else value
-        results = self.sessions[instance].run(self._output_names, feeds)
-        return dict(zip(self._output_names, results, strict=True))
-
     async def _execute(self, instance: int, inputs: Tensors) -> Tensors:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, self._run_session, instance, inputs)
+            return await loop.run_in_executor(self._pool, self.sessions[instance].run, inputs)
         except Exception as ex:
             # onnxruntime's message names its source files and C++ signatures: the log gets it, the client not.
             raise InferenceFailed(
@@ -211,10 +175,7 @@ class OnnxRuntimeBackend:
         for config in configs:
             threads = max(1, cores // (config.instance_count * context.settings.workers))
             for version in config.versions:
-                try:
-                    loaded = await asyncio.to_thread(LoadedModel, config, version, threads)
-                except Exception as ex:  # onnxruntime's own error types; the message says what is wrong
-                    raise StartupError(f"{config.model_file(version)}: onnxruntime cannot load it: {ex}") from ex
+                loaded = await asyncio.to_thread(LoadedModel, config, version, threads)
                 await asyncio.to_thread(loaded.warm_up)  # before readiness, as Triton's model_warmup
                 loaded.start()
                 self.models[(config.name, version)] = loaded

@@ -120,7 +120,7 @@ def test_label_file(tmp_path: Path) -> None:
             'max_batch_size: 4\ninput [{ name: "x" data_type: TYPE_FP32 dims: [2, 2] reshape: { shape: [5] } }]',
             "input 'x' has reshape [5], but ",
         ),
-        ('platform: "tensorrt_plan"', "is not served by the embedded onnxruntime backend"),
+        ('platform: "tensorrt_plan"', "platform 'tensorrt_plan' is not served by the embedded backend"),
         ('name: "other"', "does not match the folder name 'linear'"),
         (
             'output [{ name: "y" data_type: TYPE_FP32 dims: [3] label_filename: "missing.txt" }]',

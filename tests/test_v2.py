@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as triton
 
 from tests.support.models import TYPED, linear_reference
-from tests.support.servers import ServerProcess, free_port, runtime_argv
+from tests.support.servers import ServerProcess, repository_server
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One repository-only server for the module (these tests only read from it)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("v2") / "runtime.log"
-    process = ServerProcess(runtime_argv("serve", "--port", str(port), "--model-dir", str(model_repo)), port, log)
+    process = repository_server(model_repo, tmp_path_factory.mktemp("v2") / "runtime.log")
     yield process.start()
     process.stop()
 

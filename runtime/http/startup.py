@@ -87,8 +87,8 @@ def _backend(settings: Settings) -> str:
     providers = "CPUExecutionProvider"
     with contextlib.suppress(ImportError, AttributeError):
         # The providers the backend chose (RUNTIME_ORT_PROVIDERS among those available): CPU or GPU.
-        backend = importlib.import_module("runtime_plugins.onnxruntime_backend")
-        providers = ", ".join(backend.providers())
+        onnx = importlib.import_module("runtime.serving.platforms.onnx")
+        providers = ", ".join(onnx.cpu_providers())
     return f"onnxruntime, in each worker process ({providers})"
 
 

@@ -1,1 +1,2 @@
-"""The model-serving wing: the model repository, tensors and datatypes, batching, and the Triton server."""
+"""The model-serving wing: the model repository, tensors and datatypes, batching, the platforms that run
+models (ONNX, TorchScript), and the Triton server."""

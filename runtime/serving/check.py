@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TextIO
 
 from runtime.errors import StartupError
+from runtime.serving.platforms import Device, load_instance
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository, repository_root
 from runtime.serving.tensors import expected_shape
 
@@ -59,10 +60,4 @@ def check_repository(model_dir: str, out: TextIO) -> int:
 
 
 def _try_session(config: ModelConfig, version: str) -> None:
-    import onnxruntime as ort
-
-    path = config.model_file(version)
-    try:
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as ex:
-        raise StartupError(f"{path}: onnxruntime cannot load it: {ex}") from None
+    load_instance(config, version, Device("cpu"), 1).close()

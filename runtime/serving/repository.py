@@ -2,9 +2,11 @@
 
 Layout: ``<model-dir>/triton/<model>/<version>/model.onnx`` (what Azure ML
 registers for Triton), or ``<model-dir>/<model>/<version>/`` when there is no
-``triton/`` folder. ``config.pbtxt`` is optional: it is parsed as protobuf
-text into Triton's ``ModelConfig`` and completed from the ONNX graph as
-``tritonserver --strict-model-config=false`` does.
+``triton/`` folder. For ONNX models ``config.pbtxt`` is optional: it is parsed
+as protobuf text into Triton's ``ModelConfig`` and completed from the ONNX graph
+as ``tritonserver --strict-model-config=false`` does. TorchScript models
+(``platform: "pytorch_libtorch"``, ``model.pt``) need a complete config, as in
+Triton: their names are checked against forward()'s signature.
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ from tritonclient.grpc import model_config_pb2 as mc
 from runtime.errors import StartupError
 from runtime.serving.batching import QueuePolicy, SchedulePolicy
 from runtime.serving.datatypes import config_to_wire, wire_to_config
+from runtime.serving.platforms import (
+    ONNX_BACKEND,
+    ONNX_PLATFORM,
+    TORCH_BACKEND,
+    TORCH_PLATFORM,
+    platform_name,
+)
 
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
-ONNX_PLATFORM = "onnxruntime_onnx"
-ONNX_BACKEND = "onnxruntime"
+DEFAULT_FILENAMES = {ONNX_PLATFORM: "model.onnx", TORCH_PLATFORM: "model.pt"}
+BACKENDS = {ONNX_PLATFORM: ONNX_BACKEND, TORCH_PLATFORM: TORCH_BACKEND}
 # Fields of ModelConfig that protobuf's JSON mapping writes as strings (64-bit ints); Triton writes numbers.
 _INT64_KEYS = {
     "dims",
@@ -159,7 +168,9 @@ def looks_like_repository(model_dir: str | os.PathLike[str]) -> bool:
             continue
         if (model / "config.pbtxt").is_file():
             return True
-        if any(v.is_dir() and v.name.isdigit() and any(v.glob("*.onnx")) for v in model.iterdir()):
+        if any(
+            v.is_dir() and v.name.isdigit() and (any(v.glob("*.onnx")) or any(v.glob("*.pt"))) for v in model.iterdir()
+        ):
             return True
     return False
 
@@ -305,15 +316,22 @@ def _complete_tensors(
         if tensor.data_type == mc.TYPE_INVALID:
             datatype = onnx_tensor.datatype
         dims = tuple(int(d) for d in tensor.dims) or (onnx_tensor.shape[1:] if batched else onnx_tensor.shape)
-        reshape = tuple(int(d) for d in tensor.reshape.shape) if tensor.HasField("reshape") else None
-        labels = None
-        if isinstance(tensor, mc.ModelOutput) and tensor.label_filename:
-            label_path = model_path / tensor.label_filename
-            if not label_path.is_file():
-                raise RepositoryError(f"{config_file}: label_filename {label_path} does not exist")
-            labels = tuple(label_path.read_text(encoding="utf-8").splitlines())
-        specs.append(TensorSpec(tensor.name, datatype, dims, reshape, labels))
+        specs.append(_declared_spec(tensor, datatype, dims, model_path))
     return specs
+
+
+def _declared_spec(
+    tensor: mc.ModelInput | mc.ModelOutput, datatype: str, dims: tuple[int, ...], model_path: Path
+) -> TensorSpec:
+    """A tensor with its config's ``reshape`` and ``label_filename`` read."""
+    reshape = tuple(int(d) for d in tensor.reshape.shape) if tensor.HasField("reshape") else None
+    labels = None
+    if isinstance(tensor, mc.ModelOutput) and tensor.label_filename:
+        label_path = model_path / tensor.label_filename
+        if not label_path.is_file():
+            raise RepositoryError(f"{model_path / 'config.pbtxt'}: label_filename {label_path} does not exist")
+        labels = tuple(label_path.read_text(encoding="utf-8").splitlines())
+    return TensorSpec(tensor.name, datatype, dims, reshape, labels)
 
 
 def load_model(model_path: Path) -> ModelConfig:
@@ -325,18 +343,74 @@ def load_model(model_path: Path) -> ModelConfig:
     name = model_path.name
     if config.name and config.name != name:
         raise RepositoryError(f"{config_file}: name {config.name!r} does not match the folder name {name!r}")
-    if (config.platform and config.platform != ONNX_PLATFORM) or (config.backend and config.backend != ONNX_BACKEND):
+    platform = platform_name(config.platform, config.backend)
+    if platform is None or (config.platform and config.backend and BACKENDS.get(config.platform) != config.backend):
         raise RepositoryError(
             f"{config_file}: platform {config.platform or config.backend!r} is not served by the embedded "
-            f"onnxruntime backend; use --backend triton"
+            f"backend (it serves {ONNX_PLATFORM} and {TORCH_PLATFORM}); use --backend triton"
         )
-    filename = config.default_model_filename or "model.onnx"
+    if not config_file.is_file() and any(model_path.glob("[0-9]*/model.pt")):
+        platform = TORCH_PLATFORM  # so that the error says a TorchScript model needs a config
+    filename = config.default_model_filename or DEFAULT_FILENAMES[platform]
     available = sorted(int(p.name) for p in model_path.iterdir() if p.is_dir() and p.name.isdigit())
     available = [v for v in available if (model_path / str(v) / filename).is_file()]
     if not available:
         raise RepositoryError(f"{model_path}: no version folder holds {filename} (expected {model_path}/1/{filename})")
     versions = _select_versions(config, available, model_path)
 
+    if platform == TORCH_PLATFORM:
+        max_batch_size, inputs, outputs = _torch_tensors(config, model_path)
+    else:
+        max_batch_size, inputs, outputs = _onnx_tensors(config, explicit_batch, model_path, filename, versions)
+    batched = max_batch_size > 0
+
+    dynamic = None
+    scheduler = config.WhichOneof("scheduling_choice")
+    if scheduler == "dynamic_batching":
+        db = config.dynamic_batching
+        if db.priority_levels and not 1 <= db.default_priority_level <= db.priority_levels:
+            raise RepositoryError(
+                f"{config_file}: default_priority_level must be in 1..priority_levels ({db.priority_levels}), "
+                f"got {db.default_priority_level}"
+            )
+        dynamic = dynamic_batching_of(db)
+        if batched and any(s > max_batch_size for s in dynamic.preferred_batch_sizes):
+            raise RepositoryError(f"{config_file}: preferred_batch_size must not exceed max_batch_size")
+    elif scheduler is None and max_batch_size > 1 and platform == ONNX_PLATFORM:
+        # Triton's auto-complete (ONNX only) turns the dynamic batcher on for batching models without a scheduler.
+        dynamic = DynamicBatching()
+        config.dynamic_batching.SetInParent()
+    elif scheduler is not None:
+        raise RepositoryError(f"{config_file}: {scheduler} is not supported by the embedded backend")
+    instance_count = sum(max(g.count, 1) for g in config.instance_group) or 1
+
+    _fill_proto(config, name, platform, max_batch_size, inputs, outputs, instance_count)
+    result = ModelConfig(
+        name=name,
+        path=model_path,
+        max_batch_size=max_batch_size,
+        inputs=inputs,
+        outputs=outputs,
+        versions=[str(v) for v in versions],
+        dynamic_batching=dynamic if batched else None,
+        instance_count=instance_count,
+        model_filename=filename,
+        proto=config,
+    )
+    if platform == TORCH_PLATFORM:
+        from runtime.serving.platforms.torchscript import check_model
+
+        for version in result.versions:
+            check_model(result, version)
+    return result
+
+
+def _onnx_tensors(
+    config: mc.ModelConfig, explicit_batch: bool, model_path: Path, filename: str, versions: list[int]
+) -> tuple[int, list[TensorSpec], list[TensorSpec]]:
+    """max_batch_size, inputs and outputs: the config completed from the latest ONNX graph, checked against
+    every version's graph."""
+    config_file = model_path / "config.pbtxt"
     onnx_inputs, onnx_outputs = _onnx_io(model_path / str(versions[-1]) / filename)
     batchable = all(len(t.shape) >= 1 and t.shape[0] == -1 for t in onnx_inputs + onnx_outputs)
     max_batch_size = config.max_batch_size if explicit_batch else (DEFAULT_MAX_BATCH_SIZE if batchable else 0)
@@ -356,53 +430,49 @@ def load_model(model_path: Path) -> ModelConfig:
         graph_in, graph_out = (onnx_inputs, onnx_outputs) if version == versions[-1] else _onnx_io(model_file)
         check_against_graph(config_file, model_file, "input", inputs, graph_in, max_batch_size)
         check_against_graph(config_file, model_file, "output", outputs, graph_out, max_batch_size)
+    return max_batch_size, inputs, outputs
 
-    dynamic = None
-    scheduler = config.WhichOneof("scheduling_choice")
-    if scheduler == "dynamic_batching":
-        db = config.dynamic_batching
-        if db.priority_levels and not 1 <= db.default_priority_level <= db.priority_levels:
-            raise RepositoryError(
-                f"{config_file}: default_priority_level must be in 1..priority_levels ({db.priority_levels}), "
-                f"got {db.default_priority_level}"
-            )
-        dynamic = dynamic_batching_of(db)
-        if batched and any(s > max_batch_size for s in dynamic.preferred_batch_sizes):
-            raise RepositoryError(f"{config_file}: preferred_batch_size must not exceed max_batch_size")
-    elif scheduler is None and max_batch_size > 1:
-        # Triton's auto-complete turns the dynamic batcher on for batching models without a scheduler.
-        dynamic = DynamicBatching()
-        config.dynamic_batching.SetInParent()
-    elif scheduler is not None:
-        raise RepositoryError(f"{config_file}: {scheduler} is not supported by the embedded backend")
-    instance_count = sum(max(g.count, 1) for g in config.instance_group) or 1
 
-    _fill_proto(config, name, max_batch_size, inputs, outputs, instance_count)
-    return ModelConfig(
-        name=name,
-        path=model_path,
-        max_batch_size=max_batch_size,
-        inputs=inputs,
-        outputs=outputs,
-        versions=[str(v) for v in versions],
-        dynamic_batching=dynamic if batched else None,
-        instance_count=instance_count,
-        model_filename=filename,
-        proto=config,
-    )
+def _torch_tensors(config: mc.ModelConfig, model_path: Path) -> tuple[int, list[TensorSpec], list[TensorSpec]]:
+    """max_batch_size, inputs and outputs as config.pbtxt declares them: TorchScript records no types or shapes."""
+    config_file = model_path / "config.pbtxt"
+    if not config_file.is_file():
+        raise RepositoryError(
+            f"{model_path}: a TorchScript model needs a config.pbtxt (Triton cannot complete one from model.pt): "
+            f'write {config_file} with platform: "pytorch_libtorch", max_batch_size, and every input and output '
+            "with name, data_type and dims"
+        )
+    if config.max_batch_size < 0:
+        raise RepositoryError(f"{config_file}: max_batch_size must be >= 0, got {config.max_batch_size}")
+    if not config.input or not config.output:
+        missing = "input" if not config.input else "output"
+        raise RepositoryError(
+            f"{config_file}: a TorchScript model needs every {missing} listed with name, data_type and dims "
+            "(TorchScript files do not record them)"
+        )
+    declared = [*config.input, *config.output]
+    for tensor in declared:
+        if tensor.data_type == mc.TYPE_INVALID or not tensor.dims:
+            raise RepositoryError(f"{config_file}: {tensor.name!r} needs data_type and dims (model.pt has neither)")
+    specs = [
+        _declared_spec(t, config_to_wire(mc.DataType.Name(t.data_type)), tuple(int(d) for d in t.dims), model_path)
+        for t in declared
+    ]
+    return int(config.max_batch_size), specs[: len(config.input)], specs[len(config.input) :]
 
 
 def _fill_proto(
     config: mc.ModelConfig,
     name: str,
+    platform: str,
     max_batch_size: int,
     inputs: list[TensorSpec],
     outputs: list[TensorSpec],
     instance_count: int,
 ) -> None:
     config.name = name
-    config.platform = ONNX_PLATFORM
-    config.backend = ONNX_BACKEND
+    config.platform = platform
+    config.backend = BACKENDS[platform]
     config.max_batch_size = max_batch_size
     if not config.input:
         for spec in inputs:
@@ -446,7 +516,8 @@ def model_config_from_proto(proto: mc.ModelConfig, versions: list[str], path: Pa
         versions=versions,
         dynamic_batching=dynamic,
         instance_count=sum(max(g.count, 1) for g in proto.instance_group) or 1,
-        model_filename=proto.default_model_filename or "model.onnx",
+        model_filename=proto.default_model_filename
+        or DEFAULT_FILENAMES.get(platform_name(proto.platform, proto.backend) or ONNX_PLATFORM, "model.onnx"),
         proto=proto,
     )
 

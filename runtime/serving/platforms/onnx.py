@@ -1,0 +1,105 @@
+"""onnxruntime: CPU sessions, and CUDA execution provider sessions when onnxruntime-gpu is installed."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from runtime.serving.platforms import Device
+from runtime.serving.tensors import to_str_array
+
+if TYPE_CHECKING:
+    from runtime.serving.repository import ModelConfig
+
+CUDA = "CUDAExecutionProvider"
+
+
+def session_options(threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # The CPU arena keeps the largest footprint of every batch size the batcher forms; without it memory
+    # follows the current batch, at some cost in speed (RUNTIME_ORT_ARENA=0; onnxruntime's default is on).
+    options.enable_cpu_mem_arena = os.environ.get("RUNTIME_ORT_ARENA", "1") != "0"
+    # Spinning threads burn the cores other instances, workers and the HTTP loop need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def cpu_providers() -> list[str]:
+    import onnxruntime as ort
+
+    wanted = [p for p in os.environ.get("RUNTIME_ORT_PROVIDERS", "").split(",") if p and p != CUDA]
+    available = ort.get_available_providers()
+    return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda_devices() -> tuple[int, str]:
+    """(GPU count, why 0) from the CUDA driver; asks nothing of onnxruntime."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0, "no NVIDIA driver (libcuda.so.1 cannot be loaded)"
+    if cuda.cuInit(0) != 0:
+        return 0, "the CUDA driver found no usable GPU (cuInit failed)"
+    count = ctypes.c_int(0)
+    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return 0, "the CUDA driver reports no GPU"
+    return count.value, ""
+
+
+class OnnxInstance:
+    def __init__(self, config: ModelConfig, version: str, device: Device, threads: int) -> None:
+        import onnxruntime as ort
+
+        self.device = device
+        if device.kind == "gpu":
+            providers: list[Any] = [(CUDA, {"device_id": device.index}), "CPUExecutionProvider"]
+        else:
+            providers = cpu_providers()
+        self.session = ort.InferenceSession(
+            str(config.model_file(version)), sess_options=session_options(threads), providers=providers
+        )
+        self._strings = {t.name for t in config.inputs if t.datatype == "BYTES"}
+        self._outputs = [t.name for t in config.outputs]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # onnxruntime takes string tensors as numpy arrays of str.
+        feeds = {n: to_str_array(v) if n in self._strings else v for n, v in inputs.items()}
+        return dict(zip(self._outputs, self.session.run(self._outputs, feeds), strict=True))
+
+    def close(self) -> None:
+        del self.session
+
+
+class OnnxPlatform:
+    name = "onnxruntime"
+
+    def gpu_count(self) -> int:
+        if CUDA not in _available():
+            return 0
+        return _cuda_devices()[0]
+
+    def missing_gpu_reason(self) -> str:
+        if CUDA not in _available():
+            return f"onnxruntime has no {CUDA} (install onnxruntime-gpu instead of onnxruntime)"
+        return _cuda_devices()[1]
+
+    def load(self, config: ModelConfig, version: str, device: Device, threads: int) -> OnnxInstance:
+        return OnnxInstance(config, version, device, threads)
+
+
+def _available() -> list[str]:
+    import onnxruntime as ort
+
+    providers: list[str] = ort.get_available_providers()
+    return providers
