@@ -204,6 +204,40 @@ def test_densenet_model_zoo_configuration_with_fixed_batch(start_runtime: StartR
     assert response.status_code == 200 and len(response.json()) == 5
 
 
+@pytest.fixture(scope="module")
+def torchscript_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small DenseNet as TorchScript: the same weights as the small ONNX file in examples_repo."""
+    root = tmp_path_factory.mktemp("densenet_torchscript")
+    load(DENSENET / "make_model.py").main(["--out", str(root), "--small", "--format", "torchscript"])
+    return root
+
+
+@pytest.mark.parametrize("script", ["score_densenet.py", "score_densenet_aml.py"])
+def test_densenet_from_torchscript_equals_in_process_and_onnx(
+    start_runtime: StartRuntime, examples_repo: Path, torchscript_repo: Path, script: str
+) -> None:
+    server = serve(start_runtime, DENSENET / script, torchscript_repo, "onnxruntime", None)
+    image = jpeg(seed=5)
+    response = httpx.post(server.url + "/score", content=image, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert response.status_code == 200, response.text
+    top = response.json()
+
+    import onnxruntime as ort
+    import torch
+
+    imagenet = load(DENSENET / "imagenet.py")
+    x = imagenet.preprocess(imagenet.load_image(image))
+    module = torch.jit.load(str(torchscript_repo / "triton/densenet_onnx/1/model.pt"))
+    with torch.inference_mode():
+        logits = module(torch.from_numpy(x)).numpy()
+    want = imagenet.top5(logits, (DENSENET / "densenet_labels.txt").read_text().splitlines())
+    assert [e["label"] for e in top] == [e["label"] for e in want]
+    np.testing.assert_allclose([e["score"] for e in top], [e["score"] for e in want], rtol=1e-5)
+    # make_model builds both formats from one set of weights: they compute the same function.
+    session = ort.InferenceSession(str(examples_repo / "triton/densenet_onnx/1/model.onnx"))
+    np.testing.assert_allclose(session.run(None, {"data_0": x})[0], logits, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("script", ["score_bidaf.py", "score_bidaf_aml.py"])
 def test_bidaf_end_to_end(
     start_runtime: StartRuntime,

@@ -2,6 +2,12 @@
 
     python examples/densenet_onnx/make_model.py            # DenseNet-121, dynamic batch
     python examples/densenet_onnx/make_model.py --small    # same signature, a few layers (tests)
+    python examples/densenet_onnx/make_model.py --format torchscript   # model.pt, under models_torchscript/
+
+The TorchScript model (``pip install 'scoring-runtime[torch]'``) is the same
+DenseNet-121 built in plain PyTorch with the ONNX file's weights: both formats
+give the same answers. Its model is named ``densenet_onnx`` too, so the same
+score.py serves either repository.
 
 The weights are deterministic pseudo-random numbers: the answers are
 MEANINGLESS. The model only has the real one's input ``data_0`` FP32
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,19 +132,66 @@ def write_config(folder: Path, dynamic: bool, max_batch_size: int) -> None:
     shutil.copy2(HERE / "densenet_labels.txt", folder / "densenet_labels.txt")
 
 
+def conv_weights(model: onnx.ModelProto) -> list[np.ndarray]:
+    """The convolution weights, in the order :class:`Builder` made them."""
+    return [numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("w_")]
+
+
+def save_torchscript(model: onnx.ModelProto, blocks: tuple[int, ...], growth: int, features: int, path: Path) -> None:
+    if str(HERE) not in sys.path:  # also when loaded by path (tests, benchmarks)
+        sys.path.insert(0, str(HERE))
+    import densenet_torch  # beside this file; needs torch, which only this format does
+    import torch
+
+    module = densenet_torch.from_onnx(densenet_torch.DenseNet(blocks, growth, features), conv_weights(model))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(module).save(str(path))
+
+
+def write_torchscript_config(folder: Path, max_batch_size: int) -> None:
+    # Triton cannot complete a TorchScript config from model.pt: every field is spelled out.
+    # data_0 is forward()'s argument name; the only output is the returned tensor.
+    # DISABLE_OPTIMIZED_EXECUTION (Triton's parameter): with the profiling executor's optimisations, the
+    # first two calls at every new batch size took 1.5-2.4 s instead of 0.25 s here, and later calls were
+    # slower too (2 cores, batch 1 and 2); benchmarks/gpu_check.py measures both settings on a GPU.
+    (folder / "config.pbtxt").write_text(
+        f'name: "{MODEL_NAME}"\nplatform: "pytorch_libtorch"\nmax_batch_size: {max_batch_size}\n'
+        "dynamic_batching { }\n"
+        'parameters: { key: "DISABLE_OPTIMIZED_EXECUTION" value: { string_value: "true" } }\n'
+        'input [{ name: "data_0" data_type: TYPE_FP32 dims: [3, 224, 224] }]\n'
+        'output [{ name: "fc6_1" data_type: TYPE_FP32 dims: [1000, 1, 1] label_filename: "densenet_labels.txt" }]\n'
+        "instance_group [{ count: 1 kind: KIND_AUTO }]\n"
+    )
+    shutil.copy2(HERE / "densenet_labels.txt", folder / "densenet_labels.txt")
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=HERE / "models", help="model directory (default: models/ here)")
+    parser.add_argument(
+        "--out", type=Path, help="model directory (default: models/ here, models_torchscript/ for torchscript)"
+    )
+    parser.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     parser.add_argument("--small", action="store_true", help="a few layers only (fast; same signature)")
     parser.add_argument("--fixed-batch", action="store_true", help="batch fixed at 1, like the model zoo file")
     # On CPU, throughput is flat from batch 4 up while memory grows with the batch: 16 is plenty.
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--force", action="store_true", help="rebuild even if a model.onnx is in place")
     args = parser.parse_args(argv)
-    folder = args.out / "triton" / MODEL_NAME
+    blocks, growth, features = ((1, 1, 1, 1), 8, 16) if args.small else ((6, 12, 24, 16), 32, 64)
+    if args.format == "torchscript":
+        folder = (args.out or HERE / "models_torchscript") / "triton" / MODEL_NAME
+        path = folder / "1" / "model.pt"
+        if args.force or not path.exists():
+            save_torchscript(build(blocks, growth, features, "N"), blocks, growth, features, path)
+            print(f"built {'small ' if args.small else ''}DenseNet in TorchScript (meaningless weights) at {path}")
+        else:
+            print(f"keeping the model in place at {path}")
+        write_torchscript_config(folder, args.max_batch_size)
+        print(f"wrote {folder / 'config.pbtxt'} (max_batch_size {args.max_batch_size})")
+        return path
+    folder = (args.out or HERE / "models") / "triton" / MODEL_NAME
     path = folder / "1" / "model.onnx"
     if args.force or not path.exists():
-        blocks, growth, features = ((1, 1, 1, 1), 8, 16) if args.small else ((6, 12, 24, 16), 32, 64)
         model = build(blocks, growth, features, 1 if args.fixed_batch else "N")
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(path))
