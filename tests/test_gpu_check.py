@@ -1,0 +1,52 @@
+"""benchmarks/gpu_check.py end to end on the CPU, at small sizes (the GPU run uses the same code)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import REPO
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "--device", "cpu", "--small", "--batches", "1,2", "--workers", "1", "--concurrency", "4",
+    "--duration", "1", "--warmup", "1", "--limit-seconds", "0.5", "--target-batch", "2",
+]  # fmt: skip
+
+
+def gpu_check(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), *SMALL, *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def test_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    result = gpu_check("--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert data["device"] == "cpu" and data["small"] is True
+    assert set(data["device_limit"]) == {"1", "2"} and all(v > 0 for v in data["device_limit"].values())
+    assert data["device_limit_pinned"] == {}  # pinned buffers are a GPU measurement
+    assert set(data["device_limit_optimized"]) == {"2"} and data["device_limit_optimized"]["2"] > 0
+    assert data["preprocessing_limit"] > 0
+    assert data["limit_images_per_s"] == min(data["device_limit"]["2"], data["preprocessing_limit"])
+    served = data["served"]["1"]
+    assert served["images_per_s"] > 0 and served["errors"] == {} and served["client_processes"] == 1
+    assert 1 <= served["mean_batch"] <= 2  # max_batch_size is the largest --batches
+    assert data["target"]["batch"] == 2 and data["target"]["served"]["errors"] == {}
+    assert data["target"]["ratio"] == data["target"]["served"]["images_per_s"] / data["target"]["in_process"]
+    assert "| runtime serve, hook score.py, 1 worker(s), JPEG, c=4 |" in result.stdout
+    assert "| device limit, batch 2 | " in result.stdout and " (optimized: " in result.stdout
+    assert "in-process at batch 2:" in result.stdout
+
+
+def test_stops_at_once_when_the_server_dies() -> None:
+    result = gpu_check("--serve-args=--no-such-flag", "--batches", "1", "--limit-seconds", "0.2")
+    assert result.returncode == 1
+    assert "error: runtime serve exited with 2; its log ends:" in result.stderr
+    assert "--no-such-flag" in result.stderr
