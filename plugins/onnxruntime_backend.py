@@ -22,14 +22,15 @@ import numpy as np
 
 from runtime import metrics
 from runtime.context import InitContext
-from runtime.errors import NotFound, ServingError, StartupError
+from runtime.dataplane import DEADLINE, OUTPUTS, schedule_parameters
+from runtime.errors import ServingError, StartupError, UnknownModel
 from runtime.hookspecs import hookimpl
 from runtime.metrics import failure_reason
-from runtime.pipeline import DEADLINE, schedule_parameters
 from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
-from runtime.serving.tensors import shape_outputs, to_str_array, validate_inputs
+from runtime.serving.tensors import cast, shape_outputs, to_str_array
 from runtime.serving.warmup import warmup_samples
+from runtime.settings import Settings
 
 logger = logging.getLogger("runtime.onnxruntime")
 
@@ -38,7 +39,7 @@ class InferenceFailed(ServingError):
     status_code = 500
 
 
-def session_options(threads: int) -> Any:
+def session_options(threads: int, arena: bool) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -47,16 +48,15 @@ def session_options(threads: int) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # The CPU arena keeps the largest footprint of every batch size the batcher forms; without it memory
     # follows the current batch, at some cost in speed (RUNTIME_ORT_ARENA=0; onnxruntime's default is on).
-    options.enable_cpu_mem_arena = os.environ.get("RUNTIME_ORT_ARENA", "1") != "0"
+    options.enable_cpu_mem_arena = arena
     # Spinning threads burn the cores other instances, workers and the HTTP loop need.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-def providers() -> list[str]:
+def providers(wanted: tuple[str, ...]) -> list[str]:
     import onnxruntime as ort
 
-    wanted = [p for p in os.environ.get("RUNTIME_ORT_PROVIDERS", "").split(",") if p]
     available = ort.get_available_providers()
     chosen = [p for p in wanted if p in available]
     return chosen or ["CPUExecutionProvider"]
@@ -71,18 +71,17 @@ def release_free_memory() -> None:
 class LoadedModel:
     """One version of one model: its sessions, and the batcher or plain scheduler in front of them."""
 
-    def __init__(self, config: ModelConfig, version: str, threads: int) -> None:
+    def __init__(self, config: ModelConfig, version: str, threads: int, settings: Settings) -> None:
         import onnxruntime as ort
 
         self.config = config
         self.version = version
         path = str(config.model_file(version))
-        options = session_options(threads)
+        options = session_options(threads, settings.ort_arena)
+        chosen = providers(settings.ort_providers)
         self.sessions = [
-            ort.InferenceSession(path, sess_options=options, providers=providers())
-            for _ in range(config.instance_count)
+            ort.InferenceSession(path, sess_options=options, providers=chosen) for _ in range(config.instance_count)
         ]
-        self._string_inputs = {t.name for t in config.inputs if t.datatype == "BYTES"}
         self._output_names = [t.name for t in config.outputs]
         self._pool = ThreadPoolExecutor(config.instance_count, thread_name_prefix=f"ort-{config.name}")
         self._batcher: DynamicBatcher | None = None
@@ -125,11 +124,15 @@ class LoadedModel:
     def _record(self, stats: BatchStats) -> None:
         metrics.record_batch(self.config.name, self.version, stats)
 
-    def _run_session(self, instance: int, inputs: Tensors) -> Tensors:
-        feeds: dict[str, Any] = {}
-        for name, value in inputs.items():
-            # onnxruntime takes string tensors as numpy arrays of str.
-            feeds[name] = to_str_array(value) if name in self._string_inputs else value
+    def _feeds(self, inputs: Mapping[str, Any]) -> Tensors:
+        """Checked inputs in onnxruntime's form, converted once: the model's dtype and shape, strings as str."""
+        feeds: Tensors = {}
+        for spec in self.config.inputs:
+            value = cast(self.config, spec, inputs[spec.name], reshape=True)
+            feeds[spec.name] = to_str_array(value) if spec.datatype == "BYTES" else value
+        return feeds
+
+    def _run_session(self, instance: int, feeds: Tensors) -> Tensors:
         results = self.sessions[instance].run(self._output_names, feeds)
         return dict(zip(self._output_names, results, strict=True))
 
@@ -157,15 +160,15 @@ class LoadedModel:
         started = time.perf_counter()
         error: BaseException | None = None
         try:
-            checked = validate_inputs(self.config, inputs)
+            feeds = self._feeds(inputs)
             if self._batcher is not None:
                 priority, timeout_us = schedule_parameters(parameters or {})
                 outputs = await self._batcher.submit(
-                    checked, priority=priority, timeout_us=timeout_us, deadline=DEADLINE.get()
+                    feeds, priority=priority, timeout_us=timeout_us, deadline=DEADLINE.get()
                 )
             else:
-                outputs = await self._execute_alone(checked)
-            return shape_outputs(self.config, outputs)
+                outputs = await self._execute_alone(feeds)
+            return shape_outputs(self.config, outputs, (parameters or {}).get(OUTPUTS))
         except BaseException as ex:
             error = ex
             raise
@@ -191,7 +194,7 @@ class OnnxRuntimeBackend:
         version = version or config.latest_version
         loaded = self.models.get((model, version))
         if loaded is None:
-            raise NotFound(f"Request for unknown model: '{model}' version {version} is not found")
+            raise UnknownModel(model, version)
         return loaded
 
     @hookimpl(tryfirst=True)
@@ -208,7 +211,7 @@ class OnnxRuntimeBackend:
             threads = max(1, cores // (config.instance_count * context.settings.workers))
             for version in config.versions:
                 try:
-                    loaded = await asyncio.to_thread(LoadedModel, config, version, threads)
+                    loaded = await asyncio.to_thread(LoadedModel, config, version, threads, context.settings)
                 except Exception as ex:  # onnxruntime's own error types; the message says what is wrong
                     raise StartupError(f"{config.model_file(version)}: onnxruntime cannot load it: {ex}") from ex
                 await asyncio.to_thread(loaded.warm_up)  # before readiness, as Triton's model_warmup

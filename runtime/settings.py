@@ -1,14 +1,17 @@
-"""Server settings: environment variables (the Azure ML names), overridden by CLI flags.
+"""Server settings: every environment variable the runtime reads, overridden by CLI flags.
 
-The CLI writes its flags into the environment before Gunicorn forks, so every
-worker builds the same :class:`Settings` with :func:`Settings.from_env`.
+The CLI builds one :class:`Settings` (:func:`Settings.from_env`, then its flags)
+and hands the object to Gunicorn, whose workers inherit it when they fork.
+docs/settings.md has the table; nothing else in the runtime reads os.environ.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
@@ -22,17 +25,19 @@ DEFAULT_MAX_CONCURRENT_REQUESTS = 256
 DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 2 * DEFAULT_MAX_BODY_BYTES
 DEFAULT_KEEPALIVE_MAX_AGE_S = 2
 
+N = TypeVar("N", int, float)
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+
+def _number(env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], kind: str, minimum: N) -> N:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
@@ -46,6 +51,21 @@ def _optional_int(env: Mapping[str, str], name: str, default: int = 0) -> int:
     if value < 0:
         raise ValueError(f"{name} must be 0 (off) or positive, got {value}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    return _number(env, name, default, int, "an integer", minimum)
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, float, "a number", 0.0)
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw not in ("0", "false", "no", "off")
 
 
 def _list(raw: str) -> tuple[str, ...]:
@@ -62,6 +82,9 @@ class Settings:
     workers: int = 1
     # Requests one worker has in flight at once (sync code runs in a pool of this many threads).
     concurrency: int = DEFAULT_CONCURRENCY
+    # Threads for sync preprocess/postprocess hooks: CPU-bound Python gains nothing from more threads than
+    # cores (the GIL), and loses to contention with the event loop.
+    hook_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     cors_origins: tuple[str, ...] = ()
@@ -82,6 +105,21 @@ class Settings:
     max_requests_jitter: int = 0
     max_worker_memory_mb: int = 0  # recycle a worker whose RSS exceeds this (0: never)
     keepalive_max_age_s: int = DEFAULT_KEEPALIVE_MAX_AGE_S  # close keep-alive connections older (0: never)
+    # Gunicorn: seconds a silent worker lives, seconds a stopping worker gets, the access log.
+    worker_timeout: int = 300
+    graceful_timeout: int = 30
+    access_log: bool = True
+    # onnxruntime: the CPU memory arena, and execution providers to prefer when available.
+    ort_arena: bool = True
+    ort_providers: tuple[str, ...] = ()
+    # Triton: how long workers wait for the server and its models; where `runtime triton install` puts it.
+    triton_wait_s: float = 120.0
+    triton_home: str = field(default_factory=lambda: str(Path.home() / ".cache" / "scoring-runtime" / "triton"))
+    # Log every hook call with the implementations it ran.
+    trace_hooks: bool = False
+    # Not from the environment: a file `runtime serve` names so that only the first ready worker logs the
+    # start-up summary (empty: always log).
+    summary_marker: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,6 +137,7 @@ class Settings:
             port=_int(env, "SERVER_PORT", DEFAULT_PORT),
             workers=_int(env, "WORKER_COUNT", 1),
             concurrency=_int(env, "RUNTIME_CONCURRENCY", DEFAULT_CONCURRENCY),
+            hook_threads=_int(env, "RUNTIME_HOOK_THREADS", os.cpu_count() or 1),
             timeout_ms=_int(env, "SCORING_TIMEOUT_MS", DEFAULT_TIMEOUT_MS),
             max_body_bytes=_int(env, "RUNTIME_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             cors_origins=_list(env.get("AML_CORS_ORIGINS", "")),
@@ -118,6 +157,14 @@ class Settings:
             max_requests_jitter=_optional_int(env, "RUNTIME_MAX_REQUESTS_JITTER"),
             max_worker_memory_mb=_optional_int(env, "RUNTIME_MAX_WORKER_MEMORY_MB"),
             keepalive_max_age_s=_optional_int(env, "RUNTIME_KEEPALIVE_MAX_AGE_S", DEFAULT_KEEPALIVE_MAX_AGE_S),
+            worker_timeout=_int(env, "WORKER_TIMEOUT", 300, minimum=0),
+            graceful_timeout=_int(env, "RUNTIME_GRACEFUL_TIMEOUT", 30, minimum=0),
+            access_log=_flag(env, "RUNTIME_ACCESS_LOG", True),
+            ort_arena=_flag(env, "RUNTIME_ORT_ARENA", True),
+            ort_providers=_list(env.get("RUNTIME_ORT_PROVIDERS", "")),
+            triton_wait_s=_float(env, "RUNTIME_TRITON_WAIT_S", 120.0),
+            triton_home=env.get("RUNTIME_TRITON_HOME") or str(Path.home() / ".cache" / "scoring-runtime" / "triton"),
+            trace_hooks=_flag(env, "RUNTIME_TRACE_HOOKS", False),
         )
 
     @property

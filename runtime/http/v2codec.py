@@ -31,7 +31,6 @@ class RequestedOutput:
 class InferRequestBody:
     id: str | None
     inputs: dict[str, np.ndarray]
-    datatypes: dict[str, str]
     outputs: list[RequestedOutput] | None  # None: every output
     binary_output: bool
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -44,7 +43,7 @@ def _element_count(shape: list[int]) -> int:
     return count
 
 
-def deserialize_bytes(buffer: bytes, name: str) -> list[bytes]:
+def deserialize_bytes(buffer: bytes | memoryview, name: str) -> list[bytes]:
     """BYTES in binary form: each element is a 4-byte little-endian length, then the bytes."""
     items, offset = [], 0
     while offset < len(buffer):
@@ -110,7 +109,8 @@ def _decode_json_tensor(name: str, datatype: str, shape: list[int], data: Any) -
         raise BadRequest(f"input '{name}' cannot be read as {datatype}: {ex}") from None
 
 
-def _decode_binary_tensor(name: str, datatype: str, shape: list[int], buffer: bytes) -> np.ndarray:
+def _decode_binary_tensor(name: str, datatype: str, shape: list[int], buffer: memoryview) -> np.ndarray:
+    """A view on the request body where numpy can read it as it is (no copy); BYTES elements are copied out."""
     expected = _element_count(shape)
     if datatype == "BYTES":
         items = deserialize_bytes(buffer, name)
@@ -130,10 +130,11 @@ def _decode_binary_tensor(name: str, datatype: str, shape: list[int], buffer: by
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """The JSON header and the binary remainder of an infer request body."""
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    """The JSON header and the binary remainder of an infer request body (a view: tensors are not copied)."""
+    view = memoryview(body)
     if header_length is None:
-        json_part, binary = body, b""
+        json_part, binary = body, view[len(body) :]
     else:
         try:
             length = int(header_length)
@@ -141,7 +142,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
         if not 0 < length <= len(body):
             raise BadRequest(f"{HEADER_LENGTH} is {length}, but the request body has {len(body)} bytes")
-        json_part, binary = body[:length], body[length:]
+        json_part, binary = bytes(view[:length]), view[length:]
     try:
         header = json.loads(json_part)
     except (json.JSONDecodeError, UnicodeDecodeError) as ex:
@@ -157,7 +158,6 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("the request must have a non-empty 'inputs' list")
     inputs: dict[str, np.ndarray] = {}
-    datatypes: dict[str, str] = {}
     offset = 0
     for raw in raw_inputs:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -183,7 +183,6 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
             inputs[name] = _decode_json_tensor(name, datatype, shape, raw["data"])
         else:
             raise BadRequest(f"input '{name}' has neither 'data' nor binary_data_size")
-        datatypes[name] = datatype
     if offset != len(binary):
         raise BadRequest(f"the request has {len(binary) - offset} bytes of binary data that no input claims")
     parameters = header.get("parameters") or {}
@@ -205,26 +204,10 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
     return InferRequestBody(
         id=str(request_id) if request_id is not None else None,
         inputs=inputs,
-        datatypes=datatypes,
         outputs=outputs,
         binary_output=bool(parameters.get("binary_data_output", False)),
         parameters=parameters if isinstance(parameters, dict) else {},
     )
-
-
-def classify(values: np.ndarray, count: int, labels: tuple[str, ...] | None, batched: bool) -> np.ndarray:
-    """Triton's classification extension: the top ``count`` entries as "value:index[:label]" strings."""
-    rows = values.reshape(values.shape[0], -1) if batched else values.reshape(1, -1)
-    count = min(count, rows.shape[1])
-    out = np.empty((rows.shape[0], count), dtype=np.object_)
-    for r, row in enumerate(rows.astype(np.float64)):
-        top = np.argsort(-row, kind="stable")[:count]
-        for c, index in enumerate(top):
-            text = f"{row[index]:f}:{index}"
-            if labels is not None and index < len(labels):
-                text += f":{labels[index]}"
-            out[r, c] = text.encode("utf-8")
-    return out if batched else out.reshape(count)
 
 
 def encode_outputs(outputs: list[tuple[str, np.ndarray, bool]], header: dict[str, Any]) -> tuple[bytes, int | None]:

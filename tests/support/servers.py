@@ -97,3 +97,24 @@ class ServerProcess:
 
 def runtime_argv(*args: str) -> list[str]:
     return [str(BIN / "runtime"), *args]
+
+
+class ServerPool:
+    """``runtime serve`` processes started on first use and shared by every test that only reads from them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._servers: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], ServerProcess] = {}
+
+    def get(self, *args: str, env: Mapping[str, str] | None = None) -> ServerProcess:
+        key = (args, tuple(sorted((env or {}).items())))
+        if key not in self._servers:
+            port = free_port()
+            log = self.directory / f"runtime-{port}.log"
+            self._servers[key] = ServerProcess(runtime_argv("serve", "--port", str(port), *args), port, log, env)
+            self._servers[key].start()
+        return self._servers[key]
+
+    def stop(self) -> None:
+        for server in self._servers.values():
+            server.stop()
