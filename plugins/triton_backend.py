@@ -102,7 +102,7 @@ class TritonBackend:
             proto = json_format.ParseDict(config_json, mc.ModelConfig(), ignore_unknown_fields=True)
             self.configs[name] = model_config_from_proto(proto, versions=await self._versions(name))
         logger.info("Triton at %s serves %s", self.url, ", ".join(sorted(self.configs)) or "no models")
-        metrics.SCRAPE_SOURCES.append(self._statistics)
+        metrics.add_scrape_source(self._statistics)
 
     async def _statistics(self) -> bytes:
         """Triton's batch statistics for /metrics (nothing when Triton cannot be reached right now)."""
@@ -270,7 +270,6 @@ class TritonBackend:
 
     @hookimpl
     async def shutdown(self) -> None:
-        if self._statistics in metrics.SCRAPE_SOURCES:
-            metrics.SCRAPE_SOURCES.remove(self._statistics)
+        metrics.remove_scrape_source(self._statistics)
         if self.client is not None:
             await self.client.close()

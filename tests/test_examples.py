@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from runtime.serving.tritonserver import ManagedTriton
+from tests.conftest import StartRuntime
 from tests.support.inprocess import AppPool
 from tests.support.servers import REPO
 from tests.test_onnxruntime_backend import metric
@@ -137,19 +138,23 @@ def test_densenet_bad_images_get_400(
 
 
 def test_densenet_concurrent_requests_are_batched(
-    apps: AppPool, examples_repo: Path, backend: str, triton_if_needed: ManagedTriton | None
+    start_runtime: StartRuntime, examples_repo: Path, backend: str, triton_if_needed: ManagedTriton | None
 ) -> None:
-    """Batches show in /metrics in both modes (on Triton, from its statistics API)."""
-    server = serve(apps, DENSENET / "score_densenet.py", examples_repo, backend, triton_if_needed)
+    """Batches show in /metrics in both modes (on Triton, from its statistics API). A real server: the
+    metrics of apps in this process would mix."""
+    args = ["--entry", str(DENSENET / "score_densenet.py"), "--model-dir", str(examples_repo)]
+    if triton_if_needed is not None:
+        args += ["--backend", "triton", "--triton-url", triton_if_needed.url]
+    server = start_runtime(*args)
     images = [jpeg(seed=i) for i in range(48)]
 
     def send(img: bytes) -> httpx.Response:
-        return server.post("/score", content=img, headers={"Content-Type": "image/jpeg"}, timeout=120)
+        return httpx.post(server.url + "/score", content=img, headers={"Content-Type": "image/jpeg"}, timeout=120)
 
     with ThreadPoolExecutor(24) as pool:
         responses = list(pool.map(send, images))
     assert {r.status_code for r in responses} == {200}
-    text = server.get("/metrics").text
+    text = httpx.get(server.url + "/metrics").text
     count = metric(text, "runtime_batch_size_count", model="densenet_onnx", version="1")
     ones = metric(text, "runtime_batch_size_bucket", model="densenet_onnx", version="1", le="1.0")
     assert count > 0 and ones < count, f"no batch larger than 1 ({count=}, {ones=})"
