@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from runtime import metrics
+from runtime import metrics, tracing
 from runtime.context import InitContext
 from runtime.dataplane import CLASSIFICATION, DEADLINE, OUTPUTS, schedule_parameters
 from runtime.errors import BadRequest, NotFound, Overloaded, ServiceUnavailable, ServingError, StartupError
@@ -209,16 +209,18 @@ class TritonBackend:
                         if left_us <= 0:
                             raise Overloaded(f"the request's deadline passed before model '{config.name}' ran")
                         timeout_us = min(timeout_us, left_us) if timeout_us else left_us
-                    result = await self.client.infer(
-                        config.name,
-                        tensors,
-                        model_version=version or "",
-                        outputs=outputs,
-                        request_id=request_id,
-                        priority=priority,
-                        timeout=timeout_us or None,
-                        headers={"x-request-id": request_id} if request_id else None,
-                    )
+                    with tracing.client_span("triton infer", {"model": config.name}):
+                        headers = tracing.inject({"x-request-id": request_id} if request_id else {})
+                        result = await self.client.infer(
+                            config.name,
+                            tensors,
+                            model_version=version or "",
+                            outputs=outputs,
+                            request_id=request_id,
+                            priority=priority,
+                            timeout=timeout_us or None,
+                            headers=dict(headers) or None,
+                        )
                     break
                 except aiohttp.ServerDisconnectedError as ex:
                     # A pooled connection to a Triton that restarted: one retry on a fresh one.

@@ -84,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="remote: use the Triton at --triton-url; managed: start one for --model-dir (env RUNTIME_TRITON_MODE)",
     )
     serve.add_argument("--tritonserver", help="the tritonserver binary for --triton managed (env TRITONSERVER_PATH)")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log lines (env RUNTIME_LOG_FORMAT; text)")
+    serve.add_argument(
+        "--config-file", "--config_file", help="azmlinfsrv's JSON settings file (env AZUREML_CONFIG_FILE)"
+    )
+    serve.add_argument(
+        "--health-port",
+        "--health_port",
+        type=port,
+        help="with SEPERATE_HEALTH_ENDPOINT=true, a second port serving the app (env HEALTH_PORT; 5000)",
+    )
+    serve.add_argument(
+        "--appinsights-instrumentation-key",
+        "--appinsights_instrumentation_key",
+        help="enable Application Insights with this key (env AML_APP_INSIGHTS_KEY, AML_APP_INSIGHTS_ENABLED)",
+    )
 
     triton = sub.add_parser("triton", help="the Triton server side")
     triton_sub = triton.add_subparsers(dest="triton_command", required=True)
@@ -127,6 +142,10 @@ FLAG_ENV = {
     "max_requests_jitter": "RUNTIME_MAX_REQUESTS_JITTER",
     "max_worker_memory": "RUNTIME_MAX_WORKER_MEMORY_MB",
     "keepalive_max_age": "RUNTIME_KEEPALIVE_MAX_AGE_S",
+    "log_format": "RUNTIME_LOG_FORMAT",
+    "config_file": "AZUREML_CONFIG_FILE",
+    "health_port": "HEALTH_PORT",
+    "appinsights_instrumentation_key": "AML_APP_INSIGHTS_KEY",
 }
 
 
@@ -138,8 +157,13 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
     values = dict(os.environ if env is None else env)
     for flag, name in FLAG_ENV.items():
         value = getattr(args, flag, None)
-        if value is not None:
-            values[name] = str(value)
+        if value is None:
+            continue
+        if flag in ("entry", "model_dir", "config_file"):
+            value = os.path.abspath(value)
+        values[name] = str(value)
+    if getattr(args, "appinsights_instrumentation_key", None) is not None:
+        values["AML_APP_INSIGHTS_ENABLED"] = "true"  # as azmlinfsrv: a key on the command line enables it
     if args.plugin:
         existing = [p for p in values.get("RUNTIME_PLUGINS", "").split(",") if p]
         given = [os.path.abspath(p) if p.endswith(".py") else p for p in args.plugin]
@@ -169,7 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"runtime serve: {problem}", file=sys.stderr)
         return 2
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     entry = settings.entry_path
     if entry is None and not settings.model_dir and settings.backend != "triton":
         print("runtime serve: give --entry score.py and/or --model-dir DIR", file=sys.stderr)

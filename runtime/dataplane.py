@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime import logs, tracing
 from runtime.errors import BadRequest, UnknownModel
 from runtime.manager import PluginManager
 from runtime.serving.repository import ModelConfig
@@ -24,8 +25,9 @@ from runtime.serving.tensors import classify, validate_inputs
 # returns strings for those outputs; for the others it is done here.
 OUTPUTS = "runtime.outputs"
 CLASSIFICATION = "runtime.classification"
-# The request being served; thread-pool calls inherit it, so runtime.infer() from run() propagates it.
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# The request being served (set by the request-id middleware; v2 infer may name its own): thread-pool calls
+# inherit it, so runtime.infer() from run() propagates it.
+REQUEST_ID = logs.REQUEST_ID
 # When the caller stops waiting (time.monotonic() seconds): the scoring timeout as a deadline that the
 # queue, the batch and the call to Triton honour. Thread-pool calls inherit it, like REQUEST_ID.
 DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
@@ -71,7 +73,8 @@ class DataPlane:
         config = self.lookup(model, version)
         if config is None:
             # A plugin that serves infer without describing its model checks its own inputs.
-            return await self.pm.infer(model, version, inputs, _with_request_id(parameters))
+            with tracing.span(f"infer {model}", {"model": model}):
+                return await self.pm.infer(model, version, inputs, _with_request_id(parameters))
         return await self.run(config, version, inputs, parameters)
 
     async def run(
@@ -90,7 +93,8 @@ class DataPlane:
         for name in [*(requested or ()), *counts]:
             if config.output(name) is None:
                 raise BadRequest(f"unexpected inference output '{name}' for model '{config.name}'")
-        outputs = await self.pm.infer(config.name, version, inputs, params)
+        with tracing.span(f"infer {config.name}", {"model": config.name}):
+            outputs = await self.pm.infer(config.name, version, inputs, params)
         wanted = requested or [t.name for t in config.outputs]
         if not counts:
             return {name: outputs[name] for name in wanted}

@@ -108,7 +108,8 @@ def postprocess(request: ScoringRequest, outputs: Any) -> Any:
     """Turn the outputs of ``run()`` or ``infer`` into the response.
 
     Return any JSON-serialisable value, an :class:`runtime.AMLResponse` or a
-    Starlette ``Response``. The built-in implementation returns ``outputs``
+    Starlette ``Response`` (a ``StreamingResponse`` too), or a generator
+    (sync or async) whose chunks are streamed. The built-in implementation returns ``outputs``
     as they are (numpy arrays become lists). Stops at the first non-None
     result. May be ``async``.
     """

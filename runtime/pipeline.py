@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime import tracing
 from runtime.azureml.entry import EntryScript
 from runtime.azureml.request import ScoringRequest
 from runtime.dataplane import DEADLINE, DataPlane
@@ -69,11 +70,13 @@ class Pipeline:
             raise ScoringTimeout(self.timeout_ms) from None
 
     async def _score(self, request: ScoringRequest) -> tuple[Any, float]:
-        payload = await self.pm.preprocess(request)
+        with tracing.span("preprocess"):
+            payload = await self.pm.preprocess(request)
         start = time.perf_counter()
         try:
             if self.entry is not None and self.entry.run is not None:
-                outputs = await self._run(payload, request)
+                with tracing.span("run"):
+                    outputs = await self._run(payload, request)
             else:
                 outputs = await self.infer(payload)
         except (ServingError, asyncio.CancelledError):
@@ -81,7 +84,8 @@ class Pipeline:
         except Exception as ex:
             raise RunFailed(ex) from ex
         elapsed_ms = (time.perf_counter() - start) * 1000
-        response = await self.pm.postprocess(request, outputs)
+        with tracing.span("postprocess"):
+            response = await self.pm.postprocess(request, outputs)
         return response, elapsed_ms
 
     async def _run(self, payload: Any, request: ScoringRequest) -> Any:

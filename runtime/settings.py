@@ -8,6 +8,7 @@ docs/settings.md has the table; nothing else in the runtime reads os.environ.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ DEFAULT_MAX_CONCURRENT_REQUESTS = 256
 # about 2.5 times a body's size on top).
 DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 2 * DEFAULT_MAX_BODY_BYTES
 DEFAULT_KEEPALIVE_MAX_AGE_S = 2
+DEFAULT_HEALTH_PORT = 5000  # azmlinfsrv's, used with SEPERATE_HEALTH_ENDPOINT=true
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
 
 N = TypeVar("N", int, float)
 
@@ -66,6 +69,13 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     if not raw:
         return default
     return raw not in ("0", "false", "no", "off")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _list(raw: str) -> tuple[str, ...]:
@@ -120,11 +130,25 @@ class Settings:
     # Not from the environment: a file `runtime serve` names so that only the first ready worker logs the
     # start-up summary (empty: always log).
     summary_marker: str = ""
+    # Operations (docs/azureml-contract.md, "Operations").
+    log_format: str = "text"  # or "json"
+    config_file: str | None = None
+    separate_health_endpoint: bool = False
+    health_port: int = DEFAULT_HEALTH_PORT
+    otel_traces_exporter: tuple[str, ...] = ()
+    otel_exporter_otlp_protocol: str = "http/protobuf"
+    otel_sdk_disabled: bool = False
+    app_insights_enabled: bool = False
+    app_insights_key: str | None = None
+    app_insights_log_response: bool = True
+    model_data_collection: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
         from runtime import __version__
+        from runtime.azureml.config import with_config_file
+
+        env = with_config_file(os.environ if env is None else env)
 
         version_header = ""
         if env.get("SERVER_VERSION_LOG_RESPONSE_ENABLED", "true").lower() == "true":
@@ -165,7 +189,30 @@ class Settings:
             triton_wait_s=_float(env, "RUNTIME_TRITON_WAIT_S", 120.0),
             triton_home=env.get("RUNTIME_TRITON_HOME") or str(Path.home() / ".cache" / "scoring-runtime" / "triton"),
             trace_hooks=_flag(env, "RUNTIME_TRACE_HOOKS", False),
+            log_format=_choice(env, "RUNTIME_LOG_FORMAT", ("text", "json")),
+            config_file=env.get("AZUREML_CONFIG_FILE") or None,
+            separate_health_endpoint=env.get("SEPERATE_HEALTH_ENDPOINT") == "true",
+            health_port=_int(env, "HEALTH_PORT", DEFAULT_HEALTH_PORT),
+            otel_traces_exporter=_list(env.get("OTEL_TRACES_EXPORTER", "").lower()),
+            otel_exporter_otlp_protocol=(
+                env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or "http/protobuf"
+            ),
+            otel_sdk_disabled=env.get("OTEL_SDK_DISABLED", "").lower() == "true",
+            # azmlinfsrv: on only for exactly "true" (or a key given by --appinsights_instrumentation_key).
+            app_insights_enabled=env.get("AML_APP_INSIGHTS_ENABLED") == "true",
+            app_insights_key=env.get("AML_APP_INSIGHTS_KEY") or None,
+            app_insights_log_response=env.get("APP_INSIGHTS_LOG_RESPONSE_ENABLED", "true").lower() == "true",
+            model_data_collection=env.get("AML_MODEL_DC_STORAGE_ENABLED", "").lower() == "true",
         )
+
+    @property
+    def app_insights_connection_string(self) -> str | None:
+        """Where traces go when Application Insights is on: azmlinfsrv needs a UUID instrumentation key."""
+        if self.app_insights_enabled and self.app_insights_key and _UUID.match(self.app_insights_key):
+            return f"InstrumentationKey={self.app_insights_key}"
+        return None
 
     @property
     def entry_path(self) -> str | None:

@@ -104,6 +104,13 @@ def test_densenet_end_to_end(
     assert [e["score"] for e in top] == sorted((e["score"] for e in top), reverse=True)
     as_json = server.post("/score", json={"image": base64.b64encode(image).decode()}, timeout=60)
     assert as_json.json() == top
+    if script == "score_densenet_aml.py":
+        # As `curl -F image=@cat.jpg` sends it: multipart/form-data with a field beside the file.
+        upload = httpx.post(
+            server.url + "/score", files={"image": ("cat.jpg", image, "image/jpeg")}, data={"k": "5"}, timeout=60
+        )
+        assert upload.status_code == 200, upload.text
+        assert upload.json() == top
 
     # The answer equals the model run in-process on the same preprocessing.
     imagenet = load(DENSENET / "imagenet.py")

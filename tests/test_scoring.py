@@ -264,7 +264,7 @@ def _user_swagger(server: httpx.Client) -> None:
 def test_log_level_debug(echo: httpx.Client) -> None:
     with captured_logs(logging.DEBUG) as lines:
         post(echo, {})
-    assert re.search(r"D \[\d+\] runtime\.scoring - POST /score 200", "\n".join(lines))
+    assert re.search(r"D \[\d+\] runtime\.scoring \[[0-9a-f-]{36}\] - POST /score 200", "\n".join(lines))
 
 
 def test_script_imports_azure_names_lazily() -> None:

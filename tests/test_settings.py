@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def test_cli_flags_win_and_paths_become_absolute(tmp_path: Path) -> None:
     )
     s = build_settings(args, {"SCORING_TIMEOUT_MS": "1", "RUNTIME_PLUGINS": "first", "AML_APP_ROOT": str(tmp_path)})
     assert s.timeout_ms == 7
-    assert s.entry_script == str(tmp_path / "score.py") and s.entry_path == s.entry_script
+    # A relative --entry is relative to the working directory, as before (the variable: to AML_APP_ROOT).
+    assert s.entry_script == os.path.abspath("score.py") and s.entry_path == s.entry_script
     assert s.model_dir is not None and Path(s.model_dir).is_absolute()
     assert s.plugins[0] == "first" and Path(s.plugins[1]).is_absolute()

@@ -22,7 +22,7 @@ from runtime import BadRequest
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 HERE = Path(__file__).resolve().parent
-USAGE = 'send an image (Content-Type: image/jpeg, image/png, ...) or JSON {"image": "<base64>"}'
+USAGE = 'send an image (Content-Type: image/jpeg, image/png, ...), JSON {"image": "<base64>"} or a multipart upload'
 
 
 def image_bytes(mimetype: str, body: bytes) -> bytes:

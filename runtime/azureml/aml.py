@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import IO, Any, TypeVar
 
-from starlette.datastructures import ImmutableMultiDict, UploadFile
-
+from runtime.azureml.form import Args, Files, MultiDict, parse_form
 from runtime.azureml.request import FORM_TYPES, ScoringRequest, is_json_mimetype
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,56 +37,6 @@ def reset_raw_http() -> None:
     _raw_http_requested = False
 
 
-class MultiDict(ImmutableMultiDict[str, Any]):
-    """Werkzeug's MultiDict API over Starlette's: ``get(key, default, type)``, ``getlist``, ``to_dict``."""
-
-    def get(self, key: Any, default: Any = None, type: Callable[[Any], Any] | None = None) -> Any:
-        if key not in self:
-            return default
-        value = self[key]
-        if type is None:
-            return value
-        try:
-            return type(value)
-        except (ValueError, TypeError):
-            return default
-
-    def to_dict(self, flat: bool = True) -> dict[str, Any]:
-        if flat:
-            return {k: self[k] for k in self}
-        return {k: self.getlist(k) for k in self}
-
-
-class FileStorage:
-    """An uploaded file, with the attributes of Werkzeug's FileStorage that scripts use."""
-
-    def __init__(self, upload: UploadFile, name: str) -> None:
-        self._upload = upload
-        self.name = name
-        self.filename = upload.filename
-        self.content_type = upload.content_type or ""
-        self.mimetype = self.content_type.split(";", 1)[0].strip()
-        self.headers = upload.headers
-
-    @property
-    def stream(self) -> IO[bytes]:
-        return self._upload.file
-
-    def read(self, size: int = -1) -> bytes:
-        return self._upload.file.read(size)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._upload.file.seek(offset, whence)
-
-    def save(self, dst: str | IO[bytes], buffer_size: int = 16384) -> None:
-        self._upload.file.seek(0)
-        if isinstance(dst, str):
-            with open(dst, "wb") as out:
-                shutil.copyfileobj(self._upload.file, out, buffer_size)
-        else:
-            shutil.copyfileobj(self._upload.file, dst, buffer_size)
-
-
 class JSONDecodeFailed(ValueError):
     pass
 
@@ -101,23 +49,34 @@ class AMLRequest:
         self.method = request.method
         self.headers = request.headers
         self.path = request.path
-        self.args = MultiDict(request.query.multi_items())
+        self.args = Args(request.query.multi_items())
         self.query_string = str(request.query).encode("latin-1")
         self.full_path = f"{request.path}?{request.query!s}"
         self.content_type = request.content_type or None
         self.mimetype = request.mimetype
         self.remote_addr = request.client
-        form_items: list[tuple[str, Any]] = []
-        file_items: list[tuple[str, Any]] = []
-        if request.form is not None:
-            for key, value in request.form.multi_items():
-                if isinstance(value, UploadFile):
-                    file_items.append((key, FileStorage(value, key)))
-                else:
-                    form_items.append((key, value))
-        self.form = MultiDict(form_items)
-        self.files = MultiDict(file_items)
-        self.values = MultiDict([*request.query.multi_items(), *form_items])
+        self._form: tuple[MultiDict, Files] | None = None
+        # Flask's .data: the body unless it was parsed as a form, or get_data() cached it first.
+        self._data_read = False
+
+    def _parsed_form(self) -> tuple[MultiDict, Files]:
+        if self._form is None:
+            self._form = parse_form(self._request.content_type, self._request.body)
+        return self._form
+
+    @property
+    def form(self) -> MultiDict:
+        return self._parsed_form()[0]
+
+    @property
+    def files(self) -> Files:
+        return self._parsed_form()[1]
+
+    @property
+    def values(self) -> MultiDict:
+        if self.method == "GET":  # Flask leaves the form out of GET's values
+            return self.args
+        return MultiDict([*self.args.multi_items(), *self.form.multi_items()])
 
     @property
     def content_length(self) -> int | None:
@@ -135,14 +94,17 @@ class AMLRequest:
 
     @property
     def data(self) -> bytes:
-        # Flask leaves .data empty when it parsed the body as a form.
-        return b"" if self.mimetype in FORM_TYPES else self._request.body
+        if self.mimetype in FORM_TYPES and not self._data_read:
+            return b""
+        return self._request.body
 
     @property
     def stream(self) -> IO[bytes]:
         return io.BytesIO(self.data)
 
     def get_data(self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False) -> Any:
+        """The whole body, in any order with form/files (Flask returns b"" once it parsed a form first)."""
+        self._data_read = self._data_read or cache
         body = self._request.body
         return body.decode("utf-8", "replace") if as_text else body
 
@@ -172,7 +134,9 @@ class AMLResponse:
     """A response that run() builds itself; same signature as azmlinfsrv's.
 
     ``json_str=True`` serialises ``message`` with ``json.dumps``. A header
-    value with commas becomes repeated headers, as in azmlinfsrv.
+    value with commas becomes repeated headers, as in azmlinfsrv. A generator
+    or other iterator (sync or async) of str/bytes chunks is streamed, as Flask
+    streams it; a list or tuple of chunks is joined.
     """
 
     def __init__(
@@ -187,7 +151,12 @@ class AMLResponse:
         self.status_code = int(status_code)
         self.headers: list[tuple[str, str]] = []
         self.content_type = "text/html; charset=utf-8"
-        if message is None:
+        self.stream: Iterator[Any] | AsyncIterator[Any] | None = None
+        if isinstance(message, Iterator | AsyncIterator) and not json_str:
+            self.stream, self.body = message, b""
+        elif isinstance(message, list | tuple) and not json_str:
+            self.body = _join(message)
+        elif message is None:
             self.body = b"{}"
             self.content_type = "application/json"
         elif json_str:
@@ -206,8 +175,15 @@ class AMLResponse:
             self.headers.extend((name, v) for v in values)
 
     def get_data(self, as_text: bool = False) -> Any:
+        if isinstance(self.stream, Iterator):  # consumes the stream, as Werkzeug does
+            chunks, self.stream = self.stream, None
+            self.body = _join(chunks)
         return self.body.decode("utf-8") if as_text else self.body
 
     @property
     def data(self) -> bytes:
         return self.body
+
+
+def _join(chunks: Iterable[Any]) -> bytes:
+    return b"".join(c if isinstance(c, bytes) else str(c).encode("utf-8") for c in chunks)

@@ -33,7 +33,6 @@ class ScoringRequest:
     body: bytes
     request_id: str
     client: str | None = None
-    form: Any = None  # starlette FormData, parsed only for @rawhttp scripts
     state: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -12,12 +12,11 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runtime import api
+from runtime import api, logs, tracing
 from runtime.azureml.entry import load_entry_script
 from runtime.azureml.swagger import Swagger
 from runtime.context import InitContext
@@ -26,11 +25,12 @@ from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.executor import Executor
 from runtime.http import score, startup, v2, watchdog
 from runtime.http.admission import Admission, AdmissionMiddleware
+from runtime.http.cors import CorsMiddleware
 from runtime.http.headers import RequestIdMiddleware
 from runtime.http.health import WorkerHealth, ready
 from runtime.http.keepalive import ConnectionAgeMiddleware
 from runtime.http.requests import AppState
-from runtime.http.responses import error_response
+from runtime.http.responses import INTERNAL_ERROR, error_response
 from runtime.manager import PluginManager
 from runtime.metrics import MetricsMiddleware, metrics_endpoint
 from runtime.pipeline import Pipeline
@@ -44,7 +44,6 @@ NOT_FOUND = (
     "spelling and try again."
 )
 METHOD_NOT_ALLOWED = "The method is not allowed for the requested URL."
-INTERNAL_ERROR = "An unexpected internal error occurred. Check the logs for more info."
 
 
 def build_state(settings: Settings) -> AppState:
@@ -94,8 +93,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        logs.tag_records()
+        logs.capture_print()
         state: AppState | None = None
         try:
+            tracing.setup(settings)
             with startup.interruptible() if exit_on_startup_error else contextlib.nullcontext():
                 state = build_state(settings)
                 state.health = health
@@ -130,10 +132,17 @@ def create_app(
             monitor.cancel()
             loop_watchdog.stop()
             await _stop(state)
+            tracing.shutdown()
+            logs.release_print()
 
-    middleware = [
-        Middleware(MetricsMiddleware),
-        Middleware(RequestIdMiddleware, server_version=settings.server_version_header),
+    middleware = [Middleware(MetricsMiddleware)]
+    if settings.cors_origins:
+        # Outside the request ids: their 431 answers get the CORS headers too, as in azmlinfsrv.
+        middleware.append(Middleware(CorsMiddleware, origins=settings.cors_origins))
+    middleware.append(Middleware(RequestIdMiddleware, server_version=settings.server_version_header))
+    if tracing.configured(settings):
+        middleware.append(Middleware(tracing.TracingMiddleware))
+    middleware += [
         Middleware(ConnectionAgeMiddleware, max_age_s=settings.keepalive_max_age_s),
         Middleware(
             AdmissionMiddleware,
@@ -146,10 +155,6 @@ def create_app(
             max_body_bytes=settings.max_body_bytes,
         ),
     ]
-    if settings.cors_origins:
-        middleware.append(
-            Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"])
-        )
     return Starlette(
         routes=[
             *score.routes(),
@@ -165,6 +170,10 @@ def create_app(
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405 and request.method == "OPTIONS" and exc.headers:
+        # Flask answers OPTIONS on every route itself (CORS preflights for / and /swagger.json pass).
+        allow = f"{exc.headers.get('Allow', '')}, OPTIONS".lstrip(", ")
+        return Response(b"", media_type="text/html", headers={"Allow": allow})
     message = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED}.get(exc.status_code, exc.detail)
     response = error_response(exc.status_code, message)
     if exc.headers:

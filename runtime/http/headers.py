@@ -15,6 +15,9 @@ from typing import Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtime.http.responses import INTERNAL_ERROR
+from runtime.logs import REQUEST_ID
+
 logger = logging.getLogger("runtime.headers")
 
 HEADER_LIMIT = 100
@@ -73,15 +76,30 @@ class RequestIdMiddleware:
         if ids.client_request_id:
             extra.append((b"x-ms-client-request-id", ids.client_request_id.encode("latin-1")))
 
+        started = False
+
         async def send_with_ids(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 raw = MutableHeaders(scope=message)
                 for name, value in extra:
                     raw.append(name.decode("latin-1"), value.decode("latin-1"))
             await send(message)
 
-        await self.app(scope, receive, send_with_ids)
+        # Every log record written while this request is served carries its id (runtime.logs).
+        token = REQUEST_ID.set(ids.request_id)
+        try:
+            await self.app(scope, receive, send_with_ids)
+        except Exception:
+            if started:
+                raise
+            # Answered here, not by Starlette's outermost error handler, so that it carries the ids too.
+            logger.exception("Unhandled error for %s %s", scope["method"], scope["path"])
+            await _send_json(send, 500, {"message": INTERNAL_ERROR}, extra)
+        finally:
+            REQUEST_ID.reset(token)
 
 
 async def _send_json(send: Send, status: int, body: Any, extra: list[tuple[bytes, bytes]]) -> None:

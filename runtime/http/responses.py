@@ -9,8 +9,11 @@ from starlette.responses import Response
 
 from runtime.azureml.aml import AMLResponse
 from runtime.errors import Overloaded
+from runtime.http.streaming import StreamResponse
 
 FAILED = "x-ms-run-function-failed"
+# azmlinfsrv's answer to an error nobody handled.
+INTERNAL_ERROR = "An unexpected internal error occurred. Check the logs for more info."
 EXEC_MS = "x-ms-run-fn-exec-ms"
 
 
@@ -29,7 +32,11 @@ def error_response(status: int, message: str, run_failed: bool = False) -> Respo
 
 
 def from_aml_response(result: AMLResponse) -> Response:
-    response = Response(result.body, status_code=result.status_code)
+    response: Response
+    if result.stream is not None:
+        response = StreamResponse(result.stream, status_code=result.status_code)
+    else:
+        response = Response(result.body, status_code=result.status_code)
     response.headers["content-type"] = result.content_type
     failed = result.run_function_failed or result.status_code >= 500
     response.headers[FAILED] = str(failed)

@@ -7,14 +7,13 @@ import logging
 import time
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from runtime import api
 from runtime.azureml.aml import AMLResponse
 from runtime.azureml.entry import InputMode
-from runtime.azureml.request import FORM_TYPES, ScoringRequest
-from runtime.dataplane import REQUEST_ID
+from runtime.azureml.request import ScoringRequest
 from runtime.errors import Overloaded, RunFailed, ScoringFailed, ServingError
 from runtime.http.requests import read_body, state_of
 from runtime.http.responses import (
@@ -26,6 +25,7 @@ from runtime.http.responses import (
     json_response,
     overloaded,
 )
+from runtime.http.streaming import StreamFailed, StreamResponse, is_stream
 
 logger = logging.getLogger("runtime.scoring")
 
@@ -55,13 +55,12 @@ async def score(request: Request) -> Response:
         )
     raw = entry is not None and entry.input_mode is InputMode.RAW
     if request.method == "OPTIONS" and not raw:
-        # CORS preflight is answered by the CORS middleware when AML_CORS_ORIGINS is set.
+        # azmlinfsrv answers OPTIONS with an empty 200 (the CORS middleware adds its headers to it).
         return Response(b"", media_type="text/html", headers={FAILED: "False"})
     started = time.perf_counter()
     try:
         body = await read_body(request, state.settings.max_body_bytes)
         ids = request.scope["state"]["request_ids"]
-        REQUEST_ID.set(ids.request_id)
         if state.binding is not None:
             api.use(state.binding)
         scoring_request = ScoringRequest(
@@ -73,10 +72,14 @@ async def score(request: Request) -> Response:
             request_id=ids.request_id,
             client=request.client.host if request.client else None,
         )
-        if raw and scoring_request.mimetype in FORM_TYPES:
-            scoring_request.form = await request.form()
         result, exec_ms = await state.pipeline.score(scoring_request)
         response = to_response(result)
+        if isinstance(response, StreamingResponse):
+            # The scoring timeout covers the time to the first chunk.
+            response = StreamResponse.wrap(response)
+            timeout_ms = state.settings.timeout_ms
+            remaining = timeout_ms / 1000 - (time.perf_counter() - started)
+            await response.prime(state.executor, remaining, timeout_ms)
         response.headers[EXEC_MS] = f"{exec_ms:.3f}"
     except Overloaded as ex:
         response = overloaded(error_response(ex.score_status, ex.message), ex)
@@ -86,6 +89,8 @@ async def score(request: Request) -> Response:
         response = error_response(ex.status_code, ex.message, run_failed=ex.status_code >= 500)
     except RunFailed as ex:
         response = run_failed_response(ex.original, request)
+    except StreamFailed as ex:
+        response = run_failed_response(ex.__cause__ or ex, request)
     logger.debug(
         "%s %s %d %.3fms",
         request.method,
@@ -110,6 +115,9 @@ def to_response(result: object) -> Response:
         return result
     if isinstance(result, AMLResponse):
         return from_aml_response(result)
+    if is_stream(result):
+        # A bare generator from run() or postprocess: text when its chunks are str (decided on the first).
+        return StreamResponse(result, headers={FAILED: "False"})  # type: ignore[arg-type]
     foreign = from_foreign_response(result)
     if foreign is not None:
         return foreign

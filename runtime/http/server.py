@@ -17,12 +17,14 @@ import sys
 import tempfile
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from starlette.applications import Starlette
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from runtime import logs
 from runtime.settings import Settings
 
 logger = logging.getLogger("runtime.server")
@@ -73,6 +75,16 @@ def _not_double_close(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Error while closing socket [Errno 9]")
 
 
+class RuntimeLogger(glogging.Logger):  # type: ignore[misc]
+    """Gunicorn's and uvicorn's error and access logs in the runtime's format (request ids, JSON)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(logs.formatter(logs.current_format))
+
+
 class ServerApplication(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -81,7 +93,9 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         s = self.settings
         options: dict[str, Any] = {
-            "bind": [f"{s.host}:{s.port}"],
+            # SEPERATE_HEALTH_ENDPOINT=true: azmlinfsrv binds HEALTH_PORT as well, serving the same app.
+            "bind": [f"{s.host}:{s.port}", *([f"{s.host}:{s.health_port}"] if s.separate_health_endpoint else [])],
+            "logger_class": RuntimeLogger,
             "workers": s.workers,
             "worker_class": "runtime.http.server.RuntimeWorker",
             "timeout": s.worker_timeout,

@@ -16,9 +16,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from runtime import tracing
 from runtime.errors import Overloaded, ServiceUnavailable
 
 logger = logging.getLogger("runtime.batching")
@@ -76,6 +78,7 @@ class Pending:
     delayed: bool = False
     queued: bool = True
     timer: asyncio.TimerHandle | None = None
+    trace: Any = field(default_factory=tracing.capture)  # the requester's trace context (None: tracing off)
 
 
 @dataclass
@@ -334,7 +337,9 @@ class DynamicBatcher:
             else:
                 names = batch[0].inputs.keys()
                 inputs = {n: np.concatenate([p.inputs[n] for p in batch], axis=0) for n in names}
-            outputs: Tensors | None = await self._execute(instance, inputs)
+            tracing.record_queue([p.trace for p in batch], [p.enqueued for p in batch], started)
+            with tracing.batch_span("batch", [p.trace for p in batch], {"batch.requests": len(batch)}):
+                outputs: Tensors | None = await self._execute(instance, inputs)
             error: BaseException | None = None
         except Exception as ex:
             outputs, error = None, ex

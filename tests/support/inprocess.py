@@ -74,7 +74,7 @@ def app_client(**settings: Any) -> Iterator[httpx.Client]:
 @contextlib.contextmanager
 def captured_logs(level: int = logging.DEBUG) -> Iterator[list[str]]:
     """Lines the runtime logs meanwhile, formatted as the server logs them."""
-    from runtime.logs import FORMAT
+    from runtime.logs import formatter
 
     lines: list[str] = []
 
@@ -83,7 +83,7 @@ def captured_logs(level: int = logging.DEBUG) -> Iterator[list[str]]:
             lines.append(self.format(record))
 
     handler = Collect(level)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(formatter("text"))
     logger = logging.getLogger("runtime")
     previous = logger.level
     logger.addHandler(handler)
@@ -125,3 +125,13 @@ def startup_failure(**settings: Any) -> str:
     with captured_logs() as lines, pytest.raises(StartupError), app_client(**settings):
         pass
     return "\n".join(lines)
+
+
+@contextlib.asynccontextmanager
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app for ``settings`` on the caller's event loop, for async tests (lifespan included)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http

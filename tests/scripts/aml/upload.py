@@ -1,0 +1,28 @@
+"""@rawhttp that saves an upload and answers with what it got (runtime-only checks)."""
+
+import os
+import tempfile
+
+from azureml_inference_server_http.api.aml_request import rawhttp
+
+
+def init():
+    pass
+
+
+@rawhttp
+def run(request):
+    upload = request.files["image"]
+    path = os.path.join(tempfile.mkdtemp(), "saved.bin")
+    upload.save(path)
+    with open(path, "rb") as saved:
+        size = len(saved.read())
+    return {
+        "saved": size,
+        "filename": upload.filename,
+        "mimetype": upload.mimetype,
+        "bool": bool(upload),
+        "label": request.form.get("label", "none"),
+        "threshold": request.form.get("threshold", 0.5, type=float),
+        "data": len(request.data),
+    }
