@@ -106,9 +106,7 @@ def test_densenet_end_to_end(
     assert as_json.json() == top
     if script == "score_densenet_aml.py":
         # As `curl -F image=@cat.jpg` sends it: multipart/form-data with a field beside the file.
-        upload = httpx.post(
-            server.url + "/score", files={"image": ("cat.jpg", image, "image/jpeg")}, data={"k": "5"}, timeout=60
-        )
+        upload = server.post("/score", files={"image": ("cat.jpg", image, "image/jpeg")}, data={"k": "5"}, timeout=60)
         assert upload.status_code == 200, upload.text
         assert upload.json() == top
 
