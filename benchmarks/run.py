@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.serving.tritonserver import ManagedTriton, find_tritonserver, install
+from runtime.settings import Settings
 from runtime.tools import bench
 from tests.support import models
 from tests.support.servers import REPO, ServerProcess, free_port, runtime_argv
@@ -310,10 +311,11 @@ class Bench:
         args = self.args
         build_models(self.model_dir, small=args.quick)
         azml_python = ensure_venv("azmlinfsrv-bench", AZML_BENCH_REQUIREMENTS)
+        settings = Settings.from_env()
         try:
-            binary = find_tritonserver()
+            binary = find_tritonserver(settings.tritonserver_path, Path(settings.triton_home))
         except Exception:
-            binary = install()
+            binary = install(Path(settings.triton_home))
         triton = ManagedTriton(str(self.model_dir), binary, supervise=False)
         triton.start()
         try:

@@ -23,7 +23,7 @@ from runtime.azureml.entry import EntryScript, InputMode
 from runtime.azureml.request import ScoringRequest, is_json_mimetype
 from runtime.errors import BadRequest, MethodNotAllowed, UnsupportedMediaType
 from runtime.hookspecs import hookimpl
-from runtime.pipeline import inline
+from runtime.manager import inline
 
 
 class AzureMLDefaults:

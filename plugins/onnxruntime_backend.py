@@ -22,14 +22,14 @@ import numpy as np
 
 from runtime import metrics
 from runtime.context import InitContext
-from runtime.errors import NotFound, ServingError
+from runtime.dataplane import DEADLINE, OUTPUTS, schedule_parameters
+from runtime.errors import ServingError, UnknownModel
 from runtime.hookspecs import hookimpl
 from runtime.metrics import failure_reason
-from runtime.pipeline import DEADLINE, schedule_parameters
 from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors
-from runtime.serving.platforms import Device, Instance, load_instance
+from runtime.serving.platforms import Device, Instance, load_instance, onnx
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
-from runtime.serving.tensors import shape_outputs, validate_inputs
+from runtime.serving.tensors import cast, shape_outputs
 from runtime.serving.warmup import warmup_samples
 
 logger = logging.getLogger("runtime.onnxruntime")
@@ -121,19 +121,24 @@ class LoadedModel:
                 size = int(next(iter(inputs.values())).shape[0]) if self.config.max_batch_size > 0 else 1
                 self._record(BatchStats(size, 1, [0.0], time.perf_counter() - started))
 
+    def _feeds(self, inputs: Mapping[str, Any]) -> Tensors:
+        """Inputs the data plane checked, in the model's dtype and shape (converted once; the instance takes
+        them in its library's form)."""
+        return {spec.name: cast(self.config, spec, inputs[spec.name], reshape=True) for spec in self.config.inputs}
+
     async def infer(self, inputs: Mapping[str, Any], parameters: Mapping[str, Any] | None = None) -> Tensors:
         started = time.perf_counter()
         error: BaseException | None = None
         try:
-            checked = validate_inputs(self.config, inputs)
+            feeds = self._feeds(inputs)
             if self._batcher is not None:
                 priority, timeout_us = schedule_parameters(parameters or {})
                 outputs = await self._batcher.submit(
-                    checked, priority=priority, timeout_us=timeout_us, deadline=DEADLINE.get()
+                    feeds, priority=priority, timeout_us=timeout_us, deadline=DEADLINE.get()
                 )
             else:
-                outputs = await self._execute_alone(checked)
-            return shape_outputs(self.config, outputs)
+                outputs = await self._execute_alone(feeds)
+            return shape_outputs(self.config, outputs, (parameters or {}).get(OUTPUTS))
         except BaseException as ex:
             error = ex
             raise
@@ -159,7 +164,7 @@ class OnnxRuntimeBackend:
         version = version or config.latest_version
         loaded = self.models.get((model, version))
         if loaded is None:
-            raise NotFound(f"Request for unknown model: '{model}' version {version} is not found")
+            raise UnknownModel(model, version)
         return loaded
 
     @hookimpl(tryfirst=True)
@@ -170,6 +175,7 @@ class OnnxRuntimeBackend:
             logger.info("No model repository %s: the embedded backend serves no models", where)
             self.ready = True
             return
+        onnx.configure(arena=context.settings.ort_arena, providers=context.settings.ort_providers)
         configs = await asyncio.to_thread(load_repository, model_dir)
         cores = os.cpu_count() or 1
         for config in configs:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -27,12 +26,12 @@ from tritonclient.utils import InferenceServerException
 
 from runtime import metrics, tracing
 from runtime.context import InitContext
+from runtime.dataplane import CLASSIFICATION, DEADLINE, OUTPUTS, schedule_parameters
 from runtime.errors import BadRequest, NotFound, Overloaded, ServiceUnavailable, ServingError, StartupError
 from runtime.hookspecs import hookimpl
 from runtime.metrics import failure_reason
-from runtime.pipeline import CLASSIFICATION, DEADLINE, schedule_parameters
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository, model_config_from_proto
-from runtime.serving.tensors import validate_inputs
+from runtime.serving.tensors import cast
 from runtime.serving.tritonstats import prometheus_text
 
 logger = logging.getLogger("runtime.triton")
@@ -92,7 +91,7 @@ class TritonBackend:
     async def init(self, context: InitContext) -> None:
         settings = context.settings
         self.url = settings.triton_url
-        wait_s = float(os.environ.get("RUNTIME_TRITON_WAIT_S", "120"))
+        wait_s = settings.triton_wait_s
         self.client = triton_aio.InferenceServerClient(
             self.url, conn_limit=max(settings.concurrency, 8), conn_timeout=settings.timeout_ms / 1000
         )
@@ -108,7 +107,7 @@ class TritonBackend:
             proto = json_format.ParseDict(config_json, mc.ModelConfig(), ignore_unknown_fields=True)
             self.configs[name] = model_config_from_proto(proto, versions=await self._versions(name))
         logger.info("Triton at %s serves %s", self.url, ", ".join(sorted(self.configs)) or "no models")
-        metrics.SCRAPE_SOURCES.append(self._statistics)
+        metrics.add_scrape_source(self._statistics)
 
     async def _statistics(self) -> bytes:
         """Triton's batch statistics for /metrics (nothing when Triton cannot be reached right now)."""
@@ -186,23 +185,20 @@ class TritonBackend:
         self, config: ModelConfig, version: str | None, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
         assert self.client is not None
-        checked = validate_inputs(config, inputs)
         started = time.perf_counter()
         tensors = []
         for spec in config.inputs:
-            value = checked[spec.name]
-            if spec.reshape is not None:
-                lead = value.shape[:1] if config.max_batch_size > 0 else ()
-                value = value.reshape(tuple(lead) + spec.dims)
+            # Checked by the data plane; Triton applies the config's reshape itself.
+            value = cast(config, spec, inputs[spec.name], reshape=False)
             if value.dtype.kind == "U":
                 value = value.astype(object)  # tritonclient serialises str and bytes objects, not numpy unicode
             tensor = triton_http.InferInput(spec.name, list(value.shape), spec.datatype)
             tensor.set_data_from_numpy(value, binary_data=True)
             tensors.append(tensor)
         counts: Mapping[str, int] = parameters.get(CLASSIFICATION) or {}
+        names: list[str] = parameters.get(OUTPUTS) or [t.name for t in config.outputs]
         outputs = [
-            triton_http.InferRequestedOutput(t.name, binary_data=True, class_count=counts.get(t.name, 0))
-            for t in config.outputs
+            triton_http.InferRequestedOutput(name, binary_data=True, class_count=counts.get(name, 0)) for name in names
         ]
         request_id = str(parameters.get("request_id") or "")
         priority, timeout_us = schedule_parameters(parameters)
@@ -241,7 +237,7 @@ class TritonBackend:
                     raise ServiceUnavailable(
                         f"Triton Inference Server at {self.url} is unavailable: {type(ex).__name__}: {ex}"
                     ) from ex
-            return {t.name: result.as_numpy(t.name) for t in config.outputs}
+            return {name: result.as_numpy(name) for name in names}
         except BaseException as ex:
             error = ex
             raise
@@ -281,7 +277,6 @@ class TritonBackend:
 
     @hookimpl
     async def shutdown(self) -> None:
-        if self._statistics in metrics.SCRAPE_SOURCES:
-            metrics.SCRAPE_SOURCES.remove(self._statistics)
+        metrics.remove_scrape_source(self._statistics)
         if self.client is not None:
             await self.client.close()

@@ -4,7 +4,8 @@ from runtime.api import infer, infer_async
 from runtime.azureml.aml import AMLRequest, AMLResponse, rawhttp
 from runtime.errors import BadRequest, ServingError
 from runtime.hookspecs import hookimpl
-from runtime.pipeline import InferRequest, inline
+from runtime.manager import inline
+from runtime.pipeline import InferRequest
 
 __version__ = "0.1.0"
 

@@ -2,32 +2,68 @@
 
 Calls from many threads join the same batches: each call is handed to the
 worker's event loop, where the backend's batcher collects them.
+
+Each app binds its own :class:`Binding` at start-up; code running for that app
+(its init, run() and hooks, which inherit the context) reaches that app, so two
+apps can live in one process. A thread the script starts itself does not
+inherit the context: it reaches the app when only one is bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pluggy
 
-from runtime import pipeline
-
-_bound: tuple[asyncio.AbstractEventLoop, pluggy.PluginManager, int] | None = None
+if TYPE_CHECKING:
+    from runtime.dataplane import DataPlane
 
 
-def bind(loop: asyncio.AbstractEventLoop, pm: pluggy.PluginManager) -> None:
-    """Called by the worker at start-up, before ``init`` hooks run."""
-    global _bound
-    _bound = (loop, pm, threading.get_ident())
+@dataclass(frozen=True)
+class Binding:
+    loop: asyncio.AbstractEventLoop
+    plane: DataPlane
+    loop_thread: int
 
 
-def unbind() -> None:
-    global _bound
-    _bound = None
+_current: contextvars.ContextVar[Binding | None] = contextvars.ContextVar("runtime_app", default=None)
+_bound: list[Binding] = []
+
+
+def bind(loop: asyncio.AbstractEventLoop, plane: DataPlane) -> Binding:
+    """Called by an app at start-up, before ``init`` hooks run; current in the calling context."""
+    binding = Binding(loop, plane, threading.get_ident())
+    _bound.append(binding)
+    _current.set(binding)
+    return binding
+
+
+def use(binding: Binding) -> None:
+    """Make ``binding`` current for the calling context (the app does this for every request)."""
+    _current.set(binding)
+
+
+def unbind(binding: Binding) -> None:
+    if binding in _bound:
+        _bound.remove(binding)
+    if _current.get() is binding:
+        _current.set(None)
+
+
+def _binding(name: str) -> Binding:
+    binding = _current.get()
+    if binding is not None:
+        return binding
+    if len(_bound) == 1:
+        return _bound[0]
+    if not _bound:
+        raise RuntimeError(f"runtime.{name}() works inside a `runtime serve` worker (after start-up)")
+    raise RuntimeError(f"runtime.{name}() was called outside any app's requests, and {len(_bound)} apps are bound")
 
 
 def infer(
@@ -42,12 +78,11 @@ def infer(
     Raises :class:`runtime.errors.BadRequest` for inputs that do not fit the
     model; from run(), that becomes a 400 for the client.
     """
-    if _bound is None:
-        raise RuntimeError("runtime.infer() works inside a `runtime serve` worker (after start-up)")
-    loop, pm, loop_thread = _bound
-    if threading.get_ident() == loop_thread:
+    binding = _binding("infer")
+    if threading.get_ident() == binding.loop_thread:
         raise RuntimeError("runtime.infer() blocks; in async code use `await runtime.infer_async(...)`")
-    future = asyncio.run_coroutine_threadsafe(pipeline.infer(pm, model, inputs, parameters, version), loop)
+    call = binding.plane.infer(model, inputs, parameters, version)
+    future = asyncio.run_coroutine_threadsafe(call, binding.loop)
     return future.result(timeout)
 
 
@@ -58,6 +93,4 @@ async def infer_async(
     parameters: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """The awaitable form of :func:`infer`, for async run() and hooks."""
-    if _bound is None:
-        raise RuntimeError("runtime.infer_async() works inside a `runtime serve` worker (after start-up)")
-    return await pipeline.infer(_bound[1], model, inputs, parameters, version)
+    return await _binding("infer_async").plane.infer(model, inputs, parameters, version)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from runtime import __version__
 from runtime.cliparse import Parser, check_log_level, log_level, non_negative, port, positive
@@ -138,6 +140,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # CLI flag -> environment variable: flags override the environment, and workers read the environment.
+# CLI flag -> the environment variable it overrides (Settings.from_env reads both, with one set of checks).
 FLAG_ENV = {
     "entry": "AZUREML_ENTRY_SCRIPT",
     "model_dir": "AZUREML_MODEL_DIR",
@@ -173,28 +176,43 @@ FLAG_ENV = {
 }
 
 
-def apply_flags(args: argparse.Namespace) -> None:
-    for flag, env in FLAG_ENV.items():
+def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """The one Settings of ``runtime serve``: the environment, then the flags; paths made absolute.
+
+    Built once, here, and handed to Gunicorn: the workers inherit it, and os.environ is not touched.
+    """
+    values = dict(os.environ if env is None else env)
+    for flag, name in FLAG_ENV.items():
         value = getattr(args, flag, None)
         if value is None:
             continue
         if flag in ("entry", "model_dir", "config_file", "auth_key_file"):
             value = os.path.abspath(value)
-        os.environ[env] = str(value)
+        values[name] = str(value)
     if getattr(args, "appinsights_instrumentation_key", None) is not None:
-        os.environ["AML_APP_INSIGHTS_ENABLED"] = "true"  # as azmlinfsrv: a key on the command line enables it
+        values["AML_APP_INSIGHTS_ENABLED"] = "true"  # as azmlinfsrv: a key on the command line enables it
     if args.plugin:
-        existing = [p for p in os.environ.get("RUNTIME_PLUGINS", "").split(",") if p]
-        resolved = [os.path.abspath(p) if p.endswith(".py") else p for p in args.plugin]
-        os.environ["RUNTIME_PLUGINS"] = ",".join(existing + resolved)
-    if os.environ.get("AZUREML_MODEL_DIR"):
-        os.environ["AZUREML_MODEL_DIR"] = os.path.abspath(os.environ["AZUREML_MODEL_DIR"])
+        existing = [p for p in values.get("RUNTIME_PLUGINS", "").split(",") if p]
+        given = [os.path.abspath(p) if p.endswith(".py") else p for p in args.plugin]
+        values["RUNTIME_PLUGINS"] = ",".join(existing + given)
+    settings = Settings.from_env(values)
+    # Workers resolve the script and the models the same way, whatever their working directory.
+    entry = settings.entry_path
+    model_dir = os.path.abspath(settings.model_dir) if settings.model_dir else None
+    return dataclasses.replace(settings, entry_script=entry, model_dir=model_dir)
+
+
+def export_for_scripts(settings: Settings) -> None:
+    """The Azure ML variables entry scripts read themselves (init() opens AZUREML_MODEL_DIR)."""
+    if settings.model_dir:
+        os.environ["AZUREML_MODEL_DIR"] = settings.model_dir
+    if settings.entry_script:
+        os.environ["AZUREML_ENTRY_SCRIPT"] = settings.entry_script
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    apply_flags(args)
     try:
-        settings = Settings.from_env()
+        settings = build_settings(args)
     except ValueError as ex:
         print(f"runtime serve: {ex}", file=sys.stderr)
         return 2
@@ -212,14 +230,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if entry is not None:
             check_entry(entry)
-            # Workers resolve the script the same way, whatever their working directory.
-            os.environ["AZUREML_ENTRY_SCRIPT"] = entry
         if settings.model_dir:
             check_model_dir(settings.model_dir, entry is not None, settings.backend)
         check_port_free(settings.host, settings.port)
     except StartupError as ex:
         print(f"runtime serve: {ex}", file=sys.stderr)
         return STARTUP_EXIT_CODE
+    export_for_scripts(settings)
     from runtime.http.server import serve
 
     if settings.backend == "triton" and settings.triton_mode == "managed":
@@ -237,7 +254,8 @@ def serve_with_managed_triton(settings: Settings) -> int:
         print("runtime serve: --triton managed needs --model-dir", file=sys.stderr)
         return 2
     try:
-        triton = ManagedTriton(settings.model_dir, find_tritonserver(settings.tritonserver_path))
+        binary = find_tritonserver(settings.tritonserver_path, Path(settings.triton_home))
+        triton = ManagedTriton(settings.model_dir, binary)
     except StartupError as ex:
         print(f"runtime serve: {ex}", file=sys.stderr)
         return STARTUP_EXIT_CODE
@@ -250,9 +268,8 @@ def serve_with_managed_triton(settings: Settings) -> int:
     except KeyboardInterrupt:
         triton.stop(grace_s=1)  # Ctrl-C while it loads: nothing to drain
         raise
-    os.environ["TRITON_URL"] = triton.url
     try:
-        serve(Settings.from_env())
+        serve(dataclasses.replace(settings, triton_url=triton.url))
     finally:
         triton.stop()
     return 0
@@ -265,11 +282,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_triton(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from runtime.serving.tritonserver import install
 
-    binary = install(Path(args.home) if args.home else None)
+    binary = install(Path(args.home or Settings.from_env().triton_home))
     print(binary)
     return 0
 

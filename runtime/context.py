@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 @dataclass
 class InitContext:
     settings: Settings
-    plugin_manager: pluggy.PluginManager
+    plugin_manager: pluggy.PluginManager  # a runtime.manager.PluginManager
     # Plugins may share objects through here (a backend puts its model table in it).
     state: dict[str, Any] = field(default_factory=dict)
 

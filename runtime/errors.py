@@ -38,6 +38,21 @@ class NotFound(ServingError):
     status_code = 404
 
 
+class UnknownModel(NotFound):
+    """A model (or version) no backend serves, in Triton's words (the KServe v2 routes)."""
+
+    def __init__(self, model: str, version: str | None = None) -> None:
+        where = f"'{model}'" if version is None else f"'{model}' version {version}"
+        super().__init__(f"Request for unknown model: {where} is not found")
+
+
+class NoBackend(NotFound):
+    """No backend's ``infer`` took the model (``runtime.infer()`` and hook-style /score)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"No backend serves a model named {model!r}.")
+
+
 class MethodNotAllowed(ServingError):
     status_code = 405
 
@@ -48,10 +63,6 @@ class PayloadTooLarge(ServingError):
 
 class UnsupportedMediaType(ServingError):
     status_code = 415
-
-
-class HeaderTooLarge(ServingError):
-    status_code = 431
 
 
 class ScoringFailed(ServingError):
@@ -84,6 +95,17 @@ class Overloaded(ServingError):
     status_code = 503
     score_status = 429
     retry_after_s = 1
+
+
+class RunFailed(Exception):
+    """run() or a hook raised something that is not a ServingError; carries the original.
+
+    The /score route answers it as azmlinfsrv does (a 500 naming the script; bad JSON: a 400).
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
 
 
 class StartupError(Exception):

@@ -17,6 +17,7 @@ third-party plugins win.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,15 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
+@functools.cache
+def names() -> tuple[str, ...]:
+    """Every hook's name, sorted."""
+    return tuple(sorted(name for name, value in globals().items() if hasattr(value, f"{PROJECT_NAME}_spec")))
+
+
+# -- Lifecycle: once per worker --------------------------------------------------------------------
+
+
 @hookspec
 def init(context: InitContext) -> None:
     """Called once per worker process, before the worker serves requests.
@@ -44,6 +54,17 @@ def init(context: InitContext) -> None:
     can already call :func:`runtime.infer`. Every implementation is called;
     an exception stops the server with exit code 3. May be ``async``.
     """
+
+
+@hookspec
+def shutdown() -> None:
+    """Called once when the worker stops, after the last request has been answered.
+
+    Every implementation is called; errors are logged and do not stop the others.
+    """
+
+
+# -- Request: one /score request, in this order (see runtime.pipeline) -----------------------------
 
 
 @hookspec(firstresult=True)
@@ -67,14 +88,34 @@ def infer(
 ) -> Awaitable[dict[str, np.ndarray]] | None:
     """Run ``model`` (``version``; None: the latest) on ``inputs``; implemented by backend plugins.
 
-    Called for /score in hook style, by :func:`runtime.infer` and by the KServe
-    v2 infer endpoint. Inputs are batch first when the model batches. Return
+    Called by the data plane (:mod:`runtime.dataplane`) for /score in hook style,
+    :func:`runtime.infer` and the KServe v2 infer endpoint. Inputs are batch first
+    when the model batches, and already checked against :func:`model_config`
+    (datatypes that cast safely, shapes): convert them once into the backend's
+    own form. ``parameters`` may hold ``runtime.outputs`` (the output names
+    wanted; return at least those) and ``runtime.classification`` ({output: class
+    count}; classify those outputs yourself, or leave it to the data plane). Return
     ``None`` when this plugin does not serve ``model``; otherwise an awaitable
     that resolves to the outputs by name. Raise
     :class:`runtime.errors.BadRequest` for inputs that do not fit the model.
     Backends that batch join concurrent calls into one execution. Stops at the
     first non-None result. Called on the event loop: do not block here.
     """
+
+
+@hookspec(firstresult=True)
+def postprocess(request: ScoringRequest, outputs: Any) -> Any:
+    """Turn the outputs of ``run()`` or ``infer`` into the response.
+
+    Return any JSON-serialisable value, an :class:`runtime.AMLResponse` or a
+    Starlette ``Response`` (a ``StreamingResponse`` too), or a generator
+    (sync or async) whose chunks are streamed. The built-in implementation returns ``outputs``
+    as they are (numpy arrays become lists). Stops at the first non-None
+    result. May be ``async``.
+    """
+
+
+# -- Models: what the backends serve (the KServe v2 routes and the data plane) ---------------------
 
 
 @hookspec
@@ -102,23 +143,3 @@ def model_ready(model: str, version: str | None) -> bool | Awaitable[bool] | Non
 @hookspec
 def server_ready() -> bool | Awaitable[bool]:
     """Whether this plugin's backend can take requests (``/v2/health/ready`` is the AND of all)."""
-
-
-@hookspec(firstresult=True)
-def postprocess(request: ScoringRequest, outputs: Any) -> Any:
-    """Turn the outputs of ``run()`` or ``infer`` into the response.
-
-    Return any JSON-serialisable value, an :class:`runtime.AMLResponse` or a
-    Starlette ``Response`` (a ``StreamingResponse`` too), or a generator
-    (sync or async) whose chunks are streamed. The built-in implementation returns ``outputs``
-    as they are (numpy arrays become lists). Stops at the first non-None
-    result. May be ``async``.
-    """
-
-
-@hookspec
-def shutdown() -> None:
-    """Called once when the worker stops, after the last request has been answered.
-
-    Every implementation is called; errors are logged and do not stop the others.
-    """

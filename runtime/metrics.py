@@ -113,9 +113,18 @@ def pending_gauge(model: str, version: str) -> Any:
 
 
 # Metrics that live elsewhere and are read at scrape time (Triton's batch statistics): each returns
-# Prometheus text, or b"" when its source cannot be reached right now.
+# Prometheus text, or b"" when its source cannot be reached right now. Each belongs to the event loop
+# of the app that registered it (two apps in one process each scrape their own).
 ScrapeSource = Callable[[], Awaitable[bytes]]
-SCRAPE_SOURCES: list[ScrapeSource] = []
+SCRAPE_SOURCES: list[tuple[asyncio.AbstractEventLoop, ScrapeSource]] = []
+
+
+def add_scrape_source(source: ScrapeSource) -> None:
+    SCRAPE_SOURCES.append((asyncio.get_running_loop(), source))
+
+
+def remove_scrape_source(source: ScrapeSource) -> None:
+    SCRAPE_SOURCES[:] = [entry for entry in SCRAPE_SOURCES if entry[1] != source]
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -125,8 +134,10 @@ async def metrics_endpoint(request: Request) -> Response:
         body = generate_latest(registry)
     else:
         body = generate_latest()
-    for source in SCRAPE_SOURCES:
-        body += await source()
+    loop = asyncio.get_running_loop()
+    for owner, source in SCRAPE_SOURCES:
+        if owner is loop:
+            body += await source()
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -1,35 +1,18 @@
-"""The plugin manager: built-in plugins, third-party plugins and score.py, in precedence order.
+"""Where plugins come from: the built-in ones (:data:`DEFAULT_PLUGINS`), entry points and ``--plugin``.
 
-:func:`register_all` holds the whole registration order (later registrations run first within the
-same tryfirst/trylast class, as in pluggy):
-
-1. the selected backend (one of :data:`DEFAULT_PLUGINS`),
-2. plugins from the ``scoring_runtime`` entry-point group,
-3. ``--plugin MODULE_OR_PATH`` (``RUNTIME_PLUGINS``),
-4. the built-in Azure ML defaults (``trylast``),
-5. score.py itself, so user code wins.
+The order they are registered in is :meth:`runtime.manager.PluginManager.register_all`.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import pluggy
-
-from runtime import hookspecs
 from runtime.errors import StartupError
-
-if TYPE_CHECKING:
-    from runtime.azureml.entry import EntryScript
-    from runtime.settings import Settings
-
-logger = logging.getLogger("runtime.plugins")
 
 ENTRY_POINT_GROUP = "scoring_runtime"
 
@@ -43,12 +26,6 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "triton": "runtime_plugins.triton_backend:TritonBackend",
 }
 BACKENDS = ("onnxruntime", "triton")
-
-
-def new_manager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    return pm
 
 
 def import_plugin(spec: str) -> ModuleType:
@@ -79,52 +56,3 @@ def builtin(name: str, *args: Any) -> object:
     module_name, _, factory = DEFAULT_PLUGINS[name].partition(":")
     plugin: object = getattr(importlib.import_module(module_name), factory)(*args)
     return plugin
-
-
-def register_all(pm: pluggy.PluginManager, settings: Settings, entry: EntryScript | None) -> None:
-    """Every registration, in order (see the module docstring), then the check for misspelled hooks."""
-    load_plugins(pm, settings.plugins, backend=settings.backend)
-    # Registered after the plugins: pluggy calls trylast implementations registered later, later still.
-    register(pm, builtin(AZUREML_DEFAULTS, entry), AZUREML_DEFAULTS)
-    if entry is not None:
-        register(pm, entry.hooks, f"entry:{entry.path}")
-    check(pm)
-
-
-def register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
-    try:
-        pm.register(plugin, name=name)
-    except pluggy.PluginValidationError as ex:
-        raise StartupError(f"Plugin {name}: {ex}") from ex
-
-
-def load_plugins(pm: pluggy.PluginManager, extra: tuple[str, ...] = (), backend: str | None = None) -> None:
-    """Register the selected backend, entry-point plugins and ``extra``."""
-    if backend:
-        if backend not in BACKENDS:
-            raise StartupError(f"Unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}.")
-        register(pm, builtin(backend), backend)
-    try:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    except pluggy.PluginValidationError as ex:
-        raise StartupError(f"Plugin from entry point group {ENTRY_POINT_GROUP!r}: {ex}") from ex
-    except Exception as ex:
-        raise StartupError(f"A plugin in entry point group {ENTRY_POINT_GROUP!r} failed to load: {ex}") from ex
-    for spec in extra:
-        register(pm, import_plugin(spec), spec)
-
-
-def check(pm: pluggy.PluginManager) -> None:
-    """Fail on hook implementations that match no spec (a misspelled hook name)."""
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as ex:
-        raise StartupError(f"{ex} Known hooks: {', '.join(known_hooks())}.") from ex
-
-
-def known_hooks() -> list[str]:
-    return sorted(
-        name
-        for name in dir(hookspecs)
-        if callable(getattr(hookspecs, name)) and hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT_NAME}_spec")
-    )

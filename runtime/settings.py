@@ -1,15 +1,18 @@
-"""Server settings: environment variables (the Azure ML names), overridden by CLI flags.
+"""Server settings: every environment variable the runtime reads, overridden by CLI flags.
 
-The CLI writes its flags into the environment before Gunicorn forks, so every
-worker builds the same :class:`Settings` with :func:`Settings.from_env`.
+The CLI builds one :class:`Settings` (:func:`Settings.from_env`, then its flags)
+and hands the object to Gunicorn, whose workers inherit it when they fork.
+docs/settings.md has the table; nothing else in the runtime reads os.environ.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
@@ -34,17 +37,19 @@ DEFAULT_BODY_TIMEOUT_S = 60
 # A gzip/deflate body may decode to this many times the bytes sent (at least 1 MiB): zeros compress 1000:1.
 DEFAULT_MAX_INFLATE_RATIO = 16
 
+N = TypeVar("N", int, float)
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+
+def _number(env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], kind: str, minimum: N) -> N:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
@@ -58,6 +63,21 @@ def _optional_int(env: Mapping[str, str], name: str, default: int = 0) -> int:
     if value < 0:
         raise ValueError(f"{name} must be 0 (off) or positive, got {value}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    return _number(env, name, default, int, "an integer", minimum)
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, float, "a number", 0.0)
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw not in ("0", "false", "no", "off")
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
@@ -96,6 +116,9 @@ class Settings:
     workers: int = 1
     # Requests one worker has in flight at once (sync code runs in a pool of this many threads).
     concurrency: int = DEFAULT_CONCURRENCY
+    # Threads for sync preprocess/postprocess hooks: CPU-bound Python gains nothing from more threads than
+    # cores (the GIL), and loses to contention with the event loop.
+    hook_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     cors_origins: tuple[str, ...] = ()
@@ -116,6 +139,21 @@ class Settings:
     max_requests_jitter: int = 0
     max_worker_memory_mb: int = 0  # recycle a worker whose RSS exceeds this (0: never)
     keepalive_max_age_s: int = DEFAULT_KEEPALIVE_MAX_AGE_S  # close keep-alive connections older (0: never)
+    # Gunicorn: seconds a silent worker lives, seconds a stopping worker gets, the access log.
+    worker_timeout: int = 300
+    graceful_timeout: int = 30
+    access_log: bool = True
+    # onnxruntime: the CPU memory arena, and execution providers to prefer when available.
+    ort_arena: bool = True
+    ort_providers: tuple[str, ...] = ()
+    # Triton: how long workers wait for the server and its models; where `runtime triton install` puts it.
+    triton_wait_s: float = 120.0
+    triton_home: str = field(default_factory=lambda: str(Path.home() / ".cache" / "scoring-runtime" / "triton"))
+    # Log every hook call with the implementations it ran.
+    trace_hooks: bool = False
+    # Not from the environment: a file `runtime serve` names so that only the first ready worker logs the
+    # start-up summary (empty: always log).
+    summary_marker: str = ""
     # Operations (docs/azureml-contract.md, "Operations").
     log_format: str = "text"  # or "json"
     config_file: str | None = None
@@ -155,6 +193,7 @@ class Settings:
             port=_int(env, "SERVER_PORT", DEFAULT_PORT),
             workers=_int(env, "WORKER_COUNT", 1),
             concurrency=_int(env, "RUNTIME_CONCURRENCY", DEFAULT_CONCURRENCY),
+            hook_threads=_int(env, "RUNTIME_HOOK_THREADS", os.cpu_count() or 1),
             timeout_ms=_int(env, "SCORING_TIMEOUT_MS", DEFAULT_TIMEOUT_MS),
             max_body_bytes=_int(env, "RUNTIME_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             cors_origins=_list(env.get("AML_CORS_ORIGINS", "")),
@@ -174,6 +213,14 @@ class Settings:
             max_requests_jitter=_optional_int(env, "RUNTIME_MAX_REQUESTS_JITTER"),
             max_worker_memory_mb=_optional_int(env, "RUNTIME_MAX_WORKER_MEMORY_MB"),
             keepalive_max_age_s=_optional_int(env, "RUNTIME_KEEPALIVE_MAX_AGE_S", DEFAULT_KEEPALIVE_MAX_AGE_S),
+            worker_timeout=_int(env, "WORKER_TIMEOUT", 300, minimum=0),
+            graceful_timeout=_int(env, "RUNTIME_GRACEFUL_TIMEOUT", 30, minimum=0),
+            access_log=_flag(env, "RUNTIME_ACCESS_LOG", True),
+            ort_arena=_flag(env, "RUNTIME_ORT_ARENA", True),
+            ort_providers=_list(env.get("RUNTIME_ORT_PROVIDERS", "")),
+            triton_wait_s=_float(env, "RUNTIME_TRITON_WAIT_S", 120.0),
+            triton_home=env.get("RUNTIME_TRITON_HOME") or str(Path.home() / ".cache" / "scoring-runtime" / "triton"),
+            trace_hooks=_flag(env, "RUNTIME_TRACE_HOOKS", False),
             log_format=_choice(env, "RUNTIME_LOG_FORMAT", ("text", "json")),
             config_file=env.get("AZUREML_CONFIG_FILE") or None,
             separate_health_endpoint=env.get("SEPERATE_HEALTH_ENDPOINT") == "true",

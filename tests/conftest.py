@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import REPO, ServerProcess, free_port, runtime_argv
+from tests.support.inprocess import AppPool
+from tests.support.servers import REPO, ServerPool, ServerProcess, free_port, runtime_argv
 
 SCRIPTS = REPO / "tests" / "scripts"
 
@@ -29,6 +30,22 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
+    """Real servers shared by every test that only reads from them, keyed by their flags (stopped at the end)."""
+    pool = ServerPool(tmp_path_factory.mktemp("servers"))
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture(scope="module")
+def apps() -> Iterator[AppPool]:
+    """In-process apps shared by a module's tests (started on first use, stopped after the module)."""
+    pool = AppPool()
+    yield pool
+    pool.close()
 
 
 def script(name: str) -> str:
@@ -65,11 +82,13 @@ def tritonserver_binary() -> Path:
     """A real tritonserver: one on PATH or TRITONSERVER_PATH, else the runtime's own install (made if missing)."""
     from runtime.errors import StartupError
     from runtime.serving.tritonserver import find_tritonserver, install
+    from runtime.settings import Settings
 
+    settings = Settings.from_env()
     try:
-        return find_tritonserver()
+        return find_tritonserver(settings.tritonserver_path, Path(settings.triton_home))
     except StartupError:
-        return install()
+        return install(Path(settings.triton_home))
 
 
 def descendants(pid: int) -> set[int]:

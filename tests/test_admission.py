@@ -157,7 +157,7 @@ def test_request_bodies_held_at_once_are_capped_declared_or_chunked() -> None:
 
 
 def test_overload_settings_come_from_the_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime.cli import apply_flags, build_parser
+    from runtime.cli import build_parser, build_settings
 
     env = {"MAX_CONCURRENT_REQUESTS": "5", "RUNTIME_KEEPALIVE_MAX_AGE_S": "0", "RUNTIME_MAX_WORKER_MEMORY_MB": "512"}
     settings = Settings.from_env(env)
@@ -174,6 +174,5 @@ def test_overload_settings_come_from_the_environment_and_flags(monkeypatch: pyte
     args = build_parser().parse_args(
         ["serve", "--max-concurrent-requests", "7", "--max-requests", "100", "--max-requests-jitter", "10"]
     )
-    apply_flags(args)
-    flagged = Settings.from_env()
+    flagged = build_settings(args)
     assert (flagged.max_concurrent_requests, flagged.max_requests, flagged.max_requests_jitter) == (7, 100, 10)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import StartRuntime, script
 from tests.support.plots import assert_matplotlib_png
-from tests.support.servers import REPO, runtime_argv
+from tests.support.servers import REPO, ServerPool, runtime_argv
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +61,8 @@ def test_bench_score_sweep_reports_json_plot_and_no_errors(start_runtime: StartR
     assert_matplotlib_png(png)
 
 
-def test_bench_v2_model_and_counts_errors(start_runtime: StartRuntime, model_repo: Path) -> None:
-    server = start_runtime("--model-dir", str(model_repo))
+def test_bench_v2_model_and_counts_errors(servers: ServerPool, model_repo: Path) -> None:
+    server = servers.get("--model-dir", str(model_repo))
     result = subprocess.run(
         runtime_argv(
             "bench",

@@ -1,13 +1,13 @@
-"""The reference examples end to end, on the embedded backend and on a real Triton."""
+"""The reference examples end to end, on the embedded backend and on a real Triton (apps in this process)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import importlib.util
 import io
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
@@ -19,8 +19,9 @@ from PIL import Image
 from runtime.serving.tritonserver import ManagedTriton
 from tests.conftest import StartRuntime, descendants
 from tests.support import hostile
+from tests.support.inprocess import AppPool
 from tests.support.rss import PeakRss
-from tests.support.servers import REPO, ServerProcess
+from tests.support.servers import REPO
 from tests.test_onnxruntime_backend import metric
 
 pytestmark = pytest.mark.slow
@@ -56,22 +57,24 @@ def jpeg(width: int = 300, height: int = 200, seed: int = 0) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def triton_for_examples(examples_repo: Path, tritonserver_binary: Path) -> Iterator[ManagedTriton]:
+def triton_for_examples(examples_repo: Path, tritonserver_binary: Path, apps: AppPool) -> Iterator[ManagedTriton]:
     server = ManagedTriton(str(examples_repo), tritonserver_binary, supervise=False)
     server.start()
     yield server
+    apps.close()  # the apps' idle connections would hold up Triton's shutdown
     server.stop()
 
 
 BACKENDS = ["onnxruntime", "triton"]
 
 
-def serve(start: StartRuntime, entry: Path, repo: Path, backend: str, triton: ManagedTriton | None) -> ServerProcess:
-    args = ["--entry", str(entry), "--model-dir", str(repo)]
+def serve(apps: AppPool, entry: Path, repo: Path, backend: str, triton: ManagedTriton | None) -> httpx.Client:
+    """The example's app, in this process: one per script, repository and backend, shared by the module."""
+    settings: dict[str, str] = {"entry_script": str(entry), "model_dir": str(repo)}
     if backend == "triton":
         assert triton is not None
-        args += ["--backend", "triton", "--triton-url", triton.url]
-    return start(*args)
+        settings |= {"backend": "triton", "triton_url": triton.url}
+    return apps.get(**settings)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -86,28 +89,26 @@ def triton_if_needed(backend: str, request: pytest.FixtureRequest) -> ManagedTri
 
 @pytest.mark.parametrize("script", ["score_densenet.py", "score_densenet_aml.py"])
 def test_densenet_end_to_end(
-    start_runtime: StartRuntime,
+    apps: AppPool,
     examples_repo: Path,
     backend: str,
     triton_if_needed: ManagedTriton | None,
     script: str,
 ) -> None:
-    server = serve(start_runtime, DENSENET / script, examples_repo, backend, triton_if_needed)
+    server = serve(apps, DENSENET / script, examples_repo, backend, triton_if_needed)
     image = jpeg()
-    raw = httpx.post(server.url + "/score", content=image, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    raw = server.post("/score", content=image, headers={"Content-Type": "image/jpeg"}, timeout=60)
     assert raw.status_code == 200, raw.text
     top = raw.json()
     labels = (DENSENET / "densenet_labels.txt").read_text().splitlines()
     assert len(top) == 5 and all(entry["label"] in labels for entry in top)
     assert all(0 < entry["score"] <= 1 for entry in top)
     assert [e["score"] for e in top] == sorted((e["score"] for e in top), reverse=True)
-    as_json = httpx.post(server.url + "/score", json={"image": base64.b64encode(image).decode()}, timeout=60)
+    as_json = server.post("/score", json={"image": base64.b64encode(image).decode()}, timeout=60)
     assert as_json.json() == top
     if script == "score_densenet_aml.py":
         # As `curl -F image=@cat.jpg` sends it: multipart/form-data with a field beside the file.
-        upload = httpx.post(
-            server.url + "/score", files={"image": ("cat.jpg", image, "image/jpeg")}, data={"k": "5"}, timeout=60
-        )
+        upload = server.post("/score", files={"image": ("cat.jpg", image, "image/jpeg")}, data={"k": "5"}, timeout=60)
         assert upload.status_code == 200, upload.text
         assert upload.json() == top
 
@@ -134,13 +135,13 @@ def test_densenet_end_to_end(
 )
 @pytest.mark.parametrize("script", ["score_densenet.py", "score_densenet_aml.py"])
 def test_densenet_bad_images_get_400(
-    start_runtime: StartRuntime, examples_repo: Path, script: str, body: bytes, content_type: str, message: str
+    apps: AppPool, examples_repo: Path, script: str, body: bytes, content_type: str, message: str
 ) -> None:
-    server = serve(start_runtime, DENSENET / script, examples_repo, "onnxruntime", None)
-    response = httpx.post(server.url + "/score", content=body, headers={"Content-Type": content_type}, timeout=60)
+    server = serve(apps, DENSENET / script, examples_repo, "onnxruntime", None)
+    response = server.post("/score", content=body, headers={"Content-Type": content_type}, timeout=60)
     assert response.status_code == 400, response.text
     assert message in response.json()["message"]
-    assert httpx.post(server.url + "/score", content=jpeg(), headers={"Content-Type": "image/jpeg"}).status_code == 200
+    assert server.post("/score", content=jpeg(), headers={"Content-Type": "image/jpeg"}).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -172,20 +173,19 @@ def test_densenet_image_bombs(
 def test_densenet_concurrent_requests_are_batched(
     start_runtime: StartRuntime, examples_repo: Path, backend: str, triton_if_needed: ManagedTriton | None
 ) -> None:
-    """Batches show in /metrics in both modes (on Triton, from its statistics API)."""
-    server = serve(start_runtime, DENSENET / "score_densenet.py", examples_repo, backend, triton_if_needed)
+    """Batches show in /metrics in both modes (on Triton, from its statistics API). A real server: the
+    metrics of apps in this process would mix."""
+    args = ["--entry", str(DENSENET / "score_densenet.py"), "--model-dir", str(examples_repo)]
+    if triton_if_needed is not None:
+        args += ["--backend", "triton", "--triton-url", triton_if_needed.url]
+    server = start_runtime(*args)
     images = [jpeg(seed=i) for i in range(48)]
 
-    async def send() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=24)) as client:
-            return await asyncio.gather(
-                *(
-                    client.post(server.url + "/score", content=img, headers={"Content-Type": "image/jpeg"})
-                    for img in images
-                )
-            )
+    def send(img: bytes) -> httpx.Response:
+        return httpx.post(server.url + "/score", content=img, headers={"Content-Type": "image/jpeg"}, timeout=120)
 
-    responses = asyncio.run(send())
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(send, images))
     assert {r.status_code for r in responses} == {200}
     text = httpx.get(server.url + "/metrics").text
     count = metric(text, "runtime_batch_size_count", model="densenet_onnx", version="1")
@@ -193,14 +193,14 @@ def test_densenet_concurrent_requests_are_batched(
     assert count > 0 and ones < count, f"no batch larger than 1 ({count=}, {ones=})"
 
 
-def test_densenet_model_zoo_configuration_with_fixed_batch(start_runtime: StartRuntime, tmp_path: Path) -> None:
+def test_densenet_model_zoo_configuration_with_fixed_batch(apps: AppPool, tmp_path: Path) -> None:
     """The zoo file has batch fixed at 1: make_model keeps a model in place and writes max_batch_size 0."""
     make = load(DENSENET / "make_model.py")
     make.main(["--out", str(tmp_path), "--small", "--fixed-batch"])
     make.main(["--out", str(tmp_path)])  # a model is in place: only the config is (re)written
     assert "max_batch_size: 0" in (tmp_path / "triton/densenet_onnx/config.pbtxt").read_text()
-    server = serve(start_runtime, DENSENET / "score_densenet.py", tmp_path, "onnxruntime", None)
-    response = httpx.post(server.url + "/score", content=jpeg(), headers={"Content-Type": "image/jpeg"})
+    server = serve(apps, DENSENET / "score_densenet.py", tmp_path, "onnxruntime", None)
+    response = server.post("/score", content=jpeg(), headers={"Content-Type": "image/jpeg"})
     assert response.status_code == 200 and len(response.json()) == 5
 
 
@@ -240,14 +240,14 @@ def test_densenet_from_torchscript_equals_in_process_and_onnx(
 
 @pytest.mark.parametrize("script", ["score_bidaf.py", "score_bidaf_aml.py"])
 def test_bidaf_end_to_end(
-    start_runtime: StartRuntime,
+    apps: AppPool,
     examples_repo: Path,
     backend: str,
     triton_if_needed: ManagedTriton | None,
     script: str,
 ) -> None:
-    server = serve(start_runtime, BIDAF / script, examples_repo, backend, triton_if_needed)
-    response = httpx.post(server.url + "/score", json={"context": CONTEXT, "query": QUERY}, timeout=60)
+    server = serve(apps, BIDAF / script, examples_repo, backend, triton_if_needed)
+    response = server.post("/score", json={"context": CONTEXT, "query": QUERY}, timeout=60)
     assert response.status_code == 200, response.text
     answer = response.json()["answer"]
     tokens = load(BIDAF / "tokens.py")
@@ -271,11 +271,9 @@ def test_bidaf_end_to_end(
     ],
 )
 @pytest.mark.parametrize("script", ["score_bidaf.py", "score_bidaf_aml.py"])
-def test_bidaf_bad_input_gets_400(
-    start_runtime: StartRuntime, examples_repo: Path, script: str, body: object, message: str
-) -> None:
-    server = serve(start_runtime, BIDAF / script, examples_repo, "onnxruntime", None)
-    response = httpx.post(server.url + "/score", json=body, timeout=60)
+def test_bidaf_bad_input_gets_400(apps: AppPool, examples_repo: Path, script: str, body: object, message: str) -> None:
+    server = serve(apps, BIDAF / script, examples_repo, "onnxruntime", None)
+    response = server.post("/score", json=body, timeout=60)
     assert response.status_code == 400, response.text
     assert message in response.json()["message"]
 

@@ -250,10 +250,10 @@ def test_summary_names_gpu_instances_and_where_they_run(tmp_path: Path) -> None:
     )
     (config,) = load_repository(tmp_path)
     assert _instances(config) == "2 x GPU [0], 1 x CPU"
-    hook = SimpleNamespace(
-        model_index=lambda: [[{"name": "linear", "version": "1"}]], model_config=lambda model, version: config
+    pm = SimpleNamespace(
+        model_index=lambda: [{"name": "linear", "version": "1"}], model_config=lambda model, version: config
     )
-    text = summary(Settings(model_dir=str(tmp_path)), SimpleNamespace(hook=hook), [])  # type: ignore[arg-type]
+    text = summary(Settings(model_dir=str(tmp_path)), pm, [])  # type: ignore[arg-type]
     assert "instances 2 x GPU [0], 1 x CPU (onnxruntime runs them on CPU here: no GPU provider" in text
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import StartRuntime, script
 from tests.support.models import linear_reference
+from tests.support.servers import ServerPool
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +42,9 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 @pytest.mark.parametrize("entry", ["backend/hook_linear.py", "backend/aml_linear.py"])
 def test_concurrent_batched_results_equal_per_request_results(
-    start_runtime: StartRuntime, model_repo: Path, entry: str
+    servers: ServerPool, model_repo: Path, entry: str
 ) -> None:
-    server = start_runtime("--entry", script(entry), "--model-dir", str(model_repo))
+    server = servers.get("--entry", script(entry), "--model-dir", str(model_repo))
     x = rows(CLIENTS * 4)
     for model in ("linear", "sleepy"):
         responses = asyncio.run(score_all(server.url, [{"x": r.tolist(), "model": model} for r in x]))
@@ -64,8 +65,8 @@ def test_concurrent_batched_results_equal_per_request_results(
     assert metric(metrics, "nv_inference_count_total", model="sleepy", version="1") >= len(x) + 8
 
 
-def test_unbatched_model_runs_batches_of_one(start_runtime: StartRuntime, model_repo: Path) -> None:
-    server = start_runtime("--entry", script("backend/hook_linear.py"), "--model-dir", str(model_repo))
+def test_unbatched_model_runs_batches_of_one(servers: ServerPool, model_repo: Path) -> None:
+    server = servers.get("--entry", script("backend/hook_linear.py"), "--model-dir", str(model_repo))
     x = rows(CLIENTS)
     responses = asyncio.run(score_all(server.url, [{"x": r.tolist(), "model": "sleepy_unbatched"} for r in x]))
     assert {r.status_code for r in responses} == {200}, responses[0].text
@@ -75,8 +76,8 @@ def test_unbatched_model_runs_batches_of_one(start_runtime: StartRuntime, model_
     assert count == len(x) and ones == count
 
 
-def test_bad_tensor_from_score_py_is_400(start_runtime: StartRuntime, model_repo: Path) -> None:
-    server = start_runtime("--entry", script("backend/aml_linear.py"), "--model-dir", str(model_repo))
+def test_bad_tensor_from_score_py_is_400(servers: ServerPool, model_repo: Path) -> None:
+    server = servers.get("--entry", script("backend/aml_linear.py"), "--model-dir", str(model_repo))
     response = httpx.post(server.url + "/score", json={"x": [1, 2, 3]})
     assert response.status_code == 400
     assert response.json() == {

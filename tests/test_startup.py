@@ -7,26 +7,34 @@ import subprocess
 import pytest
 
 from tests.conftest import StartRuntime, script
+from tests.support.inprocess import startup_failure
 from tests.support.servers import runtime_argv
 
-pytestmark = pytest.mark.slow
+FAILURES = [
+    ("core/no_init.py", ["no_init.py", "does not have a init() function defined"]),
+    (
+        "core/bad_signature.py",
+        ["bad_signature.py", "run()", "cannot accept positional-only arguments, *args"],
+    ),
+    ("core/import_error.py", ["import_error.py", "failed to import", "module_that_does_not_exist"]),
+    ("aml/init_raises.py", ["init_raises.py", "init()", "ValueError", "model file missing"]),
+    ("core/misspelled_hook.py", ["misspelled_hook.py", "preproces()", "did you mean preprocess()"]),
+    ("core/wrong_hook_args.py", ["postprocess", "extra_argument"]),
+    ("core/init_with_args.py", ["init", "model_path"]),
+]
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("core/no_init.py", ["no_init.py", "does not have a init() function defined"]),
-        (
-            "core/bad_signature.py",
-            ["bad_signature.py", "run()", "cannot accept positional-only arguments, *args"],
-        ),
-        ("core/import_error.py", ["import_error.py", "failed to import", "module_that_does_not_exist"]),
-        ("aml/init_raises.py", ["init_raises.py", "init()", "ValueError", "model file missing"]),
-        ("core/misspelled_hook.py", ["misspelled_hook.py", "preproces()", "did you mean preprocess()"]),
-        ("core/wrong_hook_args.py", ["postprocess", "extra_argument"]),
-        ("core/init_with_args.py", ["init", "model_path"]),
-    ],
-)
+@pytest.mark.parametrize(("name", "expected"), FAILURES)
+def test_startup_failure_names_script_function_and_cause(name: str, expected: list[str]) -> None:
+    log = startup_failure(entry_script=script(name))
+    for text in expected:
+        assert text in log, f"{text!r} not in log:\n{log}"
+
+
+# A real server for a failure while loading score.py: the exit code is the same for all (a failure in init()
+# exits 3 in tests/test_azureml_conformance.py::test_init_failure_exits_3_on_both).
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "expected"), [FAILURES[2]])
 def test_startup_failure_exits_3(start_runtime: StartRuntime, name: str, expected: list[str]) -> None:
     server = start_runtime("--entry", script(name), wait=False)
     assert server.wait_exit(60) == 3
@@ -35,6 +43,7 @@ def test_startup_failure_exits_3(start_runtime: StartRuntime, name: str, expecte
         assert text in log, f"{text!r} not in log:\n{log}"
 
 
+@pytest.mark.slow
 def test_missing_entry_script_exits_3() -> None:
     result = subprocess.run(
         runtime_argv("serve", "--entry", "/nonexistent/score.py"), capture_output=True, text=True, timeout=60
@@ -43,12 +52,12 @@ def test_missing_entry_script_exits_3() -> None:
     assert "/nonexistent/score.py does not exist" in result.stderr
 
 
-def test_unknown_plugin_exits_3(start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", script("core/echo.py"), "--plugin", "no_such_plugin_module", wait=False)
-    assert server.wait_exit(60) == 3
-    assert "Plugin module 'no_such_plugin_module' failed to import" in server.log()
+def test_unknown_plugin_stops_startup() -> None:
+    log = startup_failure(entry_script=script("core/echo.py"), plugins=("no_such_plugin_module",))
+    assert "Plugin module 'no_such_plugin_module' failed to import" in log
 
 
+@pytest.mark.slow
 def test_bad_flag_value_is_a_usage_error() -> None:
     result = subprocess.run(
         runtime_argv("serve", "--entry", script("core/echo.py"), "--workers", "0"),

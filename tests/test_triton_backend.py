@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,9 @@ import tritonclient.http as triton
 
 from runtime.serving.tritonserver import ManagedTriton
 from tests.conftest import StartRuntime, alive, descendants, script
+from tests.support.inprocess import app_client, captured_logs, startup_failure
 from tests.support.models import linear_reference
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerPool, ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
@@ -33,6 +35,15 @@ def remote_triton(model_repo: Path, tritonserver_binary: Path) -> Iterator[Manag
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def via_triton(remote_triton: ManagedTriton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The runtime on remote_triton, shared by the tests that only read; stopped before Triton, whose shutdown
+    would otherwise wait on the runtime's idle connections."""
+    pool = ServerPool(tmp_path_factory.mktemp("via_triton"))
+    yield pool.get("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", remote_triton.url)
+    pool.stop()
+
+
 def rows(n: int) -> np.ndarray:
     return np.random.default_rng(11).standard_normal((n, 4)).astype(np.float32)
 
@@ -42,13 +53,10 @@ async def score_many(url: str, bodies: list[dict[str, object]], concurrency: int
         return await asyncio.gather(*(client.post(url + "/score", json=b) for b in bodies))
 
 
-def test_same_answers_as_the_embedded_backend(
-    start_runtime: StartRuntime, remote_triton: ManagedTriton, model_repo: Path
-) -> None:
+def test_same_answers_as_the_embedded_backend(servers: ServerPool, via_triton: ServerProcess, model_repo: Path) -> None:
     x = rows(24)
     bodies = [{"x": r.tolist()} for r in x]
-    via_triton = start_runtime("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", remote_triton.url)
-    embedded = start_runtime("--entry", AML_LINEAR, "--model-dir", str(model_repo))
+    embedded = servers.get("--entry", AML_LINEAR, "--model-dir", str(model_repo))
     got_triton = [r.json()["y"] for r in asyncio.run(score_many(via_triton.url, bodies))]
     got_embedded = [r.json()["y"] for r in asyncio.run(score_many(embedded.url, bodies))]
     np.testing.assert_allclose(got_triton, got_embedded, rtol=1e-5, atol=1e-6)
@@ -82,8 +90,8 @@ def test_remote_mode_without_entry_or_model_dir(start_runtime: StartRuntime, rem
     client.close()
 
 
-def test_bad_input_is_400_with_a_message(start_runtime: StartRuntime, remote_triton: ManagedTriton) -> None:
-    server = start_runtime("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", remote_triton.url)
+def test_bad_input_is_400_with_a_message(via_triton: ServerProcess) -> None:
+    server = via_triton
     response = httpx.post(server.url + "/score", json={"x": [1, 2]})
     assert response.status_code == 400
     assert "input 'x' of model 'linear' has shape [1, 2], expected [-1, 4]" in response.json()["message"]
@@ -94,12 +102,13 @@ def test_bad_input_is_400_with_a_message(start_runtime: StartRuntime, remote_tri
     assert v2.status_code == 400 and "expecting TYPE_FP32" in v2.json()["error"]
 
 
-def test_seed_style_script_with_tritonhttpclient(start_runtime: StartRuntime, remote_triton: ManagedTriton) -> None:
-    server = start_runtime(
-        "--entry", script("triton/seed_score.py"), "--backend", "triton", "--triton-url", remote_triton.url
-    )
-    response = httpx.post(server.url + "/score", content=json.dumps([1, 5, 2, 3, 0]))
-    assert response.status_code == 200, server.log()
+def test_seed_style_script_with_tritonhttpclient(remote_triton: ManagedTriton) -> None:
+    settings = {"entry_script": script("triton/seed_score.py"), "backend": "triton", "triton_url": remote_triton.url}
+    with captured_logs() as log, app_client(**settings) as server:
+        response = server.post("/score", content=json.dumps([1, 5, 2, 3, 0]))
+    # The script's own client lives in this process now: closed, so that Triton's shutdown does not wait on it.
+    sys.modules["seed_utils"]._client.close()
+    assert response.status_code == 200, log
     assert [t.split(":", 1)[1] for t in response.json()["top"]] == ["1:b", "3:d"]
 
 
@@ -174,19 +183,9 @@ def test_triton_killed_mid_load_gives_503_then_recovers(
         own.stop()
 
 
-def test_startup_waits_for_triton_within_a_bound(start_runtime: StartRuntime) -> None:
-    server = start_runtime(
-        "--entry",
-        AML_LINEAR,
-        "--backend",
-        "triton",
-        "--triton-url",
-        "127.0.0.1:9",
-        env={"RUNTIME_TRITON_WAIT_S": "2"},
-        wait=False,
-    )
-    assert server.wait_exit(60) == 3
-    log = server.log()
+def test_startup_waits_for_triton_within_a_bound() -> None:
+    settings = {"entry_script": AML_LINEAR, "backend": "triton", "triton_url": "127.0.0.1:9", "triton_wait_s": 2.0}
+    log = startup_failure(**settings)
     assert "Triton Inference Server at 127.0.0.1:9: the server is not ready: connection refused" in log
     assert " s of 2 s; RUNTIME_TRITON_WAIT_S sets how long)" in log
 

@@ -1,4 +1,5 @@
-"""KServe v2 endpoints with real clients: tritonclient (JSON and binary tensors) and raw HTTP for bad input."""
+"""KServe v2 endpoints: tritonclient (JSON and binary tensors) against a real server; raw HTTP for bad input
+against the same app in this process."""
 
 from __future__ import annotations
 
@@ -12,18 +13,17 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from tests.support.inprocess import app_client
 from tests.support.models import TYPED, linear_reference
-from tests.support.servers import ServerProcess, repository_server
+from tests.support.servers import ServerPool, ServerProcess
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One repository-only server for the module (these tests only read from it)."""
-    process = repository_server(model_repo, tmp_path_factory.mktemp("v2") / "runtime.log")
-    yield process.start()
-    process.stop()
+def server(model_repo: Path, servers: ServerPool) -> ServerProcess:
+    """One repository-only server (these tests only read from it)."""
+    return servers.get("--model-dir", str(model_repo))
 
 
 @pytest.fixture
@@ -123,8 +123,15 @@ def test_every_datatype_round_trips(client: triton.InferenceServerClient, binary
         assert got.dtype == value.dtype and np.array_equal(got, value), key
 
 
-def infer_raw(server: ServerProcess, model: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{server.url}/v2/models/{model}/infer", content=body, headers=headers or {}, timeout=30)
+@pytest.fixture(scope="module")
+def app(model_repo: Path) -> Iterator[httpx.Client]:
+    """The same repository-only app in this process, for the raw-HTTP contract."""
+    with app_client(model_dir=str(model_repo)) as client:
+        yield client
+
+
+def infer_raw(app: httpx.Client, model: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return app.post(f"/v2/models/{model}/infer", content=body, headers=headers or {})
 
 
 def tensor_json(name: str = "x", shape: list[int] | None = None, datatype: str = "FP32", data: object = None) -> bytes:
@@ -180,43 +187,41 @@ def tensor_json(name: str = "x", shape: list[int] | None = None, datatype: str =
     ],
 )
 def test_bad_infer_requests_get_4xx_and_server_keeps_serving(
-    server: ServerProcess, model: str, body: bytes, headers: dict[str, str] | None, status: int, message: str
+    app: httpx.Client, model: str, body: bytes, headers: dict[str, str] | None, status: int, message: str
 ) -> None:
-    response = infer_raw(server, model, body, headers)
+    response = infer_raw(app, model, body, headers)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
-    ok = infer_raw(server, "linear", tensor_json())
+    ok = infer_raw(app, "linear", tensor_json())
     assert ok.status_code == 200 and ok.json()["outputs"][0]["name"] == "y"
 
 
-def test_malformed_binary_tensors(server: ServerProcess) -> None:
+def test_malformed_binary_tensors(app: httpx.Client) -> None:
     header = json.dumps(
         {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}
     ).encode()
-    short = infer_raw(server, "linear", header + b"\0" * 8, {"Inference-Header-Content-Length": str(len(header))})
+    short = infer_raw(app, "linear", header + b"\0" * 8, {"Inference-Header-Content-Length": str(len(header))})
     assert short.status_code == 400
     assert "declares binary_data_size 16, but only 8 bytes" in short.json()["error"]
-    extra = infer_raw(server, "linear", header + b"\0" * 20, {"Inference-Header-Content-Length": str(len(header))})
+    extra = infer_raw(app, "linear", header + b"\0" * 20, {"Inference-Header-Content-Length": str(len(header))})
     assert extra.status_code == 400 and "4 bytes of binary data that no input claims" in extra.json()["error"]
     text_header = json.dumps(
         {"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]}
     ).encode()
     truncated = struct.pack("<I", 10) + b"ab"
-    bad = infer_raw(
-        server, "strings", text_header + truncated, {"Inference-Header-Content-Length": str(len(text_header))}
-    )
+    bad = infer_raw(app, "strings", text_header + truncated, {"Inference-Header-Content-Length": str(len(text_header))})
     assert bad.status_code == 400 and "ends inside an element" in bad.json()["error"]
 
 
-def test_versioned_routes_and_unknown_version(server: ServerProcess) -> None:
-    ok = infer_raw(server, "linear/versions/1", tensor_json())
+def test_versioned_routes_and_unknown_version(app: httpx.Client) -> None:
+    ok = infer_raw(app, "linear/versions/1", tensor_json())
     assert ok.status_code == 200 and ok.json()["model_version"] == "1"
-    missing = httpx.get(f"{server.url}/v2/models/linear/versions/7")
+    missing = app.get("/v2/models/linear/versions/7")
     assert missing.status_code == 404
     assert missing.json() == {"error": "Request for unknown model: 'linear' version 7 is not found"}
 
 
-def test_repository_only_server_has_no_score(server: ServerProcess) -> None:
-    response = httpx.post(server.url + "/score", json={})
+def test_repository_only_server_has_no_score(app: httpx.Client) -> None:
+    response = app.post("/score", json={})
     assert response.status_code == 404
     assert "no entry script" in response.json()["message"]

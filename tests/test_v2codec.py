@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import BadRequest
-from runtime.http.v2codec import classify, decode_infer_request, deserialize_bytes, encode_outputs, serialize_bytes
+from runtime.http.v2codec import decode_infer_request, deserialize_bytes, encode_outputs, serialize_bytes
 
 
 def test_bytes_serialisation_round_trip() -> None:
@@ -68,8 +68,12 @@ def test_binary_output_encoding_and_header_length() -> None:
     assert length is None and json.loads(body)["outputs"][0]["data"] == ["a"]
 
 
-def test_classification_top_k_with_labels() -> None:
-    values = np.array([[0.1, 0.7, 0.2]], dtype=np.float32)
-    out = classify(values, 2, ("a", "b", "c"), batched=True)
-    assert out.tolist() == [[b"0.700000:1:b", b"0.200000:2:c"]]
-    assert classify(values[0], 5, None, batched=False).shape == (3,)
+def test_binary_tensors_are_views_on_the_body() -> None:
+    floats = np.arange(6, dtype=np.float32)
+    header = json.dumps(
+        {"inputs": [{"name": "a", "shape": [6], "datatype": "FP32", "parameters": {"binary_data_size": 24}}]}
+    ).encode()
+    body = header + floats.tobytes()
+    decoded = decode_infer_request(body, str(len(header)))
+    np.testing.assert_array_equal(decoded.inputs["a"], floats)
+    assert np.shares_memory(decoded.inputs["a"], np.frombuffer(body, dtype=np.uint8))

@@ -16,16 +16,15 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 
 from runtime import hookspecs
 from runtime.azureml import aml
 from runtime.azureml.compat import compat_modules
 from runtime.errors import StartupError
-from runtime.plugins import known_hooks
 
 logger = logging.getLogger("runtime.entry")
 
@@ -47,7 +46,8 @@ class EntryScript:
     data_param: str = "data"
     schema_params: list[inspect.Parameter] = field(default_factory=list)
     wants_headers: bool = False
-    hooks: SimpleNamespace = field(default_factory=SimpleNamespace)
+    # The hooks score.py defines as plain functions (the plugin manager takes them as they are).
+    hook_names: frozenset[str] = frozenset()
 
     @property
     def run_is_async(self) -> bool:
@@ -60,7 +60,7 @@ class EntryScript:
         return self.run(**payload)
 
 
-def _import_script(path: str) -> ModuleType:
+def _import_script(path: str, triton_url: str) -> ModuleType:
     if not os.path.isfile(path):
         raise StartupError(f"Entry script {path} does not exist.")
     directory = os.path.dirname(path)
@@ -73,7 +73,7 @@ def _import_script(path: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     aml.reset_raw_http()
     try:
-        with compat_modules():
+        with compat_modules(triton_url):
             spec.loader.exec_module(module)
     except BaseException as ex:
         logger.error("Importing %s failed:\n%s", path, traceback.format_exc())
@@ -117,25 +117,23 @@ def _analyze_run(script: EntryScript, path: str) -> None:
         script.input_mode = InputMode.STRING
 
 
-def _similar_hook(name: str, hooks: list[str]) -> str | None:
+def _similar_hook(name: str, hooks: Sequence[str]) -> str | None:
     if name in hooks or name.startswith("_") or name == "run":
         return None
     close = difflib.get_close_matches(name, hooks, n=1, cutoff=0.85)
     return close[0] if close else None
 
 
-def _collect_hooks(module: ModuleType, path: str) -> SimpleNamespace:
-    """score.py's hooks: plain functions named like hooks, or functions marked with hookimpl."""
-    hooks = known_hooks()
+def _check_hooks(module: ModuleType, path: str) -> frozenset[str]:
+    """The hooks score.py defines; a marked function with no such hook, or a near miss, fails start-up."""
+    hooks = hookspecs.names()
     marker = f"{hookspecs.PROJECT_NAME}_impl"
-    namespace = SimpleNamespace()
+    found = set()
     for name, value in vars(module).items():
         if not inspect.isfunction(value) or value.__module__ != module.__name__:
             continue
         if name in hooks:
-            if not hasattr(value, marker):
-                hookspecs.hookimpl(value)
-            setattr(namespace, name, value)
+            found.add(name)
         elif hasattr(value, marker):
             # pluggy reports it as an unknown hook; say which file it is in.
             raise StartupError(
@@ -147,18 +145,19 @@ def _collect_hooks(module: ModuleType, path: str) -> SimpleNamespace:
                 f"Entry script {path}: {name}() looks like a misspelled hook; did you mean {near}()? "
                 f"Known hooks: {', '.join(hooks)}. Rename it (or start its name with '_') if it is a helper."
             )
-    return namespace
+    return frozenset(found)
 
 
-def load_entry_script(path: str) -> EntryScript:
+def load_entry_script(path: str, triton_url: str = "") -> EntryScript:
+    """Import score.py and check it; ``triton_url`` is where its ``tritonhttpclient`` at localhost:8000 goes."""
     path = os.path.abspath(path)
-    module = _import_script(path)
+    module = _import_script(path, triton_url)
     run = getattr(module, "run", None)
     # Some Azure SDKs generate a driver module that forwards to the real script (azmlinfsrv does the same).
     driver = getattr(module, "driver_module", None)
     if isinstance(driver, ModuleType) and callable(getattr(driver, "run", None)):
         run = driver.run
-    script = EntryScript(path=path, module=module, hooks=_collect_hooks(module, path))
+    script = EntryScript(path=path, module=module, hook_names=_check_hooks(module, path))
     if run is not None:
         if not callable(run):
             raise StartupError(f"Entry script {path}: run is not a function.")
@@ -166,7 +165,7 @@ def load_entry_script(path: str) -> EntryScript:
             raise StartupError(f"Entry script {path} does not have a init() function defined.")
         script.run = run
         _analyze_run(script, path)
-    elif not any(hasattr(script.hooks, h) for h in ("preprocess", "postprocess")):
+    elif not script.hook_names & {"preprocess", "postprocess"}:
         raise StartupError(
             f"Entry script {path} does not have a run() function defined "
             "(nor preprocess()/postprocess() hooks for hook style)."

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
-import pluggy
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -20,10 +16,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runtime import api, logs, plugins, tracing
-from runtime.azureml.entry import EntryScript, load_entry_script
+from runtime import api, logs, tracing
+from runtime.azureml.entry import load_entry_script
 from runtime.azureml.swagger import Swagger
 from runtime.context import InitContext
+from runtime.dataplane import DataPlane
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.executor import Executor
 from runtime.http import score, startup, v2, watchdog
@@ -33,7 +30,9 @@ from runtime.http.cors import CorsMiddleware
 from runtime.http.headers import RequestIdMiddleware
 from runtime.http.health import WorkerHealth, ready
 from runtime.http.keepalive import ConnectionAgeMiddleware
+from runtime.http.requests import AppState
 from runtime.http.responses import INTERNAL_ERROR, error_response
+from runtime.manager import PluginManager
 from runtime.metrics import CLIENT_CLOSED, MetricsMiddleware, metrics_endpoint
 from runtime.pipeline import Pipeline
 from runtime.settings import Settings
@@ -48,62 +47,31 @@ NOT_FOUND = (
 METHOD_NOT_ALLOWED = "The method is not allowed for the requested URL."
 
 
-@dataclass
-class AppState:
-    settings: Settings
-    pm: pluggy.PluginManager
-    entry: EntryScript | None
-    executor: Executor
-    pipeline: Pipeline
-    swagger: Swagger
-    context: InitContext
-    health: WorkerHealth = field(default_factory=WorkerHealth)
-
-
-async def _call_each(pm: pluggy.PluginManager, name: str, stop_on_error: bool, **kwargs: Any) -> None:
-    """Call every implementation of a broadcast hook in pluggy's order, one after the other.
-
-    Async implementations are awaited on the loop; sync ones run in a thread, so that a sync init()
-    may call the blocking :func:`runtime.infer` (e.g. to warm up).
-    """
-    for impl in reversed(getattr(pm.hook, name).get_hookimpls()):
-        args = [kwargs[arg] for arg in impl.argnames]
-        try:
-            if inspect.iscoroutinefunction(impl.function):
-                await impl.function(*args)
-            else:
-                result = await asyncio.to_thread(impl.function, *args)
-                if inspect.isawaitable(result):
-                    await result
-        except StartupError as ex:
-            # Expected (Triton not there, a bad repository): its message says it all, no traceback.
-            if stop_on_error:
-                raise StartupError(f"{name}() of {impl.plugin_name}: {ex}") from ex
-            logger.error("%s() of %s failed; continuing shutdown: %s", name, impl.plugin_name, ex)
-        except Exception as ex:
-            where = f"{name}() of {impl.plugin_name}"
-            if stop_on_error:
-                logger.exception("%s failed", where)
-                raise StartupError(f"{where} failed: {type(ex).__name__}: {ex}") from ex
-            logger.exception("%s failed; continuing shutdown", where)
-
-
 def build_state(settings: Settings) -> AppState:
     """Load plugins and the entry script (everything but ``init``)."""
-    pm = plugins.new_manager()
-    entry = load_entry_script(settings.entry_path) if settings.entry_path else None
-    plugins.register_all(pm, settings, entry)
     executor = Executor(settings.concurrency)
-    pipeline = Pipeline(pm, entry, executor, settings.timeout_ms)
+    pm = PluginManager(Executor(settings.hook_threads), trace=settings.trace_hooks)
+    entry = load_entry_script(settings.entry_path, settings.triton_url) if settings.entry_path else None
+    pm.register_all(settings, entry)
+    plane = DataPlane(pm)
+    pipeline = Pipeline(pm, plane, entry, executor, settings.timeout_ms)
     context = InitContext(settings=settings, plugin_manager=pm)
     swagger = Swagger(settings, entry.run if entry else None)
-    return AppState(settings, pm, entry, executor, pipeline, swagger, context)
+    return AppState(settings, pm, plane, entry, executor, pipeline, swagger, context)
 
 
-def _only_model(pm: pluggy.PluginManager) -> str | None:
+def _only_model(pm: PluginManager) -> str | None:
     """The model hook-style scripts use when preprocess names none: the repository's only model."""
-    names = {entry["name"] for result in pm.hook.model_index() for entry in result}
+    names = {entry["name"] for entry in pm.model_index()}
     return names.pop() if len(names) == 1 else None
+
+
+async def _stop(state: AppState) -> None:
+    await state.pm.shutdown()
+    state.executor.shutdown()
+    state.pm.executor.shutdown()
+    if state.binding is not None:
+        api.unbind(state.binding)
 
 
 def create_app(
@@ -128,19 +96,22 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         logs.tag_records()
         logs.capture_print()
+        state: AppState | None = None
         try:
             tracing.setup(settings)
             with startup.interruptible() if exit_on_startup_error else contextlib.nullcontext():
                 state = build_state(settings)
                 state.health = health
-                api.bind(asyncio.get_running_loop(), state.pm)
-                await _call_each(state.pm, "init", stop_on_error=True, context=state.context)
+                state.binding = api.bind(asyncio.get_running_loop(), state.plane)
+                await state.pm.init(state.context)
                 state.pipeline.default_model = _only_model(state.pm)
         except StartupError as ex:
             logger.error("Start-up failed: %s", ex)
             if exit_on_startup_error:
                 logging.shutdown()
                 os._exit(STARTUP_EXIT_CODE)
+            if state is not None:  # an app in a process that goes on: release what init() took
+                await _stop(state)
             raise
         app.state.runtime = state
         if worker_process:
@@ -161,9 +132,7 @@ def create_app(
             health.draining = True
             monitor.cancel()
             loop_watchdog.stop()
-            await _call_each(state.pm, "shutdown", stop_on_error=False)
-            state.executor.shutdown()
-            api.unbind()
+            await _stop(state)
             tracing.shutdown()
             logs.release_print()
 

@@ -13,7 +13,7 @@ import zlib
 from starlette.requests import Request
 
 from runtime.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from runtime.http.score import read_body
+from runtime.http.requests import read_body
 
 # zlib window bits: gzip's header and trailer, or zlib's (what HTTP calls deflate).
 WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}

@@ -11,7 +11,6 @@ worker.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import signal
@@ -23,7 +22,6 @@ from starlette.responses import PlainTextResponse, Response
 
 from runtime import metrics
 from runtime.http.responses import error_response
-from runtime.http.score import state_of
 
 logger = logging.getLogger("runtime.health")
 
@@ -83,12 +81,10 @@ class WorkerHealth:
 
 async def not_ready_reason(request: Request) -> str | None:
     """Why this worker is not ready (its own state first, then every backend's), or None."""
-    state = state_of(request)
-    reason = state.health.not_ready_reason()
-    if reason is None:
-        results = [await r if inspect.isawaitable(r) else r for r in state.pm.hook.server_ready()]
-        if not all(results):
-            reason = "a backend is not ready"
+    state = request.app.state.runtime  # runtime.http.requests.AppState (which holds a WorkerHealth)
+    reason: str | None = state.health.not_ready_reason()
+    if reason is None and not await state.pm.server_ready():
+        reason = "a backend is not ready"
     return reason
 
 

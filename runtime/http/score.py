@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from runtime import api
 from runtime.azureml.aml import AMLResponse
 from runtime.azureml.entry import InputMode
 from runtime.azureml.request import ScoringRequest
-from runtime.errors import Overloaded, PayloadTooLarge, ScoringFailed, ServingError
+from runtime.errors import Overloaded, RunFailed, ScoringFailed, ServingError
+from runtime.http.requests import read_body, state_of
 from runtime.http.responses import (
     EXEC_MS,
     FAILED,
@@ -25,34 +26,11 @@ from runtime.http.responses import (
     overloaded,
 )
 from runtime.http.streaming import StreamFailed, StreamResponse, is_stream
-from runtime.pipeline import REQUEST_ID, RunFailed
-
-if TYPE_CHECKING:
-    from runtime.http.app import AppState
+from runtime.logs import REQUEST_ID
 
 logger = logging.getLogger("runtime.scoring")
 
 SCRIPT_FAILED = "An unexpected error occurred in scoring script. Check the logs for more info."
-
-
-def state_of(request: Request) -> AppState:
-    state: AppState = request.app.state.runtime
-    return state
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body of {int(declared)} bytes exceeds the limit of {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def health(request: Request) -> Response:
@@ -84,6 +62,8 @@ async def score(request: Request) -> Response:
     try:
         body = await read_body(request, state.settings.max_body_bytes)
         ids = request.scope["state"]["request_ids"]
+        if state.binding is not None:
+            api.use(state.binding)
         scoring_request = ScoringRequest(
             method=request.method,
             path=request.url.path,

@@ -8,6 +8,7 @@ with Gunicorn's boot-error code, and the master then stops with exit code 3.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import shutil
@@ -24,7 +25,6 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from runtime import logs
-from runtime.http.startup import SUMMARY_MARKER_ENV
 from runtime.settings import Settings
 
 logger = logging.getLogger("runtime.server")
@@ -105,11 +105,11 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
             "logger_class": RuntimeLogger,
             "workers": s.workers,
             "worker_class": "runtime.http.server.RuntimeWorker",
-            "timeout": int(os.environ.get("WORKER_TIMEOUT", "300")),
-            "graceful_timeout": int(os.environ.get("RUNTIME_GRACEFUL_TIMEOUT", "30")),
+            "timeout": s.worker_timeout,
+            "graceful_timeout": s.graceful_timeout,
             "keepalive": 75,
             "loglevel": s.log_level.lower(),
-            "accesslog": None if os.environ.get("RUNTIME_ACCESS_LOG", "true").lower() == "false" else "-",
+            "accesslog": "-" if s.access_log else None,
             "errorlog": "-",
             "proc_name": "runtime",
             "child_exit": _child_exit,
@@ -123,7 +123,8 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> Starlette:
         from runtime.http.app import create_app
 
-        return create_app(Settings.from_env(), exit_on_startup_error=True, worker_process=True)
+        # The master's Settings, inherited through fork: workers read no environment of their own.
+        return create_app(self.settings, exit_on_startup_error=True, worker_process=True)
 
 
 def set_parent_death_signal(sig: int) -> None:
@@ -154,7 +155,7 @@ def serve(settings: Settings) -> None:
     created = _prepare_metrics_dir()
     marker_dir = tempfile.mkdtemp(prefix="runtime-serve-")
     # The first worker that is ready logs the start-up summary; the others find this file and stay quiet.
-    os.environ[SUMMARY_MARKER_ENV] = os.path.join(marker_dir, "summary-logged")
+    settings = dataclasses.replace(settings, summary_marker=os.path.join(marker_dir, "summary-logged"))
     master = os.getpid()
     try:
         ServerApplication(settings).run()

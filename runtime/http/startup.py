@@ -24,15 +24,12 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import Route
 
 if TYPE_CHECKING:
-    import pluggy
-
+    from runtime.manager import PluginManager
     from runtime.serving.repository import ModelConfig
     from runtime.settings import Settings
 
 logger = logging.getLogger("runtime.app")
 
-# Set by `runtime serve` for its workers: the first to create this file logs the summary.
-SUMMARY_MARKER_ENV = "RUNTIME_SUMMARY_MARKER"
 STARTUP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
 
 
@@ -88,7 +85,7 @@ def _backend(settings: Settings) -> str:
     with contextlib.suppress(ImportError, AttributeError):
         # The providers the backend chose (RUNTIME_ORT_PROVIDERS among those available): CPU or GPU.
         onnx = importlib.import_module("runtime.serving.platforms.onnx")
-        providers = ", ".join(onnx.cpu_providers())
+        providers = ", ".join(onnx.cpu_providers(settings.ort_providers))
     return f"onnxruntime, in each worker process ({providers})"
 
 
@@ -100,7 +97,7 @@ def _routes(routes: list[Any]) -> str:
     return ", ".join(own) + (f", and {v2} KServe v2 routes under /v2 (POST /v2/models/<model>/infer)" if v2 else "")
 
 
-def summary(settings: Settings, pm: pluggy.PluginManager, routes: list[Any]) -> str:
+def summary(settings: Settings, pm: PluginManager, routes: list[Any]) -> str:
     url = f"http://{settings.host}:{settings.port}"
     backend = _backend(settings)
     lines = [
@@ -110,9 +107,9 @@ def summary(settings: Settings, pm: pluggy.PluginManager, routes: list[Any]) -> 
         f"  backend:      {backend}",
         f"  workers:      {settings.workers}, {settings.concurrency} requests in flight each",
     ]
-    names = sorted({entry["name"] for result in pm.hook.model_index() for entry in result})
+    names = sorted({entry["name"] for entry in pm.model_index()})
     for name in names:
-        config = pm.hook.model_config(model=name, version=None)
+        config = pm.model_config(name, None)
         if config is None:
             lines.append(f"  model {name}")
             continue
@@ -129,8 +126,8 @@ def summary(settings: Settings, pm: pluggy.PluginManager, routes: list[Any]) -> 
     return "\n".join(lines)
 
 
-def log_summary_once(settings: Settings, pm: pluggy.PluginManager, routes: list[Any]) -> None:
-    marker = os.environ.get(SUMMARY_MARKER_ENV)
+def log_summary_once(settings: Settings, pm: PluginManager, routes: list[Any]) -> None:
+    marker = settings.summary_marker
     if marker:
         try:
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))

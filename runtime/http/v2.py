@@ -7,29 +7,23 @@ Triton answers some of it with 500).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from runtime import __version__
-from runtime.errors import BadRequest, NotFound, Overloaded, ServingError
+from runtime.dataplane import CLASSIFICATION, OUTPUTS, REQUEST_ID
+from runtime.errors import Overloaded, ServingError
 from runtime.http.body import read_decoded_body
 from runtime.http.health import not_ready_reason
+from runtime.http.requests import state_of
 from runtime.http.responses import overloaded
-from runtime.http.score import state_of
-from runtime.http.v2codec import HEADER_LENGTH, RequestedOutput, classify, decode_infer_request, encode_outputs
-from runtime.pipeline import CLASSIFICATION, REQUEST_ID, infer
-from runtime.serving.repository import ModelConfig
+from runtime.http.v2codec import HEADER_LENGTH, RequestedOutput, decode_infer_request, encode_outputs
 from runtime.serving.tensors import expected_shape
-
-if TYPE_CHECKING:
-    import pluggy
 
 EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "schedule_policy"]
 # Request parameters of the schedule-policy extension, handed to the backend's queue.
@@ -64,21 +58,8 @@ def _request_id(request: Request) -> str | None:
     return ids.request_id if ids is not None else None
 
 
-async def _resolve(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
 def _model_version(request: Request) -> tuple[str, str | None]:
     return request.path_params["model"], request.path_params.get("version")
-
-
-def model_config(pm: pluggy.PluginManager, model: str, version: str | None) -> ModelConfig:
-    config: ModelConfig | None = pm.hook.model_config(model=model, version=version)
-    if config is None:
-        raise NotFound(f"Request for unknown model: '{model}' is not found")
-    if version is not None and version not in config.versions:
-        raise NotFound(f"Request for unknown model: '{model}' version {version} is not found")
-    return config
 
 
 @v2_errors
@@ -97,7 +78,7 @@ async def ready(request: Request) -> Response:
 @v2_errors
 async def model_metadata(request: Request) -> Response:
     model, version = _model_version(request)
-    config = model_config(state_of(request).pm, model, version)
+    config = state_of(request).plane.resolve(model, version)
 
     def tensors(specs: list[Any]) -> list[dict[str, Any]]:
         return [{"name": t.name, "datatype": t.datatype, "shape": expected_shape(config, t)} for t in specs]
@@ -116,22 +97,20 @@ async def model_metadata(request: Request) -> Response:
 @v2_errors
 async def model_ready(request: Request) -> Response:
     model, version = _model_version(request)
-    pm = state_of(request).pm
-    model_config(pm, model, version)
-    is_ready = await _resolve(pm.hook.model_ready(model=model, version=version))
-    return Response(status_code=200 if is_ready else 503)
+    state = state_of(request)
+    state.plane.resolve(model, version)
+    return Response(status_code=200 if await state.pm.model_ready(model, version) else 503)
 
 
 @v2_errors
 async def model_config_json(request: Request) -> Response:
     model, version = _model_version(request)
-    return JSONResponse(model_config(state_of(request).pm, model, version).config_json())
+    return JSONResponse(state_of(request).plane.resolve(model, version).config_json())
 
 
 @v2_errors
 async def repository_index(request: Request) -> Response:
-    entries = [entry for result in state_of(request).pm.hook.model_index() for entry in result]
-    return JSONResponse(entries)
+    return JSONResponse(state_of(request).pm.model_index())
 
 
 @v2_errors
@@ -140,32 +119,16 @@ async def model_infer(request: Request) -> Response:
     state = state_of(request)
     body = await read_decoded_body(request, state.settings.max_body_bytes, state.settings.max_inflate_ratio)
     decoded = decode_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
-    config = model_config(state.pm, model, version)
-    for name, datatype in decoded.datatypes.items():
-        spec = config.input(name)
-        if spec is not None and spec.datatype != datatype:
-            raise BadRequest(
-                f"unexpected datatype TYPE_{datatype} for inference input '{name}', expecting TYPE_{spec.datatype}"
-            )
+    config = state.plane.resolve(model, version)
     requested = decoded.outputs or [RequestedOutput(t.name, decoded.binary_output) for t in config.outputs]
-    for output in requested:
-        if config.output(output.name) is None:
-            raise BadRequest(f"unexpected inference output '{output.name}' for model '{model}'")
     REQUEST_ID.set(decoded.id or request.scope["state"]["request_ids"].request_id)
+    parameters: dict[str, Any] = {OUTPUTS: [o.name for o in requested]} if decoded.outputs else {}
     counts = {o.name: o.class_count for o in requested if o.class_count}
-    parameters = {k: decoded.parameters[k] for k in SCHEDULE_PARAMETERS if k in decoded.parameters}
+    parameters.update({k: decoded.parameters[k] for k in SCHEDULE_PARAMETERS if k in decoded.parameters})
     if counts:
         parameters[CLASSIFICATION] = counts
-    outputs = await infer(state.pm, model, decoded.inputs, parameters, version)
-    selected: list[tuple[str, np.ndarray, bool]] = []
-    for output in requested:
-        value = outputs[output.name]
-        # A backend may classify itself (Triton does); otherwise it is done here.
-        if output.class_count and value.dtype.kind != "O":
-            spec = config.output(output.name)
-            assert spec is not None
-            value = classify(value, output.class_count, spec.labels, config.max_batch_size > 0)
-        selected.append((output.name, value, output.binary))
+    outputs = await state.plane.run(config, version, decoded.inputs, parameters, exact_datatypes=True)
+    selected = [(o.name, outputs[o.name], o.binary) for o in requested]
     header: dict[str, Any] = {"model_name": model, "model_version": version or config.latest_version}
     if decoded.id is not None:
         header["id"] = decoded.id

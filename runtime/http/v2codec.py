@@ -32,7 +32,6 @@ class RequestedOutput:
 class InferRequestBody:
     id: str | None
     inputs: dict[str, np.ndarray]
-    datatypes: dict[str, str]
     outputs: list[RequestedOutput] | None  # None: every output
     binary_output: bool
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -62,7 +61,7 @@ def _parameters(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return parameters
 
 
-def deserialize_bytes(buffer: bytes, name: str) -> list[bytes]:
+def deserialize_bytes(buffer: bytes | memoryview, name: str) -> list[bytes]:
     """BYTES in binary form: each element is a 4-byte little-endian length, then the bytes."""
     items, offset = [], 0
     while offset < len(buffer):
@@ -129,7 +128,8 @@ def _decode_json_tensor(name: str, datatype: str, shape: list[int], data: Any) -
     return _reshape(array, shape, name)
 
 
-def _decode_binary_tensor(name: str, datatype: str, shape: list[int], buffer: bytes) -> np.ndarray:
+def _decode_binary_tensor(name: str, datatype: str, shape: list[int], buffer: memoryview) -> np.ndarray:
+    """A view on the request body where numpy can read it as it is (no copy); BYTES elements are copied out."""
     expected = _element_count(shape)
     if datatype == "BYTES":
         items = deserialize_bytes(buffer, name)
@@ -149,10 +149,11 @@ def _decode_binary_tensor(name: str, datatype: str, shape: list[int], buffer: by
     return _reshape(np.frombuffer(buffer, dtype=dtype), shape, name)
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """The JSON header and the binary remainder of an infer request body."""
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    """The JSON header and the binary remainder of an infer request body (a view: tensors are not copied)."""
+    view = memoryview(body)
     if header_length is None:
-        json_part, binary = body, b""
+        json_part, binary = body, view[len(body) :]
     else:
         try:
             length = int(header_length)
@@ -160,7 +161,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
         if not 0 < length <= len(body):
             raise BadRequest(f"{HEADER_LENGTH} is {length}, but the request body has {len(body)} bytes")
-        json_part, binary = body[:length], body[length:]
+        json_part, binary = bytes(view[:length]), view[length:]
     header = safejson.loads(json_part, "failed to parse the request JSON")
     if not isinstance(header, dict):
         raise BadRequest("the request JSON must be an object")
@@ -173,7 +174,6 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("the request must have a non-empty 'inputs' list")
     inputs: dict[str, np.ndarray] = {}
-    datatypes: dict[str, str] = {}
     offset = 0
     for raw in raw_inputs:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -200,7 +200,6 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
             inputs[name] = _decode_json_tensor(name, datatype, shape, raw["data"])
         else:
             raise BadRequest(f"input '{name}' has neither 'data' nor binary_data_size")
-        datatypes[name] = datatype
     if offset != len(binary):
         raise BadRequest(f"the request has {len(binary) - offset} bytes of binary data that no input claims")
     parameters = _parameters(header, "the request")
@@ -224,26 +223,10 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
     return InferRequestBody(
         id=request_id,
         inputs=inputs,
-        datatypes=datatypes,
         outputs=outputs,
         binary_output=bool(parameters.get("binary_data_output", False)),
         parameters=parameters,
     )
-
-
-def classify(values: np.ndarray, count: int, labels: tuple[str, ...] | None, batched: bool) -> np.ndarray:
-    """Triton's classification extension: the top ``count`` entries as "value:index[:label]" strings."""
-    rows = values.reshape(values.shape[0], -1) if batched else values.reshape(1, -1)
-    count = min(count, rows.shape[1])
-    out = np.empty((rows.shape[0], count), dtype=np.object_)
-    for r, row in enumerate(rows.astype(np.float64)):
-        top = np.argsort(-row, kind="stable")[:count]
-        for c, index in enumerate(top):
-            text = f"{row[index]:f}:{index}"
-            if labels is not None and index < len(labels):
-                text += f":{labels[index]}"
-            out[r, c] = text.encode("utf-8")
-    return out if batched else out.reshape(count)
 
 
 def encode_outputs(outputs: list[tuple[str, np.ndarray, bool]], header: dict[str, Any]) -> tuple[bytes, int | None]:

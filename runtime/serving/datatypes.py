@@ -1,4 +1,4 @@
-"""Datatype names: Triton config (TYPE_FP32), KServe v2 wire (FP32), numpy and ONNX."""
+"""Datatype names: Triton config (TYPE_FP32), KServe v2 wire (FP32) and numpy."""
 
 from __future__ import annotations
 
@@ -19,22 +19,6 @@ WIRE_TO_NUMPY: dict[str, np.dtype] = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(np.object_),
-}
-
-ONNX_TO_WIRE: dict[str, str] = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
 }
 
 

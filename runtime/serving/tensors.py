@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,14 +48,35 @@ def to_str_array(value: np.ndarray) -> np.ndarray:
     return result.astype(str)
 
 
-def validate_inputs(config: ModelConfig, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Inputs as the model's datatypes and shapes, batch first; a 400 naming the tensor otherwise."""
+def _datatype_error(name: str, got: str, want: str) -> BadRequest:
+    return BadRequest(f"unexpected datatype TYPE_{got} for inference input '{name}', expecting TYPE_{want}")
+
+
+def _check_datatype(spec: TensorSpec, array: np.ndarray, exact: bool) -> None:
+    """BYTES takes str and bytes; numbers take their own type, or (not ``exact``) one that casts safely."""
+    kind = array.dtype.kind
+    if spec.datatype == "BYTES":
+        if kind not in ("O", "S", "U"):
+            raise _datatype_error(spec.name, numpy_to_wire(array.dtype), spec.datatype)
+        return
+    want = wire_to_numpy(spec.datatype)
+    if array.dtype == want:
+        return
+    if exact or kind in ("O", "S", "U") or not np.can_cast(array.dtype, want, "same_kind"):
+        raise _datatype_error(spec.name, numpy_to_wire(array.dtype), spec.datatype)
+
+
+def validate_inputs(config: ModelConfig, inputs: Mapping[str, Any], exact_datatypes: bool = False) -> None:
+    """Check inputs against the model's datatypes and shapes, batch first; a 400 naming the tensor otherwise.
+
+    Nothing is converted: each backend converts once, into its own form (:func:`cast`). With
+    ``exact_datatypes`` (the v2 wire, where the client declares them) a datatype must match exactly.
+    """
     model = config.name
     unknown = [name for name in inputs if config.input(name) is None]
     if unknown:
         known = ", ".join(t.name for t in config.inputs)
         raise BadRequest(f"unexpected inference input '{unknown[0]}' for model '{model}'; it takes: {known}")
-    checked: dict[str, np.ndarray] = {}
     batch: int | None = None
     for spec in config.inputs:
         if spec.name not in inputs:
@@ -63,22 +84,9 @@ def validate_inputs(config: ModelConfig, inputs: Mapping[str, Any]) -> dict[str,
                 f"expected {len(config.inputs)} inputs but got {len(inputs)} inputs for model "
                 f"'{model}': input '{spec.name}' is missing"
             )
-        array = np.asarray(inputs[spec.name])
-        if spec.datatype == "BYTES":
-            if array.dtype.kind not in ("O", "S", "U"):
-                raise BadRequest(
-                    f"input '{spec.name}' of model '{model}' must be BYTES, got {numpy_to_wire(array.dtype)}"
-                )
-            array = to_bytes_array(array)
-        else:
-            want = wire_to_numpy(spec.datatype)
-            if array.dtype != want:
-                if array.dtype.kind in ("O", "S", "U") or not np.can_cast(array.dtype, want, "same_kind"):
-                    got = "BYTES" if array.dtype.kind in ("O", "S", "U") else numpy_to_wire(array.dtype)
-                    raise BadRequest(
-                        f"input '{spec.name}' of model '{model}' has datatype {got}, expected {spec.datatype}"
-                    )
-                array = array.astype(want)
+        value = inputs[spec.name]
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        _check_datatype(spec, array, exact_datatypes)
         shape = tuple(int(s) for s in array.shape)
         if config.max_batch_size > 0:
             if len(shape) < 1 or not _dims_match(shape[1:], spec.dims):
@@ -99,28 +107,63 @@ def validate_inputs(config: ModelConfig, inputs: Mapping[str, Any]) -> dict[str,
                 f"input '{spec.name}' of model '{model}' has shape {list(shape)}, "
                 f"expected {expected_shape(config, spec)}"
             )
-        if spec.reshape is not None:
-            lead = shape[:1] if config.max_batch_size > 0 else ()
-            try:
-                array = array.reshape(lead + spec.reshape)
-            except ValueError:
-                raise BadRequest(
-                    f"input '{spec.name}' of model '{model}' with shape {list(shape)} cannot be "
-                    f"reshaped to {list(lead + spec.reshape)}"
-                ) from None
-        checked[spec.name] = array
-    return checked
+        if spec.reshape is not None and not _reshapable(shape[len(_lead(config, shape)) :], spec.reshape):
+            raise BadRequest(
+                f"input '{spec.name}' of model '{model}' with shape {list(shape)} cannot be "
+                f"reshaped to {list(_lead(config, shape) + spec.reshape)}"
+            )
 
 
-def shape_outputs(config: ModelConfig, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Model outputs as the config declares them: only configured outputs, ``reshape`` undone."""
+def _reshapable(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether numpy can reshape ``shape`` to ``target`` (which may hold one -1)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    known = int(np.prod([d for d in target if d != -1], dtype=np.int64))
+    if -1 in target:
+        return (known > 0 and size % known == 0) or (known == 0 and size == 0)
+    return size == known
+
+
+def _lead(config: ModelConfig, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape[:1] if config.max_batch_size > 0 else ()
+
+
+def cast(config: ModelConfig, spec: TensorSpec, value: Any, reshape: bool) -> np.ndarray:
+    """A checked input in the model's numeric datatype (BYTES as given), reshaped per the config if asked."""
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if spec.datatype != "BYTES":
+        array = array.astype(wire_to_numpy(spec.datatype), copy=False)
+    if reshape and spec.reshape is not None:
+        array = array.reshape(_lead(config, array.shape) + spec.reshape)
+    return array
+
+
+def shape_outputs(
+    config: ModelConfig, outputs: Mapping[str, np.ndarray], names: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Model outputs as the config declares them: the configured ones (or ``names``), ``reshape`` undone."""
     shaped: dict[str, np.ndarray] = {}
     for spec in config.outputs:
+        if names is not None and spec.name not in names:
+            continue
         value = outputs[spec.name]
         if spec.reshape is not None:
-            lead = value.shape[:1] if config.max_batch_size > 0 else ()
-            value = value.reshape(tuple(lead) + tuple(d if d != -1 else -1 for d in spec.dims))
+            value = value.reshape(_lead(config, value.shape) + spec.dims)
         if spec.datatype == "BYTES":
             value = to_bytes_array(np.asarray(value))
         shaped[spec.name] = value
     return shaped
+
+
+def classify(values: np.ndarray, count: int, labels: tuple[str, ...] | None, batched: bool) -> np.ndarray:
+    """Triton's classification extension: the top ``count`` entries as "value:index[:label]" strings."""
+    rows = values.reshape(values.shape[0], -1) if batched else values.reshape(1, -1)
+    count = min(count, rows.shape[1])
+    out = np.empty((rows.shape[0], count), dtype=np.object_)
+    for r, row in enumerate(rows.astype(np.float64)):
+        top = np.argsort(-row, kind="stable")[:count]
+        for c, index in enumerate(top):
+            text = f"{row[index]:f}:{index}"
+            if labels is not None and index < len(labels):
+                text += f":{labels[index]}"
+            out[r, c] = text.encode("utf-8")
+    return out if batched else out.reshape(count)

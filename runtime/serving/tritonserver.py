@@ -39,13 +39,8 @@ TRITON_REQUIREMENTS = ["nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime"]
 TEMPLATE = Path(__file__).parent / "templates" / "onnx_python_backend.py"
 
 
-def triton_home() -> Path:
-    return Path(os.environ.get("RUNTIME_TRITON_HOME", Path.home() / ".cache" / "scoring-runtime" / "triton"))
-
-
-def install(home: Path | None = None, python: str | None = None) -> Path:
-    """Create the Triton venv (idempotent) and return the tritonserver binary."""
-    home = home or triton_home()
+def install(home: Path, python: str | None = None) -> Path:
+    """Create the Triton venv in ``home`` (idempotent; Settings.triton_home) and return the tritonserver binary."""
     venv = home / "venv"
     marker = venv / ".runtime-installed"
     if not marker.exists() or marker.read_text() != "\n".join(TRITON_REQUIREMENTS):
@@ -66,14 +61,15 @@ def _wheel_binary(venv: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def find_tritonserver(explicit: str | None = None) -> Path:
-    for candidate in (explicit, os.environ.get("TRITONSERVER_PATH"), shutil.which("tritonserver")):
+def find_tritonserver(explicit: str | None, home: Path) -> Path:
+    """``explicit`` (Settings.tritonserver_path), then PATH, then the install in ``home``."""
+    for candidate in (explicit, shutil.which("tritonserver")):
         if candidate:
             path = Path(candidate)
             if not (path.is_file() and os.access(path, os.X_OK)):
                 raise StartupError(f"tritonserver {path} is not an executable file")
             return path
-    wheel = _wheel_binary(triton_home() / "venv")
+    wheel = _wheel_binary(home / "venv")
     if wheel is not None:
         return wheel
     raise StartupError(

@@ -1,20 +1,135 @@
-"""The app in this process: its lifespan (score.py's init) runs, requests go through httpx.ASGITransport."""
+"""Apps in the test process: ``create_app(Settings(...))`` behind Starlette's TestClient (lifespan included).
+
+No server process, no port: for the HTTP contracts (/score, /v2) that do not depend on Gunicorn,
+signals or several workers. Several apps may run at once (``runtime.api`` binds per app).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+from starlette.applications import Starlette
 
 from runtime.http.app import create_app
 from runtime.settings import Settings
 
 
+class _LoopTransport(httpx.BaseTransport):
+    """A sync transport that hands each request to ``httpx.ASGITransport`` on the app's event loop.
+
+    Requests from several threads run concurrently on that loop, as on a server.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, app: Starlette) -> None:
+        self.loop = loop
+        self.asgi = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()  # a generator body stays chunked: its headers are kept as they are
+
+        async def send() -> httpx.Response:
+            forwarded = httpx.Request(
+                request.method, request.url, headers=request.headers, stream=httpx.ByteStream(body)
+            )
+            response = await self.asgi.handle_async_request(forwarded)
+            content = await response.aread()
+            return httpx.Response(response.status_code, headers=response.headers, content=content)
+
+        return asyncio.run_coroutine_threadsafe(send(), self.loop).result()
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    async with app.router.lifespan_context(app):
+        yield
+
+
+@contextlib.contextmanager
+def app_client(**settings: Any) -> Iterator[httpx.Client]:
+    """A started app for ``Settings(**settings)`` and a client for it; stopped (shutdown hooks run) on exit."""
+    app = create_app(Settings(**settings))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="app-loop", daemon=True)
+    thread.start()
+    lifespan = _lifespan(app)
+    try:
+        asyncio.run_coroutine_threadsafe(lifespan.__aenter__(), loop).result()
+        try:
+            with httpx.Client(transport=_LoopTransport(loop, app), base_url="http://testserver", timeout=60) as client:
+                yield client
+        finally:
+            asyncio.run_coroutine_threadsafe(lifespan.__aexit__(None, None, None), loop).result()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@contextlib.contextmanager
+def captured_logs(level: int = logging.DEBUG) -> Iterator[list[str]]:
+    """Lines the runtime logs meanwhile, formatted as the server logs them."""
+    from runtime.logs import formatter
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Collect(level)
+    handler.setFormatter(formatter("text"))
+    logger = logging.getLogger("runtime")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+class AppPool:
+    """In-process apps started on first use and shared by the tests of a module that only read from them."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._apps: dict[tuple[tuple[str, str], ...], httpx.Client] = {}
+
+    def get(self, **settings: Any) -> httpx.Client:
+        key = tuple(sorted((name, repr(value)) for name, value in settings.items()))
+        if key not in self._apps:
+            self._apps[key] = self._stack.enter_context(app_client(**settings))
+        return self._apps[key]
+
+    def close(self) -> None:
+        self._stack.close()
+        self._apps.clear()
+
+
+def startup_failure(**settings: Any) -> str:
+    """What the runtime logs when an app for ``Settings(**settings)`` fails to start (it must fail).
+
+    In this process start-up raises StartupError; a real server exits with code 3 on any of them.
+    """
+    import pytest
+
+    from runtime.errors import StartupError
+
+    with captured_logs() as lines, pytest.raises(StartupError), app_client(**settings):
+        pass
+    return "\n".join(lines)
+
+
 @contextlib.asynccontextmanager
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app for ``settings`` on the caller's event loop, for async tests (lifespan included)."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

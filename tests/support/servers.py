@@ -134,3 +134,24 @@ def start_module_server(tmp_path_factory: Any, *args: str) -> ServerProcess:
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     return ServerProcess(runtime_argv("serve", "--port", str(port), *args), port, log).start()
+
+
+class ServerPool:
+    """``runtime serve`` processes started on first use and shared by every test that only reads from them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._servers: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], ServerProcess] = {}
+
+    def get(self, *args: str, env: Mapping[str, str] | None = None) -> ServerProcess:
+        key = (args, tuple(sorted((env or {}).items())))
+        if key not in self._servers:
+            port = free_port()
+            log = self.directory / f"runtime-{port}.log"
+            self._servers[key] = ServerProcess(runtime_argv("serve", "--port", str(port), *args), port, log, env)
+            self._servers[key].start()
+        return self._servers[key]
+
+    def stop(self) -> None:
+        for server in self._servers.values():
+            server.stop()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +19,23 @@ if TYPE_CHECKING:
 CUDA = "CUDAExecutionProvider"
 
 
+@dataclass
+class OrtOptions:
+    """What Settings say about onnxruntime sessions (RUNTIME_ORT_ARENA, RUNTIME_ORT_PROVIDERS)."""
+
+    arena: bool = True
+    providers: tuple[str, ...] = ()
+
+
+OPTIONS = OrtOptions()
+
+
+def configure(arena: bool, providers: tuple[str, ...]) -> None:
+    """Set from Settings by the process that loads models, before the first load."""
+    OPTIONS.arena = arena
+    OPTIONS.providers = providers
+
+
 def session_options(threads: int) -> Any:
     import onnxruntime as ort
 
@@ -28,16 +45,16 @@ def session_options(threads: int) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # The CPU arena keeps the largest footprint of every batch size the batcher forms; without it memory
     # follows the current batch, at some cost in speed (RUNTIME_ORT_ARENA=0; onnxruntime's default is on).
-    options.enable_cpu_mem_arena = os.environ.get("RUNTIME_ORT_ARENA", "1") != "0"
+    options.enable_cpu_mem_arena = OPTIONS.arena
     # Spinning threads burn the cores other instances, workers and the HTTP loop need.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-def cpu_providers() -> list[str]:
+def cpu_providers(configured: tuple[str, ...] | None = None) -> list[str]:
     import onnxruntime as ort
 
-    wanted = [p for p in os.environ.get("RUNTIME_ORT_PROVIDERS", "").split(",") if p and p != CUDA]
+    wanted = [p for p in (OPTIONS.providers if configured is None else configured) if p != CUDA]
     available = ort.get_available_providers()
     return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
 

@@ -1,0 +1,256 @@
+"""The hook layer: the one place that registers plugins and calls hooks.
+
+:class:`PluginManager` is pluggy's manager with three additions:
+
+* :meth:`PluginManager.register_all` holds the whole registration order (later registrations run first
+  within the same tryfirst/trylast class, as in pluggy):
+
+  1. the selected backend (one of :data:`runtime.plugins.DEFAULT_PLUGINS`),
+  2. plugins from the ``scoring_runtime`` entry-point group,
+  3. ``--plugin MODULE_OR_PATH`` (``RUNTIME_PLUGINS``),
+  4. the built-in Azure ML defaults (``trylast``),
+  5. score.py itself, so user code wins.
+
+* score.py's plain functions named like hooks are implementations as they are: nothing is set on
+  them (:meth:`PluginManager.parse_hookimpl_opts`, as pytest accepts conftest functions).
+* a typed ``async`` caller per hook. Whether a hook runs on the event loop or in the worker's thread
+  pool, and what its errors become, is decided here and nowhere else.
+
+``RUNTIME_TRACE_HOOKS=1`` logs every hook call, the implementations it ran and the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pluggy
+
+from runtime import hookspecs, plugins
+from runtime.errors import NoBackend, RunFailed, ServingError, StartupError
+from runtime.executor import Executor
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from runtime.azureml.entry import EntryScript
+    from runtime.azureml.request import ScoringRequest
+    from runtime.context import InitContext
+    from runtime.serving.repository import ModelConfig
+    from runtime.settings import Settings
+
+logger = logging.getLogger("runtime.hooks")
+
+T = TypeVar("T")
+
+INLINE_MARK = "runtime_inline"
+# pluggy's options for a plain function: no ordering, no wrapper.
+PLAIN_HOOK = pluggy.HookimplOpts(
+    wrapper=False, hookwrapper=False, optionalhook=False, tryfirst=False, trylast=False, specname=None
+)
+
+
+def inline(func: Any) -> Any:
+    """Mark a sync hook as cheap and non-blocking, so it runs on the event loop without a thread hop.
+
+    For hooks that take microseconds (reading a small JSON body, shaping a small answer). Never
+    for anything that blocks or computes for long: it would stall every request of the worker.
+    A hook runs inline only when every implementation of it is inline (or async).
+    """
+    setattr(func, INLINE_MARK, True)
+    return func
+
+
+def _runs_on_loop(impl: pluggy.HookImpl) -> bool:
+    return bool(getattr(impl.function, INLINE_MARK, False)) or inspect.iscoroutinefunction(impl.function)
+
+
+async def _resolve(value: Awaitable[T] | T) -> T:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager for the runtime's hooks; one per app."""
+
+    def __init__(self, executor: Executor | None = None, trace: bool = False) -> None:
+        super().__init__(hookspecs.PROJECT_NAME)
+        self.add_hookspecs(hookspecs)
+        # Where sync preprocess/postprocess run when not every implementation is inline (Settings.hook_threads).
+        self.executor = executor or Executor(1)
+        self._plain: set[int] = set()  # plugins whose plain functions named like hooks are hooks (score.py)
+        self._inline: dict[str, bool] = {}
+        if trace:
+            self.add_hookcall_monitoring(_trace_before, _trace_after)
+
+    # -- registration ------------------------------------------------------------------------------
+
+    def register_all(self, settings: Settings, entry: EntryScript | None) -> None:
+        """Every registration, in order (see the module docstring), then the check for misspelled hooks."""
+        backend = settings.backend
+        if backend:
+            if backend not in plugins.BACKENDS:
+                raise StartupError(f"Unknown backend {backend!r}; known backends: {', '.join(plugins.BACKENDS)}.")
+            self._register(plugins.builtin(backend), backend)
+        try:
+            self.load_setuptools_entrypoints(plugins.ENTRY_POINT_GROUP)
+        except pluggy.PluginValidationError as ex:
+            raise StartupError(f"Plugin from entry point group {plugins.ENTRY_POINT_GROUP!r}: {ex}") from ex
+        except Exception as ex:
+            raise StartupError(
+                f"A plugin in entry point group {plugins.ENTRY_POINT_GROUP!r} failed to load: {ex}"
+            ) from ex
+        for spec in settings.plugins:
+            self._register(plugins.import_plugin(spec), spec)
+        # Registered after the plugins: pluggy calls trylast implementations registered later, later still.
+        self._register(plugins.builtin(plugins.AZUREML_DEFAULTS, entry), plugins.AZUREML_DEFAULTS)
+        if entry is not None:
+            self._plain.add(id(entry.module))
+            self._register(entry.module, f"entry:{entry.path}")
+        try:
+            self.check_pending()
+        except pluggy.PluginValidationError as ex:
+            raise StartupError(f"{ex} Known hooks: {', '.join(hookspecs.names())}.") from ex
+
+    def _register(self, plugin: object, name: str) -> None:
+        try:
+            self.register(plugin, name=name)
+        except pluggy.PluginValidationError as ex:
+            raise StartupError(f"Plugin {name}: {ex}") from ex
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        """pluggy's register; a plugin registered later (say, from an init hook) may change where hooks run."""
+        registered = super().register(plugin, name)
+        self._inline.clear()
+        return registered
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is not None or id(plugin) not in self._plain or name not in hookspecs.names():
+            return opts
+        value = inspect.getattr_static(plugin, name, None)
+        # Only functions score.py defines: a hook-named function it imports is not its hook.
+        if inspect.isfunction(value) and value.__module__ == getattr(plugin, "__name__", None):
+            return PLAIN_HOOK
+        return None
+
+    # -- calling -----------------------------------------------------------------------------------
+
+    def _all_inline(self, name: str) -> bool:
+        cached = self._inline.get(name)
+        if cached is None:
+            cached = self._inline[name] = all(_runs_on_loop(i) for i in getattr(self.hook, name).get_hookimpls())
+        return cached
+
+    async def _first(self, name: str, **kwargs: Any) -> Any:
+        """A firstresult hook: on the loop when every implementation may run there, else in the pool.
+
+        Anything but a :class:`ServingError` becomes :class:`RunFailed` (a 500 naming the script).
+        """
+        hook = getattr(self.hook, name)
+        try:
+            result = hook(**kwargs) if self._all_inline(name) else await self.executor.run(hook, **kwargs)
+            return await _resolve(result)
+        except (ServingError, asyncio.CancelledError):
+            raise
+        except Exception as ex:
+            raise RunFailed(ex) from ex
+
+    async def _each(self, name: str, on_error: Callable[[str, Exception], None], **kwargs: Any) -> None:
+        """A broadcast hook, one implementation after the other in pluggy's order.
+
+        Async implementations are awaited on the loop; sync ones run in a thread, so that a sync init()
+        may call the blocking :func:`runtime.infer` (e.g. to warm up).
+        """
+        for impl in reversed(getattr(self.hook, name).get_hookimpls()):
+            try:
+                if inspect.iscoroutinefunction(impl.function):
+                    results = self._hookexec(name, [impl], kwargs, False)
+                else:
+                    results = await asyncio.to_thread(self._hookexec, name, [impl], kwargs, False)
+                assert isinstance(results, list)
+                for result in results:
+                    await _resolve(result)
+            except Exception as ex:
+                on_error(f"{name}() of {impl.plugin_name}", ex)
+
+    async def init(self, context: InitContext) -> None:
+        """Every ``init``; the first failure stops start-up (:class:`StartupError`)."""
+
+        def stop(where: str, ex: Exception) -> None:
+            if isinstance(ex, StartupError):
+                # Expected (Triton not there, a bad repository): its message says it all, no traceback.
+                raise StartupError(f"{where}: {ex}") from ex
+            logger.exception("%s failed", where)
+            raise StartupError(f"{where} failed: {type(ex).__name__}: {ex}") from ex
+
+        await self._each("init", stop, context=context)
+
+    async def shutdown(self) -> None:
+        """Every ``shutdown``; failures are logged and do not stop the others."""
+
+        def log(where: str, ex: Exception) -> None:
+            if isinstance(ex, StartupError):
+                logger.error("%s failed; continuing shutdown: %s", where, ex)
+            else:
+                logger.error("%s failed; continuing shutdown", where, exc_info=ex)
+
+        await self._each("shutdown", log)
+
+    async def preprocess(self, request: ScoringRequest) -> Any:
+        return await self._first("preprocess", request=request)
+
+    async def postprocess(self, request: ScoringRequest, outputs: Any) -> Any:
+        return await self._first("postprocess", request=request, outputs=outputs)
+
+    async def infer(
+        self, model: str, version: str | None, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """The backend that serves ``model`` runs it (batched where it batches); on the loop, as specified."""
+        pending = self.hook.infer(model=model, version=version, inputs=inputs, parameters=parameters)
+        if pending is None:
+            raise NoBackend(model)
+        result: dict[str, np.ndarray] = await pending
+        return result
+
+    def model_index(self) -> list[dict[str, str]]:
+        return [entry for result in self.hook.model_index() for entry in result]
+
+    def model_config(self, model: str, version: str | None) -> ModelConfig | None:
+        config: ModelConfig | None = self.hook.model_config(model=model, version=version)
+        return config
+
+    async def model_ready(self, model: str, version: str | None) -> bool:
+        return bool(await _resolve(self.hook.model_ready(model=model, version=version)))
+
+    async def server_ready(self) -> bool:
+        results: Sequence[bool | Awaitable[bool]] = self.hook.server_ready()
+        return all([await _resolve(r) for r in results])
+
+
+def _trace_before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, object]) -> None:
+    # pluggy calls the last registered first.
+    order = ", ".join(i.plugin_name for i in reversed(impls))
+    logger.info("hook %s(%s): %s", hook_name, ", ".join(kwargs), order or "no implementations")
+
+
+def _trace_after(
+    outcome: pluggy.Result[object],
+    hook_name: str,
+    impls: Sequence[pluggy.HookImpl],
+    kwargs: Mapping[str, object],
+) -> None:
+    if outcome.exception is not None:
+        logger.info("hook %s raised %s: %s", hook_name, type(outcome.exception).__name__, outcome.exception)
+    else:
+        logger.info("hook %s returned %s", hook_name, _describe(outcome.get_result()))
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    return "None" if value is None else type(value).__name__

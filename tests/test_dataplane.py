@@ -1,0 +1,90 @@
+"""runtime.dataplane through apps in this process: one path for runtime.infer(), hook-style /score and /v2."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import runtime
+from runtime.dataplane import CLASSIFICATION, OUTPUTS
+from runtime.errors import BadRequest, NoBackend, UnknownModel
+from tests.conftest import script
+from tests.support.inprocess import app_client
+
+
+@pytest.fixture(scope="module")
+def models(model_repo: Path) -> Iterator[httpx.Client]:
+    with app_client(model_dir=str(model_repo)) as client:
+        yield client
+
+
+def test_runtime_infer_gets_classification_and_chosen_outputs_on_onnxruntime(models: httpx.Client) -> None:
+    logits = np.array([[1, 5, 2, 3, 0]], dtype=np.float32)
+    outputs = runtime.infer("classifier", {"x": logits}, parameters={CLASSIFICATION: {"probs": 2}})
+    assert [v.decode().split(":", 1)[1] for v in outputs["probs"].ravel()] == ["1:b", "3:d"]
+    only_norm = runtime.infer("linear", {"x": np.ones((1, 4))}, parameters={OUTPUTS: ["norm"]})
+    assert list(only_norm) == ["norm"] and only_norm["norm"].shape == (1, 1)
+
+
+def test_one_set_of_messages_for_every_caller(models: httpx.Client) -> None:
+    with pytest.raises(BadRequest) as raised:
+        runtime.infer("linear", {"x": np.ones((1, 4))}, parameters={OUTPUTS: ["nope"]})
+    assert raised.value.message == "unexpected inference output 'nope' for model 'linear'"
+    v2 = models.post(
+        "/v2/models/linear/infer",
+        json={
+            "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+            "outputs": [{"name": "nope"}],
+        },
+    )
+    assert v2.status_code == 400 and v2.json() == {"error": raised.value.message}
+    with pytest.raises(BadRequest) as raised:
+        runtime.infer("linear", {"x": np.array([["a"] * 4])})
+    assert raised.value.message == "unexpected datatype TYPE_BYTES for inference input 'x', expecting TYPE_FP32"
+    with pytest.raises(NoBackend):
+        runtime.infer("nope", {"x": np.ones((1, 4))})
+    with pytest.raises(UnknownModel) as missing:
+        runtime.infer("linear", {"x": np.ones((1, 4))}, version="7")
+    assert missing.value.message == "Request for unknown model: 'linear' version 7 is not found"
+
+
+def test_v2_classification_on_onnxruntime(models: httpx.Client) -> None:
+    body = {
+        "inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP32", "data": [1, 5, 2, 3, 0]}],
+        "outputs": [{"name": "probs", "parameters": {"classification": 2}}],
+    }
+    response = models.post("/v2/models/classifier/infer", json=body)
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert output["datatype"] == "BYTES" and [v.split(":", 1)[1] for v in output["data"]] == ["1:b", "3:d"]
+
+
+def test_two_apps_in_one_process_each_reach_their_own_models(model_repo: Path, tmp_path: Path) -> None:
+    double = tmp_path / "score_double.py"
+    double.write_text(
+        textwrap.dedent("""
+        import json
+        import numpy as np
+        import runtime
+
+        def init():
+            pass
+
+        def run(data):
+            return {"y": runtime.infer("double", {"x": np.asarray(json.loads(data)["x"])})["y"].tolist()}
+    """)
+    )
+    with (
+        app_client(entry_script=script("backend/aml_linear.py"), model_dir=str(model_repo)) as linear,
+        app_client(entry_script=str(double), plugins=(script("core/double_plugin.py"),)) as doubled,
+    ):
+        for _ in range(2):
+            assert doubled.post("/score", json={"x": [1.5]}).json() == {"y": [3.0]}
+            response = linear.post("/score", json={"x": [1, 2, 3, 4]})
+            assert response.status_code == 200, response.text
+            assert len(response.json()["y"]) == 3

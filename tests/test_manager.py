@@ -1,0 +1,114 @@
+"""runtime.manager: registration order, score.py's plain functions as hooks, hook callers, tracing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runtime import hookspecs
+from runtime.azureml.entry import load_entry_script
+from runtime.azureml.request import ScoringRequest
+from runtime.context import InitContext
+from runtime.errors import BadRequest, RunFailed, StartupError
+from runtime.manager import PluginManager
+from runtime.settings import Settings
+from tests.conftest import script
+
+MARKER = f"{hookspecs.PROJECT_NAME}_impl"
+
+
+def request(body: bytes = b"{}") -> ScoringRequest:
+    from starlette.datastructures import Headers, QueryParams
+
+    return ScoringRequest("POST", "/score", Headers(), QueryParams(""), body, "rid", None)
+
+
+def manager(entry_path: str | None, *plugins: str, trace: bool = False) -> PluginManager:
+    pm = PluginManager(trace=trace)
+    entry = load_entry_script(entry_path) if entry_path else None
+    pm.register_all(Settings(plugins=plugins, backend="onnxruntime"), entry)
+    return pm
+
+
+def test_registration_order_and_plain_functions_stay_unmarked() -> None:
+    pm = manager(script("core/hook_style.py"), script("core/record_plugin.py"))
+    names = [name for name, _ in pm.list_name_plugin()]
+    entry_name = f"entry:{Path(script('core/hook_style.py'))}"
+    assert names == ["onnxruntime", script("core/record_plugin.py"), "azureml-defaults", entry_name]
+    module = pm.get_plugin(entry_name)
+    # score.py's plain preprocess and init are hooks, and nothing was set on them.
+    assert not hasattr(module.preprocess, MARKER) and not hasattr(module.init, MARKER)
+    assert entry_name in [i.plugin_name for i in pm.hook.preprocess.get_hookimpls()]
+    assert entry_name in [i.plugin_name for i in pm.hook.init.get_hookimpls()]
+
+
+def test_imported_hook_names_are_not_hooks(tmp_path: Path) -> None:
+    helper = tmp_path / "helpers.py"
+    helper.write_text("def postprocess(request, outputs):\n    return 'helper'\n")
+    score = tmp_path / "score.py"
+    score.write_text("from helpers import postprocess\n\ndef preprocess(request):\n    return {}\n")
+    pm = manager(str(score))
+    owners = [i.plugin_name for i in pm.hook.postprocess.get_hookimpls()]
+    assert owners == ["azureml-defaults"]
+
+
+def test_preprocess_runs_first_result_and_wraps_foreign_errors() -> None:
+    pm = manager(script("core/hook_style.py"), script("core/record_plugin.py"))
+    payload = asyncio.run(pm.preprocess(request(b'{"x": [1]}')))
+    assert payload.model == "double"
+    with pytest.raises(BadRequest):
+        asyncio.run(pm.preprocess(request(b'{"y": 1}')))
+    with pytest.raises(RunFailed) as raised:
+        asyncio.run(pm.preprocess(request(b'"x"')))  # hook_style.py indexes the str "x" by "x"
+    assert isinstance(raised.value.original, TypeError)
+
+
+def test_init_failure_is_a_startup_error_and_shutdown_errors_are_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plugin = tmp_path / "failing.py"
+    plugin.write_text(
+        textwrap.dedent("""
+        from runtime import hookimpl
+
+        calls = []
+
+        @hookimpl
+        def init(context):
+            raise ValueError("no model")
+
+        @hookimpl
+        def shutdown():
+            raise OSError("disk gone")
+    """)
+    )
+    pm = manager(script("core/echo.py"), str(plugin))
+    context = InitContext(settings=Settings(), plugin_manager=pm)
+    with pytest.raises(StartupError) as raised:
+        asyncio.run(pm.init(context))
+    assert str(raised.value) == f"init() of {plugin} failed: ValueError: no model"
+    with caplog.at_level(logging.ERROR, logger="runtime.hooks"):
+        asyncio.run(pm.shutdown())
+    assert f"shutdown() of {plugin} failed; continuing shutdown" in caplog.text
+
+
+def test_trace_logs_every_call_with_its_implementations(caplog: pytest.LogCaptureFixture) -> None:
+    pm = manager(script("core/hook_style.py"), script("core/record_plugin.py"), trace=True)
+    entry_name = f"entry:{Path(script('core/hook_style.py'))}"
+    with caplog.at_level(logging.INFO, logger="runtime.hooks"):
+        asyncio.run(pm.preprocess(request(b'{"x": [1]}')))
+        asyncio.run(pm.server_ready())
+    assert f"hook preprocess(request): {script('core/record_plugin.py')}, {entry_name}, azureml-defaults" in caplog.text
+    assert "hook preprocess returned InferRequest" in caplog.text
+    assert "hook server_ready(): onnxruntime" in caplog.text
+
+
+def test_misspelled_plugin_hook_names_the_known_hooks() -> None:
+    with pytest.raises(StartupError) as raised:
+        manager(script("core/echo.py"), script("core/misspelled_plugin.py"))
+    assert "unknown hook 'postprocesss'" in str(raised.value)
+    assert "Known hooks: infer, init, model_config" in str(raised.value)
