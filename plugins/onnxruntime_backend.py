@@ -26,8 +26,9 @@ from runtime.dataplane import DEADLINE, OUTPUTS, schedule_parameters
 from runtime.errors import ServingError, UnknownModel
 from runtime.hookspecs import hookimpl
 from runtime.metrics import failure_reason
+from runtime.serving import platforms
 from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors
-from runtime.serving.platforms import Device, Instance, load_instance, onnx
+from runtime.serving.platforms import Device, Instance, load_instance
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
 from runtime.serving.tensors import cast, shape_outputs
 from runtime.serving.warmup import warmup_samples
@@ -175,7 +176,7 @@ class OnnxRuntimeBackend:
             logger.info("No model repository %s: the embedded backend serves no models", where)
             self.ready = True
             return
-        onnx.configure(arena=context.settings.ort_arena, providers=context.settings.ort_providers)
+        platforms.configure(context.settings)
         configs = await asyncio.to_thread(load_repository, model_dir)
         cores = os.cpu_count() or 1
         for config in configs:

@@ -174,6 +174,8 @@ class Settings:
     max_inflate_ratio: int = DEFAULT_MAX_INFLATE_RATIO
     # API keys or Bearer tokens accepted on /score, /v2 and /metrics; empty: no authentication.
     auth_keys: tuple[str, ...] = ()
+    # TorchScript on a GPU: inputs and outputs staged in pinned host memory.
+    torch_pinned: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -244,6 +246,7 @@ class Settings:
             body_timeout_s=_int(env, "RUNTIME_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S),
             max_inflate_ratio=_int(env, "RUNTIME_MAX_INFLATE_RATIO", DEFAULT_MAX_INFLATE_RATIO),
             auth_keys=_auth_keys(env),
+            torch_pinned=_flag(env, "RUNTIME_TORCH_PINNED", False),
         )
 
     @property

@@ -31,8 +31,10 @@ def test_hooks_are_called_from_the_manager_only() -> None:
 def test_only_settings_reads_the_environment() -> None:
     readers = {name for name, path in modules().items() if re.search(r"os\.environ|os\.getenv", path.read_text())}
     # cli.py exports the Azure ML variables for score.py; server.py and metrics.py use prometheus-client's own;
-    # tritonserver.py hands the environment to the tritonserver it starts.
+    # tritonserver.py hands the environment to the tritonserver it starts; torchscript.py sets OMP_WAIT_POLICY
+    # for the OpenMP runtime torch loads.
     assert readers == {
+        "runtime.serving.platforms.torchscript",
         "runtime.settings",
         "runtime.cli",
         "runtime.http.server",

@@ -23,7 +23,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from runtime.errors import StartupError
 from runtime.serving.batching import QueuePolicy, SchedulePolicy
 from runtime.serving.datatypes import config_to_wire, wire_to_config
-from runtime.serving.platforms import (
+from runtime.serving.platform_names import (
     ONNX_BACKEND,
     ONNX_PLATFORM,
     TORCH_BACKEND,

@@ -14,13 +14,17 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
+from runtime.serving.platform_names import (  # noqa: F401 (re-exported)
+    ONNX_BACKEND,
+    ONNX_PLATFORM,
+    TORCH_BACKEND,
+    TORCH_PLATFORM,
+    platform_name,
+)
+
 if TYPE_CHECKING:
     from runtime.serving.repository import ModelConfig
-
-ONNX_PLATFORM = "onnxruntime_onnx"
-ONNX_BACKEND = "onnxruntime"
-TORCH_PLATFORM = "pytorch_libtorch"
-TORCH_BACKEND = "pytorch"
+    from runtime.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -58,13 +62,12 @@ class Platform(Protocol):
     def load(self, config: ModelConfig, version: str, device: Device, threads: int) -> Instance: ...
 
 
-def platform_name(platform: str, backend: str) -> str | None:
-    """The platform a config's ``platform``/``backend`` fields name (Triton accepts either); None if unknown."""
-    if platform in (ONNX_PLATFORM, TORCH_PLATFORM):
-        return platform
-    if not platform:
-        return {ONNX_BACKEND: ONNX_PLATFORM, TORCH_BACKEND: TORCH_PLATFORM, "": ONNX_PLATFORM}.get(backend)
-    return None
+def configure(settings: Settings) -> None:
+    """Hand the platforms what Settings say about them; the process that loads models calls it first."""
+    from runtime.serving.platforms import onnx, torchscript
+
+    onnx.configure(arena=settings.ort_arena, providers=settings.ort_providers)
+    torchscript.OPTIONS.pinned = settings.torch_pinned
 
 
 def platform_for(config: ModelConfig) -> Platform:

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from runtime.errors import StartupError
-from runtime.serving.platforms import TORCH_BACKEND, TORCH_PLATFORM, Device
+from runtime.serving.platform_names import TORCH_BACKEND, TORCH_PLATFORM
+from runtime.serving.platforms import Device
 
 if TYPE_CHECKING:
     from runtime.serving.repository import ModelConfig, TensorSpec
@@ -37,6 +38,16 @@ SUPPORTED = ("BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
 _INDEXED = re.compile(r"^.+__(\d+)$")
 # Requests arrive in read-only buffers (shared memory, the HTTP body); the model only reads its inputs.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+@dataclass
+class TorchOptions:
+    """What Settings say about TorchScript instances (RUNTIME_TORCH_PINNED)."""
+
+    pinned: bool = False
+
+
+OPTIONS = TorchOptions()
 
 
 def import_torch(model: str | None = None) -> ModuleType:
@@ -182,7 +193,7 @@ class TorchScriptInstance:
         self._optimize = not _flag(config, "DISABLE_OPTIMIZED_EXECUTION")
         self._stream = torch.cuda.Stream(device=self._device) if device.kind == "gpu" else None
         # Pinned staging for host-to-device copies, opt-in until a GPU run shows it pays (docs/benchmarks.md).
-        self._pinned = device.kind == "gpu" and os.environ.get("RUNTIME_TORCH_PINNED", "0") == "1"
+        self._pinned = device.kind == "gpu" and OPTIONS.pinned
         self._staging: dict[str, Any] = {}
         _threads(torch, threads)
 
