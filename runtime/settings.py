@@ -80,6 +80,9 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw not in ("0", "false", "no", "off")
 
 
+ENGINE_MODES = ("process", "worker")
+
+
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, "").strip().lower() or choices[0]
     if value not in choices:
@@ -174,6 +177,8 @@ class Settings:
     max_inflate_ratio: int = DEFAULT_MAX_INFLATE_RATIO
     # API keys or Bearer tokens accepted on /score, /v2 and /metrics; empty: no authentication.
     auth_keys: tuple[str, ...] = ()
+    # process: one model engine for the whole server; worker: every worker loads its own models.
+    engine: str = "process"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -244,6 +249,7 @@ class Settings:
             body_timeout_s=_int(env, "RUNTIME_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S),
             max_inflate_ratio=_int(env, "RUNTIME_MAX_INFLATE_RATIO", DEFAULT_MAX_INFLATE_RATIO),
             auth_keys=_auth_keys(env),
+            engine=_choice(env, "RUNTIME_ENGINE", ENGINE_MODES),
         )
 
     @property
