@@ -270,7 +270,7 @@ def serve_with_engine(settings: Settings) -> int:
         serve(settings)
         return 0
     with metrics_dir():
-        engine = EngineSupervisor(settings.model_dir, settings.log_level)
+        engine = EngineSupervisor(settings.model_dir, settings.log_level, settings.log_format)
         try:
             engine.start()
         except StartupError as ex:

@@ -170,9 +170,14 @@ def test_batches_hold_requests_from_both_workers(server: ServerProcess) -> None:
     x = np.ones((1, 4), np.float32)
 
     async def burst() -> list[httpx.Response]:
+        # A connection per request: which worker accepts a kept-alive connection is the kernel's choice, and
+        # one worker may take all 32 of them.
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as client:
             body = as_body("sleepy", {"x": x}, {"x": "float32"})
-            return await asyncio.gather(*(client.post(server.url + "/score", json=body) for _ in range(192)))
+            close = {"Connection": "close"}
+            return await asyncio.gather(
+                *(client.post(server.url + "/score", json=body, headers=close) for _ in range(192))
+            )
 
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * len(responses)

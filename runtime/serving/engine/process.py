@@ -244,13 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--drain-seconds", type=float, default=30.0)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
     args = parser.parse_args(argv)
     name_process()
     # Ctrl-C reaches the whole process group; the master decides when the engine stops (after the workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from runtime.logs import configure
 
-    configure(args.log_level)
+    configure(args.log_level, args.log_format)
     try:
         import uvloop
 

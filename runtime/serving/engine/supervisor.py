@@ -37,10 +37,18 @@ class EngineSupervisor(SupervisedProcess):
     label = "the model engine"
     restart_delay = 0.0  # requests get 503s meanwhile: restart at once
 
-    def __init__(self, model_dir: str, log_level: str = "INFO", wait_s: float = 300, drain_s: float = 30) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        log_level: str = "INFO",
+        log_format: str = "text",
+        wait_s: float = 300,
+        drain_s: float = 30,
+    ) -> None:
         super().__init__()
         self.model_dir = model_dir
         self.log_level = log_level
+        self.log_format = log_format
         self.wait_s = wait_s
         self.drain_s = drain_s
         self.address = f"@runtime-engine-{os.getpid()}-{secrets.token_hex(4)}"
@@ -59,6 +67,8 @@ class EngineSupervisor(SupervisedProcess):
             str(self.drain_s),
             "--log-level",
             self.log_level,
+            "--log-format",
+            self.log_format,
         ]
 
     def start(self) -> None:
