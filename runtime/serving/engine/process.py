@@ -168,6 +168,8 @@ class WorkerConnection:
 
     def _failed(self, rid: int, meta: Meta, error: BaseException) -> None:
         if isinstance(error, ServingError):
+            if error.detail:  # the worker gets the message; the detail stays in the engine's log
+                logger.error("%s", error.log_line(meta.get("request_id", str(rid))))
             answer = {"op": "error", "status": error.status_code, "message": error.message}
         else:
             logger.error("Request %s from worker %d failed", meta.get("request_id", rid), self.pid, exc_info=error)
