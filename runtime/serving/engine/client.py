@@ -28,6 +28,7 @@ from runtime.serving.engine.arena import Allocator, Region, align, read_tensor, 
 from runtime.serving.engine.channel import Channel, ChannelClosed, Meta, socket_address
 from runtime.serving.repository import ModelConfig
 from runtime.serving.runner import NO_SCHEDULE, Schedule
+from runtime.serving.tensors import to_bytes_array
 
 logger = logging.getLogger("runtime.engine")
 
@@ -192,6 +193,8 @@ class EngineClient:
         channel = self._channel
         if channel is None or channel.closed:
             raise EngineUnavailable("it is restarting")
+        # BYTES travel as bytes (the data plane may hand over str): encoded here once, decoded where needed.
+        inputs = {n: to_bytes_array(a) if a.dtype.kind in "OSU" else a for n, a in inputs.items()}
         sizes = {name: tensor_nbytes(a) for name, a in inputs.items()}
         in_bytes = sum(align(s) for s in sizes.values())
         batch = int(next(iter(inputs.values())).shape[0]) if config.max_batch_size > 0 and inputs else 1
