@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,7 @@ from runtime.dataplane import DEADLINE, OUTPUTS, schedule_parameters
 from runtime.errors import ServingError, UnknownModel
 from runtime.hookspecs import hookimpl
 from runtime.metrics import failure_reason
-from runtime.serving.engine.client import DEFAULT_ARENA_BYTES, EngineClient
-from runtime.serving.engine.supervisor import ADDRESS_ENV
+from runtime.serving.engine.client import EngineClient
 from runtime.serving.platforms import onnx
 from runtime.serving.repository import ModelConfig, looks_like_repository, model_config_from_proto
 from runtime.serving.runner import ModelRunner, Schedule, load_runners
@@ -65,11 +63,10 @@ class OnnxRuntimeBackend:
 
     @hookimpl(tryfirst=True)
     async def init(self, context: InitContext) -> None:
-        address = os.environ.get(ADDRESS_ENV)
+        address = context.settings.engine_address
         model_dir = context.settings.model_dir
         if address:
-            arena = int(os.environ.get("RUNTIME_ENGINE_ARENA_MB", DEFAULT_ARENA_BYTES >> 20)) << 20
-            self.engine = EngineClient(address, arena)
+            self.engine = EngineClient(address, context.settings.engine_arena_mb << 20)
             await self.engine.connect(ENGINE_CONNECT_TIMEOUT_S)
             for model in self.engine.models:
                 self.configs[model["name"]] = config_from_engine(model)

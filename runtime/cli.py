@@ -262,7 +262,7 @@ def serve_with_engine(settings: Settings) -> int:
     """Start the model engine, then the workers; stop the engine after the workers have drained."""
     from runtime.errors import StartupError
     from runtime.http.server import metrics_dir, serve
-    from runtime.serving.engine.supervisor import EngineSupervisor
+    from runtime.serving.engine.supervisor import ADDRESS_ENV, EngineSupervisor
     from runtime.serving.repository import looks_like_repository
 
     assert settings.model_dir is not None
@@ -273,6 +273,8 @@ def serve_with_engine(settings: Settings) -> int:
         engine = EngineSupervisor(settings.model_dir, settings.log_level, settings.log_format)
         try:
             engine.start()
+            os.environ[ADDRESS_ENV] = engine.address  # for Settings built from the environment
+            settings = dataclasses.replace(settings, engine_address=engine.address)
         except StartupError as ex:
             print(f"runtime serve: {ex}", file=sys.stderr)
             return STARTUP_EXIT_CODE

@@ -179,6 +179,8 @@ class Settings:
     auth_keys: tuple[str, ...] = ()
     # process: one model engine for the whole server; worker: every worker loads its own models.
     engine: str = "process"
+    engine_address: str | None = None  # set by runtime serve for its workers (RUNTIME_ENGINE_ADDRESS)
+    engine_arena_mb: int = 64  # each worker's shared-memory arena
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -250,6 +252,8 @@ class Settings:
             max_inflate_ratio=_int(env, "RUNTIME_MAX_INFLATE_RATIO", DEFAULT_MAX_INFLATE_RATIO),
             auth_keys=_auth_keys(env),
             engine=_choice(env, "RUNTIME_ENGINE", ENGINE_MODES),
+            engine_address=env.get("RUNTIME_ENGINE_ADDRESS") or None,
+            engine_arena_mb=_int(env, "RUNTIME_ENGINE_ARENA_MB", 64),
         )
 
     @property

@@ -72,10 +72,9 @@ class EngineSupervisor(SupervisedProcess):
         ]
 
     def start(self) -> None:
-        """Start the engine and wait until every model is loaded; then tell future workers where it is."""
+        """Start the engine and wait until every model is loaded (the caller tells the workers ``address``)."""
         self._spawn()
         self.wait_ready()
-        os.environ[ADDRESS_ENV] = self.address
         self._supervise()
 
     def _spawn(self) -> None:
