@@ -404,15 +404,12 @@ def rss_kb(pid: int) -> float:
     return 0.0
 
 
-def memory(server: ServerProcess, model_dir: Path) -> dict[str, float]:
-    """RSS of a runtime worker holding DenseNet against a bare onnxruntime process holding the same model."""
-    from tests.conftest import descendants
+def bare_onnxruntime_rss_kb(model_dir: Path) -> float:
+    """RSS of a bare onnxruntime process holding DenseNet, after batches 1 and max_batch_size."""
+    import subprocess
 
-    assert server.proc is not None
     text = (model_dir / "triton/densenet_onnx/config.pbtxt").read_text()
     max_batch = max(1, int(text.split("max_batch_size:")[1].split()[0]))
-    workers = descendants(server.proc.pid)
-    worker_rss = max(rss_kb(pid) for pid in workers)
     code = (
         "import numpy as np, onnxruntime as ort, sys\n"
         f"s = ort.InferenceSession({str(model_dir / 'triton/densenet_onnx/1/model.onnx')!r},"
@@ -421,9 +418,16 @@ def memory(server: ServerProcess, model_dir: Path) -> dict[str, float]:
         f"for b in sorted({{1, {max_batch}}}): s.run(None, {{'data_0': x[:b]}})\n"
         "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS:')][0])\n"
     )
-    import subprocess
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
-    bare = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+def memory(server: ServerProcess, model_dir: Path) -> dict[str, float]:
+    """RSS of a runtime worker holding DenseNet against a bare onnxruntime process holding the same model."""
+    from tests.conftest import descendants
+
+    assert server.proc is not None
+    worker_rss = max(rss_kb(pid) for pid in descendants(server.proc.pid))
+    bare = bare_onnxruntime_rss_kb(model_dir)
     return {"worker_rss_mib": worker_rss / 1024, "bare_rss_mib": bare / 1024, "ratio": worker_rss / bare}
 
 
@@ -461,6 +465,8 @@ def report(
         "(what Azure ML users run today); DenseNet v2 row: the tensor as JSON",
         "* `triton-direct`: the client talks to tritonserver (python backend running onnxruntime, dynamic batching)",
         "* ratios are at concurrency 32 against the limit and against azmlinfsrv with the same worker count",
+        "* the model engine against the per-worker design (`--engine worker`), in one run: "
+        "[benchmarks-engine.md](benchmarks-engine.md) (`python -m benchmarks.engine`)",
         "",
     ]
     usage = HERE / "usage.md"
@@ -639,11 +645,16 @@ def plot(rows: list[Row], path: Path, machine: dict[str, Any]) -> list[Path]:
     return pictures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_arguments(parser: argparse.ArgumentParser) -> None:
+    """--quick, --duration and --warmup, as every benchmark script takes them."""
     parser.add_argument("--quick", action="store_true", help="seconds per step, small DenseNet (CI)")
     parser.add_argument("--duration", type=float, help="seconds measured per step (full 10, quick 1)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per step (full 3, quick 0.5)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    step_arguments(parser)
     parser.add_argument("--concurrency", help="comma-separated (full 1,8,32,256; quick 1,8)")
     parser.add_argument("--workers", help="comma-separated (full 1,2; quick 1)")
     parser.add_argument("--workloads", help="comma-separated subset of tiny,densenet_v2,densenet_jpeg,bidaf")

@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["remote", "managed"],
         help="remote: use the Triton at --triton-url; managed: start one for --model-dir (env RUNTIME_TRITON_MODE)",
     )
+    serve.add_argument(
+        "--engine",
+        choices=["process", "worker"],
+        help="process: one model engine shared by all workers; worker: a copy of every model per worker "
+        "(env RUNTIME_ENGINE; process)",
+    )
     serve.add_argument("--tritonserver", help="the tritonserver binary for --triton managed (env TRITONSERVER_PATH)")
     serve.add_argument("--log-format", choices=["text", "json"], help="log lines (env RUNTIME_LOG_FORMAT; text)")
     serve.add_argument(
@@ -173,6 +179,7 @@ FLAG_ENV = {
     "config_file": "AZUREML_CONFIG_FILE",
     "health_port": "HEALTH_PORT",
     "appinsights_instrumentation_key": "AML_APP_INSIGHTS_KEY",
+    "engine": "RUNTIME_ENGINE",
 }
 
 
@@ -211,6 +218,10 @@ def export_for_scripts(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from runtime.serving.engine.supervisor import ADDRESS_ENV
+
+    # Only an engine this command starts is the workers' engine (not one inherited from a parent server).
+    os.environ.pop(ADDRESS_ENV, None)
     try:
         settings = build_settings(args)
     except ValueError as ex:
@@ -241,7 +252,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if settings.backend == "triton" and settings.triton_mode == "managed":
         return serve_with_managed_triton(settings)
+    if settings.backend == "onnxruntime" and settings.engine == "process" and settings.model_dir:
+        return serve_with_engine(settings)
     serve(settings)
+    return 0
+
+
+def serve_with_engine(settings: Settings) -> int:
+    """Start the model engine, then the workers; stop the engine after the workers have drained."""
+    from runtime.errors import StartupError
+    from runtime.http.server import metrics_dir, serve
+    from runtime.serving.engine.supervisor import ADDRESS_ENV, EngineSupervisor
+    from runtime.serving.repository import looks_like_repository
+
+    assert settings.model_dir is not None
+    if not looks_like_repository(settings.model_dir):
+        serve(settings)
+        return 0
+    with metrics_dir():
+        engine = EngineSupervisor(settings.model_dir, settings.log_level, settings.log_format)
+        try:
+            engine.start()
+            os.environ[ADDRESS_ENV] = engine.address  # for Settings built from the environment
+            settings = dataclasses.replace(settings, engine_address=engine.address)
+        except StartupError as ex:
+            print(f"runtime serve: {ex}", file=sys.stderr)
+            return STARTUP_EXIT_CODE
+        try:
+            serve(settings)
+        finally:
+            engine.stop()
     return 0
 
 

@@ -66,6 +66,12 @@ REQUEST_DURATION = Counter("nv_inference_request_duration_us", "Cumulative reque
 QUEUE_DURATION = Counter("nv_inference_queue_duration_us", "Cumulative time requests waited in queue (us)", MODEL)
 COMPUTE_DURATION = Counter("nv_inference_compute_infer_duration_us", "Cumulative model execution time (us)", MODEL)
 BATCH_SIZE = Histogram("runtime_batch_size", "Size of each executed batch", MODEL, buckets=BATCH_BUCKETS)
+BATCH_WORKERS = Histogram(
+    "runtime_batch_worker_processes",
+    "Distinct worker processes whose requests share each batch (the model engine)",
+    MODEL,
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 QUEUE_TIME = Histogram(
     "runtime_queue_duration_seconds", "Time a request waited for its batch", MODEL, buckets=LATENCY_BUCKETS
 )
@@ -86,6 +92,10 @@ def record_batch(model: str, version: str, stats: BatchStats) -> None:
     for waited in stats.queue_seconds:
         queue_time.observe(waited)
         queue_duration.inc(waited * 1e6)
+
+
+def record_batch_workers(model: str, version: str, workers: int) -> None:
+    _child(BATCH_WORKERS, model, version).observe(workers)
 
 
 def record_request(model: str, version: str, seconds: float, ok: bool, reason: str = "BACKEND") -> None:

@@ -80,6 +80,9 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw not in ("0", "false", "no", "off")
 
 
+ENGINE_MODES = ("process", "worker")
+
+
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, "").strip().lower() or choices[0]
     if value not in choices:
@@ -176,6 +179,10 @@ class Settings:
     auth_keys: tuple[str, ...] = ()
     # TorchScript on a GPU: inputs and outputs staged in pinned host memory.
     torch_pinned: bool = False
+    # process: one model engine for the whole server; worker: every worker loads its own models.
+    engine: str = "process"
+    engine_address: str | None = None  # set by runtime serve for its workers (RUNTIME_ENGINE_ADDRESS)
+    engine_arena_mb: int = 64  # each worker's shared-memory arena
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -247,6 +254,9 @@ class Settings:
             max_inflate_ratio=_int(env, "RUNTIME_MAX_INFLATE_RATIO", DEFAULT_MAX_INFLATE_RATIO),
             auth_keys=_auth_keys(env),
             torch_pinned=_flag(env, "RUNTIME_TORCH_PINNED", False),
+            engine=_choice(env, "RUNTIME_ENGINE", ENGINE_MODES),
+            engine_address=env.get("RUNTIME_ENGINE_ADDRESS") or None,
+            engine_arena_mb=_int(env, "RUNTIME_ENGINE_ARENA_MB", 64),
         )
 
     @property

@@ -101,7 +101,7 @@ def test_full_queue_is_503_on_v2_naming_the_model(tmp_path: Path) -> None:
 
     async def scenario(client: httpx.AsyncClient) -> list[httpx.Response]:
         backend = app.state.runtime.pm.get_plugin("onnxruntime")
-        batcher = backend.models[("linear", "1")]._batcher
+        batcher = backend.runners[("linear", "1")]._batcher
         gate = asyncio.Event()
         execute = batcher._execute
 

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from runtime.serving.tritonserver import ManagedTriton
-from tests.conftest import StartRuntime, descendants
+from tests.conftest import StartRuntime
 from tests.support import hostile
+from tests.support.engine import worker_pids
 from tests.support.inprocess import AppPool
 from tests.support.rss import PeakRss
 from tests.support.servers import REPO
@@ -160,7 +161,7 @@ def test_densenet_image_bombs(
     server = serve(start_runtime, DENSENET / "score_densenet.py", examples_repo, "onnxruntime", None)
     body = image()
     assert server.proc is not None
-    (worker,) = descendants(server.proc.pid)
+    (worker,) = worker_pids(server.proc.pid)  # the model engine is a child too
     with PeakRss(worker) as peak:
         response = httpx.post(server.url + "/score", content=body, headers={"Content-Type": "image/png"}, timeout=60)
     assert response.status_code == status, response.text

@@ -190,7 +190,7 @@ def test_startup_summary_and_a_clean_shutdown(start_runtime: StartRuntime, model
     for line in (
         f"Serving at http://127.0.0.1:{server.port}",
         f"  entry script: {ECHO}",
-        "  backend:      onnxruntime, in each worker process (CPUExecutionProvider)",
+        "  backend:      onnxruntime, in the model engine process (runtime-engine), shared by all workers",
         "  workers:      2, 32 requests in flight each",
         "  model linear: versions 1; max_batch_size 4, dynamic batching (max_queue_delay 0 us); instances 1 x CPU",
         "  model sleepy_unbatched: versions 1; no batching (max_batch_size 0); instances 1 x CPU",
@@ -236,8 +236,8 @@ def test_ctrl_c_while_managed_triton_loads(
 
 
 def test_summary_names_gpu_instances_and_where_they_run(tmp_path: Path) -> None:
-    """A config asking for GPU instances says so, and says that the embedded backend runs them on CPU when
-    no GPU provider is chosen (the count is honoured, the device is onnxruntime's providers' choice)."""
+    """A config asking for GPU instances says so, and the backend line says that one engine runs them
+    (KIND_GPU runs on onnxruntime's CUDA provider, or the server does not start: tests/test_engine.py)."""
     from types import SimpleNamespace
 
     from runtime.http.startup import _instances, summary
@@ -254,7 +254,8 @@ def test_summary_names_gpu_instances_and_where_they_run(tmp_path: Path) -> None:
         model_index=lambda: [{"name": "linear", "version": "1"}], model_config=lambda model, version: config
     )
     text = summary(Settings(model_dir=str(tmp_path)), pm, [])  # type: ignore[arg-type]
-    assert "instances 2 x GPU [0], 1 x CPU (onnxruntime runs them on CPU here: no GPU provider" in text
+    assert "instances 2 x GPU [0], 1 x CPU\n" in text + "\n"
+    assert "backend:      onnxruntime, in the model engine process (runtime-engine)" in text
 
 
 @pytest.mark.slow

@@ -17,13 +17,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from runtime_plugins.onnxruntime_backend import InferenceFailed, LoadedModel
 
 from runtime.http.body import INFLATE_FLOOR
+from runtime.serving.platforms import Device
+from runtime.serving.platforms.onnx import OnnxPlatform
 from runtime.serving.repository import load_repository
+from runtime.serving.runner import InferenceFailed, ModelRunner
 from runtime.settings import Settings
-from tests.conftest import SCRIPTS, descendants
+from tests.conftest import SCRIPTS
 from tests.support import hostile
+from tests.support.engine import worker_pids
 from tests.support.inprocess import InProcess
 from tests.support.rss import PeakRss
 from tests.support.servers import ServerProcess, start_module_server
@@ -46,7 +49,7 @@ def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def worker_pid(server: ServerProcess) -> int:
     assert server.proc is not None
-    (pid,) = descendants(server.proc.pid)
+    (pid,) = worker_pids(server.proc.pid)  # the model engine is a child too
     return pid
 
 
@@ -209,7 +212,7 @@ def test_malformed_v2_requests_are_4xx_with_error(server: ServerProcess, name: s
 def test_onnxruntime_failure_detail_goes_to_the_log_only(model_repo: Path) -> None:
     """onnxruntime's message (source paths, C++ signatures) is the log's detail; the client's message is clean."""
     config = next(c for c in load_repository(model_repo) if c.name == "linear")
-    model = LoadedModel(config, "1", 1)
+    model = ModelRunner(config, "1", [OnnxPlatform().load(config, "1", Device("cpu"), 1)])
     with pytest.raises(InferenceFailed) as info:
         asyncio.run(model._execute(0, {"x": np.zeros((1, 5), np.float32)}))  # past validation: a wrong width
     assert info.value.message == "inference failed for model 'linear' version 1; the server log has the details"

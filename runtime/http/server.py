@@ -7,6 +7,7 @@ with Gunicorn's boot-error code, and the master then stops with exit code 3.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -15,6 +16,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from gunicorn import glogging
@@ -142,26 +144,35 @@ def _child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
-def _prepare_metrics_dir() -> str | None:
-    """One folder for all workers' metric files (prometheus-client multiprocess mode); ours to clean."""
+@contextlib.contextmanager
+def metrics_dir() -> Iterator[None]:
+    """One folder for all processes' metric files (prometheus-client multiprocess mode), removed after.
+
+    Set up before the model engine and the workers start, so that they all write there.
+    """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return None
+        yield
+        return
     path = tempfile.mkdtemp(prefix="runtime-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    return path
+    owner = os.getpid()
+    try:
+        yield
+    finally:
+        # A worker that exits on its own (--max-requests) unwinds through here too: only the master cleans.
+        if os.getpid() == owner:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def serve(settings: Settings) -> None:
-    created = _prepare_metrics_dir()
     marker_dir = tempfile.mkdtemp(prefix="runtime-serve-")
     # The first worker that is ready logs the start-up summary; the others find this file and stay quiet.
     settings = dataclasses.replace(settings, summary_marker=os.path.join(marker_dir, "summary-logged"))
     master = os.getpid()
     try:
-        ServerApplication(settings).run()
+        with metrics_dir():
+            ServerApplication(settings).run()
     finally:
-        # A worker that exits on its own (--max-requests) unwinds through here too: only the master cleans.
         if os.getpid() == master:
             shutil.rmtree(marker_dir, ignore_errors=True)
-        if created and os.getpid() == master:
-            shutil.rmtree(created, ignore_errors=True)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -81,12 +80,10 @@ def _backend(settings: Settings) -> str:
     if settings.backend == "triton":
         how = "started by this runtime" if settings.triton_mode == "managed" else "remote"
         return f"triton: Triton Inference Server at {settings.triton_url} ({how})"
-    providers = "CPUExecutionProvider"
-    with contextlib.suppress(ImportError, AttributeError):
-        # The providers the backend chose (RUNTIME_ORT_PROVIDERS among those available): CPU or GPU.
-        onnx = importlib.import_module("runtime.serving.platforms.onnx")
-        providers = ", ".join(onnx.cpu_providers(settings.ort_providers))
-    return f"onnxruntime, in each worker process ({providers})"
+    if settings.engine == "process" and settings.model_dir:
+        # Where each instance runs (KIND_GPU: onnxruntime's CUDA provider) is in the engine's log and `runtime check`.
+        return "onnxruntime, in the model engine process (runtime-engine), shared by all workers"
+    return "onnxruntime, in each worker process (--engine worker)"
 
 
 def _routes(routes: list[Any]) -> str:
@@ -114,9 +111,6 @@ def summary(settings: Settings, pm: PluginManager, routes: list[Any]) -> str:
             lines.append(f"  model {name}")
             continue
         instances = _instances(config)
-        if "GPU" in instances and settings.backend == "onnxruntime" and "CUDA" not in backend:
-            # The embedded backend honours the count; the device is onnxruntime's providers' choice.
-            instances += " (onnxruntime runs them on CPU here: no GPU provider in RUNTIME_ORT_PROVIDERS)"
         lines.append(
             f"  model {name}: versions {', '.join(config.versions)}; {_batching(config)}; instances {instances}"
         )

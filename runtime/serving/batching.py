@@ -79,6 +79,7 @@ class Pending:
     queued: bool = True
     timer: asyncio.TimerHandle | None = None
     trace: Any = field(default_factory=tracing.capture)  # the requester's trace context (None: tracing off)
+    tag: object = None
 
 
 @dataclass
@@ -97,6 +98,7 @@ class BatchStats:
     requests: int
     queue_seconds: list[float]
     compute_seconds: float
+    tags: list[object] = field(default_factory=list)  # what each request was submitted with
 
 
 def signature(inputs: Mapping[str, np.ndarray]) -> Signature:
@@ -158,14 +160,21 @@ class DynamicBatcher:
         return self._depth
 
     def submit(
-        self, inputs: Tensors, *, priority: int = 0, timeout_us: int = 0, deadline: float | None = None
+        self,
+        inputs: Tensors,
+        *,
+        priority: int = 0,
+        timeout_us: int = 0,
+        deadline: float | None = None,
+        tag: object = None,
     ) -> asyncio.Future[Tensors]:
         """Queue one request (inputs batch-first, already validated); resolves to its own outputs.
 
         ``priority`` and ``timeout_us`` are the request parameters of Triton's schedule-policy extension;
         ``deadline`` (``time.monotonic()`` seconds) is when the caller stops waiting: a request still queued
         then is dropped. Raises :class:`Overloaded` when the priority level's queue is full. Cancelling the
-        returned future takes the request out of the queue: it never joins a batch.
+        returned future takes the request out of the queue: it never joins a batch. ``tag`` (who asked, for
+        example) comes back in the :class:`BatchStats` of the request's batch.
         """
         level_no = self._schedule.level_of(priority)
         level = self._levels[level_no - 1] if self._schedule.priority_levels > 0 else self._levels[0]
@@ -181,7 +190,7 @@ class DynamicBatcher:
             raise Overloaded(f"the request's deadline passed before model '{self._name}' could run it")
         size = int(next(iter(inputs.values())).shape[0])
         future: asyncio.Future[Tensors] = loop.create_future()
-        pending = Pending(inputs, size, signature(inputs), future, level=level_no)
+        pending = Pending(inputs, size, signature(inputs), future, level=level_no, tag=tag)
         timeout_s = (
             timeout_us if timeout_us > 0 and policy.allow_timeout_override else policy.default_timeout_us
         ) / 1e6
@@ -353,7 +362,13 @@ class DynamicBatcher:
         done.set_result(None)
         if self._on_batch is not None:
             self._on_batch(
-                BatchStats(sum(p.size for p in batch), len(batch), [started - p.enqueued for p in batch], compute)
+                BatchStats(
+                    sum(p.size for p in batch),
+                    len(batch),
+                    [started - p.enqueued for p in batch],
+                    compute,
+                    [p.tag for p in batch],
+                )
             )
 
     @staticmethod

@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import TextIO
 
 from runtime.errors import StartupError
-from runtime.serving.platforms import Device, load_instance
+from runtime.serving import instances as instance_groups
+from runtime.serving.platforms import Device, load_instance, platform_for
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository, repository_root
 from runtime.serving.tensors import expected_shape
 
 
-def describe(config: ModelConfig) -> str:
+def describe(config: ModelConfig, devices: list[Device] | None = None) -> str:
     lines = [f"model {config.name}  versions {', '.join(config.versions)}  max_batch_size {config.max_batch_size}"]
     batching = config.dynamic_batching
     if batching is not None:
@@ -20,7 +21,8 @@ def describe(config: ModelConfig) -> str:
             f"preferred sizes {list(batching.preferred_batch_sizes) or 'none'}, "
             f"preserve_ordering {batching.preserve_ordering}"
         )
-    lines.append(f"  instances: {config.instance_count}")
+    where = f" ({instance_groups.describe(devices)})" if devices else ""
+    lines.append(f"  instances: {config.instance_count}{where}")
     for kind, specs in (("input ", config.inputs), ("output", config.outputs)):
         for spec in specs:
             extra = f"  reshape {list(spec.reshape)}" if spec.reshape is not None else ""
@@ -47,6 +49,7 @@ def check_repository(model_dir: str, out: TextIO) -> int:
         return 0
     try:
         configs = load_repository(model_dir)
+        placements = [instance_groups.resolve(config, platform_for(config)) for config in configs]
         for config in configs:
             for version in config.versions:
                 _try_session(config, version)
@@ -54,8 +57,8 @@ def check_repository(model_dir: str, out: TextIO) -> int:
         print(f"error: {ex}", file=out)
         return 1
     print(f"repository {repository_root(model_dir)}: {len(configs)} model(s), all loadable", file=out)
-    for config in configs:
-        print(describe(config), file=out)
+    for config, devices in zip(configs, placements, strict=True):
+        print(describe(config, devices), file=out)
     return 0
 
 

@@ -490,7 +490,8 @@ def _fill_proto(
             spec = next(s for s in inputs + outputs if s.name == tensor.name)
             tensor.dims.extend(spec.dims)
     if not config.instance_group:
-        config.instance_group.add(count=instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
+        # As Triton: without instance groups, a GPU when the platform can use one here, else the CPU.
+        config.instance_group.add(count=instance_count, kind=mc.ModelInstanceGroup.KIND_AUTO)
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
 
@@ -500,8 +501,17 @@ def model_config_from_proto(proto: mc.ModelConfig, versions: list[str], path: Pa
 
     def spec(tensor: mc.ModelInput | mc.ModelOutput) -> TensorSpec:
         reshape = tuple(int(d) for d in tensor.reshape.shape) if tensor.HasField("reshape") else None
+        labels = None
+        if path is not None and isinstance(tensor, mc.ModelOutput) and tensor.label_filename:
+            label_path = path / tensor.label_filename
+            if label_path.is_file():
+                labels = tuple(label_path.read_text(encoding="utf-8").splitlines())
         return TensorSpec(
-            tensor.name, config_to_wire(mc.DataType.Name(tensor.data_type)), tuple(int(d) for d in tensor.dims), reshape
+            tensor.name,
+            config_to_wire(mc.DataType.Name(tensor.data_type)),
+            tuple(int(d) for d in tensor.dims),
+            reshape,
+            labels,
         )
 
     dynamic = None

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 from runtime.errors import StartupError
 from runtime.http.server import set_parent_death_signal
 from runtime.serving.repository import load_repository, repository_root
+from runtime.serving.supervised import SupervisedProcess
 
 logger = logging.getLogger("runtime.tritonserver")
 
@@ -174,7 +174,9 @@ def _die_with_parent() -> None:
     os.setpgrp()
 
 
-class ManagedTriton:
+class ManagedTriton(SupervisedProcess):
+    label = "tritonserver"
+
     def __init__(
         self, model_dir: str, binary: Path, port: int | None = None, wait_s: float = 120, supervise: bool = True
     ) -> None:
@@ -186,9 +188,7 @@ class ManagedTriton:
         self.metrics_port = free_port()
         self.wait_s = wait_s
         self.supervise = supervise
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._watcher: threading.Thread | None = None
+        super().__init__()
         if self.launch.has_onnxruntime:
             self.repository = repository_root(model_dir)
         else:
@@ -238,8 +238,7 @@ class ManagedTriton:
         self._spawn()
         self.wait_ready()
         if self.supervise:
-            self._watcher = threading.Thread(target=self._watch, daemon=True, name="triton-watch")
-            self._watcher.start()
+            self._supervise()
 
     def restart(self) -> None:
         """Start the server again on the same ports (for an unsupervised server that was stopped)."""
@@ -249,47 +248,16 @@ class ManagedTriton:
         self.wait_ready()
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.wait_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise StartupError(f"tritonserver exited with code {self.proc.returncode} while starting (see its log)")
-            try:
-                with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=2) as response:
-                    if response.status == 200:
-                        logger.info("tritonserver is ready at %s", self.url)
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise StartupError(f"tritonserver at {self.url} was not ready within {self.wait_s:.0f} s")
+        self._wait_for(self._ready, self.wait_s, 0.2)
+        logger.info("tritonserver is ready at %s", self.url)
 
-    def _watch(self) -> None:
-        """Restart the server if it exits while we still want it (a crash, an OOM kill)."""
-        backoff = 1.0
-        while not self._stopping.is_set():
-            assert self.proc is not None
-            code = self.proc.wait()
-            if self._stopping.is_set():
-                return
-            logger.error("tritonserver exited with code %s; restarting in %.0f s", code, backoff)
-            if self._stopping.wait(backoff):
-                return
-            backoff = min(backoff * 2, 30)
-            try:
-                self._spawn()
-                self.wait_ready()
-                backoff = 1.0
-            except StartupError as ex:
-                logger.error("tritonserver restart failed: %s", ex)
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     def stop(self, grace_s: float = 30) -> None:
-        self._stopping.set()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        self._stop_process(grace_s)
         shutil.rmtree(self.work, ignore_errors=True)

@@ -1,0 +1,153 @@
+"""Shared memory between a worker and the engine, and the layout of tensors in it.
+
+Memory is a memfd (anonymous shared memory): it has no name in /dev/shm, its file descriptor
+travels over the control socket (SCM_RIGHTS), and the kernel frees it when the last process that
+maps it exits. So no segment can outlive the server, whatever kills it, and no resource tracker is
+involved.
+
+Each worker owns one arena (allocated by the worker, reused); a request takes one chunk of it for
+its inputs and room for its outputs, which the engine writes in place. Numeric tensors are the raw
+array bytes; BYTES tensors are Triton's binary layout: each element a 4-byte little-endian length,
+then the bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import mmap
+import os
+import struct
+from typing import Any
+
+import numpy as np
+
+from runtime.serving.datatypes import numpy_to_wire, wire_to_numpy
+
+ALIGN = 64
+# A tensor for the peer: name, datatype, shape, buf (0: the arena, n: the frame's n-th fd), offset, nbytes.
+Meta = dict[str, Any]
+_LENGTH = struct.Struct("<I")
+
+
+def align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+class Region:
+    """One shared-memory file mapped here; ``fd`` stays open while we may send it."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.map = mmap.mmap(fd, size) if size > 0 else None
+
+    @classmethod
+    def create(cls, name: str, size: int) -> Region:
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(fd, max(size, 1))
+        return cls(fd, max(size, 1))
+
+    @classmethod
+    def attach(cls, fd: int) -> Region:
+        return cls(fd, os.fstat(fd).st_size)
+
+    def view(self, offset: int, nbytes: int) -> np.ndarray:
+        assert self.map is not None
+        return np.frombuffer(self.map, np.uint8, nbytes, offset)
+
+    def close_fd(self) -> None:
+        """Close the descriptor; the mapping (and arrays on it) stay valid."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Allocator:
+    """First fit over free blocks kept sorted by offset, merged on free."""
+
+    def __init__(self, size: int) -> None:
+        self._offsets = [0]
+        self._sizes = [size]
+
+    def alloc(self, size: int) -> int | None:
+        size = align(max(size, 1))
+        for i, free in enumerate(self._sizes):
+            if free >= size:
+                offset = self._offsets[i]
+                if free == size:
+                    del self._offsets[i], self._sizes[i]
+                else:
+                    self._offsets[i] += size
+                    self._sizes[i] -= size
+                return offset
+        return None
+
+    def free(self, offset: int, size: int) -> None:
+        size = align(max(size, 1))
+        i = bisect.bisect_left(self._offsets, offset)
+        self._offsets.insert(i, offset)
+        self._sizes.insert(i, size)
+        if i + 1 < len(self._offsets) and offset + size == self._offsets[i + 1]:
+            self._sizes[i] += self._sizes.pop(i + 1)
+            self._offsets.pop(i + 1)
+        if i > 0 and self._offsets[i - 1] + self._sizes[i - 1] == offset:
+            self._sizes[i - 1] += self._sizes.pop(i)
+            self._offsets.pop(i)
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(self._sizes)
+
+
+def tensor_nbytes(array: np.ndarray) -> int:
+    if array.dtype.kind == "O":
+        return sum(_LENGTH.size + len(item) for item in array.reshape(-1))
+    return int(array.nbytes)
+
+
+def write_tensor(target: np.ndarray, array: np.ndarray) -> str:
+    """Copy ``array`` (numeric, or an object array of bytes) into ``target`` (uint8, tensor_nbytes long).
+
+    Returns the tensor's datatype.
+    """
+    if array.dtype.kind != "O":
+        target.view(array.dtype).reshape(array.shape)[...] = array
+        return numpy_to_wire(array.dtype)
+    payload = b"".join(_LENGTH.pack(len(item)) + item for item in array.reshape(-1))
+    target[:] = np.frombuffer(payload, np.uint8)
+    return "BYTES"
+
+
+def write_tensors(space: np.ndarray, offset: int, tensors: list[tuple[str, np.ndarray, int]], buf: int) -> list[Meta]:
+    """Write ``(name, array, nbytes)`` one after the other from ``offset``; their metadata for the peer."""
+    metas = []
+    for name, array, size in tensors:
+        datatype = write_tensor(space[offset : offset + size], array)
+        metas.append(
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": list(array.shape),
+                "buf": buf,
+                "offset": offset,
+                "nbytes": size,
+            }
+        )
+        offset += align(size)
+    return metas
+
+
+def read_tensor(raw: np.ndarray, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The tensor in ``raw`` (uint8): a view for numbers, an object array of bytes for BYTES."""
+    if datatype != "BYTES":
+        return raw.view(wire_to_numpy(datatype)).reshape(shape)
+    out = np.empty(math.prod(shape), dtype=np.object_)
+    data = raw.tobytes()
+    position = 0
+    for i in range(out.size):
+        (length,) = _LENGTH.unpack_from(data, position)
+        position += _LENGTH.size
+        out[i] = data[position : position + length]
+        position += length
+    return out.reshape(shape)

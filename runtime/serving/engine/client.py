@@ -1,0 +1,275 @@
+"""The worker side of the engine: one control connection, one arena, requests multiplexed by id.
+
+Inputs are written once into the worker's arena; the engine reads them in place and writes the
+outputs into room reserved next to them, so the arrays the worker returns are views on shared
+memory (freed for reuse when the last of them is collected). If the engine goes away, requests in
+flight and new ones fail with a 503 that names it, and the client reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.errors import ServiceUnavailable, ServingError
+from runtime.serving.datatypes import wire_to_numpy
+from runtime.serving.engine.arena import Allocator, Region, align, read_tensor, tensor_nbytes, write_tensors
+from runtime.serving.engine.channel import Channel, ChannelClosed, Meta, socket_address
+from runtime.serving.repository import ModelConfig
+from runtime.serving.runner import NO_SCHEDULE, Schedule
+from runtime.serving.tensors import to_bytes_array
+
+logger = logging.getLogger("runtime.engine")
+
+DEFAULT_ARENA_BYTES = 64 << 20
+BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
+# Room for outputs whose size the config leaves open (BYTES, -1 dims), before the engine needs a region of its own.
+OPEN_OUTPUT_ROOM = 4096
+
+
+class EngineUnavailable(ServiceUnavailable):
+    def __init__(self, why: str) -> None:
+        super().__init__(f"The model engine (runtime-engine) is unavailable: {why}. Retry shortly.")
+
+
+@dataclass
+class _Request:
+    future: asyncio.Future[Meta]
+    offset: int  # of its chunk in the arena; -1 when it has none
+    size: int
+    abandoned: bool = False
+
+
+def output_room(config: ModelConfig, batch: int, input_bytes: int) -> int:
+    """Bytes to reserve for one request's outputs, from the config's datatypes and dims."""
+    room = 0
+    for spec in config.outputs:
+        dims = spec.model_dims
+        if spec.datatype == "BYTES" or any(d < 0 for d in dims):
+            room += align(max(OPEN_OUTPUT_ROOM, input_bytes))
+        else:
+            room += align(batch * math.prod(dims) * wire_to_numpy(spec.datatype).itemsize)
+    return room
+
+
+class EngineClient:
+    def __init__(self, address: str, arena_bytes: int = DEFAULT_ARENA_BYTES) -> None:
+        self.address = address
+        self.region = Region.create(f"runtime-arena-{os.getpid()}", arena_bytes)
+        self._space = self.region.view(0, self.region.size)
+        self._allocator = Allocator(self.region.size)
+        self._lock = threading.Lock()  # output arrays may be collected in any thread
+        self._requests: dict[int, _Request] = {}
+        self._ids = itertools.count(1)
+        self._channel: Channel | None = None
+        self._welcome: asyncio.Future[Meta] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._closing = False
+        self.models: list[Meta] = []
+        self.engine_pid = 0
+
+    # -- connection ---------------------------------------------------------------------------
+    async def connect(self, timeout: float) -> None:
+        """Connect (retrying until ``timeout``) and receive the engine's model list."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = BACKOFF_START
+        while True:
+            try:
+                await self._connect_once()
+                return
+            except (OSError, asyncio.TimeoutError) as ex:
+                if loop.time() + delay > deadline:
+                    raise EngineUnavailable(f"cannot connect to {self.address}: {ex}") from ex
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _connect_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, socket_address(self.address))
+        except OSError:
+            sock.close()
+            raise
+        self._welcome = loop.create_future()
+        channel = Channel(sock, self._frame, lambda: self._closed(channel))
+        channel.send(0, {"op": "hello", "pid": os.getpid()}, [self.region.fd])
+        try:
+            welcome = await asyncio.wait_for(asyncio.shield(self._welcome), 30)
+        except BaseException:
+            channel.close()
+            raise
+        self.models = welcome["models"]
+        self.engine_pid = int(welcome["pid"])
+        self._channel = channel
+        logger.info("Connected to the model engine (pid %d)", self.engine_pid)
+
+    def _closed(self, channel: Channel) -> None:
+        if self._welcome is not None and not self._welcome.done():
+            self._welcome.set_exception(ConnectionError("the engine closed the connection"))
+        if channel is not self._channel:
+            return
+        self._channel = None
+        requests, self._requests = self._requests, {}
+        for request in requests.values():
+            self._release(request.offset, request.size)
+            if not request.future.done():
+                request.future.set_exception(EngineUnavailable("it exited while answering this request"))
+        if self._closing:
+            return
+        logger.error("Lost the model engine (pid %d); reconnecting", self.engine_pid)
+        self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = BACKOFF_START
+        while not self._closing:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect_once()
+                return
+            except (OSError, asyncio.TimeoutError):
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        if self._channel is not None:
+            self._channel.close()
+        self.region.close_fd()
+
+    # -- requests -----------------------------------------------------------------------------
+    def _frame(self, rid: int, meta: Meta, fds: list[int]) -> None:
+        if rid == 0:
+            if self._welcome is not None and not self._welcome.done() and meta.get("op") == "welcome":
+                self._welcome.set_result(meta)
+            return
+        request = self._requests.pop(rid, None)
+        if request is None or request.abandoned:
+            for fd in fds:
+                os.close(fd)
+            if request is not None:
+                self._release(request.offset, request.size)
+            return
+        if fds:
+            meta["_fds"] = fds
+        request.future.set_result(meta)
+
+    def _alloc(self, size: int) -> int | None:
+        with self._lock:
+            return self._allocator.alloc(size)
+
+    def _release(self, offset: int, size: int) -> None:
+        if offset >= 0:
+            with self._lock:
+                self._allocator.free(offset, size)
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None and not self._channel.closed
+
+    async def infer(
+        self,
+        config: ModelConfig,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        schedule: Schedule = NO_SCHEDULE,
+        request_id: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run validated inputs on the engine; the outputs as the model returns them."""
+        channel = self._channel
+        if channel is None or channel.closed:
+            raise EngineUnavailable("it is restarting")
+        # BYTES travel as bytes (the data plane may hand over str): encoded here once, decoded where needed.
+        inputs = {n: to_bytes_array(a) if a.dtype.kind in "OSU" else a for n, a in inputs.items()}
+        sizes = {name: tensor_nbytes(a) for name, a in inputs.items()}
+        in_bytes = sum(align(s) for s in sizes.values())
+        batch = int(next(iter(inputs.values())).shape[0]) if config.max_batch_size > 0 and inputs else 1
+        room = output_room(config, batch, in_bytes)
+        offset = self._alloc(in_bytes + room)
+        fds: list[int] = []
+        overflow: Region | None = None
+        if offset is None:
+            # The arena is full (or the request is larger than it): this request gets a region of its own.
+            overflow = Region.create(f"runtime-in-{os.getpid()}", in_bytes)
+            space, buf, position, reserved = overflow.view(0, overflow.size), 1, 0, [0, 0]
+            fds.append(overflow.fd)
+            chunk = (-1, 0)
+        else:
+            space, buf, position, reserved = self._space, 0, offset, [offset + in_bytes, room]
+            chunk = (offset, in_bytes + room)
+        metas = write_tensors(space, position, [(n, a, sizes[n]) for n, a in inputs.items()], buf)
+        rid = next(self._ids)
+        request = _Request(asyncio.get_running_loop().create_future(), *chunk)
+        self._requests[rid] = request
+        try:
+            meta: Meta = {"op": "infer", "model": config.name, "version": version}
+            meta.update(inputs=metas, reserved=reserved)
+            if schedule != NO_SCHEDULE:  # the deadline is time.monotonic(), one clock for every process
+                meta.update(priority=schedule.priority, timeout_us=schedule.timeout_us, deadline=schedule.deadline)
+            if request_id is not None:
+                meta["request_id"] = request_id  # for the engine's log
+            channel.send(rid, meta, fds, give=True)
+        except ChannelClosed:
+            self._requests.pop(rid, None)
+            self._release(*chunk)
+            raise EngineUnavailable("it is restarting") from None
+        finally:
+            if overflow is not None:
+                overflow.fd = -1  # the channel closes it once sent
+        try:
+            reply = await request.future
+        except asyncio.CancelledError:
+            # The engine may still write into the chunk: it is freed when the engine answers.
+            request.abandoned = True
+            if rid in self._requests and not channel.closed:
+                channel.send(rid, {"op": "cancel"})
+            raise
+        if reply["op"] == "error":
+            self._release(*chunk)
+            raise ServingError(reply["message"], int(reply["status"]))
+        if reply["op"] != "result":
+            self._release(*chunk)
+            raise EngineUnavailable(f"it answered {reply['op']!r}")
+        return self._outputs(reply, chunk)
+
+    def _outputs(self, reply: Meta, chunk: tuple[int, int]) -> dict[str, np.ndarray]:
+        fds: list[int] = reply.get("_fds", [])
+        base: np.ndarray | None = None
+        if chunk[0] >= 0:
+            # A base of its own (over a memoryview, so numpy does not collapse it into the arena's):
+            # the chunk is reused once every output viewing it has been collected.
+            assert self.region.map is not None
+            base = np.frombuffer(memoryview(self.region.map)[chunk[0] : chunk[0] + chunk[1]], np.uint8)
+            weakref.finalize(base, self._release, *chunk)
+        spaces: dict[int, np.ndarray] = {}
+        if fds:
+            extra = Region.attach(fds[0])
+            extra.close_fd()
+            spaces[1] = extra.view(0, extra.size)
+            for fd in fds[1:]:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        outputs = {}
+        for t in reply["outputs"]:
+            if t["buf"] == 0:
+                assert base is not None
+                start = t["offset"] - chunk[0]
+                raw = base[start : start + t["nbytes"]]
+            else:
+                raw = spaces[t["buf"]][t["offset"] : t["offset"] + t["nbytes"]]
+            outputs[t["name"]] = read_tensor(raw, t["datatype"], tuple(t["shape"]))
+        return outputs

@@ -1,0 +1,268 @@
+"""The engine process, ``runtime-engine``: every model, one batcher per model version, all workers.
+
+Started by ``runtime serve`` (:mod:`.supervisor`) as a fresh interpreter, never forked from a
+process that has onnxruntime or CUDA initialised::
+
+    python -m runtime.serving.engine.process --address @NAME --model-dir DIR
+
+It loads every model first and only then listens, so a worker that connects finds them ready.
+SIGTERM stops accepting, answers the requests in flight, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from runtime import metrics
+from runtime.errors import STARTUP_EXIT_CODE, ServingError, StartupError
+from runtime.serving.batching import BatchStats
+from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
+from runtime.serving.engine.channel import Channel, Meta, socket_address
+from runtime.serving.runner import ENGINE_INLINE_BELOW_S, ModelRunner, Schedule, load_runners
+from runtime.serving.tensors import to_bytes_array
+
+logger = logging.getLogger("runtime.engine")
+
+PROCESS_NAME = b"runtime-engine"
+PR_SET_NAME = 15
+PR_SET_PDEATHSIG = 1
+
+
+def name_process() -> None:
+    """``runtime-engine`` in /proc/PID/comm (what ``ps -o comm`` and ``pgrep`` see); die with the master."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+class Engine:
+    def __init__(self, runners: list[ModelRunner]) -> None:
+        self.runners = {(r.config.name, r.version): r for r in runners}
+        self.connections: set[WorkerConnection] = set()
+
+    def models(self) -> list[Meta]:
+        seen: dict[str, Meta] = {}
+        for runner in self.runners.values():
+            config = runner.config
+            seen[config.name] = {
+                "name": config.name,
+                "versions": config.versions,
+                "path": str(config.path),
+                "config": config.config_text(),
+            }
+        return list(seen.values())
+
+    def in_flight(self) -> int:
+        return sum(len(c.pending) for c in self.connections)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def record_workers(runner: ModelRunner, stats: BatchStats) -> None:
+    """How many worker processes share each batch (tags are worker pids)."""
+    metrics.record_batch_workers(runner.config.name, runner.version, len(set(stats.tags)))
+
+
+class WorkerConnection:
+    """One worker's control connection and its arena."""
+
+    def __init__(self, engine: Engine, sock: socket.socket) -> None:
+        self.engine = engine
+        self.pid = 0
+        self.arena: np.ndarray | None = None
+        self.pending: dict[int, asyncio.Future[dict[str, np.ndarray]]] = {}
+        self.channel = Channel(sock, self._frame, self._closed)
+
+    def _frame(self, rid: int, meta: Meta, fds: list[int]) -> None:
+        op = meta.get("op")
+        if op == "infer":
+            self._infer(rid, meta, fds)
+        elif op == "cancel":
+            pending = self.pending.get(rid)
+            if pending is not None:
+                pending.cancel()
+        elif op == "hello":
+            self.pid = int(meta["pid"])
+            region = Region.attach(fds[0])
+            region.close_fd()
+            self.arena = region.view(0, region.size)
+            self.channel.send(0, {"op": "welcome", "pid": os.getpid(), "models": self.engine.models()})
+            logger.info("Worker %d connected (arena %d MiB)", self.pid, region.size >> 20)
+        else:
+            logger.error("Worker %d sent an unknown control frame %r; closing its connection", self.pid, op)
+            self.channel.close()
+
+    def _closed(self) -> None:
+        for pending in list(self.pending.values()):
+            pending.cancel()  # queued requests leave the batches they wait for
+        self.engine.connections.discard(self)
+        # Arrays still in a running batch keep the mapping alive; the memory goes with the last of them.
+        self.arena = None
+        if self.pid:
+            logger.info("Worker %d disconnected", self.pid)
+
+    def _space(self, buf: int, fds: list[int]) -> np.ndarray:
+        if buf == 0:
+            assert self.arena is not None, "infer before hello"
+            return self.arena
+        region = Region.attach(fds[buf - 1])
+        return region.view(0, region.size)
+
+    def _infer(self, rid: int, meta: Meta, fds: list[int]) -> None:
+        """Queue one request on its model's batcher; :meth:`_finished` answers it. No task per request."""
+        try:
+            runner = self.engine.runners.get((meta["model"], meta["version"]))
+            if runner is None:
+                raise ServingError(f"model '{meta['model']}' version {meta['version']} is not loaded", 404)
+            spaces: dict[int, np.ndarray] = {}
+            inputs = {}
+            for t in meta["inputs"]:
+                space = spaces.get(t["buf"])
+                if space is None:
+                    space = spaces[t["buf"]] = self._space(t["buf"], fds)
+                raw = space[t["offset"] : t["offset"] + t["nbytes"]]
+                inputs[t["name"]] = read_tensor(raw, t["datatype"], tuple(t["shape"]))
+            schedule = Schedule(meta.get("priority", 0), meta.get("timeout_us", 0), meta.get("deadline"))
+            future = runner.submit(inputs, schedule, tag=self.pid)
+        except Exception as ex:
+            _close_all(fds)
+            self._failed(rid, meta, ex)
+            return
+        self.pending[rid] = future
+        future.add_done_callback(lambda done: self._finished(rid, meta, runner, fds, done))
+
+    def _finished(
+        self, rid: int, meta: Meta, runner: ModelRunner, fds: list[int], done: asyncio.Future[dict[str, np.ndarray]]
+    ) -> None:
+        self.pending.pop(rid, None)
+        _close_all(fds)  # mappings of them stay valid while arrays use them
+        if self.channel.closed:
+            return
+        if done.cancelled():
+            # Also when cancelled before it ran: the worker frees the request's chunk on this answer.
+            self.channel.send(rid, {"op": "cancelled"})
+            return
+        error = done.exception()
+        try:
+            if error is not None:
+                raise error
+            self._reply(rid, runner, done.result(), meta["reserved"])
+        except Exception as ex:
+            self._failed(rid, meta, ex)
+
+    def _failed(self, rid: int, meta: Meta, error: BaseException) -> None:
+        if isinstance(error, ServingError):
+            if error.detail:  # the worker gets the message; the detail stays in the engine's log
+                logger.error("%s", error.log_line(meta.get("request_id", str(rid))))
+            answer = {"op": "error", "status": error.status_code, "message": error.message}
+        else:
+            logger.error("Request %s from worker %d failed", meta.get("request_id", rid), self.pid, exc_info=error)
+            answer = {"op": "error", "status": 500, "message": "the model engine failed (see its log)"}
+        if not self.channel.closed:
+            self.channel.send(rid, answer)
+
+    def _reply(self, rid: int, runner: ModelRunner, outputs: dict[str, np.ndarray], reserved: list[int]) -> None:
+        if self.channel.closed:
+            return
+        tensors = []
+        for name, value in outputs.items():
+            spec = runner.config.output(name)
+            array = to_bytes_array(np.asarray(value)) if spec is not None and spec.datatype == "BYTES" else value
+            tensors.append((name, np.ascontiguousarray(array) if array.dtype.kind != "O" else array))
+        sizes = [tensor_nbytes(a) for _, a in tensors]
+        offset, room = reserved
+        fds: list[int] = []
+        if sum(align(s) for s in sizes) <= room:
+            assert self.arena is not None
+            space, buf = self.arena, 0
+        else:
+            # Outputs larger than the worker could foresee (BYTES, dynamic shapes): a region of their own.
+            region = Region.create(f"runtime-out-{self.pid}", sum(align(s) for s in sizes))
+            space, buf, offset = region.view(0, region.size), 1, 0
+            fds.append(region.fd)
+        metas = write_tensors(space, offset, [(n, a, s) for (n, a), s in zip(tensors, sizes, strict=True)], buf)
+        self.channel.send(rid, {"op": "result", "outputs": metas}, fds, give=True)
+
+
+async def serve(address: str, model_dir: str, drain_seconds: float, stop: asyncio.Event | None = None) -> None:
+    """Load every model, then serve workers at ``address`` until SIGTERM (or ``stop``)."""
+    from runtime.serving import platforms
+    from runtime.settings import Settings
+
+    settings = Settings.from_env()  # the master's, exported for its children
+    platforms.configure(settings)
+    runners = await asyncio.to_thread(load_runners, model_dir, 1, record_workers, ENGINE_INLINE_BELOW_S)
+    for runner in runners:
+        runner.start()
+    engine = Engine(runners)
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(socket_address(address))
+    server.listen(256)
+    server.setblocking(False)
+    logger.info("Model engine ready: %d model version(s) at %s", len(runners), address)
+
+    async def accept() -> None:
+        while True:
+            sock, _ = await loop.sock_accept(server)
+            engine.connections.add(WorkerConnection(engine, sock))
+
+    acceptor = loop.create_task(accept())
+    await stop.wait()
+    acceptor.cancel()
+    server.close()
+    logger.info("Model engine stopping: draining %d request(s) in flight", engine.in_flight())
+    deadline = loop.time() + drain_seconds
+    while engine.in_flight() and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    for connection in list(engine.connections):
+        connection.channel.close()
+    await asyncio.gather(*(r.stop() for r in runners))
+    logger.info("Model engine stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="runtime-engine")
+    parser.add_argument("--address", required=True, help="@abstract-name or a socket path")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--drain-seconds", type=float, default=30.0)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    args = parser.parse_args(argv)
+    name_process()
+    # Ctrl-C reaches the whole process group; the master decides when the engine stops (after the workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from runtime.logs import configure
+
+    configure(args.log_level, args.log_format)
+    try:
+        import uvloop
+
+        uvloop.run(serve(args.address, args.model_dir, args.drain_seconds))
+    except StartupError as ex:
+        logger.error("Model engine cannot start: %s", ex)
+        return STARTUP_EXIT_CODE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The master's side of the engine: start it before the workers, restart it when it dies, stop it last.
+
+The engine is a fresh interpreter (``subprocess``, so nothing is forked after onnxruntime or CUDA
+is initialised), dies with the master (PR_SET_PDEATHSIG) and listens on a Linux abstract socket
+whose name the workers find in ``RUNTIME_ENGINE_ADDRESS``. A supervisor thread restarts it if it
+exits while the server runs; the workers reconnect by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+
+from runtime.serving.engine.channel import socket_address
+from runtime.serving.supervised import SupervisedProcess
+
+logger = logging.getLogger("runtime.engine")
+
+ADDRESS_ENV = "RUNTIME_ENGINE_ADDRESS"
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the master dies (even by SIGKILL); a process group of its own, so that a
+    signal to the server's group (Ctrl-C, ``timeout``) reaches the master, which stops the engine last."""
+    from runtime.http.server import set_parent_death_signal
+
+    set_parent_death_signal(signal.SIGTERM)
+    os.setpgrp()
+
+
+class EngineSupervisor(SupervisedProcess):
+    label = "the model engine"
+    restart_delay = 0.0  # requests get 503s meanwhile: restart at once
+
+    def __init__(
+        self,
+        model_dir: str,
+        log_level: str = "INFO",
+        log_format: str = "text",
+        wait_s: float = 300,
+        drain_s: float = 30,
+    ) -> None:
+        super().__init__()
+        self.model_dir = model_dir
+        self.log_level = log_level
+        self.log_format = log_format
+        self.wait_s = wait_s
+        self.drain_s = drain_s
+        self.address = f"@runtime-engine-{os.getpid()}-{secrets.token_hex(4)}"
+        self._owner = os.getpid()
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "runtime.serving.engine.process",
+            "--address",
+            self.address,
+            "--model-dir",
+            self.model_dir,
+            "--drain-seconds",
+            str(self.drain_s),
+            "--log-level",
+            self.log_level,
+            "--log-format",
+            self.log_format,
+        ]
+
+    def start(self) -> None:
+        """Start the engine and wait until every model is loaded (the caller tells the workers ``address``)."""
+        self._spawn()
+        self.wait_ready()
+        self._supervise()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(self.command(), preexec_fn=_die_with_parent)
+        logger.info("Started the model engine (pid %d)", self.proc.pid)
+
+    def wait_ready(self) -> None:
+        """Until the engine listens, which it does once every model is loaded."""
+        self._wait_for(self._listening, self.wait_s, 0.05)
+
+    def _listening(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(socket_address(self.address))
+            except OSError:
+                return False
+            return True
+
+    def stop(self) -> None:
+        """SIGTERM: the engine answers what is in flight, then exits (after the workers did)."""
+        if os.getpid() != self._owner:
+            return  # a worker that exits on its own (--max-requests) unwinds through the master's code
+        self._stop_process(self.drain_s + 5)

@@ -1,0 +1,82 @@
+"""Finding a server's model engine and its shared memory from /proc, and keeping a server busy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import alive, descendants
+
+ENGINE_COMM = "runtime-engine"
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def engine_pids(master: int) -> set[int]:
+    return {p for p in alive(descendants(master)) if comm(p) == ENGINE_COMM}
+
+
+def worker_pids(master: int) -> set[int]:
+    return {p for p in alive(descendants(master)) if comm(p) != ENGINE_COMM}
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def one_engine(master: int, timeout: float = 60) -> int:
+    wait_for(lambda: len(engine_pids(master)) == 1, timeout, "one runtime-engine process")
+    return engine_pids(master).pop()
+
+
+def shm_mappings(pid: int) -> list[str]:
+    """The runtime's shared-memory mappings in a process (memfd arenas and regions)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return []
+    return sorted({line.split(maxsplit=5)[-1] for line in maps.splitlines() if "memfd:runtime-" in line})
+
+
+def dev_shm() -> set[str]:
+    """/dev/shm, less the python-backend regions of Triton servers other tests or jobs may run meanwhile."""
+    return {p.name for p in Path("/dev/shm").iterdir() if not p.name.startswith("triton_python_backend_shm")}
+
+
+async def load(
+    url: str, body: Callable[[int], dict[str, object]], seconds: float, clients: int, during: Callable[[], None]
+) -> list[httpx.Response | Exception]:
+    """``clients`` clients posting to ``url`` for ``seconds``; ``during()`` runs (in a thread) a third of the way in."""
+    results: list[httpx.Response | Exception] = []
+    stop = time.monotonic() + seconds
+
+    async def client(n: int, http: httpx.AsyncClient) -> None:
+        i = 0
+        while time.monotonic() < stop:
+            try:
+                results.append(await http.post(url, json=body(n * 100_000 + i)))
+            except httpx.HTTPError as ex:
+                results.append(ex)
+            i += 1
+
+    async def trigger() -> None:
+        await asyncio.sleep(seconds / 3)
+        await asyncio.to_thread(during)
+
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=clients)) as http:
+        await asyncio.gather(trigger(), *(client(n, http) for n in range(clients)))
+    return results

@@ -1,0 +1,314 @@
+"""The model engine through real servers: one engine for all workers, its results, faults and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as triton_http
+
+from tests.conftest import StartRuntime, script
+from tests.support.engine import (
+    comm,
+    dev_shm,
+    engine_pids,
+    load,
+    one_engine,
+    shm_mappings,
+    wait_for,
+    worker_pids,
+)
+from tests.support.servers import ServerProcess, free_port, runtime_argv
+from tests.test_onnxruntime_backend import metric
+
+pytestmark = pytest.mark.slow
+
+RNG = np.random.default_rng(11)
+# One request per model: inputs, and the numpy dtype each travels as in JSON.
+CASES: dict[str, tuple[dict[str, np.ndarray], dict[str, str]]] = {
+    "linear": ({"x": RNG.standard_normal((3, 4)).astype(np.float32)}, {"x": "float32"}),
+    "strings": ({"text": np.array([["hello"], ["wörld"], ["world"]], dtype=object)}, {"text": "object"}),
+    "types": (
+        {"in_i64": np.array([[2**40, -3], [7, 0]], dtype=np.int64), "in_f32": np.ones((2, 2), np.float32)},
+        {"in_i64": "int64", "in_f32": "float32"},
+    ),
+}
+
+
+def start(model_repo: Path, tmp: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    port = free_port()
+    argv = runtime_argv("serve", "--port", str(port), "--model-dir", str(model_repo), *args)
+    return ServerProcess(argv, port, tmp / f"runtime-{port}.log", env=env).start()
+
+
+@pytest.fixture(scope="module")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Two workers, hook style, a 1 MiB arena (so that big tensors take the overflow path)."""
+    tmp = tmp_path_factory.mktemp("engine")
+    proc = start(model_repo, tmp, "--entry", script("backend/engine_hook.py"), "--workers", "2",
+                 env={"RUNTIME_ENGINE_ARENA_MB": "1"})  # fmt: skip
+    yield proc
+    proc.stop()
+
+
+def full_inputs(model: str, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``types`` takes one input per datatype: zeros for those a case leaves out."""
+    if model != "types":
+        return given
+    session = ort.InferenceSession(str(session_path(model)))
+    dtypes = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(double)": np.float64,
+              "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+              "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}  # fmt: skip
+    rows = next(iter(given.values())).shape[0]
+    return {i.name: given.get(i.name, np.zeros((rows, 2), dtypes[i.type])) for i in session.get_inputs()}
+
+
+_REPO: list[Path] = []
+
+
+def session_path(model: str) -> Path:
+    return _REPO[0] / "triton" / model / "1" / "model.onnx"
+
+
+def reference(model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """onnxruntime in this process: what the engine must return."""
+    session = ort.InferenceSession(str(session_path(model)))
+    feeds = {n: v.astype(str) if v.dtype == object else v for n, v in inputs.items()}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def as_body(model: str, inputs: dict[str, np.ndarray], dtypes: dict[str, str]) -> dict[str, Any]:
+    all_dtypes = {n: dtypes.get(n, str(v.dtype)) for n, v in inputs.items()}
+    return {"model": model, "inputs": {n: v.tolist() for n, v in inputs.items()}, "dtypes": all_dtypes}
+
+
+def assert_equal_outputs(got: dict[str, Any], want: dict[str, np.ndarray]) -> None:
+    assert set(got) == set(want)
+    for name, value in want.items():
+        expected = value.astype(str) if value.dtype.kind in "OU" else value
+        assert np.array_equal(np.asarray(got[name], dtype=expected.dtype), expected), name
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remember_repo(model_repo: Path) -> None:
+    _REPO[:] = [model_repo]
+
+
+@pytest.fixture(scope="module")
+def run_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Azure ML style: run() calls runtime.infer(), and init() does before any request."""
+    proc = start(model_repo, tmp_path_factory.mktemp("engine-run"), "--entry", script("backend/engine_run.py"))
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.parametrize("model", sorted(CASES))
+@pytest.mark.parametrize("style", ["hook", "run"])
+def test_results_equal_in_process_onnxruntime(
+    server: ServerProcess, run_server: ServerProcess, model: str, style: str
+) -> None:
+    given, dtypes = CASES[model]
+    inputs = full_inputs(model, given)
+    url = server.url if style == "hook" else run_server.url
+    response = httpx.post(url + "/score", json=as_body(model, inputs, dtypes), timeout=30)
+    assert response.status_code == 200, response.text
+    assert_equal_outputs(response.json()["outputs"], reference(model, inputs))
+
+
+@pytest.mark.parametrize("model", sorted(CASES))
+def test_v2_results_equal_in_process_onnxruntime(server: ServerProcess, model: str) -> None:
+    inputs = full_inputs(model, CASES[model][0])
+    client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    requested = []
+    for name, value in inputs.items():
+        datatype = "BYTES" if value.dtype == object else triton_http.np_to_triton_dtype(value.dtype)
+        tensor = triton_http.InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value, binary_data=True)
+        requested.append(tensor)
+    result = client.infer(model, requested)
+    want = reference(model, inputs)
+    got = {n: result.as_numpy(n) for n in want}
+    assert_equal_outputs({n: [x.decode() if isinstance(x, bytes) else x for x in v.ravel()] for n, v in got.items()},
+                         {n: v.ravel() for n, v in want.items()})  # fmt: skip
+
+
+def test_tensors_larger_than_the_arena_round_trip(server: ServerProcess) -> None:
+    text = "x" * (3 << 20)  # 3 MiB in and out, through a 1 MiB arena
+    body = as_body("strings", {"text": np.array([[text], ["hello"]], dtype=object)}, {"text": "object"})
+    response = httpx.post(server.url + "/score", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"] == {"id": [[0], [1]], "echo": [[text], ["hello"]]}
+
+
+def test_one_engine_named_runtime_engine_holds_the_models(server: ServerProcess) -> None:
+    assert server.proc is not None
+    engine = one_engine(server.proc.pid)
+    assert comm(engine) == "runtime-engine"
+    ps = subprocess.run(["ps", "-o", "comm=", "-p", str(engine)], capture_output=True, text=True, check=True)
+    assert ps.stdout.strip() == "runtime-engine"
+    maps = Path(f"/proc/{engine}/maps").read_text()
+    assert "libonnxruntime" in maps
+    for worker in worker_pids(server.proc.pid):
+        assert "libonnxruntime" not in Path(f"/proc/{worker}/maps").read_text()
+        # The engine maps every worker's arena.
+        assert f"memfd:runtime-arena-{worker}" in " ".join(shm_mappings(engine))
+
+
+def test_batches_hold_requests_from_both_workers(server: ServerProcess) -> None:
+    before = httpx.get(server.url + "/metrics").text
+    x = np.ones((1, 4), np.float32)
+
+    async def burst() -> list[httpx.Response]:
+        # A connection per request: which worker accepts a kept-alive connection is the kernel's choice, and
+        # one worker may take all 32 of them.
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as client:
+            body = as_body("sleepy", {"x": x}, {"x": "float32"})
+            close = {"Connection": "close"}
+            return await asyncio.gather(
+                *(client.post(server.url + "/score", json=body, headers=close) for _ in range(192))
+            )
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * len(responses)
+    pids = {r.json()["pid"] for r in responses}
+    assert len(pids) == 2, f"requests were served by workers {pids}"
+    after = httpx.get(server.url + "/metrics").text
+    labels = {"model": "sleepy", "version": "1"}
+
+    def delta(name: str, **extra: str) -> float:
+        return metric(after, name, **labels, **extra) - metric(before, name, **labels, **extra)
+
+    batches = delta("runtime_batch_worker_processes_count")
+    single_worker = delta("runtime_batch_worker_processes_bucket", le="1.0")
+    assert batches > 0
+    assert single_worker < batches, "no batch held requests from both workers"
+    assert delta("runtime_batch_size_sum") == len(responses)
+    assert delta("runtime_batch_size_count") < len(responses)  # requests were joined
+
+
+@contextlib.contextmanager
+def two_workers(model_repo: Path, tmp_path: Path) -> Iterator[tuple[ServerProcess, int, int, set[int]]]:
+    """A server of its own: (server, master pid, engine pid, worker pids); stopped after."""
+    server = start(model_repo, tmp_path, "--entry", script("backend/engine_hook.py"), "--workers", "2")
+    try:
+        assert server.proc is not None
+        master = server.proc.pid
+        yield server, master, one_engine(master), worker_pids(master)
+    finally:
+        server.stop()
+
+
+def test_engine_killed_under_load_gives_503_then_recovers(model_repo: Path, tmp_path: Path) -> None:
+    with two_workers(model_repo, tmp_path) as (server, master, engine, workers):
+        body = as_body("linear", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
+        readiness: list[int] = []
+
+        def kill_and_watch_readiness() -> None:
+            os.kill(engine, signal.SIGKILL)
+            for _ in range(100):  # a worker is not ready while its engine is away
+                readiness.append(httpx.get(server.url + "/v2/health/ready", timeout=10).status_code)
+                if readiness[-1] == 503:
+                    return
+
+        results = asyncio.run(load(server.url + "/score", lambda _: body, 6, 8, kill_and_watch_readiness))
+        assert 503 in readiness
+        statuses = [r.status_code if isinstance(r, httpx.Response) else repr(r) for r in results]
+        assert set(statuses) <= {200, 503}, sorted(set(map(str, statuses)))
+        unavailable = [r for r in results if isinstance(r, httpx.Response) and r.status_code == 503]
+        assert unavailable, "no request saw the engine gone"
+        assert "runtime-engine" in unavailable[0].json()["message"]
+        replacement = one_engine(master)
+        assert replacement != engine
+        wait_for(lambda: httpx.post(server.url + "/score", json=body, timeout=10).status_code == 200, 30, "recovery")
+        assert worker_pids(master) == workers, "workers were restarted"
+        assert "restarting it" in server.log()
+
+
+def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(model_repo: Path, tmp_path: Path) -> None:
+    with two_workers(model_repo, tmp_path) as (server, master, engine, workers):
+        victim = min(workers)
+        assert f"memfd:runtime-arena-{victim}" in " ".join(shm_mappings(engine))
+        body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
+        results = asyncio.run(
+            load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL))
+        )
+        served = [r for r in results if isinstance(r, httpx.Response)]
+        assert {r.status_code for r in served} == {200}
+        wait_for(lambda: f"memfd:runtime-arena-{victim}" not in " ".join(shm_mappings(engine)), 10, "arena released")
+        assert one_engine(master) == engine
+        last = httpx.post(server.url + "/score", json=body, timeout=10)
+        assert last.status_code == 200 and last.json()["pid"] != victim
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_the_server_leaves_no_engine_and_no_shared_memory(
+    model_repo: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    shm_before = dev_shm()
+    server = start(model_repo, tmp_path, "--entry", script("backend/engine_hook.py"), "--workers", "2")
+    assert server.proc is not None
+    master = server.proc.pid
+    engine = one_engine(master)
+    workers = worker_pids(master)
+    body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
+    results = asyncio.run(load(server.url + "/score", lambda _: body, 3, 8, lambda: os.kill(master, sig)))
+    if sig == signal.SIGTERM:
+        # Draining: what was in flight is answered; later requests find the port closed.
+        answered = [r for r in results if isinstance(r, httpx.Response)]
+        assert answered and {r.status_code for r in answered} == {200}
+    server.wait_exit(60)
+    wait_for(lambda: not Path(f"/proc/{engine}").exists() or comm(engine) != "runtime-engine", 30, "engine exit")
+    for pid in workers:
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 30, f"worker {pid} exit")  # type: ignore[misc]
+    # Other programs on the machine may create short-lived entries meanwhile (multiprocessing's sem.mp-*):
+    # what the server leaked would stay.
+    wait_for(lambda: dev_shm() <= shm_before, 15, f"/dev/shm back to what it was (new: {dev_shm() - shm_before})")
+
+
+def test_kind_gpu_without_gpu_is_a_startup_error(tmp_path: Path, model_repo: Path) -> None:
+    repo = tmp_path / "gpu"
+    (repo / "gpu_model" / "1").mkdir(parents=True)
+    (repo / "gpu_model" / "1" / "model.onnx").symlink_to(model_repo / "triton" / "linear" / "1" / "model.onnx")
+    (repo / "gpu_model" / "config.pbtxt").write_text("instance_group [{ count: 1 kind: KIND_GPU }]\n")
+    port = free_port()
+    done = subprocess.run(runtime_argv("serve", "--port", str(port), "--model-dir", str(repo)),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 3
+    assert "model 'gpu_model'" in done.stderr and "KIND_GPU" in done.stderr
+    assert "CUDAExecutionProvider" in done.stderr  # what is missing
+    check = subprocess.run(runtime_argv("check", "--model-dir", str(repo)), capture_output=True, text=True)
+    assert check.returncode == 1 and "no GPU is usable" in check.stdout
+
+
+def test_kind_auto_serves_on_the_cpu(tmp_path: Path, model_repo: Path, start_runtime: StartRuntime) -> None:
+    repo = tmp_path / "auto"
+    (repo / "auto_model" / "1").mkdir(parents=True)
+    (repo / "auto_model" / "1" / "model.onnx").symlink_to(model_repo / "triton" / "linear" / "1" / "model.onnx")
+    (repo / "auto_model" / "config.pbtxt").write_text("instance_group [{ count: 2 kind: KIND_AUTO }]\n")
+    check = subprocess.run(runtime_argv("check", "--model-dir", str(repo)), capture_output=True, text=True)
+    assert check.returncode == 0 and "instances: 2 (2 x CPU)" in check.stdout
+    server = start_runtime("--model-dir", str(repo))
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    response = httpx.post(server.url + "/v2/models/auto_model/infer", json=body)
+    assert response.status_code == 200
+    assert "instances: 2 x CPU" in server.log()
+
+
+def test_engine_worker_mode_loads_models_in_every_worker(model_repo: Path, start_runtime: StartRuntime) -> None:
+    server = start_runtime("--entry", script("backend/engine_hook.py"), "--model-dir", str(model_repo),
+                           "--workers", "2", "--engine", "worker")  # fmt: skip
+    assert server.proc is not None
+    assert engine_pids(server.proc.pid) == set()
+    body = as_body("linear", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
+    assert httpx.post(server.url + "/score", json=body).status_code == 200

@@ -1,0 +1,237 @@
+"""The engine's parts without servers: arena layout, allocator, control frames, client and engine in one loop,
+instance-group placement (with a pretend GPU platform) and the CUDA provider choice."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from runtime.errors import ServingError, StartupError
+from runtime.serving import instances
+from runtime.serving.engine.arena import Allocator, Region, read_tensor, tensor_nbytes, write_tensors
+from runtime.serving.engine.channel import Channel
+from runtime.serving.engine.client import EngineClient, EngineUnavailable
+from runtime.serving.engine.process import serve
+from runtime.serving.platforms import Device
+from runtime.serving.platforms import onnx as onnx_platform
+from runtime.serving.repository import load_model
+from tests.support.models import linear_reference
+
+
+def test_allocator_reuses_and_merges_freed_space() -> None:
+    allocator = Allocator(1024)
+    a, b, c = allocator.alloc(100), allocator.alloc(64), allocator.alloc(1)
+    assert (a, b, c) == (0, 128, 192)
+    assert allocator.alloc(1024) is None
+    allocator.free(128, 64)
+    assert allocator.alloc(64) == 128  # first fit
+    for offset, size in ((0, 100), (128, 64), (192, 1)):
+        allocator.free(offset, size)
+    assert allocator.free_bytes == 1024 and allocator.alloc(1024) == 0
+
+
+def test_numeric_and_bytes_tensors_round_trip_through_a_region() -> None:
+    region = Region.create("runtime-test", 1 << 16)
+    space = region.view(0, region.size)
+    floats = np.arange(12, dtype=np.float32).reshape(3, 4)
+    strings = np.array([[b"hello"], [b""], ["wörld".encode()]], dtype=object)
+    tensors = [(n, a, tensor_nbytes(a)) for n, a in (("f", floats), ("s", strings))]
+    metas = write_tensors(space, 128, tensors, buf=0)
+    assert [m["datatype"] for m in metas] == ["FP32", "BYTES"]
+    assert metas[1]["nbytes"] == 3 * 4 + 5 + 0 + 6 and metas[1]["offset"] % 64 == 0
+    got = [read_tensor(space[m["offset"] : m["offset"] + m["nbytes"]], m["datatype"], tuple(m["shape"])) for m in metas]
+    assert np.array_equal(got[0], floats) and np.shares_memory(got[0], space)  # a view: no copy on the way in
+    assert got[1].tolist() == strings.tolist()
+    region.close_fd()
+
+
+def test_frames_carry_file_descriptors_and_survive_split_reads() -> None:
+    async def main() -> None:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        received: list[tuple[int, dict[str, Any], list[int]]] = []
+        done = asyncio.Event()
+
+        def on_frame(rid: int, meta: dict[str, Any], fds: list[int]) -> None:
+            received.append((rid, meta, fds))
+            if len(received) == 3:
+                done.set()
+
+        sender = Channel(left, lambda *_: None, lambda: None)
+        Channel(right, on_frame, lambda: None)
+        region = Region.create("runtime-test", 4096)
+        region.view(0, 4)[:] = [1, 2, 3, 4]
+        sender.send(1, {"op": "big", "pad": "x" * 3_000_000})  # larger than one read and the socket buffer
+        sender.send(2, {"op": "a"}, [region.fd], give=True)  # queued behind it: its fd must stay open till sent
+        sender.send(3, {"op": "c"})
+        await asyncio.wait_for(done.wait(), 10)
+        assert [(rid, meta["op"]) for rid, meta, _ in received] == [(1, "big"), (2, "a"), (3, "c")]
+        fd = received[1][2][0]
+        assert Region.attach(fd).view(0, 4).tolist() == [1, 2, 3, 4]
+        os.close(fd)
+
+    asyncio.run(main())
+
+
+def test_client_and_engine_in_one_loop(model_repo: Path) -> None:
+    """Outputs are views on the worker's arena, its chunk is reused once they are gone; cancelled requests
+    free theirs; a lost engine gives EngineUnavailable."""
+
+    async def main() -> None:
+        address = f"@runtime-test-{secrets.token_hex(4)}"
+        stop = asyncio.Event()
+        engine = asyncio.get_running_loop().create_task(serve(address, str(model_repo), 5, stop))
+        client = EngineClient(address, 1 << 20)
+        await client.connect(60)
+        config = load_model(model_repo / "triton" / "linear")
+        x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+        full = client._allocator.free_bytes
+        outputs = await client.infer(config, "1", {"x": x})  # as the data plane hands them over
+        np.testing.assert_allclose(outputs["y"], linear_reference(x)["y"], rtol=1e-6)
+        assert np.shares_memory(outputs["y"], client._space)
+        assert client._allocator.free_bytes < full
+        del outputs
+        gc.collect()
+        assert client._allocator.free_bytes == full
+
+        sleepy = load_model(model_repo / "triton" / "sleepy")
+        slow = asyncio.ensure_future(client.infer(sleepy, "1", {"x": np.ones((32, 4), np.float32)}))
+        await asyncio.sleep(0)
+        slow.cancel()
+        await asyncio.gather(slow, return_exceptions=True)
+        await asyncio.sleep(0.5)  # the engine answers the cancel
+        assert client._allocator.free_bytes == full
+
+        with pytest.raises(ServingError) as error:
+            await client.infer(config, "7", {"x": x})
+        assert error.value.status_code == 404
+
+        assert client.connected
+        stop.set()
+        await engine
+        await asyncio.sleep(0.05)
+        assert not client.connected  # the worker's /v2/health/ready answers 503 meanwhile
+        with pytest.raises(EngineUnavailable) as unavailable:
+            await client.infer(config, "1", {"x": x})
+        assert unavailable.value.status_code == 503 and "runtime-engine" in unavailable.value.message
+        await client.close()
+
+    asyncio.run(main())
+
+
+class FakePlatform:
+    """A platform that pretends this machine has ``gpus`` GPUs."""
+
+    name = "fake"
+
+    def __init__(self, gpus: int) -> None:
+        self.gpus = gpus
+
+    def gpu_count(self) -> int:
+        return self.gpus
+
+    def missing_gpu_reason(self) -> str:
+        return "the fake driver is missing"
+
+    def load(self, config: Any, version: str, device: Device, threads: int) -> Any:
+        raise NotImplementedError
+
+
+def config_with(tmp_path: Path, model_repo: Path, groups: str) -> Any:
+    folder = tmp_path / "m"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.onnx").symlink_to(model_repo / "triton" / "linear" / "1" / "model.onnx")
+    (folder / "config.pbtxt").write_text(f"instance_group [{groups}]\n")
+    return load_model(folder)
+
+
+@pytest.mark.parametrize(
+    ("groups", "gpus", "expected"),
+    [
+        ("{ count: 2 kind: KIND_CPU }", 2, [Device("cpu")] * 2),
+        ("{ count: 2 kind: KIND_GPU gpus: [1] }", 2, [Device("gpu", 1)] * 2),
+        ("{ kind: KIND_GPU }", 2, [Device("gpu", 0), Device("gpu", 1)]),
+        ("{ count: 1 kind: KIND_AUTO }", 1, [Device("gpu", 0)]),
+        ("{ count: 3 kind: KIND_AUTO }", 0, [Device("cpu")] * 3),
+        ("{ count: 1 kind: KIND_CPU }, { count: 1 kind: KIND_GPU gpus: [0] }", 1, [Device("cpu"), Device("gpu", 0)]),
+    ],
+)
+def test_instance_groups_resolve_to_devices(
+    tmp_path: Path, model_repo: Path, groups: str, gpus: int, expected: list[Device]
+) -> None:
+    assert instances.resolve(config_with(tmp_path, model_repo, groups), FakePlatform(gpus)) == expected
+
+
+@pytest.mark.parametrize(
+    ("groups", "gpus", "message"),
+    [
+        ("{ kind: KIND_GPU }", 0, "model 'm': instance_group 0 asks for KIND_GPU, but no GPU is usable: the fake"),
+        ("{ kind: KIND_GPU gpus: [3] }", 2, "asks for gpus [3], but this machine has GPUs 0..1"),
+        ("{ kind: KIND_MODEL }", 1, "kind KIND_MODEL is not supported"),
+    ],
+)
+def test_instance_groups_that_cannot_be_placed_are_startup_errors(
+    tmp_path: Path, model_repo: Path, groups: str, gpus: int, message: str
+) -> None:
+    with pytest.raises(StartupError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        instances.resolve(config_with(tmp_path, model_repo, groups), FakePlatform(gpus))
+
+
+def test_threads_are_split_over_cpu_instances_only() -> None:
+    assert instances.cpu_threads([Device("cpu"), Device("cpu"), Device("gpu")], cores=16) == 8
+    assert instances.cpu_threads([Device("gpu")], cores=16) == 16
+    assert instances.cpu_threads([Device("cpu")] * 4, cores=2) == 1
+    assert instances.describe([Device("cpu"), Device("gpu", 1), Device("gpu", 1)]) == "1 x CPU, 2 x GPU 1"
+
+
+def test_gpu_instance_asks_onnxruntime_for_cuda_on_its_device(
+    tmp_path: Path, model_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime as ort
+
+    seen: list[Any] = []
+
+    class Session:
+        def __init__(self, path: str, sess_options: Any, providers: list[Any]) -> None:
+            seen.append(providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    config = config_with(tmp_path, model_repo, "{ kind: KIND_CPU }")
+    onnx_platform.OnnxPlatform().load(config, "1", Device("gpu", 1), threads=1)
+    onnx_platform.OnnxPlatform().load(config, "1", Device("cpu"), threads=1)
+    assert seen == [[("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"], ["CPUExecutionProvider"]]
+
+
+def test_onnx_platform_says_what_is_missing_for_a_gpu() -> None:
+    platform = onnx_platform.OnnxPlatform()
+    if "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed")  # never in CI: it installs the CPU onnxruntime
+    assert platform.gpu_count() == 0
+    assert "onnxruntime-gpu" in platform.missing_gpu_reason()
+
+
+def test_onnx_platform_counts_gpus_through_the_cuda_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU path, on a CPU machine: a pretend driver with 2 GPUs and onnxruntime-gpu's provider list."""
+
+    class Driver:
+        def cuInit(self, flags: int) -> int:
+            return 0
+
+        def cuDeviceGetCount(self, count: Any) -> int:
+            count._obj.value = 2
+            return 0
+
+    monkeypatch.setattr(onnx_platform, "_available", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnx_platform.ctypes, "CDLL", lambda name: Driver())
+    onnx_platform._cuda_devices.cache_clear()
+    try:
+        assert onnx_platform.OnnxPlatform().gpu_count() == 2
+    finally:
+        onnx_platform._cuda_devices.cache_clear()
