@@ -158,7 +158,8 @@ def test_densenet_image_bombs(
     start_runtime: StartRuntime, examples_repo: Path, name: str, image: Callable[[], bytes], status: int
 ) -> None:
     """Image dimensions are checked from the header before decoding; no image costs the worker 100 MiB."""
-    server = serve(start_runtime, DENSENET / "score_densenet.py", examples_repo, "onnxruntime", None)
+    # A real worker process: its RSS is what is measured.
+    server = start_runtime("--entry", str(DENSENET / "score_densenet.py"), "--model-dir", str(examples_repo))
     body = image()
     assert server.proc is not None
     (worker,) = worker_pids(server.proc.pid)  # the model engine is a child too
@@ -215,11 +216,11 @@ def torchscript_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("script", ["score_densenet.py", "score_densenet_aml.py"])
 def test_densenet_from_torchscript_equals_in_process_and_onnx(
-    start_runtime: StartRuntime, examples_repo: Path, torchscript_repo: Path, script: str
+    apps: AppPool, examples_repo: Path, torchscript_repo: Path, script: str
 ) -> None:
-    server = serve(start_runtime, DENSENET / script, torchscript_repo, "onnxruntime", None)
+    server = serve(apps, DENSENET / script, torchscript_repo, "onnxruntime", None)
     image = jpeg(seed=5)
-    response = httpx.post(server.url + "/score", content=image, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    response = server.post("/score", content=image, headers={"Content-Type": "image/jpeg"}, timeout=60)
     assert response.status_code == 200, response.text
     top = response.json()
 

@@ -271,24 +271,23 @@ def test_binary_bytes_tensor_of_many_empty_elements_is_bounded(server: ServerPro
 def test_hostile_input_settings_come_from_the_environment_and_flags(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from runtime.cli import apply_flags, build_parser
+    from runtime.cli import build_parser, build_settings
 
     defaults = Settings.from_env({})
     assert (defaults.max_header_count, defaults.max_header_bytes, defaults.max_url_bytes) == (100, 8190, 4094)
     assert (defaults.header_timeout_s, defaults.body_timeout_s, defaults.max_inflate_ratio) == (60, 60, 16)
     assert defaults.auth_keys == ()
-    with pytest.raises(ValueError, match="RUNTIME_HEADER_TIMEOUT_S must be positive"):
+    with pytest.raises(ValueError, match="RUNTIME_HEADER_TIMEOUT_S must be at least 1, got 0"):
         Settings.from_env({"RUNTIME_HEADER_TIMEOUT_S": "0"})
     names = ["RUNTIME_MAX_HEADERS", "RUNTIME_MAX_HEADER_BYTES", "RUNTIME_MAX_URL_BYTES", "RUNTIME_HEADER_TIMEOUT_S"]
     names += ["RUNTIME_BODY_TIMEOUT_S", "RUNTIME_MAX_INFLATE_RATIO", "RUNTIME_AUTH_KEY", "RUNTIME_AUTH_KEY_FILE"]
     for name in names:
-        monkeypatch.setenv(name, "")  # restored after the test, whatever apply_flags writes
+        monkeypatch.setenv(name, "")  # restored after the test
     keys = tmp_path / "keys"
     keys.write_text("from-file\n")
     flags = ["--max-headers", "5", "--max-header-bytes", "6", "--max-url-bytes", "7", "--header-timeout", "8"]
     flags += ["--body-timeout", "9", "--max-inflate-ratio", "10", "--auth-key", "k", "--auth-key-file", str(keys)]
-    apply_flags(build_parser().parse_args(["serve", *flags]))
-    flagged = Settings.from_env()
+    flagged = build_settings(build_parser().parse_args(["serve", *flags]))
     assert (flagged.max_header_count, flagged.max_header_bytes, flagged.max_url_bytes) == (5, 6, 7)
     assert (flagged.header_timeout_s, flagged.body_timeout_s, flagged.max_inflate_ratio) == (8, 9, 10)
     assert flagged.auth_keys == ("k", "from-file")

@@ -43,8 +43,9 @@ class RuntimeWorker(UvicornWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         from runtime.http.protocol import protocol_factory
 
-        # httptools with header limits and read timeouts (runtime/http/protocol.py).
-        self.config.http = protocol_factory(Settings.from_env())
+        # httptools with header limits and read timeouts (runtime/http/protocol.py), from the master's Settings
+        # (self.app is the ServerApplication, inherited through fork).
+        self.config.http = protocol_factory(self.app.settings)
 
     def init_process(self) -> None:
         # Gunicorn's sync workers notice a dead master; uvicorn workers do not. Have the kernel tell us.
