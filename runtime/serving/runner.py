@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from runtime import metrics
-from runtime.errors import ServingError, StartupError
+from runtime.errors import ServingError
 from runtime.serving import instances as groups
 from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors
-from runtime.serving.platforms import Instance, platform_for
+from runtime.serving.platforms import Instance, load_instance, platform_for
 from runtime.serving.repository import ModelConfig, load_repository
 from runtime.serving.warmup import warmup_samples
 
@@ -196,12 +196,7 @@ def load_runners(
         devices = groups.resolve(config, platform)
         threads = max(1, groups.cpu_threads(devices) // cpu_share)
         for version in config.versions:
-            try:
-                loaded = [platform.load(config, version, device, threads) for device in devices]
-            except StartupError:
-                raise
-            except Exception as ex:  # the library's own error types; the message says what is wrong
-                raise StartupError(f"{config.model_file(version)}: {platform.name} cannot load it: {ex}") from ex
+            loaded = [load_instance(config, version, device, threads) for device in devices]
             runner = ModelRunner(config, version, loaded, on_batch, inline_below_s)
             runner.warm_up()  # before readiness, as Triton's model_warmup
             runners.append(runner)
