@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -56,34 +56,27 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def positive(value: str) -> int:
+def _integer(value: str, low: int, high: int | None, message: Callable[[str], str]) -> int:
+    """``value`` as an integer in [low, high]; ``message`` says what was wanted (repr for non-numbers)."""
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(message(repr(value))) from None
+    if number < low or (high is not None and number > high):
+        raise argparse.ArgumentTypeError(message(value))
     return number
+
+
+def positive(value: str) -> int:
+    return _integer(value, 1, None, lambda got: f"must be a positive integer, got {got}")
 
 
 def non_negative(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {value}")
-    return number
+    return _integer(value, 0, None, lambda got: f"must be 0 or a positive integer, got {got}")
 
 
 def port(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {value!r}: give a number from 0 to 65535") from None
-    if not 0 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {value}: give a number from 0 to 65535")
-    return number
+    return _integer(value, 0, 65535, lambda got: f"invalid port {got}: give a number from 0 to 65535")
 
 
 def log_level(value: str) -> str:
