@@ -288,11 +288,11 @@ def load(
 
 
 def served_hook(
-    repo: Path, workers: int, image: bytes, args: argparse.Namespace, work: Path, env: dict[str, str]
+    repo: Path, workers: int, image: bytes, args: argparse.Namespace, work: Path, env: dict[str, str], engine: str
 ) -> dict[str, Any]:
     entry = str(DENSENET / "score_densenet.py")
-    flags = ["--entry", entry, "--model-dir", str(repo), *shlex.split(args.serve_args)]
-    server = Server(flags, workers, work / f"serve-{workers}.log", env)
+    flags = ["--entry", entry, "--model-dir", str(repo), "--engine", engine, *shlex.split(args.serve_args)]
+    server = Server(flags, workers, work / f"serve-{engine}-{workers}.log", env)
     try:
         server.wait_ready(args.start_timeout)
         return load(server, "/score", image, {"Content-Type": "image/jpeg"}, args, args.concurrency)
@@ -314,6 +314,15 @@ def served_model(repo: Path, batch: int, args: argparse.Namespace, work: Path, e
         server.stop()
 
 
+def _commit() -> str:
+    """The checkout's short commit; "unknown" on a copy without git (as the GPU machine gets it)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
 # -- report ---------------------------------------------------------------------------------------------
 
 
@@ -333,9 +342,11 @@ def table(result: dict[str, Any]) -> str:
         )
         lines.append(f"| device limit, batch {batch} | {value:.1f}{extra} | | {batch} | | |")
     lines.append(f"| preprocessing limit, {result['cores']} processes | {result['preprocessing_limit']:.1f} | | | | |")
-    for workers, row in result["served"].items():
+    served = [("", row) for row in result["served"].items()]
+    served += [(", per-worker design", row) for row in result["served_per_worker"].items()]
+    for design, (workers, row) in served:
         lines.append(
-            f"| runtime serve, hook score.py, {workers} worker(s), JPEG, c={result['concurrency']} "
+            f"| runtime serve{design}, hook score.py, {workers} worker(s), JPEG, c={result['concurrency']} "
             f"| {row['images_per_s']:.1f} | {row['p50_ms']:.1f} | {row['mean_batch']:.1f} "
             f"| {row['client_cpu_percent']:.0f}% ({row['client_processes']} proc) | {row['images_per_s'] / limit:.2f} |"
         )
@@ -357,6 +368,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--small", action="store_true", help="the small DenseNet (same signature; for smoke runs)")
     parser.add_argument("--batches", default="1,2,4,8,16,32,64", help="device limit batch sizes")
     parser.add_argument("--workers", default="1,4,16", help="worker counts to serve with")
+    parser.add_argument(
+        "--per-worker", default="", help="worker counts to serve with the per-worker design too (--engine worker)"
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--clients", type=int, help="client processes (default: 4 on cuda, 1 on cpu)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per step")
@@ -371,6 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.clients = args.clients or (4 if args.device == "cuda" else 1)
     batches = [int(b) for b in args.batches.split(",")]
     workers = [int(w) for w in args.workers.split(",")]
+    per_worker = [int(w) for w in args.per_worker.split(",") if w]
     seconds = args.limit_seconds or max(1.0, args.duration / 3)
 
     if args.wheels is not None:
@@ -391,10 +406,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     repo = build_repository(work / "models", args.small, max(batches), kind)
     target_repo = build_repository(work / "target", args.small, args.target_batch, kind)
     image = example("client").synthetic_jpeg()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit.stdout.strip() or "unknown",
+        "commit": _commit(),
         "device": args.device,
         "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU",
         "torch": torch.__version__,
@@ -413,9 +427,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"preprocessing limit: {result['preprocessing_limit']:.1f} images/s", flush=True)
         result["limit_images_per_s"] = min(result["device_limit"][max(batches)], result["preprocessing_limit"])
         result["served"] = {}
-        for count in workers:
-            result["served"][count] = served_hook(repo, count, image, args, work, env)
-            print(f"served, {count} worker(s): {json.dumps(result['served'][count])}", flush=True)
+        result["served_per_worker"] = {}
+        for design, counts, key in (("process", workers, "served"), ("worker", per_worker, "served_per_worker")):
+            for count in counts:
+                result[key][count] = served_hook(repo, count, image, args, work, env, design)
+                print(f"served, --engine {design}, {count} worker(s): {json.dumps(result[key][count])}", flush=True)
         in_process = device_limits(target_repo, args.device, [args.target_batch], seconds)
         served = served_model(target_repo, args.target_batch, args, work, env)
         result["target"] = {
