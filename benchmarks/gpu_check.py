@@ -110,6 +110,12 @@ def build_repository(root: Path, small: bool, max_batch_size: int, kind: str) ->
     return root
 
 
+def set_instances(root: Path, count: int) -> None:
+    """The instance group's count in the repository's config."""
+    config = root / "triton" / MODEL / "config.pbtxt"
+    config.write_text(re.sub(r"count: \d+", f"count: {count}", config.read_text()))
+
+
 # -- limits --------------------------------------------------------------------------------------------
 
 
@@ -343,6 +349,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"| device limit, batch {batch} | {value:.1f}{extra} | | {batch} | | |")
     lines.append(f"| preprocessing limit, {result['cores']} processes | {result['preprocessing_limit']:.1f} | | | | |")
     served = [("", row) for row in result["served"].items()]
+    largest = max(result["served"])
+    served += [(f", {n} model instances", (largest, row)) for n, row in result["served_instances"].items()]
     served += [(", per-worker design", row) for row in result["served_per_worker"].items()]
     for design, (workers, row) in served:
         lines.append(
@@ -371,6 +379,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--per-worker", default="", help="worker counts to serve with the per-worker design too (--engine worker)"
     )
+    parser.add_argument(
+        "--instances",
+        default="1",
+        help="model instance counts: the first for every row, the others at the largest worker count too",
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--clients", type=int, help="client processes (default: 4 on cuda, 1 on cpu)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per step")
@@ -386,6 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches = [int(b) for b in args.batches.split(",")]
     workers = [int(w) for w in args.workers.split(",")]
     per_worker = [int(w) for w in args.per_worker.split(",") if w]
+    instances = [int(n) for n in args.instances.split(",")]
     seconds = args.limit_seconds or max(1.0, args.duration / 3)
 
     if args.wheels is not None:
@@ -427,11 +441,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"preprocessing limit: {result['preprocessing_limit']:.1f} images/s", flush=True)
         result["limit_images_per_s"] = min(result["device_limit"][max(batches)], result["preprocessing_limit"])
         result["served"] = {}
-        result["served_per_worker"] = {}
-        for design, counts, key in (("process", workers, "served"), ("worker", per_worker, "served_per_worker")):
-            for count in counts:
-                result[key][count] = served_hook(repo, count, image, args, work, env, design)
-                print(f"served, --engine {design}, {count} worker(s): {json.dumps(result[key][count])}", flush=True)
+        result["served_per_worker"], result["served_instances"] = {}, {}
+        runs = [("process", count, instances[0], "served", count) for count in workers]
+        runs += [("process", max(workers), n, "served_instances", n) for n in instances[1:]]
+        runs += [("worker", count, instances[0], "served_per_worker", count) for count in per_worker]
+        for design, count, group, key, label in runs:
+            set_instances(repo, group)
+            result[key][label] = served_hook(repo, count, image, args, work, env, design)
+            print(
+                f"served, --engine {design}, {count} worker(s), {group} instance(s): {json.dumps(result[key][label])}",
+                flush=True,
+            )
         in_process = device_limits(target_repo, args.device, [args.target_batch], seconds)
         served = served_model(target_repo, args.target_batch, args, work, env)
         result["target"] = {

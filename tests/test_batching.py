@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import Overloaded
-from runtime.serving.batching import DELAY, BatchStats, DynamicBatcher, QueuePolicy, SchedulePolicy, Tensors
+from runtime.serving.batching import DELAY, BatchStats, DynamicBatcher, QueuePolicy, SchedulePolicy, Tensors, join
 
 
 class FakeModel:
@@ -20,13 +20,22 @@ class FakeModel:
         self.fail_on = fail_on
         self.batches: list[int] = []
 
-    async def execute(self, instance: int, inputs: Tensors) -> Tensors:
-        x = inputs["x"]
+    async def execute(self, instance: int, parts: list[Tensors]) -> Tensors:
+        x = join(parts)["x"]
         self.batches.append(x.shape[0])
         await asyncio.sleep(self.delay)
         if self.fail_on is not None and (x == self.fail_on).any():
             raise ValueError("poisoned row")
         return {"y": x * 2}
+
+
+def test_join_concatenates_along_the_batch_and_leaves_one_request_as_it_is() -> None:
+    a = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.array([[1], [2]])}
+    b = {"x": np.arange(3, dtype=np.float32).reshape(1, 3) + 10, "n": np.array([[3]])}
+    joined = join([a, b])
+    assert joined["x"].tolist() == [[0, 1, 2], [3, 4, 5], [10, 11, 12]]
+    assert joined["n"].tolist() == [[1], [2], [3]]
+    assert join([a])["x"] is a["x"]  # a batch of one is not copied
 
 
 async def run_requests(batcher: DynamicBatcher, arrays: list[np.ndarray]) -> list[Tensors | BaseException]:
@@ -110,8 +119,9 @@ def test_preferred_batch_size_closes_the_batch() -> None:
 def test_preserve_ordering_resolves_in_arrival_order(preserve: bool) -> None:
     order: list[int] = []
 
-    async def execute(instance: int, inputs: Tensors) -> Tensors:
+    async def execute(instance: int, parts: list[Tensors]) -> Tensors:
         # The first batch is slow, the second fast: without ordering the second finishes first.
+        inputs = join(parts)
         await asyncio.sleep(0.2 if inputs["x"][0, 0] == 0 else 0)
         return {"y": inputs["x"]}
 

@@ -26,8 +26,10 @@ from runtime.errors import Overloaded, ServiceUnavailable
 logger = logging.getLogger("runtime.batching")
 
 Tensors = dict[str, np.ndarray]
-# Runs one batch on one instance (in a thread) and returns the outputs, batch first.
-Execute = Callable[[int, Tensors], Awaitable[Tensors]]
+# Runs one batch on one instance (in a thread) and returns the outputs, batch first. It gets the requests'
+# inputs as they were queued and joins them with :func:`join` where it runs: the one copy a batch needs
+# then happens off the event loop, which goes on answering and queueing meanwhile.
+Execute = Callable[[int, list[Tensors]], Awaitable[Tensors]]
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 
 
@@ -99,6 +101,13 @@ class BatchStats:
     queue_seconds: list[float]
     compute_seconds: float
     tags: list[object] = field(default_factory=list)  # what each request was submitted with
+
+
+def join(parts: list[Tensors]) -> Tensors:
+    """One batch from the requests' inputs, along the batch dimension (no copy for a batch of one)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
 
 
 def signature(inputs: Mapping[str, np.ndarray]) -> Signature:
@@ -341,14 +350,9 @@ class DynamicBatcher:
     ) -> None:
         started = time.perf_counter()
         try:
-            if len(batch) == 1:
-                inputs = batch[0].inputs
-            else:
-                names = batch[0].inputs.keys()
-                inputs = {n: np.concatenate([p.inputs[n] for p in batch], axis=0) for n in names}
             tracing.record_queue([p.trace for p in batch], [p.enqueued for p in batch], started)
             with tracing.batch_span("batch", [p.trace for p in batch], {"batch.requests": len(batch)}):
-                outputs: Tensors | None = await self._execute(instance, inputs)
+                outputs: Tensors | None = await self._execute(instance, [p.inputs for p in batch])
             error: BaseException | None = None
         except Exception as ex:
             outputs, error = None, ex
@@ -356,6 +360,9 @@ class DynamicBatcher:
             self._free_instances.append(instance)
             self._instance_ready.release()
         compute = time.perf_counter() - started
+        # Let the batcher hand the freed instance its next batch before this one's answers go out: with a
+        # queue waiting, the model then runs while the loop answers.
+        await asyncio.sleep(0)
         if previous is not None:
             await asyncio.shield(previous)
         self._resolve(batch, outputs, error)

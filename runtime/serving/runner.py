@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from runtime import metrics
 from runtime.errors import ServingError
 from runtime.serving import instances as groups
-from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors
+from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors, join
 from runtime.serving.platforms import Instance, load_instance, platform_for
 from runtime.serving.repository import ModelConfig, load_repository
 from runtime.serving.warmup import warmup_samples
@@ -108,17 +108,21 @@ class ModelRunner:
         if self._on_batch is not None:
             self._on_batch(self, stats)
 
-    async def _execute(self, instance: int, inputs: Tensors) -> Tensors:
+    async def _execute(self, instance: int, parts: list[Tensors]) -> Tensors:
         run = self.instances[instance].run
+
+        def join_and_run() -> Tensors:
+            return run(join(parts))
+
         try:
             if self._inline_below_s and self._compute_s < self._inline_below_s:
                 # Cheaper than the two thread hand-offs: run on the loop (which only batches here).
                 started = time.perf_counter()
-                outputs = run(inputs)
+                outputs = join_and_run()
                 self._compute_s += (time.perf_counter() - started - self._compute_s) * EWMA_WEIGHT
                 return outputs
             started = time.perf_counter()
-            outputs = await asyncio.get_running_loop().run_in_executor(self._pool, run, inputs)
+            outputs = await asyncio.get_running_loop().run_in_executor(self._pool, join_and_run)
             self._compute_s += (time.perf_counter() - started - self._compute_s) * EWMA_WEIGHT
             return outputs
         except Exception as ex:
@@ -135,7 +139,7 @@ class ModelRunner:
             instance = self._idle.pop()
             started = time.perf_counter()
             try:
-                return await self._execute(instance, inputs)
+                return await self._execute(instance, [inputs])
             finally:
                 self._idle.append(instance)
                 size = int(next(iter(inputs.values())).shape[0]) if self.config.max_batch_size > 0 else 1
