@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -214,16 +215,59 @@ class Server:
             time.sleep(0.2)
         raise ServerDied(f"runtime serve not ready after {timeout:.0f} s; see {self.log}")
 
-    def batches(self) -> tuple[float, float]:
-        """(sum, count) of runtime_batch_size for the model, over all workers."""
+    def counters(self) -> dict[str, float]:
+        """The model's batch and duration counters, and the /score latency, from /metrics (all processes)."""
         self.check()
         with urllib.request.urlopen(self.url + "/metrics", timeout=30) as response:
             text = response.read().decode()
-        totals = []
-        for suffix in ("sum", "count"):
-            pattern = rf'^runtime_batch_size_{suffix}\{{[^}}]*model="{MODEL}"[^}}]*\}} (\S+)$'
-            totals.append(sum(float(m) for m in re.findall(pattern, text, re.MULTILINE)))
-        return totals[0], totals[1]
+        names = {
+            "batch_sum": ("runtime_batch_size_sum", f'model="{MODEL}"'),
+            "batch_count": ("runtime_batch_size_count", f'model="{MODEL}"'),
+            "request_us": ("nv_inference_request_duration_us_total", f'model="{MODEL}"'),
+            "queue_us": ("nv_inference_queue_duration_us_total", f'model="{MODEL}"'),
+            "compute_us": ("nv_inference_compute_infer_duration_us_total", f'model="{MODEL}"'),
+            "http_s": ("runtime_http_request_duration_seconds_sum", 'route="/score"'),
+            "http_count": ("runtime_http_request_duration_seconds_count", 'route="/score"'),
+        }
+        totals = {}
+        for key, (metric, label) in names.items():
+            pattern = rf"^{metric}\{{([^}}]*)\}} (\S+)$"
+            totals[key] = sum(float(v) for labels, v in re.findall(pattern, text, re.MULTILINE) if label in labels)
+        return totals
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds so far of the engine, the workers together, and the master."""
+        tick = os.sysconf("SC_CLK_TCK")
+        children: dict[int, list[int]] = {}
+        stats: dict[int, tuple[str, float]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                raw = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm, rest = raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :].split()
+            children.setdefault(int(rest[1]), []).append(int(entry.name))
+            stats[int(entry.name)] = (comm, (int(rest[11]) + int(rest[12])) / tick)
+        totals = {"engine": 0.0, "workers": 0.0, "master": stats.get(self.proc.pid, ("", 0.0))[1]}
+        todo = list(children.get(self.proc.pid, []))
+        while todo:
+            pid = todo.pop()
+            todo += children.get(pid, [])
+            comm, seconds = stats.get(pid, ("", 0.0))
+            totals["engine" if comm == "runtime-engine" else "workers"] += seconds
+        return totals
+
+    def engine_pid(self) -> int | None:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if (entry / "comm").read_text().strip() == "runtime-engine" and os.getsid(int(entry.name)) == (
+                        self.proc.pid
+                    ):
+                        return int(entry.name)
+        return None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -272,25 +316,51 @@ def load(
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         run_clients(pool, server, path, body, headers, shares, args.warmup)
-        before = server.batches()
+        before, cpu_before = server.counters(), server.cpu_seconds()
+        profiler = profile(server, args)
         steps = run_clients(pool, server, path, body, headers, shares, args.duration)
-        after = server.batches()
+        after, cpu_after = server.counters(), server.cpu_seconds()
+        if profiler is not None:
+            profiler.wait(30)
     ok = sum(s["throughput"] for s in steps)
     errors: dict[str, int] = {}
     for s in steps:
         for status, count in s["errors"].items():
             errors[status] = errors.get(status, 0) + count
-    batches = after[1] - before[1]
+    delta = {key: after[key] - before[key] for key in after}
+    batches = delta["batch_count"]
     requests = sum(s["requests"] for s in steps)
+    served = max(1.0, delta["batch_sum"])
     return {
         "images_per_s": ok,
         # Each process reports its own p50: this is their mean weighted by requests, not the exact median.
         "p50_ms": sum(s["latency_ms"]["p50"] * s["requests"] for s in steps) / max(1, requests),
-        "mean_batch": (after[0] - before[0]) / batches if batches else 0.0,
+        "mean_ms": sum(s["latency_ms"]["mean"] * s["requests"] for s in steps) / max(1, requests),
+        "mean_batch": delta["batch_sum"] / batches if batches else 0.0,
         "client_cpu_percent": sum(s["client_cpu_percent"] for s in steps),
         "client_processes": processes,
         "errors": errors,
+        # Where a request's time goes, as the server counts it (means per request; compute per batch).
+        "server_ms": 1e3 * delta["http_s"] / max(1.0, delta["http_count"]),
+        "model_request_ms": delta["request_us"] / 1e3 / served,
+        "model_queue_ms": delta["queue_us"] / 1e3 / served,
+        "compute_ms_per_batch": delta["compute_us"] / 1e3 / max(1.0, batches),
+        # CPU per request, in microseconds, by process.
+        "cpu_us": {key: 1e6 * (cpu_after[key] - cpu_before[key]) / max(1, requests) for key in cpu_after},
     }
+
+
+def profile(server: Server, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+    """py-spy (when --profile names a folder and py-spy is found) records the engine during the measured window."""
+    installed = args.wheels / "site" / "bin" / "py-spy" if args.wheels is not None else None
+    py_spy = str(installed) if installed is not None and installed.exists() else shutil.which("py-spy")
+    pid = server.engine_pid()
+    if args.profile is None or py_spy is None or pid is None:
+        return None
+    args.profile.mkdir(parents=True, exist_ok=True)
+    out = args.profile / f"engine-{server.workers}w-{server.port}.txt"
+    argv = [py_spy, "record", "-p", str(pid), "-d", str(int(args.duration)), "-f", "raw", "-o", str(out)]
+    return subprocess.Popen([*argv, "--threads", "--nonblocking"], stdout=subprocess.DEVNULL)
 
 
 def served_hook(
@@ -394,6 +464,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--serve-args", default="", help="more flags for every runtime serve, as one string")
     parser.add_argument("--wheels", type=Path, help="install the wheels in this folder (no index) and use them")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--profile", type=Path, help="py-spy recordings of the engine go in this folder")
     args = parser.parse_args(argv)
     args.clients = args.clients or (4 if args.device == "cuda" else 1)
     batches = [int(b) for b in args.batches.split(",")]
