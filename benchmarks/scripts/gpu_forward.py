@@ -1,0 +1,104 @@
+"""Why a batch runs slower in the engine than alone: DenseNet-121 TorchScript forward times under four conditions.
+
+    python benchmarks/scripts/gpu_forward.py [--device cpu] [--small] [--seconds 4]
+
+1. one batch size again and again (what gpu_check's device limit measures);
+2. batch sizes drawn at random from 1..64 (what the engine's dynamic batcher sends);
+3. the same batch size while one process per core runs the example's preprocessing (the workers);
+4. the same batch size in a thread while the main thread runs Python (the engine's event loop holds the GIL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import gpu_check  # noqa: E402
+
+
+def timed(run: object, sizes: list[int], xs: dict[int, np.ndarray]) -> tuple[float, float]:
+    started = time.perf_counter()
+    for b in sizes:
+        run({"data_0": xs[b]})  # type: ignore[operator]
+    elapsed = time.perf_counter() - started
+    return 1e3 * elapsed / len(sizes), sum(sizes) / elapsed
+
+
+def spin(stop: threading.Event) -> None:
+    x = 0
+    while not stop.is_set():
+        x += 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--small", action="store_true")
+    parser.add_argument("--batch", type=int, default=28)
+    parser.add_argument("--calls", type=int, default=40)
+    parser.add_argument("--wheels", type=Path, help="as gpu_check's --wheels")
+    args = parser.parse_args()
+    if args.wheels is not None:
+        gpu_check.install_wheels(args.wheels)
+    gpu_check.example("make_model")  # its folder on sys.path
+    from runtime.serving.platforms.torchscript import import_torch
+
+    import_torch()  # as the engine imports it (passive OpenMP waits)
+    from runtime.serving.platforms import Device, platform_for
+    from runtime.serving.repository import load_repository
+
+    kind = "KIND_GPU" if args.device == "cuda" else "KIND_CPU"
+    repo = gpu_check.build_repository(Path(tempfile.mkdtemp()) / "m", args.small, 64, kind)
+    config = load_repository(repo)[0]
+    target = Device("gpu", 0) if args.device == "cuda" else Device("cpu")
+    instance = platform_for(config).load(config, config.latest_version, target, os.cpu_count() or 1)
+    rng = np.random.default_rng(0)
+    xs = {b: rng.standard_normal((b, 3, 224, 224)).astype(np.float32) for b in range(1, 65)}
+    fixed = [args.batch] * args.calls
+    for b in sorted(set(rng.integers(1, 65, 200).tolist()) | {args.batch}):
+        instance.run({"data_0": xs[b]})  # every shape seen once: first-call costs are not what is measured
+    varying = [int(b) for b in rng.integers(1, 2 * args.batch, args.calls)]
+    rows = [("fixed batch", *timed(instance.run, fixed, xs))]
+    label = f"random batch 1..{2 * args.batch - 1} (mean {np.mean(varying):.0f})"
+    rows.append((label, *timed(instance.run, varying, xs)))
+    rows.append(("fixed batch, again", *timed(instance.run, fixed, xs)))
+    image = gpu_check.example("client").synthetic_jpeg()
+    cores = os.cpu_count() or 1
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        busy = pool.starmap_async(gpu_check._preprocess_loop, [(image, 60.0)] * cores)
+        time.sleep(2)
+        rows.append((f"fixed batch, {cores} processes preprocessing", *timed(instance.run, fixed, xs)))
+        pool.terminate()
+        del busy
+    for interval in (sys.getswitchinterval(), 0.0005):
+        sys.setswitchinterval(interval)
+        stop = threading.Event()
+        result: list[tuple[float, float]] = []
+        runner = threading.Thread(target=lambda out=result: out.append(timed(instance.run, fixed, xs)))
+        spinner = threading.Thread(target=spin, args=(stop,))
+        spinner.start()
+        runner.start()
+        runner.join()
+        stop.set()
+        spinner.join()
+        label = f"fixed batch in a thread, another thread running Python (switch interval {1e3 * interval:g} ms)"
+        rows.append((label, *result[0]))
+    print(f"batch {args.batch}, {args.device}:")
+    for name, ms, rate in rows:
+        print(f"  {name:60} {ms:8.2f} ms/call {rate:9.1f} images/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
