@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,8 +26,6 @@ from prometheus_client import (
 )
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.serving.batching import BatchStats
 
@@ -151,48 +148,7 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-class MetricsMiddleware:
-    """Counts every HTTP request by its route template (bounded label values) and status."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._routes: dict[tuple[str, str], str] = {}  # (method, path) -> route template
-
-    def _route(self, scope: Scope) -> str:
-        key = (scope["method"], scope["path"])
-        cached = self._routes.get(key)
-        if cached is not None:
-            return cached
-        template = "unmatched"
-        for route in scope["app"].routes if "app" in scope else ():
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                template = str(getattr(route, "path", "other"))
-                break
-        if len(self._routes) < 4096:  # paths are client input: bound the cache
-            self._routes[key] = template
-        return template
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 0
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-            # Returning without an answer: the client left and its request was cancelled (nginx's 499).
-            status = status or CLIENT_CLOSED
-        finally:
-            status = status or 500
-            route = self._route(scope)
-            method = scope["method"]
-            _child(HTTP_REQUESTS, method, route, str(status)).inc()
-            _child(HTTP_LATENCY, method, route).observe(time.perf_counter() - started)
+def record_http(method: str, route: str, status: int, seconds: float) -> None:
+    """One HTTP request by route template (bounded label values) and status."""
+    _child(HTTP_REQUESTS, method, route, str(status)).inc()
+    _child(HTTP_LATENCY, method, route).observe(seconds)

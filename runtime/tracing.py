@@ -24,8 +24,6 @@ import warnings
 from collections.abc import Iterable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from runtime import logs
 from runtime.errors import StartupError
 
@@ -242,41 +240,12 @@ def batch_span(name: str, parents: Sequence[Any], attributes: dict[str, Any]) ->
     return _tracer.start_as_current_span(name, context=parents[0], links=links, attributes=attributes)
 
 
-class TracingMiddleware:
-    """The server span of each request (``POST /score``), continuing the trace of an incoming ``traceparent``."""
+def server_span(method: str, headers: dict[str, str], attributes: dict[str, Any]) -> Any:
+    """The server span of one request, continuing the trace of an incoming ``traceparent``; None when off."""
+    if _tracer is None:
+        return None
+    from opentelemetry import propagate, trace
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _tracer is None:
-            await self.app(scope, receive, send)
-            return
-        from opentelemetry import propagate, trace
-
-        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        ids = scope.get("state", {}).get("request_ids")
-        attributes: dict[str, Any] = {"http.request.method": scope["method"], "url.path": scope["path"]}
-        if ids is not None:
-            attributes["azureml.request_id"] = ids.request_id
-        # Named by the route template once routing is done (bounded names, as OpenTelemetry asks).
-        with _tracer.start_as_current_span(
-            scope["method"],
-            context=propagate.extract(carrier),
-            kind=trace.SpanKind.SERVER,
-            attributes=attributes,
-        ) as current:
-
-            async def send_traced(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    route = getattr(scope.get("route"), "path", None)
-                    if route:
-                        current.update_name(f"{scope['method']} {route}")
-                        current.set_attribute("http.route", route)
-                    status = int(message["status"])
-                    current.set_attribute("http.response.status_code", status)
-                    if status >= 500:
-                        current.set_status(trace.StatusCode.ERROR)
-                await send(message)
-
-            await self.app(scope, receive, send_traced)
+    return _tracer.start_as_current_span(
+        method, context=propagate.extract(headers), kind=trace.SpanKind.SERVER, attributes=attributes
+    )

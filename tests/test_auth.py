@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runtime.http.auth import is_protected, matches
+from runtime.http.middleware.auth import is_protected, matches
 from runtime.settings import Settings
 from tests.conftest import SCRIPTS, StartRuntime
 from tests.support.inprocess import InProcess

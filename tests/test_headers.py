@@ -1,10 +1,10 @@
-"""Request ids (runtime.http.headers.parse_ids): generated, echoed, legacy and client ids, limits."""
+"""Request ids (runtime.http.middleware.request_ids.parse_ids): generated, echoed, legacy and client ids, limits."""
 
 from __future__ import annotations
 
 from starlette.datastructures import Headers
 
-from runtime.http.headers import RequestIds, parse_ids
+from runtime.http.middleware.request_ids import RequestIds, parse_ids
 
 
 def ids(**headers: str) -> RequestIds:

@@ -6,12 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,17 +21,12 @@ from runtime.context import InitContext
 from runtime.dataplane import DataPlane
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.executor import Executor
-from runtime.http import score, startup, v2, watchdog
-from runtime.http.admission import Admission, AdmissionMiddleware
-from runtime.http.auth import AuthMiddleware
-from runtime.http.cors import CorsMiddleware
-from runtime.http.headers import RequestIdMiddleware
+from runtime.http import middleware, score, startup, v2, watchdog
 from runtime.http.health import WorkerHealth, ready
-from runtime.http.keepalive import ConnectionAgeMiddleware
 from runtime.http.requests import AppState
 from runtime.http.responses import INTERNAL_ERROR, error_response
 from runtime.manager import PluginManager
-from runtime.metrics import CLIENT_CLOSED, MetricsMiddleware, metrics_endpoint
+from runtime.metrics import CLIENT_CLOSED, metrics_endpoint
 from runtime.pipeline import Pipeline
 from runtime.settings import Settings
 
@@ -136,28 +129,6 @@ def create_app(
             tracing.shutdown()
             logs.release_print()
 
-    middleware = [Middleware(MetricsMiddleware)]
-    if settings.cors_origins:
-        # Outside the request ids: their 431 answers get the CORS headers too, as in azmlinfsrv.
-        middleware.append(Middleware(CorsMiddleware, origins=settings.cors_origins))
-    middleware.append(Middleware(RequestIdMiddleware, server_version=settings.server_version_header))
-    if tracing.configured(settings):
-        middleware.append(Middleware(tracing.TracingMiddleware))
-    middleware += [
-        Middleware(ConnectionAgeMiddleware, max_age_s=settings.keepalive_max_age_s),
-        Middleware(
-            AdmissionMiddleware,
-            admission=Admission(
-                settings.max_concurrent_requests,
-                settings.max_body_bytes_in_flight,
-                settings.max_requests + random.randint(0, settings.max_requests_jitter) if settings.max_requests else 0,
-            ),
-            health=health,
-            max_body_bytes=settings.max_body_bytes,
-        ),
-    ]
-    if settings.auth_keys:
-        middleware.append(Middleware(AuthMiddleware, keys=settings.auth_keys, cors=bool(settings.cors_origins)))
     return Starlette(
         routes=[
             *score.routes(),
@@ -165,7 +136,7 @@ def create_app(
             *v2.routes(),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
-        middleware=middleware,
+        middleware=middleware.stack(settings, health),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, ClientDisconnect: _client_gone, Exception: _internal_error},
     )

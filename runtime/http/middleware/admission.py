@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from runtime import metrics
 from runtime.errors import Overloaded
 from runtime.http.health import WorkerHealth
-from runtime.http.keepalive import closing
+from runtime.http.middleware.keepalive import closing
 
 logger = logging.getLogger("runtime.admission")
 

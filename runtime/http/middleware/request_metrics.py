@@ -1,0 +1,54 @@
+"""HTTP request counts and latency by route template and status (the metrics live in :mod:`runtime.metrics`)."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runtime.metrics import CLIENT_CLOSED, record_http
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by its route template (bounded label values) and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._routes: dict[tuple[str, str], str] = {}  # (method, path) -> route template
+
+    def _route(self, scope: Scope) -> str:
+        key = (scope["method"], scope["path"])
+        cached = self._routes.get(key)
+        if cached is not None:
+            return cached
+        template = "unmatched"
+        for route in scope["app"].routes if "app" in scope else ():
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                template = str(getattr(route, "path", "other"))
+                break
+        if len(self._routes) < 4096:  # paths are client input: bound the cache
+            self._routes[key] = template
+        return template
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+            # Returning without an answer: the client left and its request was cancelled (nginx's 499).
+            status = status or CLIENT_CLOSED
+        finally:
+            status = status or 500
+            record_http(scope["method"], self._route(scope), status, time.perf_counter() - started)
