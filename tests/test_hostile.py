@@ -214,7 +214,7 @@ def test_onnxruntime_failure_detail_goes_to_the_log_only(model_repo: Path) -> No
     config = next(c for c in load_repository(model_repo) if c.name == "linear")
     model = ModelRunner(config, "1", [OnnxPlatform().load(config, "1", Device("cpu"), 1)])
     with pytest.raises(InferenceFailed) as info:
-        asyncio.run(model._execute(0, {"x": np.zeros((1, 5), np.float32)}))  # past validation: a wrong width
+        asyncio.run(model._execute(0, [{"x": np.zeros((1, 5), np.float32)}]))  # past validation: a wrong width
     assert info.value.message == "inference failed for model 'linear' version 1; the server log has the details"
     assert "invalid dimensions" in info.value.detail.lower(), info.value.detail
     assert info.value.log_line("r-1").startswith("request r-1: 500 inference failed for model 'linear'")
