@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from runtime import logs
@@ -213,6 +213,21 @@ def capture() -> Any:
     from opentelemetry import context
 
     return context.get_current()
+
+
+@contextlib.contextmanager
+def continued(carrier: Mapping[str, str] | None) -> Iterator[None]:
+    """Inside, the trace context ``carrier`` (another process's :func:`inject`) is current."""
+    if _tracer is None or not carrier:
+        yield
+        return
+    from opentelemetry import context, propagate
+
+    token = context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 def _epoch_ns(perf: float, now_perf: float, now_ns: int) -> int:

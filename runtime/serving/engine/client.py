@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime import tracing
 from runtime.errors import ServiceUnavailable, ServingError
 from runtime.serving.datatypes import wire_to_numpy
 from runtime.serving.engine.arena import Allocator, Region, align, read_tensor, tensor_nbytes, write_tensors
@@ -222,6 +223,8 @@ class EngineClient:
                 meta.update(priority=schedule.priority, timeout_us=schedule.timeout_us, deadline=schedule.deadline)
             if request_id is not None:
                 meta["request_id"] = request_id  # for the engine's log
+            if trace := tracing.inject({}):
+                meta["trace"] = trace  # the engine's queue and batch spans join the request's trace
             channel.send(rid, meta, fds, give=True)
         except ChannelClosed:
             self._requests.pop(rid, None)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from runtime import metrics
+from runtime import metrics, tracing
 from runtime.errors import STARTUP_EXIT_CODE, ServingError, StartupError
 from runtime.serving.batching import BatchStats
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
@@ -144,7 +144,8 @@ class WorkerConnection:
                 raw = space[t["offset"] : t["offset"] + t["nbytes"]]
                 inputs[t["name"]] = read_tensor(raw, t["datatype"], tuple(t["shape"]))
             schedule = Schedule(meta.get("priority", 0), meta.get("timeout_us", 0), meta.get("deadline"))
-            future = runner.submit(inputs, schedule, tag=self.pid)
+            with tracing.continued(meta.get("trace")):  # the batcher keeps the context for its spans
+                future = runner.submit(inputs, schedule, tag=self.pid)
         except Exception as ex:
             _close_all(fds)
             self._failed(rid, meta, ex)
@@ -212,6 +213,7 @@ async def serve(address: str, model_dir: str, drain_seconds: float, stop: asynci
 
     settings = Settings.from_env()  # the master's, exported for its children
     platforms.configure(settings)
+    tracing.setup(settings)
     runners = await asyncio.to_thread(load_runners, model_dir, 1, record_workers, ENGINE_INLINE_BELOW_S)
     for runner in runners:
         runner.start()
@@ -242,6 +244,7 @@ async def serve(address: str, model_dir: str, drain_seconds: float, stop: asynci
     for connection in list(engine.connections):
         connection.channel.close()
     await asyncio.gather(*(r.stop() for r in runners))
+    tracing.shutdown()  # flushes the spans still queued for export
     logger.info("Model engine stopped")
 
 
