@@ -1,0 +1,102 @@
+"""docs/pictures.py: it draws both pictures, they fit, they show the code as it is, and the docs embed them."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from PIL import Image
+
+from runtime import hookspecs
+from runtime.http.health import WorkerHealth
+from runtime.http.middleware import stack
+from runtime.settings import Settings
+from tests.support.plots import assert_matplotlib_png
+from tests.support.servers import REPO
+
+SCRIPT = REPO / "docs" / "pictures.py"
+PICTURES = {"architecture.png": "architecture.md", "engine.png": "engine.md"}
+
+
+@pytest.fixture(scope="module")
+def pictures() -> ModuleType:
+    """docs/pictures.py as a module (docs/ is no package)."""
+    spec = importlib.util.spec_from_file_location("docs_pictures", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_script_draws_both_pictures(tmp_path: Path) -> None:
+    """As the docs say to run it; the committed pictures have the size the script draws."""
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--output", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(PICTURES)
+    for name in PICTURES:
+        drawn = tmp_path / name
+        assert_matplotlib_png(drawn)
+        assert 20_000 < drawn.stat().st_size < 200_000, f"{name}: {drawn.stat().st_size} bytes"
+        with Image.open(drawn) as new, Image.open(REPO / "docs" / name) as committed:
+            assert new.size == committed.size, f"docs/{name} is not what the script draws: run python docs/pictures.py"
+            assert len(new.getcolors(256) or []) > 8  # a picture in colour, not a bare outline
+
+
+def test_the_same_bytes_every_time(tmp_path: Path, pictures: ModuleType) -> None:
+    for attempt in ("a", "b"):
+        pictures.engine().save(tmp_path / attempt / "engine.png")
+    assert (tmp_path / "a" / "engine.png").read_bytes() == (tmp_path / "b" / "engine.png").read_bytes()
+
+
+@pytest.mark.parametrize("name", sorted(PICTURES))
+def test_the_docs_embed_the_pictures(name: str) -> None:
+    text = (REPO / "docs" / PICTURES[name]).read_text()
+    # An image with alt text for readers who cannot see it, not only a link.
+    assert re.search(rf"!\[[^\]]{{40,}}\]\({re.escape(name)}\)", text), f"docs/{PICTURES[name]} does not show {name}"
+    assert "python docs/pictures.py" in text
+
+
+def test_every_picture_fits(pictures: ModuleType) -> None:
+    for draw in (pictures.architecture, pictures.engine):
+        assert draw().problems() == []
+
+
+def test_the_layout_check_finds_what_does_not_fit(pictures: ModuleType) -> None:
+    d = pictures.Drawing(400, 300)
+    box = d.box(pictures.Rect(10, 10, 120, 60), "a title far too long for its box")
+    d.text(200, 100, "one text")
+    d.text(210, 104, "another text")
+    d.arrow((180, 200), (380, 200))
+    d.text(250, 192, "under the arrow")
+    d.box(pictures.Rect(100, 40, 100, 100), "crossing")
+    problems = d.problems()
+    assert "'a title far too long for its box' leaves its box" in problems
+    assert "'one text' overlaps 'another text'" in problems
+    assert "an arrow from (180, 200) crosses 'under the arrow'" in problems
+    assert "box 'a title far too long for its box' crosses box 'crossing'" in problems
+    assert "'crossing' runs into box 'a title far too long for its box'" in problems
+    assert box == pictures.Rect(10, 10, 120, 60)
+
+
+def test_the_middleware_in_the_picture_is_stack(pictures: ModuleType) -> None:
+    """Names and order as http/middleware stack() builds them; [bracketed] exactly when optional."""
+    everything = Settings(cors_origins=("*",), auth_keys=("key",), otel_traces_exporter=("console",))
+    built = [m.cls.__module__.rsplit(".", 1)[1] for m in stack(everything, WorkerHealth())]
+    drawn = [name.strip("[]") for name, _ in pictures.MIDDLEWARE]
+    assert drawn == built
+    always = [m.cls.__module__.rsplit(".", 1)[1] for m in stack(Settings(), WorkerHealth())]
+    assert [name for name, _ in pictures.MIDDLEWARE if not name.startswith("[")] == always
+
+
+def test_every_hook_is_in_the_request_path(pictures: ModuleType) -> None:
+    words = " ".join(placed.label for placed in pictures.architecture().texts)
+    missing = [name for name in hookspecs.names() if not re.search(rf"\b{name}\b", words)]
+    assert not missing, f"hooks not in architecture.png: {missing}"
