@@ -4,11 +4,14 @@
     python docs/pictures.py --output DIR
 
 Drawn with matplotlib (the ``bench`` extra) through its object API on the Agg canvas, in pixel
-coordinates with y pointing down, so that the layout below reads like the picture. The same
-matplotlib writes the same bytes. Before saving, :meth:`Drawing.problems` measures every text as
-rendered: text that leaves its box or the picture, text that overlaps other text, an arrow drawn
-through text, or boxes that cross each other stop the script, so that a picture that does not
-fit is never written.
+coordinates with y pointing down, so that the layout below reads like the picture. What each box
+says is text (REQUEST_PATH, PROCESSES: one section per box, see :func:`sections`); the functions
+place the boxes and draw the arrows. The same matplotlib writes the same bytes.
+
+Before saving, :meth:`Drawing.problems` measures every text as rendered: text that leaves its box
+or the picture, runs into another box, overlaps other text or lies under an arrow, boxes that
+cross, and sections never drawn stop the script, so that a picture that does not fit is never
+written.
 """
 
 from __future__ import annotations
@@ -113,6 +116,8 @@ class Drawing:
     texts: list[_Placed] = field(default_factory=list)
     boxes: list[tuple[Rect, str]] = field(default_factory=list)
     arrows: list[_Arrow] = field(default_factory=list)
+    words: dict[str, list[Line]] = field(default_factory=dict)  # what the boxes say, by name (see sections())
+    used: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.figure = Figure(figsize=(self.width / DPI, self.height / DPI), dpi=DPI)
@@ -156,14 +161,24 @@ class Drawing:
         self.texts.append(_Placed(artist, inside, words))
         return artist
 
-    def box(
-        self,
-        rect: Rect,
-        title: str,
-        lines: Sequence[Line] = (),
-        colors: tuple[str, str] = CORE,
-        size: float = FONT,
-        dashed: bool = False,
+    def box(self, rect: Rect, name: str, colors: tuple[str, str] = CORE, size: float = FONT) -> Rect:
+        """The box ``name``: its section's first line as its title, the others below it."""
+        title, *lines = self.section(name)
+        assert isinstance(title, str), f"section {name!r} starts with a hook"
+        return self.panel(rect, title, lines, colors, size)
+
+    def lines(self, x: float, y: float, name: str, inside: Rect, size: float = FONT) -> None:
+        """The lines of section ``name`` from (x, y) down, in ``inside``."""
+        for line in self.section(name):
+            self.text(x, y, line, inside, size)
+            y += LINE * size / FONT
+
+    def section(self, name: str) -> list[Line]:
+        self.used.add(name)
+        return self.words[name]
+
+    def panel(
+        self, rect: Rect, title: str, lines: Sequence[Line] = (), colors: tuple[str, str] = CORE, size: float = FONT
     ) -> Rect:
         """A rounded box with a bold title and lines below it; returns the rect."""
         self.axes.add_patch(
@@ -175,7 +190,6 @@ class Drawing:
                 fc=colors[0],
                 ec=colors[1],
                 lw=1.6,
-                ls="--" if dashed else "-",
                 zorder=1 + len(self.boxes) * 0.01,
             )
         )
@@ -280,6 +294,7 @@ class Drawing:
                 home = placed.inside is not None and rect.contains(placed.inside)
                 if not home and _overlap(extent, self._display(rect)):
                     found.append(f"{placed.label!r} runs into box {title!r}")
+        found += [f"section {name!r} is never drawn" for name in self.words if name not in self.used]
         for i, (rect, title) in enumerate(self.boxes):
             found += [
                 f"box {title!r} crosses box {name!r}" for other, name in self.boxes[i + 1 :] if rect.crosses(other)
@@ -306,6 +321,18 @@ class Drawing:
             path.parent.mkdir(parents=True, exist_ok=True)
             quantized = image.convert("RGB").quantize(COLORS, Image.Quantize.MEDIANCUT)
             quantized.save(path, format="PNG", pnginfo=info, optimize=True)
+
+
+def sections(text: str) -> dict[str, list[Line]]:
+    """``== name`` starts a section (a box's title, then its lines); a line that starts with ``! `` is a hook call."""
+    found: dict[str, list[Line]] = {}
+    lines: list[Line] = []
+    for line in text.strip("\n").splitlines():
+        if line.startswith("== "):
+            lines = found[line[3:].strip()] = []
+        else:
+            lines.append(Hook(line[2:]) if line.startswith("! ") else line.rstrip())
+    return found
 
 
 def _holds(outer: Bbox, inner: Bbox, slack: float = 1.0) -> bool:
@@ -347,108 +374,128 @@ MIDDLEWARE = [
 WHITE_HTTP = ("#ffffff", HTTP[1])
 WHITE_CORE = ("#ffffff", CORE[1])
 WHITE_PLUGIN = ("#ffffff", PLUGIN[1])
+INSTANCE = ("#f1f8e9", CORE[1])
+ARENA = ("#fffde7", "#f9a825")
+
+REQUEST_PATH = """
+== client
+client
+HTTP
+== master
+Gunicorn master: runtime serve
+http/server.py; cli.py first starts the model
+engine (engine.png) or a managed Triton
+== worker
+uvicorn worker x N: one event loop, the app of http/app.py
+! hook init (start-up), hook shutdown (stop): the lifespan in http/app.py
+== stack
+http/middleware/__init__.py stack(), outermost first ([...]: only when configured)
+== score
+POST /score: http/score.py
+read_body (413), ScoringRequest
+== pipeline
+Pipeline.score (pipeline.py), under the timeout
+! hook preprocess: the first result
+  then one of:
+== run
+score.py has run(): Azure ML style
+run(payload) in the executor's threads (async:
+on the loop); it may call runtime.infer()
+== hooked
+hook style: no run()
+preprocess returned tensors, or an
+InferRequest that names the model
+== response
+to_response: JSON, AMLResponse, a stream;
+x-ms-run-function-failed, x-ms-run-fn-exec-ms
+== v2
+POST /v2/models/{m}/infer: http/v2.py
+read_decoded_body (413, Content-Encoding)
+v2codec.decode_infer_request: binary
+   tensors as memoryview slices, no copy
+! plane.resolve(m, version): hook model_config
+== v2run
+plane.run(config, inputs, parameters)
+exact datatypes; parameters: the outputs
+asked for, classification, priority and
+timeout
+== encode
+v2codec.encode_outputs
+JSON, or binary tensors after a JSON header
+(Inference-Header-Content-Length)
+== plane
+DataPlane (dataplane.py)
+one path for /score, /v2, runtime.infer()
+! lookup/resolve: hook model_config
+validate_inputs: checks, converts nothing
+outputs asked for, classification
+   -> parameters
+! pm.infer: hook infer
+select the outputs asked for; classify
+   if the backend did not
+== hooks
+the other hooks, by route
+GET /ready, /v2/health/ready: server_ready
+GET /v2/models/{m}/ready: model_ready
+GET /v2/repository/index: model_index
+== backends
+backends: plugins/ (runtime_plugins)
+== ort
+onnxruntime_backend.py
+cast once to the model's dtypes and shapes
+EngineClient (serving/engine/client.py)
+--engine worker: a ModelRunner here instead
+== engine
+runtime-engine process (engine.png)
+one DynamicBatcher per model version
+onnxruntime / TorchScript instances on
+CPU or GPU, as instance_group says
+== triton
+triton_backend.py
+cast once; only the outputs
+asked for; tritonclient aio
+HTTP
+== tritonserver
+Triton server
+batches for all
+workers, and
+classifies
+"""
 
 
 def architecture() -> Drawing:
     """/score and /v2 from the client to the backends, with every hook where it is called."""
-    d = Drawing(1600, 1070)
+    d = Drawing(1600, 1070, words=sections(REQUEST_PATH))
     d.text(30, 14, "One request: /score and /v2 through a worker (docs/architecture.md)", size=15, bold=True)
 
-    client = d.box(Rect(30, 60, 150, 66), "client", ["HTTP"], PROCESS)
-    master = d.box(
-        Rect(250, 50, 420, 86),
-        "Gunicorn master: runtime serve",
-        ["http/server.py; cli.py first starts the model", "engine (engine.png) or a managed Triton"],
-        PROCESS,
-    )
-    worker = d.box(
-        Rect(760, 50, 810, 86),
-        "uvicorn worker x N: one event loop, the app of http/app.py",
-        [Hook("hook init (start-up), hook shutdown (stop): the lifespan in http/app.py")],
-        HTTP,
-    )
+    client = d.box(Rect(30, 60, 150, 66), "client", PROCESS)
+    master = d.box(Rect(250, 50, 420, 86), "master", PROCESS)
+    worker = d.box(Rect(760, 50, 810, 86), "worker", HTTP)
     d.arrow((client.right, client.cy), (master.x, client.cy))
     d.arrow((master.right, master.cy), (worker.x, master.cy), label="fork")
 
-    stack = d.box(
-        Rect(30, 170, 1540, 150),
-        "http/middleware/__init__.py stack(), outermost first ([...]: only when configured)",
-        [],
-        HTTP,
-    )
+    stack = d.box(Rect(30, 170, 1540, 150), "stack", HTTP)
     width, gap = 190, 26
     left = stack.x + (stack.w - len(MIDDLEWARE) * width - (len(MIDDLEWARE) - 1) * gap) / 2
     cells: list[Rect] = []
     for name, notes in MIDDLEWARE:
-        cells.append(d.box(Rect(left + len(cells) * (width + gap), stack.y + 44, width, 92), name, notes, WHITE_HTTP))
+        cells.append(d.panel(Rect(left + len(cells) * (width + gap), stack.y + 44, width, 92), name, notes, WHITE_HTTP))
         if len(cells) > 1:
             d.arrow((cells[-2].right, cells[-1].cy), (cells[-1].x, cells[-1].cy))
     d.arrow((worker.cx, worker.bottom), (worker.cx, stack.y))
 
     # /score on the left, /v2 on the right, the data plane between them.
-    score = d.box(Rect(30, 370, 500, 470), "POST /score: http/score.py", ["read_body (413), ScoringRequest"], HTTP)
-    pipeline = d.box(
-        Rect(50, 440, 460, 330),
-        "Pipeline.score (pipeline.py), under the timeout",
-        [Hook("hook preprocess: the first result")],
-        CORE,
-    )
-    d.text(70, 506, "then one of:", pipeline)
-    run = d.box(
-        Rect(70, 532, 420, 84),
-        "score.py has run(): Azure ML style",
-        ["run(payload) in the executor's threads (async:", "on the loop); it may call runtime.infer()"],
-        WHITE_CORE,
-    )
-    hooked = d.box(
-        Rect(70, 630, 420, 84),
-        "hook style: no run()",
-        ["preprocess returned tensors, or an", "InferRequest that names the model"],
-        WHITE_CORE,
-    )
+    score = d.box(Rect(30, 370, 500, 470), "score", HTTP)
+    pipeline = d.box(Rect(50, 440, 460, 330), "pipeline", CORE)
+    run = d.box(Rect(70, 532, 420, 84), "run", WHITE_CORE)
+    hooked = d.box(Rect(70, 630, 420, 84), "hooked", WHITE_CORE)
     post = d.text(70, 730, Hook("hook postprocess: the first result"), pipeline)
-    d.text(50, 784, "to_response: JSON, AMLResponse, a stream;", score)
-    d.text(50, 806, "x-ms-run-function-failed, x-ms-run-fn-exec-ms", score)
-
-    v2 = d.box(
-        Rect(1070, 370, 500, 470),
-        "POST /v2/models/{m}/infer: http/v2.py",
-        [
-            "read_decoded_body (413, Content-Encoding)",
-            "v2codec.decode_infer_request: binary",
-            "   tensors as memoryview slices, no copy",
-        ],
-        HTTP,
-    )
-    d.text(1086, 480, Hook("plane.resolve(m, version): hook model_config"), v2)
-    v2run = d.box(
-        Rect(1090, 532, 460, 104),
-        "plane.run(config, inputs, parameters)",
-        ["exact datatypes; parameters: the outputs", "asked for, classification, priority and", "timeout"],
-        WHITE_CORE,
-    )
-    encode = d.box(
-        Rect(1090, 700, 460, 84),
-        "v2codec.encode_outputs",
-        ["JSON, or binary tensors after a JSON header", "(Inference-Header-Content-Length)"],
-        WHITE_HTTP,
-    )
-
-    plane = d.box(
-        Rect(600, 532, 400, 256),
-        "DataPlane (dataplane.py)",
-        [
-            "one path for /score, /v2, runtime.infer()",
-            Hook("lookup/resolve: hook model_config"),
-            "validate_inputs: checks, converts nothing",
-            "outputs asked for, classification",
-            "   -> parameters",
-            Hook("pm.infer: hook infer"),
-            "select the outputs asked for; classify",
-            "   if the backend did not",
-        ],
-        CORE,
-    )
+    d.lines(50, 784, "response", score)
+    v2 = d.box(Rect(1070, 370, 500, 470), "v2", HTTP)
+    v2run = d.box(Rect(1090, 532, 460, 104), "v2run", WHITE_CORE)
+    encode = d.box(Rect(1090, 700, 460, 84), "encode", WHITE_HTTP)
+    plane = d.box(Rect(600, 532, 400, 256), "plane", CORE)
+    d.box(Rect(600, 370, 400, 104), "hooks", HOOK, FONT - 1)
     for column in (score, v2):
         d.arrow((column.cx, stack.bottom), (column.cx, column.y), label="route", at=(column.cx, 345))
     d.arrow((run.right, run.cy), (plane.x, run.cy), label="infer()", at=(565, run.cy))
@@ -457,56 +504,12 @@ def architecture() -> Drawing:
     d.arrow((plane.x, 742), (d.extent(post).right + 6, 742), label="outputs", at=(565, 742), dashed=True)
     d.arrow((plane.right, 742), (encode.x, 742), label="outputs", at=(1035, 742), dashed=True)
 
-    d.box(
-        Rect(600, 370, 400, 104),
-        "the other hooks, by route",
-        [
-            "GET /ready, /v2/health/ready: server_ready",
-            "GET /v2/models/{m}/ready: model_ready",
-            "GET /v2/repository/index: model_index",
-        ],
-        HOOK,
-        size=FONT - 1,
-    )
-
-    backends = d.box(Rect(30, 880, 1540, 170), "backends: plugins/ (runtime_plugins)", [], PLUGIN)
-    ort = d.box(
-        Rect(50, 924, 430, 106),
-        "onnxruntime_backend.py",
-        [
-            "cast once to the model's dtypes and shapes",
-            "EngineClient (serving/engine/client.py)",
-            "--engine worker: a ModelRunner here instead",
-        ],
-        WHITE_PLUGIN,
-    )
-    engine = d.box(
-        Rect(580, 924, 420, 106),
-        "runtime-engine process (engine.png)",
-        [
-            "one DynamicBatcher per model version",
-            "onnxruntime / TorchScript instances on",
-            "CPU or GPU, as instance_group says",
-        ],
-        PROCESS,
-    )
-    tri = d.box(
-        Rect(1070, 924, 260, 106),
-        "triton_backend.py",
-        ["cast once; only the outputs", "asked for; tritonclient aio", "HTTP"],
-        WHITE_PLUGIN,
-    )
-    server = d.box(
-        Rect(1390, 924, 160, 106), "Triton server", ["batches for all", "workers, and", "classifies"], PROCESS
-    )
-    d.arrow(
-        (ort.right, ort.cy),
-        (engine.x, ort.cy),
-        both=True,
-        label="memfd,\nsocket",
-        at=(530, ort.cy - 8),
-        inside=backends,
-    )
+    backends = d.box(Rect(30, 880, 1540, 170), "backends", PLUGIN)
+    ort = d.box(Rect(50, 924, 430, 106), "ort", WHITE_PLUGIN)
+    engine = d.box(Rect(580, 924, 420, 106), "engine", PROCESS)
+    tri = d.box(Rect(1070, 924, 260, 106), "triton", WHITE_PLUGIN)
+    server = d.box(Rect(1390, 924, 160, 106), "tritonserver", PROCESS)
+    d.arrow((ort.right, ort.cy), (engine.x, ort.cy), both=True, label="memfd,\nsocket", at=(530, 969), inside=backends)
     d.arrow((tri.right, tri.cy), (server.x, tri.cy), both=True)
     trunk = 850
     d.arrow((plane.cx, plane.bottom), (plane.cx, trunk), (ort.right - 50, trunk), (ort.right - 50, ort.y))
@@ -516,6 +519,75 @@ def architecture() -> Drawing:
 
 
 # -- the engine's processes ----------------------------------------------------------------------
+PROCESSES = """
+== master
+runtime serve: the Gunicorn master (cli.py serve_with_engine)
+the metrics folder, then the engine (every model loaded), then the workers;
+on SIGTERM the workers drain first, the engine stops last
+== supervisor
+EngineSupervisor
+engine/supervisor.py; a thread
+restarts the engine at once
+== worker
+worker 1 (uvicorn, one event loop)
+HTTP: /score, /v2
+score.py: init(), preprocess, run(), postprocess
+infer (the hook pipeline, runtime.infer(), /v2)
+   -> onnxruntime plugin: cast once
+   -> EngineClient (engine/client.py)
+
+its arena: one memfd, runtime-arena-<pid>,
+RUNTIME_ENGINE_ARENA_MB (64 MiB; pages used
+when touched); a request takes one chunk
+(first fit, 64-byte aligned): its inputs and
+room for its outputs
+
+outputs come back as numpy views on the
+chunk, freed once the last is collected
+== worker2
+worker 2
+the same: its own connection and arena
+== workerN
+worker N
+the same: its own connection and arena
+== socket
+control socket
+abstract Unix socket (no file to clean up):
+@runtime-engine-<pid>-<hex>; per frame a
+16-byte header (JSON length, fds, request
+id), JSON; fds ride along (SCM_RIGHTS)
+hello + the arena's fd -> welcome (models)
+infer -> result | error; cancel -> cancelled
+== arena
+worker 1's arena: shared memory
+a memfd, mapped by both: not in /dev/shm,
+freed with the last process that maps it
+== overflow
+too big, or outputs of unknown size (BYTES,
+-1 dims): a memfd of its own, fd in the frame
+== rest
+workers 2 ... N
+a connection and an arena each; their
+requests join the same batches
+== engine
+runtime-engine (its /proc/PID/comm)
+python -m runtime.serving.engine.process
+loads every model, then listens; one event
+loop (uvloop); one WorkerConnection per
+worker: its frames, its arena mapped
+== model_a
+model a, version 1: ModelRunner
+DynamicBatcher: one queue for every worker
+== model_b
+model b, version 1: ModelRunner
+DynamicBatcher
+== instances
+instances: instance_group (KIND_CPU/GPU/AUTO);
+the cores split over a model's CPU instances;
+model metrics: the workers' Prometheus folder
+== steps
+one infer, step by step
+"""
 STEPS = [
     "the worker writes the cast inputs into a chunk of its arena: the only copy on the way in",
     "an infer frame: model, version, and per tensor its name, datatype, shape and offset; never bytes",
@@ -526,135 +598,47 @@ STEPS = [
 ]
 
 
-def arena(d: Drawing, x: float, y: float, inside: Rect) -> Rect:
+def arena(d: Drawing, x: float, y: float) -> Rect:
     """An arena's chunks: [inputs | room for outputs] per request, then free space."""
     cells = [("in", INPUT, 58), ("out", OUTPUT, 58), ("in", INPUT, 44), ("out", OUTPUT, 70), ("free", FREE, 120)]
     left = x
     for words, colors, width in cells:
         d.cell(Rect(left, y, width, 34), words, colors)
         left += width
-    del inside
     return Rect(x, y, left - x, 34)
 
 
 def engine() -> Drawing:
     """``runtime serve`` with the engine: the master, N workers, runtime-engine, the socket and the arenas."""
-    d = Drawing(1600, 1010)
+    d = Drawing(1600, 1010, words=sections(PROCESSES))
     d.text(30, 14, "The model engine: processes, the control socket, the arenas (docs/engine.md)", size=15, bold=True)
 
-    master = d.box(
-        Rect(330, 56, 940, 116),
-        "runtime serve: the Gunicorn master (cli.py serve_with_engine)",
-        [
-            "the metrics folder, then the engine (every model loaded), then the workers;",
-            "on SIGTERM the workers drain first, the engine stops last",
-        ],
-        PROCESS,
-    )
-    supervisor = d.box(
-        Rect(990, 70, 266, 88),
-        "EngineSupervisor",
-        ["engine/supervisor.py; a thread", "restarts the engine at once"],
-        ("#ffffff", PROCESS[1]),
-        size=FONT - 1,
-    )
-
-    worker = d.box(
-        Rect(30, 250, 520, 360),
-        "worker 1 (uvicorn, one event loop)",
-        [
-            "HTTP: /score, /v2",
-            "score.py: init(), preprocess, run(), postprocess",
-            "infer (the hook pipeline, runtime.infer(), /v2)",
-            "   -> onnxruntime plugin: cast once",
-            "   -> EngineClient (engine/client.py)",
-            "",
-            "its arena: one memfd, runtime-arena-<pid>,",
-            "RUNTIME_ENGINE_ARENA_MB (64 MiB; pages used",
-            "when touched); a request takes one chunk",
-            "(first fit, 64-byte aligned): its inputs and",
-            "room for its outputs",
-            "",
-            "outputs come back as numpy views on the",
-            "chunk, freed once the last is collected",
-        ],
-        HTTP,
-    )
+    master = d.box(Rect(330, 56, 940, 116), "master", PROCESS)
+    supervisor = d.box(Rect(990, 70, 266, 88), "supervisor", ("#ffffff", PROCESS[1]), FONT - 1)
+    worker = d.box(Rect(30, 250, 520, 360), "worker", HTTP)
     others = [
-        d.box(Rect(30, 630, 520, 62), "worker 2", ["the same: its own connection and arena"], HTTP, size=FONT - 1),
-        d.box(Rect(30, 712, 520, 62), "worker N", ["the same: its own connection and arena"], HTTP, size=FONT - 1),
+        d.box(Rect(30, 630, 520, 62), "worker2", HTTP, FONT - 1),
+        d.box(Rect(30, 712, 520, 62), "workerN", HTTP, FONT - 1),
     ]
     d.arrow((master.x + 120, master.bottom), (master.x + 120, worker.y), label="fork", at=(master.x + 120, 210))
 
-    socket = d.box(
-        Rect(620, 250, 400, 172),
-        "control socket",
-        [
-            "abstract Unix socket (no file to clean up):",
-            "@runtime-engine-<pid>-<hex>; per frame a",
-            "16-byte header (JSON length, fds, request",
-            "id), JSON; fds ride along (SCM_RIGHTS)",
-            "hello + the arena's fd -> welcome (models)",
-            "infer -> result | error; cancel -> cancelled",
-        ],
-        PROCESS,
-        size=FONT - 1,
-    )
-    shared = d.box(
-        Rect(620, 460, 400, 190),
-        "worker 1's arena: shared memory",
-        ["a memfd, mapped by both: not in /dev/shm,", "freed with the last process that maps it"],
-        ("#fffde7", "#f9a825"),
-        size=FONT - 1,
-    )
-    bar = arena(d, shared.x + 25, shared.y + 84, shared)
-    d.text(shared.x + 12, shared.y + 130, "too big, or outputs of unknown size (BYTES,", shared, FONT - 1)
-    d.text(shared.x + 12, shared.y + 150, "-1 dims): a memfd of its own, fd in the frame", shared, FONT - 1)
-    rest = d.box(
-        Rect(620, 670, 400, 104),
-        "workers 2 ... N",
-        ["a connection and an arena each; their", "requests join the same batches"],
-        PROCESS,
-        size=FONT - 1,
-    )
+    socket = d.box(Rect(620, 250, 400, 172), "socket", PROCESS, FONT - 1)
+    shared = d.box(Rect(620, 460, 400, 190), "arena", ARENA, FONT - 1)
+    bar = arena(d, shared.x + 25, shared.y + 84)
+    d.lines(shared.x + 12, shared.y + 130, "overflow", shared, FONT - 1)
+    rest = d.box(Rect(620, 670, 400, 104), "rest", PROCESS, FONT - 1)
 
-    engine = d.box(
-        Rect(1090, 250, 480, 524),
-        "runtime-engine (its /proc/PID/comm)",
-        [
-            "python -m runtime.serving.engine.process",
-            "loads every model, then listens; one event",
-            "loop (uvloop); one WorkerConnection per",
-            "worker: its frames, its arena mapped",
-        ],
-        PROCESS,
-    )
-    model_a = d.box(
-        Rect(1110, 380, 440, 166),
-        "model a, version 1: ModelRunner",
-        ["DynamicBatcher: one queue for every worker"],
-        WHITE_CORE,
-    )
-    for i, words in enumerate(("instance 0: CPU thread", "instance 1: GPU 0 (CUDA)")):
-        d.box(Rect(1126, model_a.y + 68 + i * 48, 408, 40), "", [words], ("#f1f8e9", CORE[1]), size=FONT - 1)
+    engine = d.box(Rect(1090, 250, 480, 524), "engine", PROCESS)
+    model_a = d.box(Rect(1110, 380, 440, 166), "model_a", WHITE_CORE)
+    d.panel(Rect(1126, 448, 408, 40), "", ["instance 0: CPU thread"], INSTANCE, FONT - 1)
+    d.panel(Rect(1126, 496, 408, 40), "", ["instance 1: GPU 0 (CUDA)"], INSTANCE, FONT - 1)
     d.badge(model_a.right - 26, model_a.y + 20, 4, model_a)
-    model_b = d.box(Rect(1110, 556, 440, 110), "model b, version 1: ModelRunner", ["DynamicBatcher"], WHITE_CORE)
-    d.box(Rect(1126, model_b.y + 60, 408, 40), "", ["instance 0: CPU thread"], ("#f1f8e9", CORE[1]), size=FONT - 1)
-    for i, line in enumerate(
-        [
-            "instances: instance_group (KIND_CPU/GPU/AUTO);",
-            "the cores split over a model's CPU instances;",
-            "model metrics: the workers' Prometheus folder",
-        ]
-    ):
-        d.text(1110, 680 + i * 20, line, engine, FONT - 1)
+    d.box(Rect(1110, 556, 440, 110), "model_b", WHITE_CORE)
+    d.panel(Rect(1126, 616, 408, 40), "", ["instance 0: CPU thread"], INSTANCE, FONT - 1)
+    d.lines(1110, 680, "instances", engine, FONT - 1)
 
-    d.arrow(
-        (supervisor.cx, supervisor.bottom),
-        (supervisor.cx, engine.y),
-        label="spawn (a fresh interpreter);\ndies with the master",
-        at=(supervisor.cx, 200),
-    )
+    spawn = "spawn (a fresh interpreter);\ndies with the master"
+    d.arrow((supervisor.cx, supervisor.bottom), (supervisor.cx, engine.y), label=spawn, at=(supervisor.cx, 200))
     d.arrow((worker.right, 320), (socket.x, 320), step=2, at=(585, 320))
     d.arrow((socket.right, 320), (engine.x, 320), step=2, at=(1055, 320))
     d.arrow((socket.x, 370), (worker.right, 370), step=6, at=(585, 370))
@@ -666,7 +650,7 @@ def engine() -> Drawing:
         d.arrow((other.right, other.cy), (rest.x, other.cy), dashed=True)
     d.arrow((rest.right, rest.cy), (engine.x, rest.cy), dashed=True, both=True)
 
-    legend = d.box(Rect(30, 800, 1540, 196), "one infer, step by step", [], ("#fafafa", ARROW))
+    legend = d.box(Rect(30, 800, 1540, 196), "steps", ("#fafafa", ARROW))
     for number, step in enumerate(STEPS, 1):
         y = legend.y + 40 + (number - 1) * 25
         d.badge(legend.x + 26, y + 9, number, legend)

@@ -70,20 +70,29 @@ def test_every_picture_fits(pictures: ModuleType) -> None:
 
 
 def test_the_layout_check_finds_what_does_not_fit(pictures: ModuleType) -> None:
-    d = pictures.Drawing(400, 300)
-    box = d.box(pictures.Rect(10, 10, 120, 60), "a title far too long for its box")
+    d = pictures.Drawing(400, 300, words=pictures.sections("== long\na title far too long for its box\n== unused\nx"))
+    box = d.box(pictures.Rect(10, 10, 120, 60), "long")
     d.text(200, 100, "one text")
     d.text(210, 104, "another text")
     d.arrow((180, 200), (380, 200))
     d.text(250, 192, "under the arrow")
-    d.box(pictures.Rect(100, 40, 100, 100), "crossing")
+    d.panel(pictures.Rect(100, 40, 100, 100), "crossing")
     problems = d.problems()
     assert "'a title far too long for its box' leaves its box" in problems
     assert "'one text' overlaps 'another text'" in problems
     assert "an arrow from (180, 200) crosses 'under the arrow'" in problems
     assert "box 'a title far too long for its box' crosses box 'crossing'" in problems
     assert "'crossing' runs into box 'a title far too long for its box'" in problems
+    assert "section 'unused' is never drawn" in problems
     assert box == pictures.Rect(10, 10, 120, 60)
+
+
+def test_sections_of_text(pictures: ModuleType) -> None:
+    text = "\n== a\ntitle\n   indented  \n! hook infer\n\n== b\nonly a title\n"
+    assert pictures.sections(text) == {
+        "a": ["title", "   indented", pictures.Hook("hook infer"), ""],
+        "b": ["only a title"],
+    }
 
 
 def test_the_middleware_in_the_picture_is_stack(pictures: ModuleType) -> None:
