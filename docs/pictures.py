@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import PIL
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
@@ -318,6 +319,8 @@ class Drawing:
             info = PngInfo()
             # matplotlib's own mark: tools (and tests/support/plots.py) know its pictures by it.
             info.add_text("Software", str(image.info["Software"]))
+            # What else decides the pixels: tests/test_pictures.py compares pictures drawn by the same tools.
+            info.add_text("Comment", f"docs/pictures.py, Pillow {PIL.__version__}")
             path.parent.mkdir(parents=True, exist_ok=True)
             quantized = image.convert("RGB").quantize(COLORS, Image.Quantize.MEDIANCUT)
             quantized.save(path, format="PNG", pnginfo=info, optimize=True)
