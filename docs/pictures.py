@@ -593,7 +593,7 @@ one infer, step by step
 """
 STEPS = [
     "the worker writes the cast inputs into a chunk of its arena: the only copy on the way in",
-    "an infer frame: model, version, and per tensor its name, datatype, shape and offset; never bytes",
+    "an infer frame: model, version, request id, trace context; per tensor name, datatype, shape, offset; no bytes",
     "the engine reads the inputs in place (numpy views on the arena) and queues them",
     "an instance runs a batch that holds requests from every worker (several requests: one concatenate)",
     "the engine writes each request's outputs into the room reserved next to its inputs: the only copy out",
