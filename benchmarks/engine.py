@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import re
 import sys
 import tempfile
@@ -92,10 +93,14 @@ class EngineBench:
         for round_ in range(self.args.rounds):
             for mode, server in servers.items():
                 self.log(f"{what}, c={concurrency}: {label(mode)} (round {round_ + 1})")
-                before = batches(server)
+                before, cpu_before = batches(server), server_cpu_s(server)
                 step = self.step(bench.Target(server.url + path, lambda: body, headers), concurrency)
-                after = batches(server)
+                after, cpu_after = batches(server), server_cpu_s(server)
                 step["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
+                # Warm-up requests are not counted in the step: CPU per request is over the whole step.
+                requests = max(step["requests"] * (1 + self.args.warmup / self.args.duration), 1)
+                for key in ("total", "engine"):
+                    step[f"server_cpu_us_{key}"] = (cpu_after[key] - cpu_before[key]) * 1e6 / requests
                 runs[mode].append(step)
         return {mode: sorted(steps, key=lambda s: s["throughput"])[len(steps) // 2] for mode, steps in runs.items()}
 
@@ -171,6 +176,24 @@ def batches(server: ServerProcess) -> tuple[float, float]:
     return total["sum"], total["count"]
 
 
+def server_cpu_s(server: ServerProcess) -> dict[str, float]:
+    """CPU seconds used so far (user and system) by the master, its workers and the engine; and the engine's."""
+    assert server.proc is not None
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"total": 0.0, "engine": 0.0}
+    for pid in {server.proc.pid, *descendants(server.proc.pid)}:
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        used["total"] += seconds
+        if comm == "runtime-engine":
+            used["engine"] += seconds
+    return used
+
+
 def total_rss_kb(server: ServerProcess) -> float:
     """The master, its workers and the engine."""
     assert server.proc is not None
@@ -203,19 +226,22 @@ def report(results: dict[str, Any], command: str) -> str:
         "",
         "## DenseNet JPEG, hook style, 2 workers, c=32",
         "",
-        "| design | images/s | mean batch | p50 ms | errors |",
-        "|---|---|---|---|---|",
+        "| design | images/s | mean batch | p50 ms | server CPU ms/image (engine) | errors |",
+        "|---|---|---|---|---|---|",
     ]
     by_mode = {r["engine"]: r for r in results["jpeg"]}
     for mode, row in by_mode.items():
         step = row["step"]
         lines.append(
             f"| {label(mode)} | {fmt(step['throughput'])} | {row['mean_batch']:.1f} | "
-            f"{step['latency_ms']['p50']:.0f} | {sum(step['errors'].values())} |"
+            f"{step['latency_ms']['p50']:.0f} | {cpu_cell(step, 1e-3)} | {sum(step['errors'].values())} |"
         )
     lines += ["", "## Tiny model: what the transport costs", ""]
-    lines += ["| route | workers | design | p50 ms c=1 | req/s c=1 | req/s c=32 | p50 ms c=32 | errors |"]
-    lines += ["|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| route | workers | design | p50 ms c=1 | req/s c=1 | req/s c=32 | p50 ms c=32 | server CPU µs/req c=1 "
+        "(engine) | c=32 (engine) | errors |"
+    ]
+    lines += ["|---|---|---|---|---|---|---|---|---|---|"]
     tiny: dict[tuple[str, int, str], dict[int, Any]] = {}
     for row in results["tiny"]:
         tiny.setdefault((row["route"], row["workers"], row["engine"]), {})[row["step"]["concurrency"]] = row["step"]
@@ -226,7 +252,8 @@ def report(results: dict[str, Any], command: str) -> str:
         errors = sum(sum(s["errors"].values()) for s in steps.values())
         lines.append(
             f"| {route} | {workers} | {label(mode)} | {one['latency_ms']['p50']:.2f} | {fmt(one['throughput'])} | "
-            f"{fmt(many['throughput'])} | {many['latency_ms']['p50']:.1f} | {errors} |"
+            f"{fmt(many['throughput'])} | {many['latency_ms']['p50']:.1f} | {cpu_cell(one)} | {cpu_cell(many)} | "
+            f"{errors} |"
         )
     memory = results["memory"]
     if memory:
@@ -251,6 +278,14 @@ def report(results: dict[str, Any], command: str) -> str:
     if analysis.is_file():
         lines += [analysis.read_text().rstrip(), ""]
     return "\n".join(lines)
+
+
+def cpu_cell(step: dict[str, Any], scale: float = 1.0) -> str:
+    """Server CPU per request, and the engine's part in brackets; '-' for runs from before it was measured."""
+    if "server_cpu_us_total" not in step:
+        return "-"
+    total, engine = step["server_cpu_us_total"] * scale, step["server_cpu_us_engine"] * scale
+    return f"{total:.0f} ({engine:.0f})" if engine else f"{total:.0f}"
 
 
 def label(mode: str) -> str:

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from runtime.errors import Overloaded
-from runtime.serving.batching import DELAY, BatchStats, DynamicBatcher, QueuePolicy, SchedulePolicy, Tensors, join
+from runtime.serving.batching import (
+    DELAY,
+    BatchStats,
+    DynamicBatcher,
+    QueuePolicy,
+    SchedulePolicy,
+    Tensors,
+    join,
+    split_requests,
+)
 
 
 class FakeModel:
@@ -86,6 +95,68 @@ def test_a_failing_batch_fails_only_its_requests() -> None:
     failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
     assert 1 in failed and len(failed) <= 2
     assert all(isinstance(results[i], dict) for i in range(2, 6))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "shards", "groups"),
+    [
+        ([1] * 15, 2, [(0, 8), (8, 15)]),
+        ([4, 1, 1, 1, 1], 2, [(0, 1), (1, 5)]),
+        ([5], 2, [(0, 1)]),
+        ([1, 1], 4, [(0, 1), (1, 2)]),
+        ([1] * 6, 3, [(0, 2), (2, 4), (4, 6)]),
+    ],
+)
+def test_split_requests_keeps_requests_whole_and_balances_rows(
+    sizes: list[int], shards: int, groups: list[tuple[int, int]]
+) -> None:
+    assert split_requests(sizes, shards) == groups
+
+
+class ShardedModel(FakeModel):
+    """Counts how many executions run at the same time."""
+
+    def __init__(self, delay: float, fail_on: int | None = None) -> None:
+        super().__init__(delay, fail_on)
+        self.running = 0
+        self.most = 0
+
+    async def execute(self, instance: int, parts: list[Tensors]) -> Tensors:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            return await super().execute(instance, parts)
+        finally:
+            self.running -= 1
+
+
+def test_a_sharded_instance_runs_a_batch_as_concurrent_shards_of_whole_requests() -> None:
+    model = ShardedModel(delay=0.05, fail_on=99)
+    stats: list[BatchStats] = []
+    batcher = DynamicBatcher(
+        model.execute, instances=1, max_batch_size=16, on_batch=stats.append, shards=lambda instance: 2
+    )
+
+    async def scenario() -> list[Tensors | BaseException]:
+        batcher.start()
+        first = batcher.submit({"x": np.full((1, 2), -1, dtype=np.float32)})  # runs alone: one request, one shard
+        await asyncio.sleep(0.01)
+        assert not batcher.idle
+        values = [0, 1, 2, 99, 4, 5]  # queued meanwhile: one batch of 6, two shards of 3; 99 poisons the second
+        futures = [batcher.submit({"x": np.full((1, 2), v, dtype=np.float32)}) for v in values]
+        results = list(await asyncio.gather(first, *futures, return_exceptions=True))
+        await asyncio.sleep(0.01)  # the batch's task finishes
+        assert batcher.idle
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert model.batches == [1, 3, 3] and model.most == 2
+    assert [(s.batch_size, s.requests) for s in stats] == [(1, 1), (6, 6)]  # the batch as formed, counted once
+    for value, result in zip([-1, 0, 1, 2], results[:4], strict=True):
+        assert isinstance(result, dict)
+        np.testing.assert_array_equal(result["y"], np.full((1, 2), value * 2, dtype=np.float32))
+    assert all(isinstance(r, ValueError) for r in results[4:])  # only the poisoned shard fails
 
 
 def test_queue_delay_waits_for_more_requests() -> None:

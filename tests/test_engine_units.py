@@ -23,6 +23,7 @@ from runtime.serving.engine.process import serve
 from runtime.serving.platforms import Device
 from runtime.serving.platforms import onnx as onnx_platform
 from runtime.serving.repository import load_model
+from runtime.serving.runner import ENGINE_INLINE_BELOW_S, load_runners
 from tests.support.models import linear_reference
 
 
@@ -124,6 +125,43 @@ def test_client_and_engine_in_one_loop(model_repo: Path) -> None:
         await client.close()
 
     asyncio.run(main())
+
+
+def test_engine_runners_shard_cpu_instances_and_run_a_lone_request_at_once(model_repo: Path) -> None:
+    """The engine's CPU instances: one single-threaded session, a batch in as many shards as the instance has
+    threads; a lone request for an idle model that runs on the loop skips the queue."""
+    runners = {r.config.name: r for r in load_runners(str(model_repo), 1, None, ENGINE_INLINE_BELOW_S, True)}
+    linear = runners["linear"]
+    threads = instances.cpu_threads([Device("cpu")])
+    assert linear.slots == threads
+    session = linear.instances[0].session  # type: ignore[attr-defined]
+    assert session.get_session_options().intra_op_num_threads == 1
+    per_worker = {r.config.name: r for r in load_runners(str(model_repo), 1)}["linear"]  # intra-op threads
+    assert per_worker.slots == 1
+    assert per_worker.instances[0].session.get_session_options().intra_op_num_threads == threads  # type: ignore[attr-defined]
+    x = np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32)
+
+    async def main() -> None:
+        linear.start()
+        try:
+            assert linear.run_now({"x": x}) is None  # not measured as fast yet: the batcher and its thread
+            np.testing.assert_allclose((await linear.submit({"x": x}))["y"], linear_reference(x)["y"], rtol=1e-6)
+            linear._compute_s = 0.0  # measured as a model that runs in microseconds
+            await asyncio.sleep(0.01)  # the batch's task finishes: the batcher is idle
+            outputs = linear.run_now({"x": x})
+            assert outputs is not None
+            np.testing.assert_allclose(outputs["y"], linear_reference(x)["y"], rtol=1e-6)
+            queued = linear.submit({"x": x})
+            assert linear.run_now({"x": x}) is None  # something to join: through the batcher
+            await queued
+        finally:
+            await linear.stop()
+
+    asyncio.run(main())
+    for runner in [*runners.values(), per_worker]:
+        if runner is not linear:  # stopped: its sessions are closed
+            for instance in runner.instances:
+                instance.close()
 
 
 class FakePlatform:

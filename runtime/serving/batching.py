@@ -30,7 +30,9 @@ Tensors = dict[str, np.ndarray]
 # inputs as they were queued and joins them with :func:`join` where it runs: the one copy a batch needs
 # then happens off the event loop, which goes on answering and queueing meanwhile.
 Execute = Callable[[int, list[Tensors]], Awaitable[Tensors]]
-Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
+Signature = tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]
+# How many shards an instance runs a batch of whole requests as, concurrently (1: the batch runs as one).
+Shards = Callable[[int], int]
 
 
 REJECT = "REJECT"
@@ -111,7 +113,22 @@ def join(parts: list[Tensors]) -> Tensors:
 
 
 def signature(inputs: Mapping[str, np.ndarray]) -> Signature:
-    return tuple(sorted((name, str(a.dtype), tuple(a.shape[1:])) for name, a in inputs.items()))
+    # dtype objects compare and hash as their types; str(dtype) costs microseconds a request.
+    return tuple(sorted((name, a.dtype, a.shape[1:]) for name, a in inputs.items()))
+
+
+def split_requests(sizes: list[int], shards: int) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges of consecutive requests, at most ``shards``, their batch sizes as even as whole
+    requests allow (a request is never cut: its outputs stay in one shard)."""
+    total, start, size = sum(sizes), 0, 0
+    groups: list[tuple[int, int]] = []
+    for i, n in enumerate(sizes):
+        size += n
+        if len(groups) < shards - 1 and i + 1 < len(sizes) and size * shards >= total * (len(groups) + 1):
+            groups.append((start, i + 1))
+            start = i + 1
+    groups.append((start, len(sizes)))
+    return groups
 
 
 class DynamicBatcher:
@@ -128,20 +145,28 @@ class DynamicBatcher:
         schedule: SchedulePolicy | None = None,
         name: str = "model",
         on_queue: Callable[[int], None] | None = None,
+        shards: Shards | None = None,
+        inline: Callable[[], bool] | None = None,
     ) -> None:
         """``schedule``: Triton's queue policy; ``name``: the model, for error messages; ``on_queue``: called
-        with the number of queued requests whenever it changes (the pending-request gauge)."""
+        with the number of queued requests whenever it changes (the pending-request gauge); ``shards``: per
+        instance, how many concurrent executions a batch of several requests is split into (1 when absent);
+        ``inline``: true while ``execute`` returns without suspending (no task is made for the batch then)."""
         self._execute = execute
         self._max_batch_size = max(1, max_batch_size)
         self._delay = max_queue_delay_us / 1e6
         self._preferred = tuple(sorted(preferred_batch_sizes))
         self._preserve_ordering = preserve_ordering
         self._on_batch = on_batch
+        self._instances = instances
+        self._forming = False  # requests popped into a batch that is not running yet
         self._free_instances = list(range(instances))
         self._instance_ready = asyncio.Semaphore(instances)
         self._schedule = schedule or SchedulePolicy()
         self._name = name
         self._on_queue = on_queue
+        self._shards = shards
+        self._inline = inline
         levels = max(1, self._schedule.priority_levels)
         self._levels = [_Level(self._schedule.policy(n)) for n in range(1, levels + 1)]
         self._depth = 0
@@ -162,6 +187,17 @@ class DynamicBatcher:
             for pending in (*level.queue, *level.delayed):
                 if not pending.future.done():
                     pending.future.set_exception(ServiceUnavailable("the server is shutting down"))
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, no batch forming or running, no wait for more requests: a request could run now."""
+        return (
+            not self._depth
+            and not self._forming
+            and not self._running
+            and self._delay == 0
+            and len(self._free_instances) == self._instances
+        )
 
     @property
     def depth(self) -> int:
@@ -303,6 +339,13 @@ class DynamicBatcher:
         first = None
         while first is None:  # the queue may empty between the wake-up and the pop (cancellations)
             first = await self._next_request(None)
+        self._forming = True
+        try:
+            return await self._grow_batch(first)
+        finally:
+            self._forming = False
+
+    async def _grow_batch(self, first: Pending) -> list[Pending]:
         batch, size = [first], first.size
         deadline = time.perf_counter() + self._delay
         skipped: list[Pending] = []
@@ -341,31 +384,51 @@ class DynamicBatcher:
             previous = self._previous_done
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._previous_done = done if self._preserve_ordering else None
+            if self._inline is not None and self._inline() and previous is None:
+                await self._run(instance, batch, previous, done, handoff=False)  # does not suspend: no task
+                continue
             task = asyncio.get_running_loop().create_task(self._run(instance, batch, previous, done))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
     async def _run(
-        self, instance: int, batch: list[Pending], previous: asyncio.Future[None] | None, done: asyncio.Future[None]
+        self,
+        instance: int,
+        batch: list[Pending],
+        previous: asyncio.Future[None] | None,
+        done: asyncio.Future[None],
+        handoff: bool = True,
     ) -> None:
+        """``handoff``: yield to the batcher before answering (a batch that ran on the loop has none to wait for)."""
         started = time.perf_counter()
+        shards = self._shards(instance) if self._shards is not None and len(batch) > 1 else 1
+        groups = split_requests([p.size for p in batch], shards) if shards > 1 else [(0, len(batch))]
+        results: list[tuple[Tensors | None, BaseException | None]] = []
         try:
             tracing.record_queue([p.trace for p in batch], [p.enqueued for p in batch], started)
             with tracing.batch_span("batch", [p.trace for p in batch], {"batch.requests": len(batch)}):
-                outputs: Tensors | None = await self._execute(instance, [p.inputs for p in batch])
-            error: BaseException | None = None
+                if len(groups) == 1:
+                    results.append((await self._execute(instance, [p.inputs for p in batch]), None))
+                else:
+                    # Shards of whole requests run at once on the instance, each joined where it runs.
+                    runs = [self._execute(instance, [p.inputs for p in batch[a:b]]) for a, b in groups]
+                    for outcome in await asyncio.gather(*runs, return_exceptions=True):
+                        failed = isinstance(outcome, BaseException)
+                        results.append((None, outcome) if failed else (outcome, None))  # type: ignore[arg-type]
         except Exception as ex:
-            outputs, error = None, ex
+            results = [(None, ex)] * len(groups)
         finally:
             self._free_instances.append(instance)
             self._instance_ready.release()
         compute = time.perf_counter() - started
         # Let the batcher hand the freed instance its next batch before this one's answers go out: with a
         # queue waiting, the model then runs while the loop answers.
-        await asyncio.sleep(0)
+        if handoff:
+            await asyncio.sleep(0)
         if previous is not None:
             await asyncio.shield(previous)
-        self._resolve(batch, outputs, error)
+        for (a, b), (outputs, error) in zip(groups, results, strict=True):
+            self._resolve(batch[a:b], outputs, error)
         done.set_result(None)
         if self._on_batch is not None:
             self._on_batch(

@@ -32,7 +32,13 @@ def wire_to_config(datatype: str) -> str:
     return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
 
 
+_NUMPY_TO_WIRE = {dtype: wire for wire, dtype in WIRE_TO_NUMPY.items()}
+
+
 def numpy_to_wire(dtype: np.dtype) -> str:
+    wire = _NUMPY_TO_WIRE.get(dtype)  # once per tensor on the engine's path: a dict, not a scan
+    if wire is not None:
+        return wire
     if dtype.kind in ("O", "S", "U"):
         return "BYTES"
     for wire, candidate in WIRE_TO_NUMPY.items():

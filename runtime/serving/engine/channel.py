@@ -28,6 +28,7 @@ HEADER = struct.Struct("<IIQ")
 MAX_FDS = 32  # per frame, and per sendmsg when frames are joined
 MAX_META = 16 * 1024 * 1024
 _ANCILLARY = socket.CMSG_SPACE(MAX_FDS * 4)
+_NONE: list[int] = []  # shared, never mutated: frames without descriptors
 
 Meta = dict[str, Any]
 OnFrame = Callable[[int, Meta, list[int]], None]
@@ -57,6 +58,7 @@ class Channel:
         self._writing = False
         self._flush_scheduled = False
         self.closed = False
+        self.more = False  # while a frame is handled: another one follows in what was read
         self._loop.add_reader(sock.fileno(), self._readable)
 
     def send(self, rid: int, meta: Meta, fds: Sequence[int] = (), give: bool = False) -> None:
@@ -72,7 +74,8 @@ class Channel:
         if len(fds) > MAX_FDS:
             raise ValueError(f"a frame carries at most {MAX_FDS} descriptors")
         body = orjson.dumps(meta)
-        self._out.append((HEADER.pack(len(body), len(fds), rid) + body, list(fds), list(fds) if give else []))
+        attached = list(fds) if fds else _NONE
+        self._out.append((HEADER.pack(len(body), len(fds), rid) + body, attached, attached if give else _NONE))
         if not self._flush_scheduled and not self._writing:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -138,6 +141,8 @@ class Channel:
                 logger.error("Control frame lost file descriptors (MSG_CTRUNC); closing the connection")
                 self.close()
                 return
+            if size < len(self._scratch):
+                break  # drained: no second recvmsg (and its exception) per wake-up; the loop calls again for more
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -155,6 +160,7 @@ class Channel:
             meta = orjson.loads(memoryview(buffer)[position + HEADER.size : end])
             fds = [self._fds.popleft() for _ in range(min(nfds, len(self._fds)))]
             position = end
+            self.more = len(buffer) - end >= HEADER.size
             self._on_frame(rid, meta, fds)
             if self.closed:
                 return

@@ -225,6 +225,8 @@ class EngineClient:
                 meta["request_id"] = request_id  # for the engine's log
             if trace := tracing.inject({}):
                 meta["trace"] = trace  # the engine's queue and batch spans join the request's trace
+            if len(self._requests) == 1:
+                meta["alone"] = True  # nothing else of ours in flight: the engine may run it at once
             channel.send(rid, meta, fds, give=True)
         except ChannelClosed:
             self._requests.pop(rid, None)

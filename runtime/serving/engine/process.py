@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,7 +30,7 @@ from runtime.errors import STARTUP_EXIT_CODE, ServingError, StartupError
 from runtime.serving.batching import BatchStats
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
 from runtime.serving.engine.channel import Channel, Meta, socket_address
-from runtime.serving.runner import ENGINE_INLINE_BELOW_S, ModelRunner, Schedule, load_runners
+from runtime.serving.runner import ENGINE_INLINE_BELOW_S, NO_SCHEDULE, ModelRunner, Schedule, load_runners
 from runtime.serving.tensors import to_bytes_array
 
 logger = logging.getLogger("runtime.engine")
@@ -55,6 +56,7 @@ def name_process() -> None:
 class Engine:
     def __init__(self, runners: list[ModelRunner]) -> None:
         self.runners = {(r.config.name, r.version): r for r in runners}
+        self.strings = {r: {t.name for t in r.config.outputs if t.datatype == "BYTES"} for r in runners}
         self.connections: set[WorkerConnection] = set()
 
     def models(self) -> list[Meta]:
@@ -143,7 +145,23 @@ class WorkerConnection:
                     space = spaces[t["buf"]] = self._space(t["buf"], fds)
                 raw = space[t["offset"] : t["offset"] + t["nbytes"]]
                 inputs[t["name"]] = read_tensor(raw, t["datatype"], tuple(t["shape"]))
-            schedule = Schedule(meta.get("priority", 0), meta.get("timeout_us", 0), meta.get("deadline"))
+            schedule = (
+                Schedule(meta.get("priority", 0), meta.get("timeout_us", 0), meta.get("deadline"))
+                if "priority" in meta
+                else NO_SCHEDULE
+            )
+            if (
+                "alone" in meta
+                and "trace" not in meta
+                and not self.channel.more
+                and (schedule.deadline is None or schedule.deadline > time.monotonic())
+            ):
+                # The worker's only request, the last frame read, an idle model: nothing would join its batch.
+                outputs = runner.run_now(inputs, tag=self.pid)
+                if outputs is not None:
+                    self._reply(rid, runner, outputs, meta["reserved"])
+                    _close_all(fds)
+                    return
             with tracing.continued(meta.get("trace")):  # the batcher keeps the context for its spans
                 future = runner.submit(inputs, schedule, tag=self.pid)
         except Exception as ex:
@@ -187,9 +205,9 @@ class WorkerConnection:
         if self.channel.closed:
             return
         tensors = []
+        strings = self.engine.strings[runner]
         for name, value in outputs.items():
-            spec = runner.config.output(name)
-            array = to_bytes_array(np.asarray(value)) if spec is not None and spec.datatype == "BYTES" else value
+            array = to_bytes_array(np.asarray(value)) if name in strings else value
             tensors.append((name, np.ascontiguousarray(array) if array.dtype.kind != "O" else array))
         sizes = [tensor_nbytes(a) for _, a in tensors]
         offset, room = reserved
@@ -214,7 +232,7 @@ async def serve(address: str, model_dir: str, drain_seconds: float, stop: asynci
     settings = Settings.from_env()  # the master's, exported for its children
     platforms.configure(settings)
     tracing.setup(settings)
-    runners = await asyncio.to_thread(load_runners, model_dir, 1, record_workers, ENGINE_INLINE_BELOW_S)
+    runners = await asyncio.to_thread(load_runners, model_dir, 1, record_workers, ENGINE_INLINE_BELOW_S, True)
     for runner in runners:
         runner.start()
     engine = Engine(runners)

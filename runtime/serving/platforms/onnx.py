@@ -100,6 +100,7 @@ class OnnxInstance:
 
 class OnnxPlatform:
     name = "onnxruntime"
+    concurrent_runs = True  # InferenceSession.run is thread-safe: shards of a batch may share one session
 
     def gpu_count(self) -> int:
         if CUDA not in _available():
