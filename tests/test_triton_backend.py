@@ -138,12 +138,11 @@ def test_dynamic_batching_in_triton_across_two_workers(
 
 
 def test_triton_killed_mid_load_gives_503_then_recovers(
-    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+    remote_triton: ManagedTriton, via_triton: ServerProcess
 ) -> None:
-    own = ManagedTriton(str(model_repo), tritonserver_binary, supervise=False)
-    own.start()
+    """Kills the module's Triton and restarts it on the same ports: the read-only tests above ran first."""
+    own, server = remote_triton, via_triton
     try:
-        server = start_runtime("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", own.url)
         statuses: list[int] = []
         messages: set[str] = set()
 
@@ -180,7 +179,8 @@ def test_triton_killed_mid_load_gives_503_then_recovers(
         assert not any("Traceback" in m for m in messages)
         assert httpx.get(server.url + "/v2/health/ready").status_code == 200
     finally:
-        own.stop()
+        if own.proc is None or own.proc.poll() is not None:
+            own.restart()  # for the module's teardown, after a failure
 
 
 def test_startup_waits_for_triton_within_a_bound() -> None:

@@ -6,12 +6,14 @@ by a fixture, by a benchmark the test runs, by a shell command in a README, or b
 A thread samples /proc every 20 ms, which no server outlives unseen (each takes far longer to import
 or boot), and keeps only processes that descend from this pytest. The total and the count per test
 module are printed at the end of the run, and written as JSON to ``$SERVER_COUNT_FILE`` when it is set.
+Under pytest-xdist each worker samples below itself and the controller adds the workers' counts up.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from collections import Counter
 from pathlib import Path
@@ -52,9 +54,10 @@ class Sampler:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+            self.sample()
 
     def _run(self) -> None:
         while not self._stop.wait(INTERVAL_S):
@@ -102,10 +105,22 @@ class Sampler:
 
 
 SAMPLER = Sampler(os.getpid())
+DIR_ENV = "SERVER_COUNT_DIR"  # where xdist's workers leave their counts for the controller
+
+
+def _is_controller_of_workers(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _is_controller_of_workers(config):
+        os.environ[DIR_ENV] = tempfile.mkdtemp(prefix="servercount-")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    SAMPLER.start()
+    # Under xdist each worker counts below itself; the controller adds them up.
+    if not _is_controller_of_workers(session.config):
+        SAMPLER.start()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -113,16 +128,27 @@ def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) 
     SAMPLER.test = nodeid
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        SAMPLER.stop()
+        name = session.config.workerinput["workerid"]
+        (Path(os.environ[DIR_ENV]) / f"{name}.json").write_text(json.dumps(list(SAMPLER.seen.values())))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    SAMPLER.stop()
-    kinds = Counter(kind for kind, _ in SAMPLER.seen.values())
-    modules = Counter(test.split("::")[0] for _, test in SAMPLER.seen.values())
+    if _is_controller_of_workers(terminalreporter.config):
+        seen = [tuple(v) for f in sorted(Path(os.environ[DIR_ENV]).glob("*.json")) for v in json.loads(f.read_text())]
+    else:
+        SAMPLER.stop()
+        seen = list(SAMPLER.seen.values())
+    kinds = Counter(kind for kind, _ in seen)
+    modules = Counter(test.split("::")[0] for _, test in seen)
     terminalreporter.section("server processes started")
-    terminalreporter.write_line(f"total: {len(SAMPLER.seen)} ({', '.join(f'{k} {n}' for k, n in kinds.most_common())})")
+    terminalreporter.write_line(f"total: {len(seen)} ({', '.join(f'{k} {n}' for k, n in kinds.most_common())})")
     for module, count in modules.most_common():
         terminalreporter.write_line(f"{count:4d}  {module}")
     path = os.environ.get("SERVER_COUNT_FILE")
     if path:
-        tests = Counter(test for _, test in SAMPLER.seen.values())
-        report = {"total": len(SAMPLER.seen), "kinds": dict(kinds), "modules": dict(modules), "tests": dict(tests)}
+        tests = Counter(test for _, test in seen)
+        report = {"total": len(seen), "kinds": dict(kinds), "modules": dict(modules), "tests": dict(tests)}
         Path(path).write_text(json.dumps(report, indent=1) + "\n")
