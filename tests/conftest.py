@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.inprocess import AppPool
-from tests.support.servers import REPO, ServerPool, ServerProcess, free_port, runtime_argv
+from tests.support.servers import REPO, ServerPool, ServerProcess, free_port, runtime_argv, stop_all
 
 SCRIPTS = REPO / "tests" / "scripts"
 
@@ -28,8 +28,7 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
         return server.start(wait=wait)
 
     yield start
-    for server in servers:
-        server.stop()
+    stop_all(servers)
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +73,17 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     models.make_sleepy_linear(repo / "sleepy_unbatched" / "1" / "model.onnx")
     (repo / "sleepy_unbatched" / "config.pbtxt").write_text("max_batch_size: 0\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def linear_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository (Azure ML layout) with the linear model only: a Triton of its own loads it in a
+    second, where ``model_repo``'s six python-backend models take several."""
+    from tests.support import models
+
+    root = tmp_path_factory.mktemp("linear")
+    models.make_linear(root / "triton" / "linear" / "1" / "model.onnx")
     return root
 
 

@@ -190,7 +190,7 @@ def test_startup_waits_for_triton_within_a_bound() -> None:
     assert " s of 2 s; RUNTIME_TRITON_WAIT_S sets how long)" in log
 
 
-def start_managed(start_runtime: StartRuntime, model_repo: Path, binary: Path) -> ServerProcess:
+def start_managed(start_runtime: StartRuntime, linear_repo: Path, binary: Path) -> ServerProcess:
     return start_runtime(
         "--entry",
         AML_LINEAR,
@@ -199,7 +199,7 @@ def start_managed(start_runtime: StartRuntime, model_repo: Path, binary: Path) -
         "--triton",
         "managed",
         "--model-dir",
-        str(model_repo),
+        str(linear_repo),
         "--tritonserver",
         str(binary),
     )
@@ -214,9 +214,9 @@ def wait_gone(pids: set[int], seconds: float) -> set[int]:
 
 
 def test_managed_mode_starts_serves_and_stops_cleanly(
-    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+    start_runtime: StartRuntime, linear_repo: Path, tritonserver_binary: Path
 ) -> None:
-    server = start_managed(start_runtime, model_repo, tritonserver_binary)
+    server = start_managed(start_runtime, linear_repo, tritonserver_binary)
     response = httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]})
     assert response.status_code == 200
     np.testing.assert_allclose(
@@ -231,9 +231,9 @@ def test_managed_mode_starts_serves_and_stops_cleanly(
 
 
 def test_managed_mode_leaves_no_orphans_when_the_master_crashes(
-    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+    start_runtime: StartRuntime, linear_repo: Path, tritonserver_binary: Path
 ) -> None:
-    server = start_managed(start_runtime, model_repo, tritonserver_binary)
+    server = start_managed(start_runtime, linear_repo, tritonserver_binary)
     assert server.proc is not None
     family = descendants(server.proc.pid)
     assert family

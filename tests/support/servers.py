@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,20 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             return self.proc.wait(10)
 
+    def send_signal(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` if the process still runs (``stop()`` then waits for it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+
+def stop_all(servers: Iterable[ServerProcess]) -> None:
+    """Stop several servers at once: every one is told first, so their graceful shutdowns overlap."""
+    servers = list(servers)
+    for server in servers:
+        server.send_signal()
+    for server in servers:
+        server.stop()
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -153,5 +167,4 @@ class ServerPool:
         return self._servers[key]
 
     def stop(self) -> None:
-        for server in self._servers.values():
-            server.stop()
+        stop_all(self._servers.values())
