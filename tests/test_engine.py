@@ -203,23 +203,29 @@ def running(server: ServerProcess) -> tuple[int, int, set[int]]:
     return master, one_engine(master), worker_pids(master)
 
 
-# The module's server, killed in parts: these two run after the tests that only read from it, and each
-# leaves it serving with two workers and an engine.
+def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(model_repo: Path, tmp_path: Path) -> None:
+    # A server of its own: on the module's long-lived server the arena was seen mapped for over 10 s
+    # after the kill when the machine was loaded (xdist), so this keeps the fresh server it was written for.
+    server = start(model_repo, tmp_path, "--entry", script("backend/engine_hook.py"), "--workers", "2")
+    try:
+        master, engine, workers = running(server)
+        victim = min(workers)
+        assert f"memfd:runtime-arena-{victim}" in " ".join(shm_mappings(engine))
+        body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
+        results = asyncio.run(
+            load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL))
+        )
+        served = [r for r in results if isinstance(r, httpx.Response)]
+        assert {r.status_code for r in served} == {200}
+        wait_for(lambda: f"memfd:runtime-arena-{victim}" not in " ".join(shm_mappings(engine)), 10, "arena released")
+        assert one_engine(master) == engine
+        last = httpx.post(server.url + "/score", json=body, timeout=10)
+        assert last.status_code == 200 and last.json()["pid"] != victim
+    finally:
+        server.stop()
 
 
-def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(server: ServerProcess) -> None:
-    master, engine, workers = running(server)
-    victim = min(workers)
-    assert f"memfd:runtime-arena-{victim}" in " ".join(shm_mappings(engine))
-    body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
-    results = asyncio.run(load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL)))
-    served = [r for r in results if isinstance(r, httpx.Response)]
-    assert {r.status_code for r in served} == {200}
-    wait_for(lambda: f"memfd:runtime-arena-{victim}" not in " ".join(shm_mappings(engine)), 10, "arena released")
-    assert one_engine(master) == engine
-    last = httpx.post(server.url + "/score", json=body, timeout=10)
-    assert last.status_code == 200 and last.json()["pid"] != victim
-    wait_for(lambda: len(worker_pids(master)) == 2, 30, "a replacement worker")
+# The module's server, killed last: the tests above only read from it.
 
 
 def test_engine_killed_under_load_gives_503_then_recovers(server: ServerProcess) -> None:
