@@ -428,7 +428,7 @@ def bare_onnxruntime_rss_kb(model_dir: Path) -> float:
 
 def memory(server: ServerProcess, model_dir: Path) -> dict[str, float]:
     """RSS of a runtime worker holding DenseNet against a bare onnxruntime process holding the same model."""
-    from tests.conftest import descendants
+    from tests.support.processes import descendants
 
     assert server.proc is not None
     worker_rss = max(rss_kb(pid) for pid in descendants(server.proc.pid))

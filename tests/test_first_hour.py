@@ -203,7 +203,7 @@ def test_startup_summary_and_a_clean_shutdown(start_runtime: StartRuntime, model
 def test_ctrl_c_while_managed_triton_loads(
     start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
 ) -> None:
-    from tests.conftest import alive, descendants
+    from tests.support.processes import alive, descendants
 
     server = start_runtime(
         "--model-dir",

@@ -16,9 +16,10 @@ import pytest
 import tritonclient.http as triton
 
 from runtime.serving.tritonserver import ManagedTriton
-from tests.conftest import StartRuntime, alive, descendants, script
+from tests.conftest import StartRuntime, script
 from tests.support.inprocess import app_client, captured_logs, startup_failure
 from tests.support.models import linear_reference
+from tests.support.processes import alive, descendants
 from tests.support.servers import ServerPool, ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import PROC, below, process_table
+
 INTERVAL_S = 0.02
-PROC = Path("/proc")
 
 
 def server_kind(argv: list[str]) -> str | None:
@@ -64,19 +65,10 @@ class Sampler:
             self.sample()
 
     def sample(self) -> None:
-        parents: dict[int, int] = {}
-        starts: dict[int, str] = {}
-        for stat in PROC.glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            pid = int(stat.parent.name)
-            parents[pid] = int(fields[1])
-            starts[pid] = fields[19]
-        mine = self._descendants(parents)
+        table = process_table()
+        parents = {pid: parent for pid, (parent, _) in table.items()}
         kinds: dict[int, str] = {}
-        for pid in mine:
+        for pid in below(self.root, parents):
             try:
                 argv = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")[:-1]
             except OSError:
@@ -88,20 +80,7 @@ class Sampler:
             # Gunicorn's workers are forks of the master (same command line): count the master only.
             if kinds.get(parents[pid]) == kind:
                 continue
-            self.seen.setdefault((pid, starts[pid]), (kind, self.test))
-
-    def _descendants(self, parents: dict[int, int]) -> set[int]:
-        children: dict[int, list[int]] = {}
-        for pid, parent in parents.items():
-            children.setdefault(parent, []).append(pid)
-        found: set[int] = set()
-        stack = [self.root]
-        while stack:
-            for child in children.get(stack.pop(), []):
-                if child not in found:
-                    found.add(child)
-                    stack.append(child)
-        return found
+            self.seen.setdefault((pid, table[pid][1]), (kind, self.test))
 
 
 SAMPLER = Sampler(os.getpid())
