@@ -208,9 +208,17 @@ def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(model_rep
     # after the kill when the machine was loaded (xdist), so this keeps the fresh server it was written for.
     server = start(model_repo, tmp_path, "--entry", script("backend/engine_hook.py"), "--workers", "2")
     try:
-        master, engine, workers = running(server)
+        master, engine, _ = running(server)
+        # Ready means one worker answers; on a loaded machine the other connects to the engine later.
+        wait_for(lambda: len(worker_pids(master)) == 2, 30, "two workers")
+        workers = worker_pids(master)
+
+        def arenas() -> str:
+            return " ".join(shm_mappings(engine))
+
+        wait_for(lambda: all(f"memfd:runtime-arena-{w}" in arenas() for w in workers), 30, "both arenas mapped")
         victim = min(workers)
-        assert f"memfd:runtime-arena-{victim}" in " ".join(shm_mappings(engine))
+        assert f"memfd:runtime-arena-{victim}" in arenas()
         body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
         results = asyncio.run(
             load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL))
