@@ -38,8 +38,8 @@ from benchmarks.run import (
     step_arguments,
 )
 from runtime.tools import bench
-from tests.conftest import descendants
 from tests.support import models
+from tests.support.processes import descendants
 from tests.support.servers import REPO, ServerProcess, free_port, runtime_argv
 
 MODES = ("process", "worker")  # the engine; the per-worker design

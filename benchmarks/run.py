@@ -1,7 +1,7 @@
 """Benchmarks: the same workloads, on the same machine, in one run, through every way of serving them.
 
     python -m benchmarks.run            # the full run (about 40 minutes on 2 cores); writes docs/benchmarks.md
-    python -m benchmarks.run --quick    # seconds per step, to prove it works (CI)
+    python -m benchmarks.run --quick    # short steps, each system on one workload, to prove it works (CI)
 
 Systems: the in-process onnxruntime limit, azmlinfsrv (its own venv) with a score.py that calls
 onnxruntime per request, Triton directly (tritonserver with dynamic batching), and the runtime on
@@ -33,21 +33,12 @@ from runtime.settings import Settings
 from runtime.tools import bench
 from tests.support import models
 from tests.support.servers import REPO, ServerProcess, free_port, runtime_argv
-from tests.support.venvs import ensure_venv
+from tests.support.venvs import azmlinfsrv_bench_python
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = HERE / "scripts"
 EXAMPLES = REPO / "examples"
 LAUNCHER = REPO / "tests" / "support" / "azmlinfsrv_launcher.py"
-AZML_BENCH_REQUIREMENTS = [
-    "azureml-inference-server-http==1.5.1",
-    "inference-schema",
-    "onnxruntime",
-    "Pillow",
-    "nltk",
-    "-e",
-    str(REPO),
-]
 CONTEXT = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after the "
     "engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
@@ -206,6 +197,14 @@ def _rate(fn: Callable[[], int], seconds: float) -> float:
 
 LIMIT_SECONDS = 3.0
 WORKLOAD_ORDER = ["tiny", "densenet_v2", "densenet_jpeg", "bidaf"]
+# --quick proves the pipeline, not the numbers: every workload's limit and every system once, each
+# system on the cheapest workload it serves (a server start costs more than its sweep).
+QUICK_PLAN: dict[str, set[str]] = {
+    "tiny": {"triton-direct", "azmlinfsrv", "runtime run()", "runtime+triton hook"},
+    "densenet_v2": {"runtime v2"},
+    "densenet_jpeg": {"runtime hook"},
+    "bidaf": set(),
+}
 
 
 def limit_batched(model: str, name: str) -> Callable[[Path], float]:
@@ -249,6 +248,10 @@ class Bench:
         self.model_dir = work / "models"
         self.rows: list[Row] = []
         self.memory: dict[str, float] = {}
+
+    def wanted(self, workload: Workload, system: str) -> bool:
+        """Whether this run measures ``system`` on ``workload`` (the full run: every pair it can serve)."""
+        return not self.args.quick or system in QUICK_PLAN[workload.name]
 
     def log(self, message: str) -> None:
         print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", flush=True)
@@ -310,7 +313,7 @@ class Bench:
     def run(self) -> None:
         args = self.args
         build_models(self.model_dir, small=args.quick)
-        azml_python = ensure_venv("azmlinfsrv-bench", AZML_BENCH_REQUIREMENTS)
+        azml_python = azmlinfsrv_bench_python()
         settings = Settings.from_env()
         try:
             binary = find_tritonserver(settings.tritonserver_path, Path(settings.triton_home))
@@ -339,22 +342,21 @@ class Bench:
         )
         score_headers = {"Content-Type": w.content_type}
         v2 = bench.v2_body(w.v2_inputs) if w.v2_inputs is not None else None
-        if v2 is not None:
+        if v2 is not None and self.wanted(w, "triton-direct"):
             body, headers = v2
             target = bench.Target(f"http://{triton.url}/v2/models/{w.v2_model}/infer", lambda b=body: b, headers)
             self.measure(w, "triton-direct", None, target)
         for workers in self.args.workers:
-            server = self.azml(azml_python, w.azml_script, workers)
-            try:
-                self.measure(
-                    w,
-                    "azmlinfsrv",
-                    workers,
-                    bench.Target(server.url + "/score", lambda b=w.azml_body: b, {"Content-Type": w.azml_content_type}),
-                )
-            finally:
-                server.stop()
-            if v2 is not None:
+            if self.wanted(w, "azmlinfsrv"):
+                server = self.azml(azml_python, w.azml_script, workers)
+                try:
+                    azml_target = bench.Target(
+                        server.url + "/score", lambda b=w.azml_body: b, {"Content-Type": w.azml_content_type}
+                    )
+                    self.measure(w, "azmlinfsrv", workers, azml_target)
+                finally:
+                    server.stop()
+            if v2 is not None and self.wanted(w, "runtime v2"):
                 body, headers = v2
                 server = self.runtime("runtime-v2", workers)
                 try:
@@ -362,15 +364,18 @@ class Bench:
                     track_memory = w.name == "densenet_v2" and workers == 1
                     if track_memory:
                         # Loaded and warm: one burst of concurrent requests makes the largest batch once.
-                        asyncio.run(bench.run_step(target, 32, 2.0, 0.0))
+                        asyncio.run(bench.run_step(target, 32, 0.5 if self.args.quick else 2.0, 0.0))
                         self.memory.update(memory(server, self.model_dir))
                     self.measure(w, "runtime v2", workers, target)
                     if track_memory:
                         self.memory["worker_rss_after_sweep_mib"] = memory(server, self.model_dir)["worker_rss_mib"]
-                        self.memory.update(self.memory_without_arena(target))
+                        if not self.args.quick:
+                            self.memory.update(self.memory_without_arena(target))
                 finally:
                     server.stop()
+            if v2 is not None and self.wanted(w, "runtime+triton v2"):
                 # The Triton backend over the same v2 API, for every workload with tensors.
+                body, headers = v2
                 server = self.runtime("runtime-triton-v2", workers, "--backend", "triton", "--triton-url", triton.url)
                 try:
                     self.measure(
@@ -386,7 +391,7 @@ class Bench:
                 ("runtime run()", w.run_script, ()),
                 ("runtime+triton hook", w.hook_script, ("--backend", "triton", "--triton-url", triton.url)),
             ):
-                if script is None:
+                if script is None or not self.wanted(w, system):
                     continue
                 server = self.runtime(system.replace(" ", "-"), workers, "--entry", str(script), *extra)
                 try:
@@ -423,7 +428,7 @@ def bare_onnxruntime_rss_kb(model_dir: Path) -> float:
 
 def memory(server: ServerProcess, model_dir: Path) -> dict[str, float]:
     """RSS of a runtime worker holding DenseNet against a bare onnxruntime process holding the same model."""
-    from tests.conftest import descendants
+    from tests.support.processes import descendants
 
     assert server.proc is not None
     worker_rss = max(rss_kb(pid) for pid in descendants(server.proc.pid))
@@ -495,6 +500,13 @@ def report(
             )
         lines.append("")
     if memory_:
+        # --quick measures the arena's default only.
+        no_arena = (
+            " With onnxruntime's CPU arena off (`RUNTIME_ORT_ARENA=0`) the warm worker "
+            f"holds {memory_['no_arena_worker_rss_mib']:.0f} MiB, ratio **{memory_['no_arena_ratio']:.2f}**."
+            if "no_arena_worker_rss_mib" in memory_
+            else ""
+        )
         lines += [
             "## Memory",
             "",
@@ -504,9 +516,7 @@ def report(
             f"{memory_['bare_rss_mib']:.0f} MiB; "
             f"ratio **{memory_['ratio']:.2f}**. After the whole sweep (up to 256 requests of 600 KB in flight) "
             f"the worker's RSS was {memory_.get('worker_rss_after_sweep_mib', 0):.0f} MiB: request buffers that "
-            "the allocator keeps. With onnxruntime's CPU arena off (`RUNTIME_ORT_ARENA=0`) the warm worker "
-            f"holds {memory_.get('no_arena_worker_rss_mib', 0):.0f} MiB, ratio "
-            f"**{memory_.get('no_arena_ratio', 0):.2f}**.",
+            f"the allocator keeps.{no_arena}",
             "",
         ]
     lines += targets(rows, memory_, args)
@@ -647,9 +657,9 @@ def plot(rows: list[Row], path: Path, machine: dict[str, Any]) -> list[Path]:
 
 def step_arguments(parser: argparse.ArgumentParser) -> None:
     """--quick, --duration and --warmup, as every benchmark script takes them."""
-    parser.add_argument("--quick", action="store_true", help="seconds per step, small DenseNet (CI)")
-    parser.add_argument("--duration", type=float, help="seconds measured per step (full 10, quick 1)")
-    parser.add_argument("--warmup", type=float, help="seconds of warm-up per step (full 3, quick 0.5)")
+    parser.add_argument("--quick", action="store_true", help="short steps, small DenseNet (CI: proves it works)")
+    parser.add_argument("--duration", type=float, help="seconds measured per step (full 10; quick: under 1)")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up per step (full 3; quick: under 1)")
 
 
 def main() -> None:
@@ -665,13 +675,13 @@ def main() -> None:
     )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from its JSON; run nothing")
     args = parser.parse_args()
-    args.duration = args.duration or (1.0 if args.quick else 10.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 3.0)
+    args.duration = args.duration or (0.5 if args.quick else 10.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.2 if args.quick else 3.0)
     args.concurrency = [int(c) for c in (args.concurrency or ("1,8" if args.quick else "1,8,32,256")).split(",")]
     args.workers = [int(w) for w in (args.workers or ("1" if args.quick else "1,2")).split(",")]
     args.workloads = set(args.workloads.split(",")) if args.workloads else set()
     global LIMIT_SECONDS
-    LIMIT_SECONDS = 0.5 if args.quick else 3.0
+    LIMIT_SECONDS = 0.2 if args.quick else 3.0
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:])
     if args.report_only:
         output = args.output or REPO / "docs" / "benchmarks.md"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.inprocess import AppPool
-from tests.support.servers import REPO, ServerPool, ServerProcess, free_port, runtime_argv
+from tests.support.servers import REPO, ServerPool, ServerProcess, free_port, runtime_argv, stop_all
 
 SCRIPTS = REPO / "tests" / "scripts"
 
@@ -28,8 +28,7 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
         return server.start(wait=wait)
 
     yield start
-    for server in servers:
-        server.stop()
+    stop_all(servers)
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +77,17 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def linear_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository (Azure ML layout) with the linear model only: a Triton of its own loads it in a
+    second, where ``model_repo``'s six python-backend models take several."""
+    from tests.support import models
+
+    root = tmp_path_factory.mktemp("linear")
+    models.make_linear(root / "triton" / "linear" / "1" / "model.onnx")
+    return root
+
+
+@pytest.fixture(scope="session")
 def tritonserver_binary() -> Path:
     """A real tritonserver: one on PATH or TRITONSERVER_PATH, else the runtime's own install (made if missing)."""
     from runtime.errors import StartupError
@@ -89,35 +99,3 @@ def tritonserver_binary() -> Path:
         return find_tritonserver(settings.tritonserver_path, Path(settings.triton_home))
     except StartupError:
         return install(Path(settings.triton_home))
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
-def alive(pids: set[int]) -> set[int]:
-    """The pids that still exist and are not zombies."""
-    living = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            living.add(pid)
-    return living

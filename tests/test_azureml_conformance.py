@@ -8,7 +8,8 @@ docs/azureml-contract.md).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 
 from runtime.azureml.swagger import without_security
 from tests.conftest import SCRIPTS
-from tests.support.servers import ServerProcess, start_azmlinfsrv_and_runtime
+from tests.support.servers import ServerProcess, start_azmlinfsrv_and_runtime, stop_all
 from tests.support.venvs import AZMLINFSRV_REQUIREMENTS, ensure_venv
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
@@ -76,6 +77,12 @@ def observe(base: str, name: str) -> Observed:
         headers={h: response.headers.get(h) for h in CONTRACT_HEADERS},
         has_exec_ms="x-ms-run-fn-exec-ms" in response.headers,
     )
+
+
+def side_by_side(reference: ServerProcess, ours: ServerProcess, look: Callable[[str], Observed]) -> list[Observed]:
+    """``look`` at both servers at once: (azmlinfsrv's answer, ours); slow requests time out together."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(look, (reference.url, ours.url)))
 
 
 def expected_from_reference(script: str, name: str, ref: Observed) -> Observed:
@@ -150,16 +157,14 @@ def pair(
         ours.wait_ready()
         yield request.param, reference, ours
     finally:
-        reference.stop()
-        ours.stop()
+        stop_all([reference, ours])
 
 
 def test_same_answers_as_azmlinfsrv(pair: tuple[str, ServerProcess, ServerProcess]) -> None:
     script, reference, ours = pair
     mismatches = []
     for name in REQUESTS:
-        ref = observe(reference.url, name)
-        got = observe(ours.url, name)
+        ref, got = side_by_side(reference, ours, lambda base, name=name: observe(base, name))
         want = expected_from_reference(script, name, ref)
         if got != want:
             mismatches.append(
@@ -324,8 +329,7 @@ def test_bodies_streams_cors_and_print_as_azmlinfsrv(case: str, azmlinfsrv_pytho
         ours.wait_ready()
         mismatches = []
         for call in spec.calls:
-            ref = observe_call(reference.url, case, call)
-            got = observe_call(ours.url, case, call)
+            ref, got = side_by_side(reference, ours, lambda base, call=call: observe_call(base, case, call))
             want = expected_for_call(call, ref)
             if got != want:
                 mismatches.append(
@@ -338,5 +342,4 @@ def test_bodies_streams_cors_and_print_as_azmlinfsrv(case: str, azmlinfsrv_pytho
             assert 'scoring {"hello": "log"}' in reference.log()
             assert '[test-prints-print] - scoring {"hello": "log"}' in ours.log()
     finally:
-        reference.stop()
-        ours.stop()
+        stop_all([reference, ours])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -197,48 +196,29 @@ def test_batches_hold_requests_from_both_workers(server: ServerProcess) -> None:
     assert delta("runtime_batch_size_count") < len(responses)  # requests were joined
 
 
-@contextlib.contextmanager
-def two_workers(model_repo: Path, tmp_path: Path) -> Iterator[tuple[ServerProcess, int, int, set[int]]]:
-    """A server of its own: (server, master pid, engine pid, worker pids); stopped after."""
-    server = start(model_repo, tmp_path, "--entry", script("backend/engine_hook.py"), "--workers", "2")
-    try:
-        assert server.proc is not None
-        master = server.proc.pid
-        yield server, master, one_engine(master), worker_pids(master)
-    finally:
-        server.stop()
-
-
-def test_engine_killed_under_load_gives_503_then_recovers(model_repo: Path, tmp_path: Path) -> None:
-    with two_workers(model_repo, tmp_path) as (server, master, engine, workers):
-        body = as_body("linear", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
-        readiness: list[int] = []
-
-        def kill_and_watch_readiness() -> None:
-            os.kill(engine, signal.SIGKILL)
-            for _ in range(100):  # a worker is not ready while its engine is away
-                readiness.append(httpx.get(server.url + "/v2/health/ready", timeout=10).status_code)
-                if readiness[-1] == 503:
-                    return
-
-        results = asyncio.run(load(server.url + "/score", lambda _: body, 6, 8, kill_and_watch_readiness))
-        assert 503 in readiness
-        statuses = [r.status_code if isinstance(r, httpx.Response) else repr(r) for r in results]
-        assert set(statuses) <= {200, 503}, sorted(set(map(str, statuses)))
-        unavailable = [r for r in results if isinstance(r, httpx.Response) and r.status_code == 503]
-        assert unavailable, "no request saw the engine gone"
-        assert "runtime-engine" in unavailable[0].json()["message"]
-        replacement = one_engine(master)
-        assert replacement != engine
-        wait_for(lambda: httpx.post(server.url + "/score", json=body, timeout=10).status_code == 200, 30, "recovery")
-        assert worker_pids(master) == workers, "workers were restarted"
-        assert "restarting it" in server.log()
+def running(server: ServerProcess) -> tuple[int, int, set[int]]:
+    """The module server's (master pid, engine pid, worker pids) as they are now."""
+    assert server.proc is not None
+    master = server.proc.pid
+    return master, one_engine(master), worker_pids(master)
 
 
 def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(model_repo: Path, tmp_path: Path) -> None:
-    with two_workers(model_repo, tmp_path) as (server, master, engine, workers):
+    # A server of its own: on the module's long-lived server the arena was seen mapped for over 10 s
+    # after the kill when the machine was loaded (xdist), so this keeps the fresh server it was written for.
+    server = start(model_repo, tmp_path, "--entry", script("backend/engine_hook.py"), "--workers", "2")
+    try:
+        master, engine, _ = running(server)
+        # Ready means one worker answers; on a loaded machine the other connects to the engine later.
+        wait_for(lambda: len(worker_pids(master)) == 2, 30, "two workers")
+        workers = worker_pids(master)
+
+        def arenas() -> str:
+            return " ".join(shm_mappings(engine))
+
+        wait_for(lambda: all(f"memfd:runtime-arena-{w}" in arenas() for w in workers), 30, "both arenas mapped")
         victim = min(workers)
-        assert f"memfd:runtime-arena-{victim}" in " ".join(shm_mappings(engine))
+        assert f"memfd:runtime-arena-{victim}" in arenas()
         body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
         results = asyncio.run(
             load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL))
@@ -249,6 +229,37 @@ def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(model_rep
         assert one_engine(master) == engine
         last = httpx.post(server.url + "/score", json=body, timeout=10)
         assert last.status_code == 200 and last.json()["pid"] != victim
+    finally:
+        server.stop()
+
+
+# The module's server, killed last: the tests above only read from it.
+
+
+def test_engine_killed_under_load_gives_503_then_recovers(server: ServerProcess) -> None:
+    master, engine, workers = running(server)
+    body = as_body("linear", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
+    readiness: list[int] = []
+
+    def kill_and_watch_readiness() -> None:
+        os.kill(engine, signal.SIGKILL)
+        for _ in range(100):  # a worker is not ready while its engine is away
+            readiness.append(httpx.get(server.url + "/v2/health/ready", timeout=10).status_code)
+            if readiness[-1] == 503:
+                return
+
+    results = asyncio.run(load(server.url + "/score", lambda _: body, 6, 8, kill_and_watch_readiness))
+    assert 503 in readiness
+    statuses = [r.status_code if isinstance(r, httpx.Response) else repr(r) for r in results]
+    assert set(statuses) <= {200, 503}, sorted(set(map(str, statuses)))
+    unavailable = [r for r in results if isinstance(r, httpx.Response) and r.status_code == 503]
+    assert unavailable, "no request saw the engine gone"
+    assert "runtime-engine" in unavailable[0].json()["message"]
+    replacement = one_engine(master)
+    assert replacement != engine
+    wait_for(lambda: httpx.post(server.url + "/score", json=body, timeout=10).status_code == 200, 30, "recovery")
+    assert worker_pids(master) == workers, "workers were restarted"
+    assert "restarting it" in server.log()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])

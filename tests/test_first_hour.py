@@ -1,7 +1,10 @@
-"""A new user's mistakes, through the real CLI: each gets a message naming the problem and an exit code.
+"""A new user's mistakes, through the CLI: each gets a message naming the problem and an exit code.
 
 Exit codes: 2 for a usage mistake (argparse and settings), 3 for a start-up error (what the server
 would have served is wrong: the entry script, the model directory, the port, the repository).
+Mistakes refused before serving run ``runtime.cli.main`` in this process (``run``); the installed
+script's exit codes are checked on real processes in tests/test_startup.py, and what needs a
+started server (signals, Triton, the start-up summary) runs one here.
 """
 
 from __future__ import annotations
@@ -19,15 +22,10 @@ import pytest
 
 from tests.conftest import StartRuntime, script
 from tests.support import models
+from tests.support.cli import run_cli as run
 from tests.support.servers import free_port, runtime_argv
 
 ECHO = script("core/echo.py")
-
-
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        runtime_argv(*args), capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-    )
 
 
 def densenet_like_repo(root: Path, dims: str) -> Path:
@@ -136,9 +134,9 @@ def test_port_in_use_fails_fast(busy_port: int) -> None:
 
 @pytest.mark.slow
 def test_port_in_use_is_found_before_managed_triton_starts(busy_port: int, model_repo: Path) -> None:
-    result = run(
-        "serve", "--model-dir", str(model_repo), "--backend", "triton", "--triton", "managed", "--port", str(busy_port)
-    )
+    # A real process: tritonserver's log would reach its stderr, not this process's.
+    argv = ["serve", "--model-dir", str(model_repo), "--backend", "triton", "--triton", "managed"]
+    result = subprocess.run(runtime_argv(*argv, "--port", str(busy_port)), capture_output=True, text=True, timeout=60)
     assert result.returncode == 3
     assert f"address already in use: 127.0.0.1:{busy_port}" in result.stderr
     assert "tritonserver" not in result.stderr + result.stdout
@@ -205,7 +203,7 @@ def test_startup_summary_and_a_clean_shutdown(start_runtime: StartRuntime, model
 def test_ctrl_c_while_managed_triton_loads(
     start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
 ) -> None:
-    from tests.conftest import alive, descendants
+    from tests.support.processes import alive, descendants
 
     server = start_runtime(
         "--model-dir",

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 SMALL = [
     "--device", "cpu", "--small", "--batches", "1,2", "--workers", "1", "--concurrency", "4",
-    "--duration", "1", "--warmup", "1", "--limit-seconds", "0.5", "--target-batch", "2",
+    "--duration", "0.5", "--warmup", "0.3", "--limit-seconds", "0.3", "--target-batch", "2",
 ]  # fmt: skip
 
 

@@ -253,7 +253,7 @@ async def test_otlp_exporter_sends_to_the_configured_endpoint(monkeypatch: pytes
 @pytest.mark.slow
 @pytest.mark.external
 async def test_triton_continues_the_trace(
-    exported: InMemorySpanExporter, model_repo: Path, tritonserver_binary: Path
+    exported: InMemorySpanExporter, linear_repo: Path, tritonserver_binary: Path
 ) -> None:
     """Triton, tracing with OpenTelemetry, makes its request span a child of the runtime's ``triton infer``."""
     with collector() as received:
@@ -267,7 +267,7 @@ async def test_triton_continues_the_trace(
                 ]
                 return [*super().command(), *(arg for setting in trace for arg in ("--trace-config", setting))]
 
-        triton = TracedTriton(str(model_repo), tritonserver_binary, supervise=False)
+        triton = TracedTriton(str(linear_repo), tritonserver_binary, supervise=False)
         await asyncio.to_thread(triton.start)
         try:
             settings = Settings(

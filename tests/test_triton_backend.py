@@ -16,9 +16,10 @@ import pytest
 import tritonclient.http as triton
 
 from runtime.serving.tritonserver import ManagedTriton
-from tests.conftest import StartRuntime, alive, descendants, script
+from tests.conftest import StartRuntime, script
 from tests.support.inprocess import app_client, captured_logs, startup_failure
 from tests.support.models import linear_reference
+from tests.support.processes import alive, descendants
 from tests.support.servers import ServerPool, ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
@@ -138,12 +139,11 @@ def test_dynamic_batching_in_triton_across_two_workers(
 
 
 def test_triton_killed_mid_load_gives_503_then_recovers(
-    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+    remote_triton: ManagedTriton, via_triton: ServerProcess
 ) -> None:
-    own = ManagedTriton(str(model_repo), tritonserver_binary, supervise=False)
-    own.start()
+    """Kills the module's Triton and restarts it on the same ports: the read-only tests above ran first."""
+    own, server = remote_triton, via_triton
     try:
-        server = start_runtime("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", own.url)
         statuses: list[int] = []
         messages: set[str] = set()
 
@@ -180,7 +180,8 @@ def test_triton_killed_mid_load_gives_503_then_recovers(
         assert not any("Traceback" in m for m in messages)
         assert httpx.get(server.url + "/v2/health/ready").status_code == 200
     finally:
-        own.stop()
+        if own.proc is None or own.proc.poll() is not None:
+            own.restart()  # for the module's teardown, after a failure
 
 
 def test_startup_waits_for_triton_within_a_bound() -> None:
@@ -190,7 +191,7 @@ def test_startup_waits_for_triton_within_a_bound() -> None:
     assert " s of 2 s; RUNTIME_TRITON_WAIT_S sets how long)" in log
 
 
-def start_managed(start_runtime: StartRuntime, model_repo: Path, binary: Path) -> ServerProcess:
+def start_managed(start_runtime: StartRuntime, linear_repo: Path, binary: Path) -> ServerProcess:
     return start_runtime(
         "--entry",
         AML_LINEAR,
@@ -199,7 +200,7 @@ def start_managed(start_runtime: StartRuntime, model_repo: Path, binary: Path) -
         "--triton",
         "managed",
         "--model-dir",
-        str(model_repo),
+        str(linear_repo),
         "--tritonserver",
         str(binary),
     )
@@ -214,9 +215,9 @@ def wait_gone(pids: set[int], seconds: float) -> set[int]:
 
 
 def test_managed_mode_starts_serves_and_stops_cleanly(
-    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+    start_runtime: StartRuntime, linear_repo: Path, tritonserver_binary: Path
 ) -> None:
-    server = start_managed(start_runtime, model_repo, tritonserver_binary)
+    server = start_managed(start_runtime, linear_repo, tritonserver_binary)
     response = httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]})
     assert response.status_code == 200
     np.testing.assert_allclose(
@@ -231,9 +232,9 @@ def test_managed_mode_starts_serves_and_stops_cleanly(
 
 
 def test_managed_mode_leaves_no_orphans_when_the_master_crashes(
-    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+    start_runtime: StartRuntime, linear_repo: Path, tritonserver_binary: Path
 ) -> None:
-    server = start_managed(start_runtime, model_repo, tritonserver_binary)
+    server = start_managed(start_runtime, linear_repo, tritonserver_binary)
     assert server.proc is not None
     family = descendants(server.proc.pid)
     assert family

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import alive, descendants
+from tests.support.processes import alive, descendants
 
 ENGINE_COMM = "runtime-engine"
 

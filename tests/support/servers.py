@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,11 @@ class ServerProcess:
         self.cwd = cwd
         self.ready_path = ready_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self.signalled = False  # by send_signal(), for stop_all()
 
     def start(self, wait: bool = True, timeout: float = 90) -> ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.signalled = False
         self.proc = subprocess.Popen(
             self.argv,
             stdout=log,
@@ -82,18 +84,34 @@ class ServerProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
+        if not self.signalled:
+            self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             return self.proc.wait(10)
 
+    def send_signal(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` if the process still runs; a ``stop()`` after it waits without sending another."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.signalled = True
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def stop_all(servers: Iterable[ServerProcess]) -> None:
+    """Stop several servers at once: every one is told first, so their graceful shutdowns overlap."""
+    servers = list(servers)
+    for server in servers:
+        server.send_signal()
+    for server in servers:
+        server.stop()
 
 
 def repository_server(model_dir: Path, log: Path) -> ServerProcess:
@@ -153,5 +171,4 @@ class ServerPool:
         return self._servers[key]
 
     def stop(self) -> None:
-        for server in self._servers.values():
-            server.stop()
+        stop_all(self._servers.values())

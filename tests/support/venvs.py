@@ -7,6 +7,7 @@ in the repository); ``.ci/run`` creates them before pytest starts.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 from tests.support.servers import REPO
 
 AZMLINFSRV_REQUIREMENTS = ["azureml-inference-server-http==1.5.1", "inference-schema"]
+# The benchmark's azmlinfsrv runs the examples' helpers, which import this checkout's runtime.
+AZMLINFSRV_BENCH_REQUIREMENTS = [*AZMLINFSRV_REQUIREMENTS, "onnxruntime", "Pillow", "nltk", "-e", str(REPO)]
 
 
 def venv_root() -> Path:
@@ -38,5 +41,12 @@ def ensure_venv(name: str, requirements: list[str]) -> Path:
     return python
 
 
+def azmlinfsrv_bench_python() -> Path:
+    """The benchmark's azmlinfsrv venv: one per checkout, so clones sharing ``$RUNTIME_VENVS`` keep theirs."""
+    checkout = hashlib.sha256(str(REPO).encode()).hexdigest()[:8]
+    return ensure_venv(f"azmlinfsrv-bench-{checkout}", AZMLINFSRV_BENCH_REQUIREMENTS)
+
+
 if __name__ == "__main__":
     print(ensure_venv("azmlinfsrv", AZMLINFSRV_REQUIREMENTS))
+    print(azmlinfsrv_bench_python())

@@ -1,0 +1,68 @@
+"""``runtime`` commands run in the test process through ``runtime.cli.main``: parsing and preflight, no server.
+
+For the commands that stop before serving (usage mistakes exit 2, start-up errors exit 3): the same
+parser, checks and messages as the console script, without a Python process per case. A command
+that gets as far as serving fails the test instead of starting Gunicorn. tests/test_startup.py keeps
+one real process for each exit code, through the installed ``runtime`` script.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+from unittest import mock
+
+import runtime.logs
+from runtime import cli
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _would_serve(*args: object, **kwargs: object) -> NoReturn:
+    raise AssertionError("the command got as far as serving; a test of a refused start expected it to stop")
+
+
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    """``runtime serve`` configures logging for its process: put the test process's back afterwards."""
+    root, ours = logging.getLogger(), logging.getLogger("runtime")
+    levels = (root.level, ours.level)
+    formatters = {handler: handler.formatter for handler in root.handlers}
+    log_format = runtime.logs.current_format
+    try:
+        yield
+    finally:
+        root.setLevel(levels[0])
+        ours.setLevel(levels[1])
+        for handler, formatter in formatters.items():
+            handler.setFormatter(formatter)
+        runtime.logs.current_format = log_format
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None) -> Result:
+    """``runtime ARGS`` with ``env`` added to the environment; its exit status, stdout and stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, dict(env or {})),
+        mock.patch("runtime.http.server.serve", _would_serve),
+        mock.patch.object(cli, "serve_with_engine", _would_serve),
+        mock.patch.object(cli, "serve_with_managed_triton", _would_serve),
+        _logging_restored(),
+        contextlib.redirect_stdout(stdout),
+        contextlib.redirect_stderr(stderr),
+    ):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as ex:  # argparse's usage errors
+            code = ex.code if isinstance(ex.code, int) else 1
+    return Result(code, stdout.getvalue(), stderr.getvalue())

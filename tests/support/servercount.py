@@ -1,0 +1,133 @@
+"""Count the server processes a test run starts: ``python -m pytest -q -p tests.support.servercount``.
+
+A server is one launch of ``runtime serve`` (its master; Gunicorn's workers and the model engine
+belong to it), of azmlinfsrv, or of tritonserver (direct or managed), anywhere below pytest: started
+by a fixture, by a benchmark the test runs, by a shell command in a README, or by the runtime itself.
+A thread samples /proc every 20 ms, which no server outlives unseen (each takes far longer to import
+or boot), and keeps only processes that descend from this pytest. The total and the count per test
+module are printed at the end of the run, and written as JSON to ``$SERVER_COUNT_FILE`` when it is set.
+Under pytest-xdist each worker samples below itself and the controller adds the workers' counts up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import PROC, below, process_table
+
+INTERVAL_S = 0.02
+
+
+def server_kind(argv: list[str]) -> str | None:
+    """``runtime``, ``azmlinfsrv`` or ``tritonserver`` when ``argv`` launches that server, else None."""
+    if not argv:
+        return None
+    names = [Path(arg).name for arg in argv[:3]]
+    if names[0] == "tritonserver":
+        return "tritonserver"
+    if "azmlinfsrv" in names or any("azmlinfsrv" in arg for arg in argv[:3]):
+        return "azmlinfsrv"
+    if "runtime" in names and "serve" in argv[1:4]:
+        return "runtime"
+    if names[0].startswith("python") and argv[1:3] == ["-m", "runtime.cli"] and "serve" in argv[3:5]:
+        return "runtime"
+    return None
+
+
+class Sampler:
+    """Polls /proc for server processes below ``root`` until stopped."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.seen: dict[tuple[int, str], tuple[str, str]] = {}  # (pid, start time) -> (kind, test)
+        self.test = "(collection)"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="servercount", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+            self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(INTERVAL_S):
+            self.sample()
+
+    def sample(self) -> None:
+        table = process_table()
+        parents = {pid: parent for pid, (parent, _) in table.items()}
+        kinds: dict[int, str] = {}
+        for pid in below(self.root, parents):
+            try:
+                argv = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")[:-1]
+            except OSError:
+                continue
+            kind = server_kind([arg.decode(errors="replace") for arg in argv])
+            if kind is not None:
+                kinds[pid] = kind
+        for pid, kind in kinds.items():
+            # Gunicorn's workers are forks of the master (same command line): count the master only.
+            if kinds.get(parents[pid]) == kind:
+                continue
+            self.seen.setdefault((pid, table[pid][1]), (kind, self.test))
+
+
+SAMPLER = Sampler(os.getpid())
+DIR_ENV = "SERVER_COUNT_DIR"  # where xdist's workers leave their counts for the controller
+
+
+def _is_controller_of_workers(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _is_controller_of_workers(config):
+        os.environ[DIR_ENV] = tempfile.mkdtemp(prefix="servercount-")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Under xdist each worker counts below itself; the controller adds them up.
+    if not _is_controller_of_workers(session.config):
+        SAMPLER.start()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    SAMPLER.test = nodeid
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        SAMPLER.stop()
+        name = session.config.workerinput["workerid"]
+        (Path(os.environ[DIR_ENV]) / f"{name}.json").write_text(json.dumps(list(SAMPLER.seen.values())))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _is_controller_of_workers(terminalreporter.config):
+        seen = [tuple(v) for f in sorted(Path(os.environ[DIR_ENV]).glob("*.json")) for v in json.loads(f.read_text())]
+    else:
+        SAMPLER.stop()
+        seen = list(SAMPLER.seen.values())
+    kinds = Counter(kind for kind, _ in seen)
+    modules = Counter(test.split("::")[0] for _, test in seen)
+    terminalreporter.section("server processes started")
+    terminalreporter.write_line(f"total: {len(seen)} ({', '.join(f'{k} {n}' for k, n in kinds.most_common())})")
+    for module, count in modules.most_common():
+        terminalreporter.write_line(f"{count:4d}  {module}")
+    path = os.environ.get("SERVER_COUNT_FILE")
+    if path:
+        tests = Counter(test for _, test in seen)
+        report = {"total": len(seen), "kinds": dict(kinds), "modules": dict(modules), "tests": dict(tests)}
+        Path(path).write_text(json.dumps(report, indent=1) + "\n")
