@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -18,6 +21,9 @@ class SupervisedProcess:
 
     The watcher thread both notices an exit and spawns the replacement: PR_SET_PDEATHSIG, which the
     children use to die with us, fires when the thread that forked them exits, so it must live as long.
+    The child leads a process group of its own (``os.setpgrp`` before exec): what it started in turn
+    (Triton's python-backend stubs) is killed with the group once the child is gone, so that nothing it
+    left behind outlives it, even when it was killed before it could stop them.
     """
 
     label = "process"
@@ -57,6 +63,7 @@ class SupervisedProcess:
             code = self.proc.wait()  # Gunicorn's master may reap it first: then the code reads 0
             if self._stopping.is_set():
                 return
+            _kill_group(self.proc.pid)
             self.restarts += 1
             logger.error(
                 "%s (pid %d) exited with code %s; restarting it in %.1f s", self.label, self.proc.pid, code, delay
@@ -75,11 +82,19 @@ class SupervisedProcess:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; no restart after this."""
         self._stopping.set()
         proc = self.proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        _kill_group(proc.pid)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of the process group the child led (nothing, when it stopped its own)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
