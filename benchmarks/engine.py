@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import os
 import re
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from benchmarks.run import (
 )
 from runtime.tools import bench
 from tests.support import models
-from tests.support.processes import descendants
+from tests.support.processes import comm, cpu_seconds, descendants
 from tests.support.servers import REPO, ServerProcess, free_port, runtime_argv
 
 MODES = ("process", "worker")  # the engine; the per-worker design
@@ -179,17 +178,11 @@ def batches(server: ServerProcess) -> tuple[float, float]:
 def server_cpu_s(server: ServerProcess) -> dict[str, float]:
     """CPU seconds used so far (user and system) by the master, its workers and the engine; and the engine's."""
     assert server.proc is not None
-    tick = os.sysconf("SC_CLK_TCK")
     used = {"total": 0.0, "engine": 0.0}
     for pid in {server.proc.pid, *descendants(server.proc.pid)}:
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        seconds = (int(fields[11]) + int(fields[12])) / tick
+        seconds = cpu_seconds(pid)
         used["total"] += seconds
-        if comm == "runtime-engine":
+        if comm(pid) == "runtime-engine":
             used["engine"] += seconds
     return used
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import httpx
 
-from tests.support.faults import FAULTS, children, closed_loop, kill, percentile, rss_mib, wait_for
+from tests.support.faults import FAULTS, closed_loop, kill, percentile, rss_mib, wait_for
+from tests.support.processes import children
 from tests.support.servers import REPO, ServerProcess, free_port, runtime_argv
 from tests.support.venvs import AZMLINFSRV_REQUIREMENTS, ensure_venv
 

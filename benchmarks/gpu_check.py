@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import importlib.util
 import json
@@ -237,37 +236,17 @@ class Server:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds so far of the engine, the workers together, and the master."""
-        tick = os.sysconf("SC_CLK_TCK")
-        children: dict[int, list[int]] = {}
-        stats: dict[int, tuple[str, float]] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                raw = (entry / "stat").read_text()
-            except OSError:
-                continue
-            comm, rest = raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :].split()
-            children.setdefault(int(rest[1]), []).append(int(entry.name))
-            stats[int(entry.name)] = (comm, (int(rest[11]) + int(rest[12])) / tick)
-        totals = {"engine": 0.0, "workers": 0.0, "master": stats.get(self.proc.pid, ("", 0.0))[1]}
-        todo = list(children.get(self.proc.pid, []))
-        while todo:
-            pid = todo.pop()
-            todo += children.get(pid, [])
-            comm, seconds = stats.get(pid, ("", 0.0))
-            totals["engine" if comm == "runtime-engine" else "workers"] += seconds
+        from tests.support.processes import comm, cpu_seconds, descendants
+
+        totals = {"engine": 0.0, "workers": 0.0, "master": cpu_seconds(self.proc.pid)}
+        for pid in descendants(self.proc.pid):
+            totals["engine" if comm(pid) == "runtime-engine" else "workers"] += cpu_seconds(pid)
         return totals
 
     def engine_pid(self) -> int | None:
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if (entry / "comm").read_text().strip() == "runtime-engine" and os.getsid(int(entry.name)) == (
-                        self.proc.pid
-                    ):
-                        return int(entry.name)
-        return None
+        from tests.support.processes import comm, descendants
+
+        return next((pid for pid in descendants(self.proc.pid) if comm(pid) == "runtime-engine"), None)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from tests.conftest import StartRuntime
-from tests.support.faults import FAULTS, children, closed_loop, kill, rss_mib, wait_for
+from tests.support.faults import FAULTS, closed_loop, kill, rss_mib, wait_for
+from tests.support.processes import children
 
 pytestmark = pytest.mark.slow
 

@@ -29,11 +29,7 @@ from plugins.onnxruntime_backend import config_from_engine  # noqa: E402
 from runtime.serving.engine.client import EngineClient  # noqa: E402
 from runtime.serving.runner import load_runners  # noqa: E402
 from tests.support import models  # noqa: E402
-
-
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from tests.support.processes import cpu_seconds  # noqa: E402
 
 
 def own_cpu_s() -> float:
@@ -74,9 +70,9 @@ async def measure(args: argparse.Namespace, work: Path, engine: subprocess.Popen
         for concurrency in (1, 32):
             for name, call in (("engine", via_engine), ("in process", in_process)):
                 await load(call, concurrency, 300)  # warm up
-                engine_before, own_before = process_cpu_s(engine.pid), own_cpu_s()
+                engine_before, own_before = cpu_seconds(engine.pid), own_cpu_s()
                 seconds, p50 = await load(call, concurrency, args.requests)
-                engine_us = (process_cpu_s(engine.pid) - engine_before) * 1e6 / args.requests
+                engine_us = (cpu_seconds(engine.pid) - engine_before) * 1e6 / args.requests
                 own_us = (own_cpu_s() - own_before) * 1e6 / args.requests
                 print(
                     f"c={concurrency:2d} {name:10s} {args.requests / seconds:7.0f} req/s  p50 {p50 * 1e3:.3f} ms  "

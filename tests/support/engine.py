@@ -9,16 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import alive, descendants
+from tests.support.processes import alive, comm, descendants
 
 ENGINE_COMM = "runtime-engine"
-
-
-def comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def engine_pids(master: int) -> set[int]:

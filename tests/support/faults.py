@@ -21,22 +21,6 @@ from tests.support.servers import REPO
 FAULTS = REPO / "tests" / "scripts" / "faults"
 
 
-def children(pid: int) -> list[int]:
-    """Direct child processes of ``pid`` (Gunicorn's workers of a master)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: fields start after the last ')'.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
 def rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +19,28 @@ def process_table() -> dict[int, tuple[int, str]]:
             continue
         table[int(stat.parent.name)] = (int(fields[1]), fields[19])
     return table
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Gunicorn's workers of a master), sorted."""
+    return sorted(child for child, (parent, _) in process_table().items() if parent == pid)
+
+
+def comm(pid: int) -> str:
+    """The process's name (what ``ps -o comm`` shows); "" once it is gone."""
+    try:
+        return (PROC / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds the process has used so far; 0 once it is gone."""
+    try:
+        fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def below(root: int, parents: Mapping[int, int]) -> set[int]:
