@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import PROC, below, process_table
+from .processes import PROC, below, process_table  # relative: benchmarks/suite.py loads this package from a copy
 
 INTERVAL_S = 0.02
 
