@@ -27,157 +27,88 @@ _HEALTH_DESCRIPTION = "If service is up and running, this response will be retur
 _SCORE_DESCRIPTION = "The service processed the input correctly and provided a result prediction, if applicable."
 _FAILED = "The service failed to execute due to an error."
 _PAYLOAD = "The input payload for executing the real-time machine learning service."
+_BEARER = {"type": "apiKey", "name": "Authorization", "in": "header", "description": "For example: Bearer abc123"}
+
+
+def _paths(
+    prefix: str,
+    default: dict[str, Any],
+    health: dict[str, Any],
+    score_input: dict[str, Any],
+    score_output: dict[str, Any],
+    version_parameter: dict[str, Any],
+    document: dict[str, Any],
+) -> dict[str, Any]:
+    """The three operations of both versions; the arguments say how each version describes a body."""
+    return {
+        f"{prefix}/": {
+            "get": {
+                "operationId": "ServiceHealthCheck",
+                "description": "Simple health check endpoint to ensure the service is up at any given point.",
+                "responses": {"200": {"description": _HEALTH_DESCRIPTION, **health}, "default": default},
+            }
+        },
+        f"{prefix}/score": {
+            "post": {
+                "operationId": "RunMLService",
+                "description": "Run web service's model and get the prediction output",
+                "security": [{"Bearer": []}],
+                **score_input,
+                "responses": {"200": {"description": _SCORE_DESCRIPTION, **score_output}, "default": default},
+            }
+        },
+        f"{prefix}/swagger.json": {
+            "get": {
+                "operationId": "GetSwaggerSpec",
+                "description": "Get the Swagger specification.",
+                "parameters": [{"name": "version", "in": "query", "required": False, **version_parameter}],
+                "responses": {"200": {"description": "The Swagger specification.", **document}, "default": default},
+            }
+        },
+    }
 
 
 def _v2(prefix: str) -> dict[str, Any]:
-    default = {"description": _FAILED, "schema": {"$ref": "#/definitions/ErrorResponse"}}
+    string = {"type": "string"}
+    body = {"name": "serviceInputPayload", "in": "body", "description": _PAYLOAD}
     return {
         "swagger": "2.0",
         "schemes": ["https"],
         "consumes": ["application/json"],
         "produces": ["application/json"],
-        "securityDefinitions": {
-            "Bearer": {
-                "type": "apiKey",
-                "name": "Authorization",
-                "in": "header",
-                "description": "For example: Bearer abc123",
-            }
-        },
-        "paths": {
-            f"{prefix}/": {
-                "get": {
-                    "operationId": "ServiceHealthCheck",
-                    "description": "Simple health check endpoint to ensure the service is up at any given point.",
-                    "responses": {
-                        "200": {
-                            "description": _HEALTH_DESCRIPTION,
-                            "schema": {"type": "string"},
-                            "examples": {"application/json": "Healthy"},
-                        },
-                        "default": default,
-                    },
-                }
-            },
-            f"{prefix}/score": {
-                "post": {
-                    "operationId": "RunMLService",
-                    "description": "Run web service's model and get the prediction output",
-                    "security": [{"Bearer": []}],
-                    "parameters": [
-                        {
-                            "name": "serviceInputPayload",
-                            "in": "body",
-                            "description": _PAYLOAD,
-                            "schema": {"$ref": "#/definitions/ServiceInput"},
-                        }
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": _SCORE_DESCRIPTION,
-                            "schema": {"$ref": "#/definitions/ServiceOutput"},
-                        },
-                        "default": default,
-                    },
-                }
-            },
-            f"{prefix}/swagger.json": {
-                "get": {
-                    "operationId": "GetSwaggerSpec",
-                    "description": "Get the Swagger specification.",
-                    "parameters": [
-                        {
-                            "name": "version",
-                            "in": "query",
-                            "required": False,
-                            "type": "integer",
-                            "enum": [2, 3],
-                        }
-                    ],
-                    "responses": {
-                        "200": {"description": "The Swagger specification.", "schema": {"type": "string"}},
-                        "default": default,
-                    },
-                }
-            },
-        },
+        "securityDefinitions": {"Bearer": dict(_BEARER)},
+        "paths": _paths(
+            prefix,
+            default={"description": _FAILED, "schema": {"$ref": "#/definitions/ErrorResponse"}},
+            health={"schema": string, "examples": {"application/json": "Healthy"}},
+            score_input={"parameters": [{**body, "schema": {"$ref": "#/definitions/ServiceInput"}}]},
+            score_output={"schema": {"$ref": "#/definitions/ServiceOutput"}},
+            version_parameter={"type": "integer", "enum": [2, 3]},
+            document={"schema": string},
+        ),
         "definitions": {},
     }
 
 
 def _v3(prefix: str) -> dict[str, Any]:
     def content(schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
-        return {media: {"schema": schema}}
+        return {"content": {media: {"schema": schema}}}
 
-    default = {"description": _FAILED, "content": content({"$ref": "#/components/schemas/ErrorResponse"})}
     return {
         "openapi": "3.0.3",
         "security": [{"Bearer": []}],
-        "paths": {
-            f"{prefix}/": {
-                "get": {
-                    "operationId": "ServiceHealthCheck",
-                    "description": "Simple health check endpoint to ensure the service is up at any given point.",
-                    "responses": {
-                        "200": {
-                            "description": _HEALTH_DESCRIPTION,
-                            "content": content({"type": "string", "example": "Healthy"}, "text/plain"),
-                        },
-                        "default": default,
-                    },
-                }
+        "paths": _paths(
+            prefix,
+            default={"description": _FAILED, **content({"$ref": "#/components/schemas/ErrorResponse"})},
+            health=content({"type": "string", "example": "Healthy"}, "text/plain"),
+            score_input={
+                "requestBody": {"description": _PAYLOAD, **content({"$ref": "#/components/schemas/ServiceInput"})}
             },
-            f"{prefix}/score": {
-                "post": {
-                    "operationId": "RunMLService",
-                    "description": "Run web service's model and get the prediction output",
-                    "security": [{"Bearer": []}],
-                    "requestBody": {
-                        "description": _PAYLOAD,
-                        "content": content({"$ref": "#/components/schemas/ServiceInput"}),
-                    },
-                    "responses": {
-                        "200": {
-                            "description": _SCORE_DESCRIPTION,
-                            "content": content({"$ref": "#/components/schemas/ServiceOutput"}),
-                        },
-                        "default": default,
-                    },
-                }
-            },
-            f"{prefix}/swagger.json": {
-                "get": {
-                    "operationId": "GetSwaggerSpec",
-                    "description": "Get the Swagger specification.",
-                    "parameters": [
-                        {
-                            "name": "version",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "integer", "enum": [2, 3]},
-                        }
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "The Swagger specification.",
-                            "content": content({"type": "string"}, "text/plain"),
-                        },
-                        "default": default,
-                    },
-                }
-            },
-        },
-        "components": {
-            "schemas": {},
-            "securitySchemes": {
-                "Bearer": {
-                    "type": "apiKey",
-                    "name": "Authorization",
-                    "in": "header",
-                    "description": "For example: Bearer abc123",
-                }
-            },
-        },
+            score_output=content({"$ref": "#/components/schemas/ServiceOutput"}),
+            version_parameter={"schema": {"type": "integer", "enum": [2, 3]}},
+            document=content({"type": "string"}, "text/plain"),
+        ),
+        "components": {"schemas": {}, "securitySchemes": {"Bearer": dict(_BEARER)}},
     }
 
 
