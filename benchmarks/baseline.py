@@ -1,0 +1,184 @@
+"""HEAD against a baseline commit on the rows issue 9 names, in one run, with azmlinfsrv beside them.
+
+    python -m benchmarks.baseline                 # baseline 505bb0e; writes docs/benchmarks-baseline.md
+    python -m benchmarks.baseline --rounds 1 --duration 2 --warmup 1   # a quick look
+
+Rows: the tiny model through ``/v2/models/tiny/infer`` with 1 worker at c=1 and c=32, and BiDAF
+hook style (examples/bidaf_onnx/score_bidaf.py) through ``/score`` with 1 worker at c=32, each
+served by the baseline's ``runtime serve`` and by HEAD's (as shipped: HEAD runs its model engine),
+plus azmlinfsrv 1.5.1 with the benchmark's BiDAF score.py. The baseline is a clean clone at its
+commit with a venv of its own (made by :mod:`benchmarks.suite`); both sides serve the same model
+repository and take turns, round by round, and the median round counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import functools
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.run import EXAMPLES, LAUNCHER, SCRIPTS, build_models, workloads
+from benchmarks.suite import git, prepare
+from runtime.tools import bench
+from tests.support.servers import REPO, ServerProcess, free_port
+from tests.support.venvs import azmlinfsrv_bench_python
+
+QUIET = {"RUNTIME_ACCESS_LOG": "false", "AZUREML_LOG_LEVEL": "WARNING"}
+
+
+def serve(python: Path, clone: Path, model_dir: Path, work: Path, name: str, *args: str) -> ServerProcess:
+    """``runtime serve`` from ``python``'s venv (its console script: the baseline has no ``-m`` entry), 1 worker."""
+    port = free_port()
+    argv = [str(python.parent / "runtime"), "serve", "--port", str(port), "--workers", "1"]
+    argv += ["--model-dir", str(model_dir), *args]
+    server = ServerProcess(argv, port, work / f"{name}-{port}.log", env=QUIET, cwd=clone)
+    return server.start(timeout=300)
+
+
+def azmlinfsrv(model_dir: Path, work: Path) -> ServerProcess:
+    port = free_port()
+    argv = [str(azmlinfsrv_bench_python()), str(LAUNCHER), "--entry_script", str(SCRIPTS / "aml_bidaf.py")]
+    argv += ["--port", str(port), "--model_dir", str(model_dir), "--worker_count", "1"]
+    server = ServerProcess(argv, port, work / f"azmlinfsrv-{port}.log", env={"AZUREML_LOG_LEVEL": "WARNING"})
+    return server.start(timeout=300)
+
+
+def step(target: bench.Target, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
+    result = asyncio.run(bench.run_step(target, concurrency, duration, warmup))
+    errors = sum(result.errors.values())
+    return {"throughput": result.throughput, "p50_ms": result.latency_ms["p50"], "errors": errors}
+
+
+def measure(
+    start: Callable[[], ServerProcess], path: str, body: bytes, headers: dict[str, str], steps: list[int], args: Any
+) -> dict[int, dict[str, Any]]:
+    server = start()
+    try:
+        target = bench.Target(server.url + path, lambda: body, headers)
+        return {c: step(target, c, args.duration, args.warmup) for c in steps}
+    finally:
+        server.stop()
+
+
+def median_round(rounds: list[dict[int, dict[str, Any]]], concurrency: int) -> dict[str, Any]:
+    """The round with the median throughput at ``concurrency``."""
+    ordered = sorted(rounds, key=lambda r: r[concurrency]["throughput"])
+    return ordered[len(ordered) // 2][concurrency]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", default="505bb0e")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-baseline.md")
+    args = parser.parse_args(argv)
+    baseline = git("rev-parse", args.baseline)
+    clone = prepare(baseline)
+    sides = {"baseline": (clone / ".venv" / "bin" / "python", clone), "HEAD": (Path(sys.executable), REPO)}
+    results: dict[str, dict[str, list[dict[int, dict[str, Any]]]]] = {}
+    with tempfile.TemporaryDirectory(prefix="baseline-bench-") as tmp:
+        work = Path(tmp)
+        model_dir = work / "models"
+        build_models(model_dir, small=False)
+        loads = {w.name: w for w in workloads(model_dir)}
+        v2_body, v2_headers = bench.v2_body(loads["tiny"].v2_inputs or {})
+        bidaf = loads["bidaf"]
+        json_headers = {"Content-Type": "application/json"}
+        hook = EXAMPLES / "bidaf_onnx" / "score_bidaf.py"
+        for round_ in range(args.rounds):
+            for side, (python, root) in sides.items():
+                rows = results.setdefault(side, {})
+                rows.setdefault("tiny v2", []).append(
+                    measure(
+                        functools.partial(serve, python, root, model_dir, work, "tiny"),
+                        "/v2/models/tiny/infer",
+                        v2_body,
+                        v2_headers,
+                        [1, 32],
+                        args,
+                    )
+                )
+                script = root / hook.relative_to(REPO)
+                rows.setdefault("bidaf hook", []).append(
+                    measure(
+                        functools.partial(serve, python, root, model_dir, work, "bidaf", "--entry", str(script)),
+                        "/score",
+                        bidaf.score_body,
+                        json_headers,
+                        [32],
+                        args,
+                    )
+                )
+            results.setdefault("azmlinfsrv", {}).setdefault("bidaf hook", []).append(
+                measure(
+                    functools.partial(azmlinfsrv, model_dir, work), "/score", bidaf.azml_body, json_headers, [32], args
+                )
+            )
+            print(f"round {round_ + 1}: {json.dumps(results)[:400]}...", flush=True)
+    write_report(results, args, baseline)
+    print(args.out.read_text())
+    return 0
+
+
+def write_report(results: dict[str, Any], args: Any, baseline: str) -> None:
+    def row(side: str, name: str, c: int) -> dict[str, Any]:
+        found: dict[str, Any] = median_round(results[side][name], c)
+        return found
+
+    tiny_base, tiny_head = row("baseline", "tiny v2", 1), row("HEAD", "tiny v2", 1)
+    tiny32_base, tiny32_head = row("baseline", "tiny v2", 32), row("HEAD", "tiny v2", 32)
+    bidaf = {side: row(side, "bidaf hook", 32) for side in ("baseline", "HEAD", "azmlinfsrv")}
+    lines = [
+        "# Benchmark: HEAD against the baseline on issue 9's rows",
+        "",
+        "Generated by `benchmarks/baseline.py`; do not edit by hand. Re-run with:",
+        "",
+        "```bash",
+        f"python -m benchmarks.baseline --baseline {args.baseline} --rounds {args.rounds}",
+        "```",
+        "",
+        f"* date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; baseline {baseline[:12]}, "
+        f"HEAD {git('rev-parse', '--short=12', 'HEAD')}; 2 cores shared by client and servers",
+        f"* steps: {args.duration:g} s after {args.warmup:g} s warm-up, closed loop; {args.rounds} rounds, the sides "
+        "taking turns; the round with the median throughput is shown",
+        "",
+        "| row | side | req/s | p50 ms | errors |",
+        "|---|---|---|---|---|",
+    ]
+    for name, pairs in (
+        ("tiny /v2, 1 worker, c=1", [("baseline", tiny_base), ("HEAD", tiny_head)]),
+        ("tiny /v2, 1 worker, c=32", [("baseline", tiny32_base), ("HEAD", tiny32_head)]),
+        ("BiDAF hook style /score, 1 worker, c=32", list(bidaf.items())),
+    ):
+        for side, found in pairs:
+            lines.append(
+                f"| {name} | {side} | {found['throughput']:,.0f} | {found['p50_ms']:.2f} | {found['errors']} |"
+            )
+    p50_ratio = tiny_head["p50_ms"] / tiny_base["p50_ms"]
+    rate_ratio = tiny_head["throughput"] / tiny_base["throughput"]
+    bidaf_ratio = bidaf["HEAD"]["throughput"] / bidaf["azmlinfsrv"]["throughput"]
+    base_bidaf_ratio = bidaf["baseline"]["throughput"] / bidaf["azmlinfsrv"]["throughput"]
+    lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for name, value, at_most in (
+        ("tiny /v2 c=1: p50, HEAD / baseline", p50_ratio, True),
+        ("tiny /v2 c=1: req/s, HEAD / baseline", rate_ratio, False),
+        ("BiDAF hook 1w c=32: req/s, HEAD / azmlinfsrv", bidaf_ratio, False),
+    ):
+        met = value <= 1 if at_most else value >= 1
+        lines.append(f"| {name} | {value:.2f} | {'<=' if at_most else '>='} 1 | {'yes' if met else '**no**'} |")
+    lines += [f"| (the baseline, same run) BiDAF hook 1w c=32 / azmlinfsrv | {base_bidaf_ratio:.2f} | | |", ""]
+    args.out.write_text("\n".join(lines))
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
