@@ -8,6 +8,7 @@ docs/azureml-contract.md).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,20 +64,10 @@ class Observed:
 
 def observe(base: str, name: str) -> Observed:
     spec = REQUESTS[name]
-    headers = {"x-request-id": f"test-{name}", **ID_HEADERS, **spec.get("headers", {})}
-    response = httpx.request(
-        spec["method"],
-        base + "/score" + spec.get("url_suffix", ""),
-        headers=headers,
-        content=spec.get("content"),
-        timeout=30,
+    call = Call(
+        name, spec["method"], spec.get("url_suffix", ""), tuple(spec.get("headers", {}).items()), spec.get("content")
     )
-    return Observed(
-        status=response.status_code,
-        body=response.content,
-        headers={h: response.headers.get(h) for h in CONTRACT_HEADERS},
-        has_exec_ms="x-ms-run-fn-exec-ms" in response.headers,
-    )
+    return observe_call(base, "", call, CONTRACT_HEADERS)
 
 
 def side_by_side(reference: ServerProcess, ours: ServerProcess, look: Callable[[str], Observed]) -> list[Observed]:
@@ -146,18 +137,86 @@ SERVED_SCRIPTS = [
     "not_serializable",
 ]
 
+# -- one server pair per kind of run(), shared by the module -----------------------------------------
+# Scripts whose run() azmlinfsrv calls the same way share a pair: tests/scripts/aml/modes.py serves the
+# family and runs the member the test names (Pair.use). A run(data) family and a @rawhttp family (rawhttp
+# is a switch for the whole server); request_headers and inference-schema change how run() is called,
+# so each has a pair of its own. The two families run with the CORS origins of their CORS case: with
+# them set, azmlinfsrv answers REQUESTS with the same status, body and contract headers as without
+# them (checked when this was set up); the forms, stream and print calls then carry the
+# Access-Control-Allow-Origin that flask-cors sends without an Origin too, which is compared, and
+# the "no_cors" case compares a server without AML_CORS_ORIGINS.
+CORS_ORIGINS = "https://a.example, https://b.example"
+FAMILIES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "run_data": (
+        ("undecorated", "run_raises", "slow_run", "not_serializable", "prints"),
+        {"AML_CORS_ORIGINS": "*"},
+    ),
+    "rawhttp": (("rawhttp", "amlresponse", "forms", "stream"), {"AML_CORS_ORIGINS": CORS_ORIGINS}),
+    "request_headers": (("request_headers",), {}),
+    "schema": (("schema",), {}),
+}
+
+
+def family_of(script: str) -> str:
+    return next(name for name, (members, _) in FAMILIES.items() if script in members)
+
+
+@dataclass
+class Pair:
+    """azmlinfsrv and the runtime on one family's script, ready."""
+
+    reference: ServerProcess
+    ours: ServerProcess
+    env: dict[str, str]
+    mode_file: Path | None
+    idle_at: float = 0.0  # when a run() still sleeping from an earlier test has returned
+
+    def use(self, script: str) -> tuple[ServerProcess, ServerProcess]:
+        """Both servers answer as ``script`` from now on, once they are idle."""
+        if self.mode_file is not None:
+            self.mode_file.write_text(script)
+        time.sleep(max(0.0, self.idle_at - time.monotonic()))
+        return self.reference, self.ours
+
+
+class Pairs:
+    def __init__(self, azml_python: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.azml_python = azml_python
+        self.tmp_path_factory = tmp_path_factory
+        self.started: dict[str, Pair] = {}
+
+    def get(self, script: str) -> Pair:
+        family = family_of(script)
+        if family not in self.started:
+            members, cors = FAMILIES[family]
+            tmp = self.tmp_path_factory.mktemp(family)
+            mode_file = tmp / "mode" if len(members) > 1 else None
+            env = {**cors, **({"MODES_SCRIPTS": ",".join(members), "MODES_FILE": str(mode_file)} if mode_file else {})}
+            reference, ours = start_pair("modes" if mode_file else script, self.azml_python, tmp, env)
+            self.started[family] = Pair(reference, ours, env, mode_file)
+            reference.wait_ready()
+            ours.wait_ready()
+        return self.started[family]
+
+    def stop(self) -> None:
+        stop_all(s for pair in self.started.values() for s in (pair.reference, pair.ours))
+
+
+@pytest.fixture(scope="module")
+def pairs(azmlinfsrv_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pairs]:
+    started = Pairs(azmlinfsrv_python, tmp_path_factory)
+    yield started
+    started.stop()
+
 
 @pytest.fixture(params=SERVED_SCRIPTS)
-def pair(
-    request: pytest.FixtureRequest, azmlinfsrv_python: Path, tmp_path: Path
-) -> Iterator[tuple[str, ServerProcess, ServerProcess]]:
-    reference, ours = start_pair(request.param, azmlinfsrv_python, tmp_path)
-    try:
-        reference.wait_ready()
-        ours.wait_ready()
-        yield request.param, reference, ours
-    finally:
-        stop_all([reference, ours])
+def pair(request: pytest.FixtureRequest, pairs: Pairs) -> Iterator[tuple[str, ServerProcess, ServerProcess]]:
+    shared = pairs.get(request.param)
+    yield request.param, *shared.use(request.param)
+    if request.param == "slow_run":
+        # REQUESTS["slow"] keeps run() busy for 3 s on both servers, past the 1 s timeout: the next test waits.
+        shared.idle_at = time.monotonic() + 3.5
 
 
 def test_same_answers_as_azmlinfsrv(pair: tuple[str, ServerProcess, ServerProcess]) -> None:
@@ -195,7 +254,7 @@ def test_init_failure_exits_3_on_both(azmlinfsrv_python: Path, tmp_path: Path) -
     assert "init_raises.py" in log and "init()" in log and "model file missing" in log, log
 
 
-# -- bodies, streams, CORS and print(): one server pair per case, a few requests each ----------------
+# -- bodies, streams, CORS and print(): a few requests each, on the pair of the script's family -------
 
 BOUNDARY = "conformance-boundary"
 MULTIPART = (
@@ -212,7 +271,6 @@ MULTIPART = (
 ).encode()
 MULTIPART_HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
-CORS_ORIGINS = "https://a.example, https://b.example"
 PREFLIGHT = {
     "Origin": "https://a.example",
     "Access-Control-Request-Method": "POST",
@@ -242,7 +300,7 @@ class Call:
 class Case:
     script: str
     calls: tuple[Call, ...]
-    env: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # what the script's family runs with (FAMILIES) must include these
 
 
 CASES = {
@@ -287,19 +345,34 @@ CASES = {
         ),
         (("AML_CORS_ORIGINS", "*"),),
     ),
+    # Without AML_CORS_ORIGINS: no CORS headers, whatever the request asks (the families above run with it).
+    "no_cors": Case(
+        "request_headers",
+        (
+            Call("preflight", "OPTIONS", "", tuple(PREFLIGHT.items())),
+            Call("post", "POST", "", (("Origin", "https://a.example"), *JSON.items()), b"{}"),
+        ),
+    ),
 }
 
 
-def observe_call(base: str, case: str, call: Call) -> Observed:
+def observe_call(
+    base: str, case: str, call: Call, names: tuple[str, ...] = (*CONTRACT_HEADERS, *CORS_HEADERS)
+) -> Observed:
+    """What ``call`` (of CASES[case]; of REQUESTS when case is "") gets: status, body and the headers ``names``."""
     response = httpx.request(
         call.method,
         base + call.path + call.suffix,
-        headers={"x-request-id": f"test-{case}-{call.name}", **ID_HEADERS, **dict(call.headers)},
+        headers={
+            "x-request-id": "-".join(("test", *filter(None, (case, call.name)))),
+            **ID_HEADERS,
+            **dict(call.headers),
+        },
         content=call.content,
         timeout=30,
     )
-    headers = {h: response.headers.get(h) for h in (*CONTRACT_HEADERS, *CORS_HEADERS)}
-    if headers["allow"]:  # Werkzeug lists the methods of a set: the order changes from run to run
+    headers = {h: response.headers.get(h) for h in names}
+    if headers.get("allow"):  # Werkzeug lists the methods of a set: the order changes from run to run
         headers["allow"] = ", ".join(sorted(m.strip() for m in headers["allow"].split(",")))
     return Observed(
         status=response.status_code,
@@ -321,25 +394,22 @@ def expected_for_call(call: Call, ref: Observed) -> Observed:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bodies_streams_cors_and_print_as_azmlinfsrv(case: str, azmlinfsrv_python: Path, tmp_path: Path) -> None:
+def test_bodies_streams_cors_and_print_as_azmlinfsrv(case: str, pairs: Pairs) -> None:
     spec = CASES[case]
-    reference, ours = start_pair(spec.script, azmlinfsrv_python, tmp_path, dict(spec.env))
-    try:
-        reference.wait_ready()
-        ours.wait_ready()
-        mismatches = []
-        for call in spec.calls:
-            ref, got = side_by_side(reference, ours, lambda base, call=call: observe_call(base, case, call))
-            want = expected_for_call(call, ref)
-            if got != want:
-                mismatches.append(
-                    f"{case}/{call.name}:\n  azmlinfsrv: {ref.show()}\n"
-                    f"  expected:   {want.show()}\n  runtime:    {got.show()}"
-                )
-        assert not mismatches, "\n".join(mismatches)
-        if case == "prints":
-            # Both capture print() into the log; the runtime's line carries the request id.
-            assert 'scoring {"hello": "log"}' in reference.log()
-            assert '[test-prints-print] - scoring {"hello": "log"}' in ours.log()
-    finally:
-        stop_all([reference, ours])
+    shared = pairs.get(spec.script)
+    assert dict(spec.env).items() <= shared.env.items(), f"{case} needs {spec.env}: see FAMILIES"
+    reference, ours = shared.use(spec.script)
+    mismatches = []
+    for call in spec.calls:
+        ref, got = side_by_side(reference, ours, lambda base, call=call: observe_call(base, case, call))
+        want = expected_for_call(call, ref)
+        if got != want:
+            mismatches.append(
+                f"{case}/{call.name}:\n  azmlinfsrv: {ref.show()}\n"
+                f"  expected:   {want.show()}\n  runtime:    {got.show()}"
+            )
+    assert not mismatches, "\n".join(mismatches)
+    if case == "prints":
+        # Both capture print() into the log; the runtime's line carries the request id.
+        assert 'scoring {"hello": "log"}' in reference.log()
+        assert '[test-prints-print] - scoring {"hello": "log"}' in ours.log()
