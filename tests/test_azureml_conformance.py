@@ -20,6 +20,7 @@ import pytest
 
 from runtime.azureml.swagger import without_security
 from tests.conftest import SCRIPTS
+from tests.support.fuzz import swagger_operations_never_5xx
 from tests.support.servers import ServerProcess, start_azmlinfsrv_and_runtime, stop_all
 from tests.support.venvs import AZMLINFSRV_REQUIREMENTS, ensure_venv
 
@@ -244,6 +245,11 @@ def test_same_answers_as_azmlinfsrv(pair: tuple[str, ServerProcess, ServerProces
                 f"  runtime {got.status_code} {got.text[:300]}"
             )
     assert not mismatches, "\n".join(mismatches)
+
+
+def test_swagger_operations_never_5xx(pairs: Pairs) -> None:
+    """schemathesis on the runtime's swagger for the inference-schema script (a fuzz test: tests/test_fuzz.py)."""
+    swagger_operations_never_5xx(pairs.get("schema").use("schema")[1].url)
 
 
 def test_init_failure_exits_3_on_both(azmlinfsrv_python: Path, tmp_path: Path) -> None:

@@ -1,32 +1,28 @@
 """Hypothesis fuzzing of /score and /v2: no answer of 500 or above, no internal detail, v2 errors as {"error"}.
 
 In CI: FUZZ_EXAMPLES (default 1000) cases per in-process test, two tests, and a smaller pass against a
-real Gunicorn server. The 20,000-case run (docs/reliability.md):
+real Gunicorn server. schemathesis on the swagger of an inference-schema script runs on the runtime
+that tests/test_azureml_conformance.py serves it with. The 20,000-case run (docs/reliability.md):
 
     FUZZ_EXAMPLES=10000 pytest tests/test_fuzz.py -k in_process -p no:cacheprovider
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis.checks import not_a_server_error
 
 from runtime.settings import Settings
 from tests.conftest import SCRIPTS
-from tests.support.fuzz import Req, check, score_requests, v2_requests
+from tests.support.fuzz import EXAMPLES, Req, check, score_requests, v2_requests
 from tests.support.inprocess import InProcess
-from tests.support.servers import ServerProcess, free_port, runtime_argv, start_module_server
+from tests.support.servers import ServerProcess, start_module_server
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -87,24 +83,3 @@ def test_real_server_logged_no_internal_error(server: ServerProcess, client: htt
     log = server.log()
     assert "Unhandled error" not in log and "Exception in ASGI application" not in log, log[-3000:]
     assert "Worker exiting" not in log and "WORKER TIMEOUT" not in log, log[-3000:]
-
-
-@pytest.mark.slow
-def test_swagger_operations(tmp_path: Path) -> None:
-    """schemathesis: every operation of the served swagger, with inputs drawn from its schemas; never a 5xx."""
-    port = free_port()
-    argv = runtime_argv("serve", "--entry", str(SCRIPTS / "aml" / "schema.py"), "--port", str(port))
-    process = ServerProcess(argv, port, tmp_path / "server.log").start()
-    try:
-        schema = schemathesis.openapi.from_url(f"{process.url}/swagger.json?version=3")
-        operations = [result.ok() for result in schema.get_all_operations()]
-        assert {"/", "/score"} <= {op.path for op in operations}
-
-        @settings(max_examples=max(30, EXAMPLES // 10), deadline=None, database=None)
-        @given(case=st.one_of([op.as_strategy() for op in operations]))
-        def call(case: Any) -> None:
-            case.call_and_validate(checks=[not_a_server_error])
-
-        call()
-    finally:
-        process.stop()

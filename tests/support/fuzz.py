@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import numpy as np
+import schemathesis
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+
+# Cases per in-process fuzz test (tests/test_fuzz.py); the real-server passes draw a tenth of it.
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
 
 MODELS = ["linear", "strings", "types", "classifier"]
 DATATYPES = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
@@ -309,3 +316,17 @@ def check(req: Req, response: httpx.Response) -> None:
     assert not any(leak in text for leak in LEAKS), f"internal detail in {text[:500]} for {where}"
     if req.path.startswith("/v2") and response.status_code >= 400:
         assert "error" in response.json(), f"{response.status_code} {text[:300]} for {where}"
+
+
+def swagger_operations_never_5xx(base: str) -> None:
+    """schemathesis: every operation of the swagger served at ``base``, inputs drawn from its schemas; never a 5xx."""
+    schema = schemathesis.openapi.from_url(f"{base}/swagger.json?version=3")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {"/", "/score"} <= {op.path for op in operations}
+
+    @settings(max_examples=max(30, EXAMPLES // 10), deadline=None, database=None)
+    @given(case=st.one_of([op.as_strategy() for op in operations]))
+    def call(case: Any) -> None:
+        case.call_and_validate(checks=[not_a_server_error])
+
+    call()
