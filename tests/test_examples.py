@@ -22,7 +22,7 @@ from tests.support import hostile
 from tests.support.engine import worker_pids
 from tests.support.inprocess import AppPool
 from tests.support.rss import PeakRss
-from tests.support.servers import REPO
+from tests.support.servers import REPO, ServerProcess, start_module_server
 from tests.test_onnxruntime_backend import metric
 
 pytestmark = pytest.mark.slow
@@ -145,6 +145,17 @@ def test_densenet_bad_images_get_400(
     assert server.post("/score", content=jpeg(), headers={"Content-Type": "image/jpeg"}).status_code == 200
 
 
+@pytest.fixture(scope="module")
+def densenet_server(examples_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real server with the hook-style DenseNet on the embedded backend: a worker process whose RSS is
+    measured, and /metrics of its own. Shared by the image bombs and the batching test, which only read."""
+    server = start_module_server(
+        tmp_path_factory, "--entry", str(DENSENET / "score_densenet.py"), "--model-dir", str(examples_repo)
+    )
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize(
     ("name", "image", "status"),
     [
@@ -155,11 +166,10 @@ def test_densenet_bad_images_get_400(
     ],
 )
 def test_densenet_image_bombs(
-    start_runtime: StartRuntime, examples_repo: Path, name: str, image: Callable[[], bytes], status: int
+    densenet_server: ServerProcess, name: str, image: Callable[[], bytes], status: int
 ) -> None:
     """Image dimensions are checked from the header before decoding; no image costs the worker 100 MiB."""
-    # A real worker process: its RSS is what is measured.
-    server = start_runtime("--entry", str(DENSENET / "score_densenet.py"), "--model-dir", str(examples_repo))
+    server = densenet_server
     body = image()
     assert server.proc is not None
     (worker,) = worker_pids(server.proc.pid)  # the model engine is a child too
@@ -173,14 +183,21 @@ def test_densenet_image_bombs(
 
 
 def test_densenet_concurrent_requests_are_batched(
-    start_runtime: StartRuntime, examples_repo: Path, backend: str, triton_if_needed: ManagedTriton | None
+    start_runtime: StartRuntime,
+    examples_repo: Path,
+    backend: str,
+    triton_if_needed: ManagedTriton | None,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Batches show in /metrics in both modes (on Triton, from its statistics API). A real server: the
-    metrics of apps in this process would mix."""
-    args = ["--entry", str(DENSENET / "score_densenet.py"), "--model-dir", str(examples_repo)]
-    if triton_if_needed is not None:
-        args += ["--backend", "triton", "--triton-url", triton_if_needed.url]
-    server = start_runtime(*args)
+    metrics of apps in this process would mix. Other tests' requests to the shared server add batches
+    of one at most, so a batch larger than one is this test's."""
+    if triton_if_needed is None:
+        server: ServerProcess = request.getfixturevalue("densenet_server")
+    else:
+        entry = str(DENSENET / "score_densenet.py")
+        args = ["--entry", entry, "--model-dir", str(examples_repo), "--backend", "triton"]
+        server = start_runtime(*args, "--triton-url", triton_if_needed.url)
     images = [jpeg(seed=i) for i in range(48)]
 
     def send(img: bytes) -> httpx.Response:
