@@ -37,9 +37,12 @@ def test_console_blocks_are_found() -> None:
     """The extraction itself: the commands and outputs the READMEs show, servers marked as such."""
     commands = console_commands(REPO / "examples/bidaf_onnx/README.md")
     texts = [c.text for c in commands]
-    # BiDAF step 2 against the models-only server of step 1: --v2, then the server is stopped.
+    # BiDAF: one server (step 2); step 3's clients, in the next block, run against it; then it is stopped.
+    (serve,) = [i for i, c in enumerate(commands) if c.background]
+    assert texts[serve].startswith("runtime serve --entry examples/bidaf_onnx/score_bidaf.py ")
     v2 = texts.index("python examples/bidaf_onnx/client.py --v2")
-    assert commands[v2 - 2].background and texts[v2 + 1] == "kill $!; wait $!"
+    assert serve < v2 < len(texts) - 1
+    assert texts[-1] == "kill $!; wait $!"
     assert commands[v2].expected == ['{"answer": "."}']
     assert [c.text for c in console_commands(REPO / "README.md") if c.background] == [
         "runtime serve --entry examples/densenet_onnx/score_densenet.py --model-dir examples/densenet_onnx/models &"
