@@ -2,25 +2,54 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import StartRuntime, script
+from tests.support import models
 from tests.support.plots import assert_matplotlib_png
-from tests.support.servers import REPO, ServerPool, runtime_argv
+from tests.support.servers import REPO, ServerProcess, runtime_argv, start_module_server
 
 pytestmark = pytest.mark.slow
+SCORE_DENSENET = REPO / "examples" / "densenet_onnx" / "score_densenet.py"
 
 
-def test_bench_score_sweep_reports_json_plot_and_no_errors(start_runtime: StartRuntime, tmp_path: Path) -> None:
-    server = start_runtime("--entry", script("core/echo.py"))
+@pytest.fixture(scope="module")
+def bench_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small DenseNet and the linear test model in one repository."""
+    root = tmp_path_factory.mktemp("densenet")
+    make = REPO / "examples" / "densenet_onnx" / "make_model.py"
+    subprocess.run([sys.executable, str(make), "--out", str(root), "--small"], check=True, capture_output=True)
+    models.make_linear(root / "triton" / "linear" / "1" / "model.onnx")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(bench_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The hook-style DenseNet (/score, JPEG or JSON) and both models on v2: the one server the module's
+    runs measure. The runs only read, and each step's batch sizes come from /metrics before and after it."""
+    process = start_module_server(tmp_path_factory, "--entry", str(SCORE_DENSENET), "--model-dir", str(bench_models))
+    yield process
+    process.stop()
+
+
+def jpeg_file(path: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_bench_score_sweep_reports_json_plot_and_no_errors(server: ServerProcess, tmp_path: Path) -> None:
     payload = tmp_path / "body.json"
-    payload.write_text('{"a": 1}')
+    payload.write_text(json.dumps({"image": base64.b64encode(jpeg_file(tmp_path / "cat.jpg").read_bytes()).decode()}))
     out, png = tmp_path / "report.json", tmp_path / "plot.png"
     result = subprocess.run(
         runtime_argv(
@@ -61,8 +90,7 @@ def test_bench_score_sweep_reports_json_plot_and_no_errors(start_runtime: StartR
     assert_matplotlib_png(png)
 
 
-def test_bench_v2_model_and_counts_errors(servers: ServerPool, model_repo: Path) -> None:
-    server = servers.get("--model-dir", str(model_repo))
+def test_bench_v2_model_and_counts_errors(server: ServerProcess) -> None:
     result = subprocess.run(
         runtime_argv(
             "bench",
@@ -154,29 +182,13 @@ def test_benchmark_command_quick_mode(tmp_path: Path) -> None:
     assert_matplotlib_png(output.with_name(output.stem + "-batches.png"))  # from the runtime's /metrics
 
 
-@pytest.fixture(scope="module")
-def densenet_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("densenet")
-    make = REPO / "examples" / "densenet_onnx" / "make_model.py"
-    subprocess.run([sys.executable, str(make), "--out", str(root), "--small"], check=True, capture_output=True)
-    return root
-
-
 def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(runtime_argv("bench", *args), capture_output=True, text=True, timeout=timeout)
 
 
-def test_bench_jpeg_payload_gets_200s_without_content_type(
-    start_runtime: StartRuntime, densenet_small: Path, tmp_path: Path
-) -> None:
+def test_bench_jpeg_payload_gets_200s_without_content_type(server: ServerProcess, tmp_path: Path) -> None:
     """The content type comes from the extension: a .jpg goes as image/jpeg, which score.py accepts."""
-    import numpy as np
-    from PIL import Image
-
-    picture = tmp_path / "cat.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(picture)
-    score = str(REPO / "examples" / "densenet_onnx" / "score_densenet.py")
-    server = start_runtime("--entry", score, "--model-dir", str(densenet_small))
+    picture = jpeg_file(tmp_path / "cat.jpg")
     plot = tmp_path / "latency.png"
     url = server.url + "/score"
     args = ["--url", url, "--payload", str(picture), "--concurrency", "2,4", "--duration", "1", "--warmup", "0.2"]
