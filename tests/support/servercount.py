@@ -32,7 +32,9 @@ def server_kind(argv: list[str]) -> str | None:
     names = [Path(arg).name for arg in argv[:3]]
     if names[0] == "tritonserver":
         return "tritonserver"
-    if "azmlinfsrv" in names or any("azmlinfsrv" in arg for arg in argv[:3]):
+    # By file name: the launcher, or azmlinfsrv itself; a venv's python whose folder is named after
+    # azmlinfsrv (pip installing into the benchmark's venv) is no server.
+    if any("azmlinfsrv" in name for name in names):
         return "azmlinfsrv"
     if "runtime" in names and "serve" in argv[1:4]:
         return "runtime"
