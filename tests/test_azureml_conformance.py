@@ -247,6 +247,20 @@ def test_same_answers_as_azmlinfsrv(pair: tuple[str, ServerProcess, ServerProces
     assert not mismatches, "\n".join(mismatches)
 
 
+@pytest.mark.parametrize("family", [name for name, (members, _) in FAMILIES.items() if len(members) > 1])
+def test_each_script_of_a_family_answers_as_itself(family: str, pairs: Pairs) -> None:
+    """The guard on shared pairs: a mode that did not switch would compare one script several times and
+    pass. Each script of a family answers the valid request differently, on both servers."""
+    members = FAMILIES[family][0]
+    for side in (0, 1):
+        answers = {}
+        for script in members:
+            server = pairs.get(script).use(script)[side]
+            seen = observe(server.url, "valid")
+            answers[script] = (seen.status, seen.body, tuple(seen.headers.items()))
+        assert len(set(answers.values())) == len(members), answers
+
+
 def test_swagger_operations_never_5xx(pairs: Pairs) -> None:
     """schemathesis on the runtime's swagger for the inference-schema script (a fuzz test: tests/test_fuzz.py)."""
     swagger_operations_never_5xx(pairs.get("schema").use("schema")[1].url)
