@@ -81,6 +81,7 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 ENGINE_MODES = ("process", "worker")
+INSTANCE_PROCESS_MODES = ("auto", "on", "off")
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
@@ -183,6 +184,8 @@ class Settings:
     engine: str = "process"
     engine_address: str | None = None  # set by runtime serve for its workers (RUNTIME_ENGINE_ADDRESS)
     engine_arena_mb: int = 64  # each worker's shared-memory arena
+    # Which model instances the engine runs in a process of their own: auto (GPU instances), on, off.
+    instance_processes: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -257,6 +260,7 @@ class Settings:
             engine=_choice(env, "RUNTIME_ENGINE", ENGINE_MODES),
             engine_address=env.get("RUNTIME_ENGINE_ADDRESS") or None,
             engine_arena_mb=_int(env, "RUNTIME_ENGINE_ARENA_MB", 64),
+            instance_processes=_choice(env, "RUNTIME_INSTANCE_PROCESSES", INSTANCE_PROCESS_MODES),
         )
 
     @property

@@ -29,7 +29,8 @@ Tensors = dict[str, np.ndarray]
 # Runs one batch on one instance (in a thread) and returns the outputs, batch first. It gets the requests'
 # inputs as they were queued and joins them with :func:`join` where it runs: the one copy a batch needs
 # then happens off the event loop, which goes on answering and queueing meanwhile.
-Execute = Callable[[int, list[Tensors]], Awaitable[Tensors]]
+# It may also return the outputs of each request apart (an instance process writes them where each goes).
+Execute = Callable[[int, list[Tensors]], Awaitable["Tensors | list[Tensors]"]]
 Signature = tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]
 # How many shards an instance runs a batch of whole requests as, concurrently (1: the batch runs as one).
 Shards = Callable[[int], int]
@@ -403,7 +404,7 @@ class DynamicBatcher:
         started = time.perf_counter()
         shards = self._shards(instance) if self._shards is not None and len(batch) > 1 else 1
         groups = split_requests([p.size for p in batch], shards) if shards > 1 else [(0, len(batch))]
-        results: list[tuple[Tensors | None, BaseException | None]] = []
+        results: list[tuple[Tensors | list[Tensors] | None, BaseException | None]] = []
         try:
             tracing.record_queue([p.trace for p in batch], [p.enqueued for p in batch], started)
             with tracing.batch_span("batch", [p.trace for p in batch], {"batch.requests": len(batch)}):
@@ -442,14 +443,17 @@ class DynamicBatcher:
             )
 
     @staticmethod
-    def _resolve(batch: list[Pending], outputs: Tensors | None, error: BaseException | None) -> None:
+    def _resolve(batch: list[Pending], outputs: Tensors | list[Tensors] | None, error: BaseException | None) -> None:
         offset = 0
-        for pending in batch:
+        for index, pending in enumerate(batch):
             if pending.future.done():
                 offset += pending.size
                 continue
             if error is not None or outputs is None:
                 pending.future.set_exception(error or RuntimeError("no outputs"))
+                continue
+            if isinstance(outputs, list):
+                pending.future.set_result(outputs[index])
                 continue
             pending.future.set_result({n: o[offset : offset + pending.size] for n, o in outputs.items()})
             offset += pending.size

@@ -18,6 +18,7 @@ from runtime import metrics, tracing
 from runtime.errors import ServingError
 from runtime.serving import instances as groups
 from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors, join
+from runtime.serving.engine.remote import RemoteInstance, applies
 from runtime.serving.platforms import Instance, load_instance, platform_for
 from runtime.serving.repository import ModelConfig, load_repository
 from runtime.serving.warmup import warmup_samples
@@ -45,6 +46,10 @@ NO_SCHEDULE = Schedule()
 
 class InferenceFailed(ServingError):
     status_code = 500
+
+
+def _one(outputs: Tensors | list[Tensors]) -> Tensors:
+    return outputs[0] if isinstance(outputs, list) else outputs
 
 
 def _batch_size(inputs: Tensors) -> int:
@@ -130,20 +135,28 @@ class ModelRunner:
     def _shards_for(self, instance: int) -> int:
         return 1 if self._runs_inline() else self._shards[instance]
 
-    def _timed_run(self, instance: int, parts: list[Tensors]) -> Tensors:
-        """Join and run; time the execution alone (not the thread hand-off), which decides where the next runs."""
+    def _timed_run(self, instance: int, parts: list[Tensors]) -> Tensors | list[Tensors]:
+        """Join and run; time the execution alone (not the thread hand-off), which decides where the next runs.
+
+        An instance process joins the parts itself and answers each request's outputs apart.
+        """
+        target = self.instances[instance]
+        if isinstance(target, RemoteInstance):
+            return target.run_parts(parts)
         inputs = join(parts)
         started = time.perf_counter()
-        outputs = self.instances[instance].run(inputs)
+        outputs = target.run(inputs)
         self._compute_s += (time.perf_counter() - started - self._compute_s) * EWMA_WEIGHT
         return outputs
 
-    async def _execute(self, instance: int, parts: list[Tensors]) -> Tensors:
+    async def _execute(self, instance: int, parts: list[Tensors]) -> Tensors | list[Tensors]:
         try:
             if self._runs_inline():
                 # Cheaper than the two thread hand-offs: run on the loop (which only batches here).
                 return self._timed_run(instance, parts)
             return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed_run, instance, parts)
+        except ServingError:
+            raise  # says what happened already (a lost instance process: 503)
         except Exception as ex:
             raise self._failure(ex) from ex
 
@@ -160,7 +173,7 @@ class ModelRunner:
             instance = self._idle.pop()
             started = time.perf_counter()
             try:
-                return await self._execute(instance, [inputs])
+                return _one(await self._execute(instance, [inputs]))
             finally:
                 self._idle.append(instance)
                 size = int(next(iter(inputs.values())).shape[0]) if self.config.max_batch_size > 0 else 1
@@ -202,7 +215,7 @@ class ModelRunner:
             return None
         started = time.perf_counter()
         try:
-            outputs = self._timed_run(0, [inputs])
+            outputs = _one(self._timed_run(0, [inputs]))
         except Exception as ex:
             error = self._failure(ex)
             self._record(BatchStats(_batch_size(inputs), 1, [0.0], time.perf_counter() - started, [tag]))
@@ -233,6 +246,7 @@ def load_runners(
     on_batch: Callable[[ModelRunner, BatchStats], None] | None = None,
     inline_below_s: float = 0.0,
     shard_cpu: bool = False,
+    processes: str = "off",
 ) -> list[ModelRunner]:
     """Every version of every model in the repository, on the devices its instance groups name.
 
@@ -241,7 +255,8 @@ def load_runners(
     platform whose sessions run concurrently uses its threads as shards: a batch of several requests runs
     as that many single-threaded executions at once, on the one copy of the model. On few busy cores this
     costs about 12% less CPU per image than intra-op threads, which wait for each other at every operator.
-    Call :meth:`ModelRunner.start` on the event loop.
+    ``processes`` (``RUNTIME_INSTANCE_PROCESSES``: auto, on, off) says which instances run in a process of
+    their own (:mod:`runtime.serving.engine.remote`). Call :meth:`ModelRunner.start` on the event loop.
     """
     runners = []
     for config in load_repository(model_dir):
@@ -249,22 +264,34 @@ def load_runners(
         devices = groups.resolve(config, platform)
         threads = max(1, groups.cpu_threads(devices) // cpu_share)
         sharded = shard_cpu and getattr(platform, "concurrent_runs", False)
-        shards = [threads if sharded and d.kind == "cpu" else 1 for d in devices]
+        remote = [applies(processes, d) for d in devices]
+        shards = [threads if sharded and d.kind == "cpu" and not r else 1 for d, r in zip(devices, remote, strict=True)]
         for version in config.versions:
-            loaded = [
-                load_instance(config, version, d, 1 if n > 1 else threads) for d, n in zip(devices, shards, strict=True)
+            loaded: list[Instance] = [
+                RemoteInstance(config, version, d, threads)  # loads in its own process, alongside the rest
+                if r
+                else load_instance(config, version, d, 1 if n > 1 else threads)
+                for d, n, r in zip(devices, shards, remote, strict=True)
             ]
-            runner = ModelRunner(config, version, loaded, on_batch, inline_below_s, shards)
-            runner.warm_up()  # before readiness, as Triton's model_warmup
-            runners.append(runner)
+            # A batch on an instance process is a round trip to it: never on the event loop.
+            inline = 0.0 if any(remote) else inline_below_s
+            runners.append(ModelRunner(config, version, loaded, on_batch, inline, shards))
         release_free_memory()
+        shared = ", as concurrent single-threaded shards of each batch" if max(shards) > 1 else ""
+        processes_note = f", {sum(remote)} in a process of their own" if any(remote) else ""
         logger.info(
-            "Loaded model %s versions %s (max_batch_size %d; instances: %s; %d thread(s) per CPU instance%s)",
+            "Loaded model %s versions %s (max_batch_size %d; instances: %s; %d thread(s) per CPU instance%s%s)",
             config.name,
             ",".join(config.versions),
             config.max_batch_size,
             groups.describe(devices),
             threads,
-            ", as concurrent single-threaded shards of each batch" if max(shards) > 1 else "",
+            shared,
+            processes_note,
         )
+    for runner in runners:
+        for instance in runner.instances:
+            if isinstance(instance, RemoteInstance):
+                instance.wait_ready()
+        runner.warm_up()  # before readiness, as Triton's model_warmup
     return runners

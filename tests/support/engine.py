@@ -12,14 +12,19 @@ import httpx
 from tests.support.processes import alive, comm, descendants
 
 ENGINE_COMM = "runtime-engine"
+INSTANCE_COMM = "runtime-inst"  # the engine's instance processes (RUNTIME_INSTANCE_PROCESSES)
 
 
 def engine_pids(master: int) -> set[int]:
     return {p for p in alive(descendants(master)) if comm(p) == ENGINE_COMM}
 
 
+def instance_pids(master: int) -> set[int]:
+    return {p for p in alive(descendants(master)) if comm(p) == INSTANCE_COMM}
+
+
 def worker_pids(master: int) -> set[int]:
-    return {p for p in alive(descendants(master)) if comm(p) != ENGINE_COMM}
+    return {p for p in alive(descendants(master)) if comm(p) not in (ENGINE_COMM, INSTANCE_COMM)}
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:

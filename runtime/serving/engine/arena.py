@@ -112,7 +112,9 @@ def write_tensor(target: np.ndarray, array: np.ndarray) -> str:
     Returns the tensor's datatype.
     """
     if array.dtype.kind != "O":
-        target.view(array.dtype).reshape(array.shape)[...] = array
+        if array.__array_interface__["data"][0] != target.__array_interface__["data"][0]:
+            target.view(array.dtype).reshape(array.shape)[...] = array
+        # else: an instance process wrote it there already
         return numpy_to_wire(array.dtype)
     payload = b"".join(_LENGTH.pack(len(item)) + item for item in array.reshape(-1))
     target[:] = np.frombuffer(payload, np.uint8)

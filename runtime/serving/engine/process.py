@@ -30,6 +30,7 @@ from runtime.errors import STARTUP_EXIT_CODE, ServingError, StartupError
 from runtime.serving.batching import BatchStats
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
 from runtime.serving.engine.channel import Channel, Meta, socket_address
+from runtime.serving.engine.remote import LOGGING, REGIONS, Request
 from runtime.serving.runner import ENGINE_INLINE_BELOW_S, NO_SCHEDULE, ModelRunner, Schedule, load_runners
 from runtime.serving.tensors import to_bytes_array
 
@@ -93,7 +94,9 @@ class WorkerConnection:
         self.engine = engine
         self.pid = 0
         self.arena: np.ndarray | None = None
+        self.arena_key = 0  # in remote.REGIONS: instance processes map the arena to read and write in place
         self.pending: dict[int, asyncio.Future[dict[str, np.ndarray]]] = {}
+        self.requests: dict[int, Request] = {}
         self.channel = Channel(sock, self._frame, self._closed)
 
     def _frame(self, rid: int, meta: Meta, fds: list[int]) -> None:
@@ -102,13 +105,13 @@ class WorkerConnection:
             self._infer(rid, meta, fds)
         elif op == "cancel":
             pending = self.pending.get(rid)
-            if pending is not None:
-                pending.cancel()
+            if pending is not None and self.requests[rid].drop():
+                pending.cancel()  # else an instance process holds it: the answer comes when it is done
         elif op == "hello":
             self.pid = int(meta["pid"])
             region = Region.attach(fds[0])
-            region.close_fd()
             self.arena = region.view(0, region.size)
+            self.arena_key = REGIONS.add(region.fd, self.arena)
             self.channel.send(0, {"op": "welcome", "pid": os.getpid(), "models": self.engine.models()})
             logger.info("Worker %d connected (arena %d MiB)", self.pid, region.size >> 20)
         else:
@@ -119,8 +122,12 @@ class WorkerConnection:
         for pending in list(self.pending.values()):
             pending.cancel()  # queued requests leave the batches they wait for
         self.engine.connections.discard(self)
-        # Arrays still in a running batch keep the mapping alive; the memory goes with the last of them.
+        # Arrays still in a running batch keep the mapping alive; the memory goes with the last of them
+        # (and, in instance processes, when their next batch tells them to forget it).
         self.arena = None
+        if self.arena_key:
+            REGIONS.remove(self.arena_key)
+            self.arena_key = 0
         if self.pid:
             logger.info("Worker %d disconnected", self.pid)
 
@@ -138,7 +145,8 @@ class WorkerConnection:
             if runner is None:
                 raise ServingError(f"model '{meta['model']}' version {meta['version']} is not loaded", 404)
             spaces: dict[int, np.ndarray] = {}
-            inputs = {}
+            offset, room = meta["reserved"]
+            inputs = Request((self.arena_key, offset, room) if room else None)
             for t in meta["inputs"]:
                 space = spaces.get(t["buf"])
                 if space is None:
@@ -169,12 +177,14 @@ class WorkerConnection:
             self._failed(rid, meta, ex)
             return
         self.pending[rid] = future
+        self.requests[rid] = inputs
         future.add_done_callback(lambda done: self._finished(rid, meta, runner, fds, done))
 
     def _finished(
         self, rid: int, meta: Meta, runner: ModelRunner, fds: list[int], done: asyncio.Future[dict[str, np.ndarray]]
     ) -> None:
         self.pending.pop(rid, None)
+        self.requests.pop(rid, None)
         _close_all(fds)  # mappings of them stay valid while arrays use them
         if self.channel.closed:
             return
@@ -232,7 +242,9 @@ async def serve(address: str, model_dir: str, drain_seconds: float, stop: asynci
     settings = Settings.from_env()  # the master's, exported for its children
     platforms.configure(settings)
     tracing.setup(settings)
-    runners = await asyncio.to_thread(load_runners, model_dir, 1, record_workers, ENGINE_INLINE_BELOW_S, True)
+    runners = await asyncio.to_thread(
+        load_runners, model_dir, 1, record_workers, ENGINE_INLINE_BELOW_S, True, settings.instance_processes
+    )
     for runner in runners:
         runner.start()
     engine = Engine(runners)
@@ -281,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runtime.logs import configure
 
     configure(args.log_level, args.log_format)
+    LOGGING.update(level=args.log_level, format=args.log_format)
     try:
         import uvloop
 

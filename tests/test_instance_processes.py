@@ -1,0 +1,192 @@
+"""Instance processes (RUNTIME_INSTANCE_PROCESSES=on): each model instance runs in a ``runtime-inst`` process
+of the engine, fed from the workers' arenas. One server for the module (two workers, TorchScript and ONNX
+models), stopped by the last test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as triton
+
+from tests.support import torch_models
+from tests.support.engine import comm, dev_shm, instance_pids, load, one_engine, wait_for, worker_pids
+from tests.support.processes import children
+from tests.support.servers import ServerProcess, free_port, runtime_argv
+from tests.test_onnxruntime_backend import metric
+from tests.test_torchscript import MODULES, in_process, sample
+
+pytestmark = pytest.mark.slow
+
+ONNX_MODELS = ("linear", "strings")
+MODELS = (*MODULES, *ONNX_MODELS)
+
+
+@pytest.fixture(scope="module")
+def repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The TorchScript test models, and two ONNX ones (FP32 and BYTES) from the shared repository."""
+    root = tmp_path_factory.mktemp("instances")
+    torch_models.write_repository(root / "triton")
+    for name in ONNX_MODELS:
+        (root / "triton" / name).symlink_to(model_repo / "triton" / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shm_before() -> set[str]:
+    return dev_shm()
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path, shm_before: set[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    port = free_port()
+    argv = runtime_argv("serve", "--port", str(port), "--model-dir", str(repo), "--workers", "2")
+    log = tmp_path_factory.mktemp("instances-server") / "runtime.log"
+    # A 1 MiB arena: the 2,000-row request below does not fit and takes the engine's overflow region.
+    env = {"RUNTIME_INSTANCE_PROCESSES": "on", "RUNTIME_ENGINE_ARENA_MB": "1"}
+    proc = ServerProcess(argv, port, log, env=env).start()
+    yield proc
+    proc.stop()
+
+
+def master(server: ServerProcess) -> int:
+    assert server.proc is not None
+    return server.proc.pid
+
+
+def infer(server: ServerProcess, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=60)
+    requested = []
+    for name, value in inputs.items():
+        datatype = "BYTES" if value.dtype == object else triton.np_to_triton_dtype(value.dtype)
+        tensor = triton.InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value, binary_data=True)
+        requested.append(tensor)
+    result = client.infer(model, requested)
+    outputs = {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
+    client.close()
+    return outputs
+
+
+def onnx_reference(repo: Path, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(repo / "triton" / model / "1" / "model.onnx"))
+    feeds = {n: v.astype(str) if v.dtype == object else v for n, v in inputs.items()}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def test_every_instance_is_a_runtime_inst_process_of_the_engine(server: ServerProcess) -> None:
+    engine = one_engine(master(server))
+    assert comm(engine) == "runtime-engine"
+    instances = instance_pids(master(server))
+    assert len(instances) == len(MODELS)  # one instance each (KIND_AUTO, count 1)
+    assert set(children(engine)) == instances
+    assert len(worker_pids(master(server))) == 2
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_torchscript_results_equal_the_module_in_process(server: ServerProcess, name: str) -> None:
+    inputs = sample(name, 3, seed=5)
+    got = infer(server, name, inputs)
+    want = in_process(name, inputs)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value)
+
+
+def test_bytes_and_onnx_results_equal_onnxruntime_in_process(server: ServerProcess, repo: Path) -> None:
+    text = np.array([["hello"], ["wörld"], ["x" * 5000]], dtype=object)  # longer than the reserved room
+    got = infer(server, "strings", {"text": np.array([[s.encode()] for s in text.ravel()], dtype=object)})
+    want = onnx_reference(repo, "strings", {"text": text})
+    assert set(got) == set(want)
+    for name, value in want.items():
+        if value.dtype.kind in "OU":  # BYTES
+            assert [x.decode() for x in got[name].ravel()] == [str(x) for x in value.ravel()], name
+        else:
+            np.testing.assert_array_equal(got[name], value)
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(infer(server, "linear", {"x": x})["y"], onnx_reference(repo, "linear", {"x": x})["y"])
+
+
+def test_a_request_larger_than_the_arena_round_trips(server: ServerProcess) -> None:
+    # 1.2 MB in: the worker puts it in a region of its own (not the arena the instance process maps), the
+    # engine copies it to the instance's scratch region, and the outputs, with no room reserved, come back
+    # through the instance's output region.
+    inputs = sample("t_named", 2, seed=6)
+    inputs["x"] = np.random.default_rng(6).standard_normal((2, 150_000)).astype(np.float32)
+    got = infer(server, "t_named", inputs)
+    for key, value in in_process("t_named", inputs).items():
+        np.testing.assert_array_equal(got[key], value)
+
+
+def test_concurrent_requests_from_both_workers_batch_and_each_row_is_right(server: ServerProcess) -> None:
+    rows = np.random.default_rng(3).standard_normal((48, 4)).astype(np.float32)
+
+    async def send_all() -> list[httpx.Response]:
+        url = f"{server.url}/v2/models/t_linear/infer"
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=48)) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(url, json={"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32",
+                                                       "data": r.tolist()}]})  # fmt: skip
+                    for r in rows
+                )
+            )
+
+    responses = asyncio.run(send_all())
+    assert [r.status_code for r in responses] == [200] * len(rows), responses[0].text
+    got = np.array([r.json()["outputs"][0]["data"] for r in responses], dtype=np.float32)
+    np.testing.assert_array_equal(got, in_process("t_linear", {"x": rows})["OUTPUT__0"])
+    text = httpx.get(server.url + "/metrics").text
+    count = metric(text, "runtime_batch_size_count", model="t_linear", version="1")
+    ones = metric(text, "runtime_batch_size_bucket", model="t_linear", version="1", le="1.0")
+    assert count > 0 and ones < count, f"no batch larger than 1: {count=} {ones=}"
+
+
+def test_a_killed_instance_process_gives_503s_then_is_restarted(server: ServerProcess) -> None:
+    engine = one_engine(master(server))
+    workers = worker_pids(master(server))
+    before = instance_pids(master(server))
+    victim = next(p for p in before if "t_linear" in Path(f"/proc/{p}/cmdline").read_text())
+    x = [0.5, 1.0, -1.0, 2.0]
+    body = {"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32", "data": x}]}
+    results = asyncio.run(
+        load(server.url + "/v2/models/t_linear/infer", lambda _: body, 6, 8, lambda: os.kill(victim, signal.SIGKILL))
+    )
+    statuses = [r.status_code if isinstance(r, httpx.Response) else repr(r) for r in results]
+    assert set(statuses) <= {200, 503}, sorted(set(map(str, statuses)))
+    unavailable = [r for r in results if isinstance(r, httpx.Response) and r.status_code == 503]
+    assert unavailable, "no request saw the instance process gone"
+    assert "runtime-engine" in unavailable[0].json()["error"] and "t_linear" in unavailable[0].json()["error"]
+    wait_for(lambda: len(instance_pids(master(server))) == len(MODELS), 60, "a new instance process")
+    assert victim not in instance_pids(master(server))
+    response = httpx.post(server.url + "/v2/models/t_linear/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    want = in_process("t_linear", {"x": np.array([x], np.float32)})["OUTPUT__0"]
+    np.testing.assert_array_equal(np.array(response.json()["outputs"][0]["data"], np.float32), want.ravel())
+    assert one_engine(master(server)) == engine and worker_pids(master(server)) == workers
+    assert "Instance process" in server.log() and "restarting it" in server.log()
+
+
+# The module's server, stopped last: the tests above only read from it (or restart an instance).
+
+
+def test_stopping_the_server_leaves_no_instance_process_and_no_shared_memory(
+    server: ServerProcess, shm_before: set[str]
+) -> None:
+    engine = one_engine(master(server))
+    instances = instance_pids(master(server))
+    assert instances
+    os.kill(master(server), signal.SIGKILL)  # the hardest stop: the master cannot tell anyone
+    server.wait_exit(60)
+    wait_for(lambda: comm(engine) != "runtime-engine", 30, "engine exit")
+    for pid in instances:
+        wait_for(lambda pid=pid: comm(pid) != "runtime-inst", 30, f"instance process {pid} exit")  # type: ignore[misc]
+    wait_for(lambda: dev_shm() <= shm_before, 15, f"/dev/shm back to what it was (new: {dev_shm() - shm_before})")
