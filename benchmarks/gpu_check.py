@@ -189,7 +189,8 @@ def preprocessing_limit(image: bytes, seconds: float) -> float:
 
 
 class Server:
-    def __init__(self, args: list[str], workers: int, log: Path, env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], workers: int, log: Path, env: dict[str, str], model: str = MODEL) -> None:
+        self.model = model
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
@@ -220,11 +221,11 @@ class Server:
         with urllib.request.urlopen(self.url + "/metrics", timeout=30) as response:
             text = response.read().decode()
         names = {
-            "batch_sum": ("runtime_batch_size_sum", f'model="{MODEL}"'),
-            "batch_count": ("runtime_batch_size_count", f'model="{MODEL}"'),
-            "request_us": ("nv_inference_request_duration_us_total", f'model="{MODEL}"'),
-            "queue_us": ("nv_inference_queue_duration_us_total", f'model="{MODEL}"'),
-            "compute_us": ("nv_inference_compute_infer_duration_us_total", f'model="{MODEL}"'),
+            "batch_sum": ("runtime_batch_size_sum", f'model="{self.model}"'),
+            "batch_count": ("runtime_batch_size_count", f'model="{self.model}"'),
+            "request_us": ("nv_inference_request_duration_us_total", f'model="{self.model}"'),
+            "queue_us": ("nv_inference_queue_duration_us_total", f'model="{self.model}"'),
+            "compute_us": ("nv_inference_compute_infer_duration_us_total", f'model="{self.model}"'),
             "http_s": ("runtime_http_request_duration_seconds_sum", 'route="/score"'),
             "http_count": ("runtime_http_request_duration_seconds_count", 'route="/score"'),
         }
@@ -235,12 +236,13 @@ class Server:
         return totals
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU seconds so far of the engine, the workers together, and the master."""
+        """CPU seconds so far of the engine, its instance processes, the workers together, and the master."""
         from tests.support.processes import comm, cpu_seconds, descendants
 
-        totals = {"engine": 0.0, "workers": 0.0, "master": cpu_seconds(self.proc.pid)}
+        totals = {"engine": 0.0, "instances": 0.0, "workers": 0.0, "master": cpu_seconds(self.proc.pid)}
+        names = {"runtime-engine": "engine", "runtime-inst": "instances"}
         for pid in descendants(self.proc.pid):
-            totals["engine" if comm(pid) == "runtime-engine" else "workers"] += cpu_seconds(pid)
+            totals[names.get(comm(pid), "workers")] += cpu_seconds(pid)
         return totals
 
     def engine_pid(self) -> int | None:
@@ -343,11 +345,19 @@ def profile(server: Server, args: argparse.Namespace) -> subprocess.Popen[bytes]
 
 
 def served_hook(
-    repo: Path, workers: int, image: bytes, args: argparse.Namespace, work: Path, env: dict[str, str], engine: str
+    repo: Path,
+    workers: int,
+    image: bytes,
+    args: argparse.Namespace,
+    work: Path,
+    env: dict[str, str],
+    engine: str,
+    processes: str = "auto",
 ) -> dict[str, Any]:
     entry = str(DENSENET / "score_densenet.py")
     flags = ["--entry", entry, "--model-dir", str(repo), "--engine", engine, *shlex.split(args.serve_args)]
-    server = Server(flags, workers, work / f"serve-{engine}-{workers}.log", env)
+    env = {**env, "RUNTIME_INSTANCE_PROCESSES": processes}
+    server = Server(flags, workers, work / f"serve-{engine}-{processes}-{workers}.log", env)
     try:
         server.wait_ready(args.start_timeout)
         return load(server, "/score", image, {"Content-Type": "image/jpeg"}, args, args.concurrency)
@@ -401,6 +411,8 @@ def table(result: dict[str, Any]) -> str:
     largest = max(result["served"])
     served += [(f", {n} model instances", (largest, row)) for n, row in result["served_instances"].items()]
     served += [(", per-worker design", row) for row in result["served_per_worker"].items()]
+    for mode, rows in result.get("served_instance_processes", {}).items():
+        served += [(f", instance processes {mode}", row) for row in rows.items()]
     for design, (workers, row) in served:
         lines.append(
             f"| runtime serve{design}, hook score.py, {workers} worker(s), JPEG, c={result['concurrency']} "
@@ -433,6 +445,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="1",
         help="model instance counts: the first for every row, the others at the largest worker count too",
     )
+    parser.add_argument(
+        "--instance-processes",
+        default="auto",
+        help="RUNTIME_INSTANCE_PROCESSES modes (auto, on, off): the first for every row, the others at every "
+        "worker count too, in the same run",
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--clients", type=int, help="client processes (default: 4 on cuda, 1 on cpu)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per step")
@@ -450,6 +468,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workers = [int(w) for w in args.workers.split(",")]
     per_worker = [int(w) for w in args.per_worker.split(",") if w]
     instances = [int(n) for n in args.instances.split(",")]
+    modes = args.instance_processes.split(",")
+    unknown = set(modes) - {"auto", "on", "off"}
+    if unknown:
+        parser.error(f"--instance-processes takes auto, on and off, not {', '.join(sorted(unknown))}")
     seconds = args.limit_seconds or max(1.0, args.duration / 3)
 
     if args.wheels is not None:
@@ -479,6 +501,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "concurrency": args.concurrency,
         "small": args.small,
+        "instance_processes": modes[0],
     }
     try:
         print("device limit (numpy in, numpy out):", flush=True)
@@ -492,14 +515,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["limit_images_per_s"] = min(result["device_limit"][max(batches)], result["preprocessing_limit"])
         result["served"] = {}
         result["served_per_worker"], result["served_instances"] = {}, {}
-        runs = [("process", count, instances[0], "served", count) for count in workers]
-        runs += [("process", max(workers), n, "served_instances", n) for n in instances[1:]]
-        runs += [("worker", count, instances[0], "served_per_worker", count) for count in per_worker]
-        for design, count, group, key, label in runs:
+        result["served_instance_processes"] = {mode: {} for mode in modes[1:]}
+        # Modes take turns at each worker count, so that they meet the same machine.
+        by_mode = {modes[0]: result["served"], **result["served_instance_processes"]}
+        runs = [("process", count, instances[0], m, by_mode[m], count) for count in workers for m in modes]
+        runs += [("process", max(workers), n, modes[0], result["served_instances"], n) for n in instances[1:]]
+        runs += [("worker", count, instances[0], "off", result["served_per_worker"], count) for count in per_worker]
+        for design, count, group, mode, rows, label in runs:
             set_instances(repo, group)
-            result[key][label] = served_hook(repo, count, image, args, work, env, design)
+            rows[label] = served_hook(repo, count, image, args, work, env, design, mode)
             print(
-                f"served, --engine {design}, {count} worker(s), {group} instance(s): {json.dumps(result[key][label])}",
+                f"served, --engine {design}, {count} worker(s), {group} instance(s), instance processes {mode}: "
+                f"{json.dumps(rows[label])}",
                 flush=True,
             )
         in_process = device_limits(target_repo, args.device, [args.target_batch], seconds)

@@ -26,7 +26,8 @@ def gpu_check(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
-    result = gpu_check("--out", str(out))
+    # Instance processes on for the rows, and off beside them in the same run (what the next GPU session compares).
+    result = gpu_check("--out", str(out), "--instance-processes", "on,off")
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and data["small"] is True
@@ -41,6 +42,10 @@ def test_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert data["target"]["batch"] == 2 and data["target"]["served"]["errors"] == {}
     assert data["target"]["ratio"] == data["target"]["served"]["images_per_s"] / data["target"]["in_process"]
     assert "| runtime serve, hook score.py, 1 worker(s), JPEG, c=4 |" in result.stdout
+    assert data["instance_processes"] == "on" and served["cpu_us"]["instances"] > 0  # the model ran there
+    off = data["served_instance_processes"]["off"]["1"]
+    assert off["images_per_s"] > 0 and off["errors"] == {} and off["cpu_us"]["instances"] == 0
+    assert "| runtime serve, instance processes off, hook score.py, 1 worker(s), JPEG, c=4 |" in result.stdout
     assert "| device limit, batch 2 | " in result.stdout and " (optimized: " in result.stdout
     assert "in-process at batch 2:" in result.stdout
 
