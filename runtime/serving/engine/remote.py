@@ -18,7 +18,6 @@ import contextlib
 import itertools
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys

@@ -1,0 +1,122 @@
+"""Instance processes without a server: the region registry, cancels against held requests, and one
+RemoteInstance (a real ``runtime-inst`` process) fed from a registered region."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.errors import ServiceUnavailable
+from runtime.serving.engine.arena import Region, align
+from runtime.serving.engine.remote import REGIONS, Regions, RemoteInstance, Request, _hold, applies
+from runtime.serving.platforms import Device
+from runtime.serving.repository import load_model
+from runtime.settings import Settings
+from tests.support import torch_models
+from tests.support.engine import comm, wait_for
+from tests.test_torchscript import in_process
+
+
+def test_auto_runs_gpu_instances_in_processes_and_on_off_force_it() -> None:
+    assert applies("auto", Device("gpu", 0)) and not applies("auto", Device("cpu"))
+    assert applies("on", Device("cpu")) and not applies("off", Device("gpu", 1))
+    assert Settings.from_env({}).instance_processes == "auto"
+    assert Settings.from_env({"RUNTIME_INSTANCE_PROCESSES": "ON"}).instance_processes == "on"
+    with pytest.raises(ValueError, match="RUNTIME_INSTANCE_PROCESSES must be one of auto, on, off"):
+        Settings.from_env({"RUNTIME_INSTANCE_PROCESSES": "yes"})
+
+
+def test_regions_find_arrays_lying_in_them() -> None:
+    regions = Regions()
+    region = Region.create("test-region", 4096)
+    space = region.view(0, region.size)
+    key = regions.add(region.fd, space)
+    inside = space[128:192].view(np.float32)
+    assert regions.find(inside) == (key, 128)
+    assert regions.find(space[4000:4200]) == (key, 4000)  # a view cannot reach past the mapping
+    assert regions.find(inside[::2]) is None  # not contiguous: copied instead
+    assert regions.find(np.zeros(4, np.float32)) is None
+    assert regions.find(np.array([b"a"], dtype=object)) is None
+    assert regions.view(key) is space and regions.keys() == {key}
+    regions.remove(key)
+    assert regions.find(inside) is None and regions.keys() == set()
+    with pytest.raises(OSError):
+        os.fstat(region.fd)  # the registry closed the descriptor it owned
+
+
+def test_a_cancel_waits_while_an_instance_process_holds_the_request() -> None:
+    held, queued = Request((1, 0, 64)), Request()
+    assert _hold([held, {}]) == [held]
+    assert not held.drop()  # the process may still write into its room: the answer comes later
+    dropped = Request()
+    assert dropped.drop()
+    assert _hold([dropped, queued]) == [queued]  # a cancelled request is not sent
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteInstance]:
+    repo = torch_models.write_repository(tmp_path_factory.mktemp("units") / "triton")
+    config = load_model(repo / "t_linear")
+    remote = RemoteInstance(config, "1", Device("cpu"), 1)
+    remote.wait_ready()
+    yield remote
+    remote.close()
+
+
+def test_outputs_are_written_into_the_room_reserved_next_to_the_inputs(instance: RemoteInstance) -> None:
+    region = Region.create("test-arena", 1 << 16)
+    space = region.view(0, region.size)
+    key = REGIONS.add(region.fd, space)
+    try:
+        rows = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+        parts = []
+        for start, stop, offset in ((0, 2, 0), (2, 5, 1024)):
+            request = Request((key, offset + align(rows[start:stop].nbytes), 256))
+            request["INPUT__0"] = space[offset : offset + rows[start:stop].nbytes].view(np.float32).reshape(-1, 4)
+            request["INPUT__0"][...] = rows[start:stop]
+            parts.append(request)
+        loose = {"INPUT__0": rows[:1].copy()}  # in no region: copied to the scratch region; outputs copied back
+        outputs = instance.run_parts([*parts, loose])
+        want = in_process("t_linear", {"x": rows})["OUTPUT__0"]
+        np.testing.assert_array_equal(np.concatenate([o["OUTPUT__0"] for o in outputs[:2]]), want)
+        np.testing.assert_array_equal(outputs[2]["OUTPUT__0"], want[:1])
+        for part, out in zip(parts, outputs, strict=False):
+            assert part.reply is not None
+            placed = out["OUTPUT__0"].__array_interface__["data"][0]
+            assert placed == space.__array_interface__["data"][0] + part.reply[1]  # in place, not a copy
+        assert all(p.state == 0 for p in parts)  # no longer held
+        dropped = Request()
+        dropped["INPUT__0"] = rows[:1]
+        assert dropped.drop()
+        assert instance.run_parts([dropped, loose])[0] == {}
+    finally:
+        REGIONS.remove(key)
+
+
+def test_a_killed_instance_process_fails_its_batch_with_503_and_comes_back(instance: RemoteInstance) -> None:
+    victim = instance.pid
+    assert comm(victim) == "runtime-inst"
+    os.kill(victim, signal.SIGKILL)
+    # This process is its parent: the killed process stays a zombie until the instance reaps it.
+    wait_for(lambda: Path(f"/proc/{victim}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 10, "the kill")
+    x = {"INPUT__0": np.ones((1, 4), np.float32)}
+    with pytest.raises(ServiceUnavailable, match=r"The model engine \(runtime-engine\) lost the process of model"):
+        instance.run(x)
+    np.testing.assert_array_equal(
+        instance.run(x)["OUTPUT__0"], in_process("t_linear", {"x": x["INPUT__0"]})["OUTPUT__0"]
+    )
+    assert instance.pid != victim and comm(instance.pid) == "runtime-inst"
+
+
+def test_closing_stops_the_process(tmp_path: Path) -> None:
+    repo = torch_models.write_repository(tmp_path / "triton")
+    remote = RemoteInstance(load_model(repo / "t_named"), "1", Device("cpu"), 1)
+    remote.wait_ready()
+    pid = remote.pid
+    remote.close()
+    assert not Path(f"/proc/{pid}").exists() or comm(pid) != "runtime-inst"
