@@ -127,14 +127,10 @@ def test_a_request_larger_than_the_arena_round_trips(server: ServerProcess) -> N
         np.testing.assert_array_equal(got[key], value)
 
 
-def test_concurrent_requests_from_both_workers_batch_and_each_row_is_right(server: ServerProcess) -> None:
-    # The TorchScript suite's check (48 rows at once, each answered right, batches larger than 1), here through
-    # the instance process, with both workers' requests in the same batches.
+def test_concurrent_requests_batch_and_each_row_is_right(server: ServerProcess) -> None:
+    # The TorchScript suite's check (48 rows at once, each answered right, batches larger than 1), here with
+    # each batch's outputs written by the instance process into the rooms the workers reserved.
     test_torchscript.test_concurrent_requests_batch_and_each_row_is_right(server)
-    text = httpx.get(server.url + "/metrics").text
-    count = metric(text, "runtime_batch_worker_processes_count", model="t_linear", version="1")
-    single = metric(text, "runtime_batch_worker_processes_bucket", model="t_linear", version="1", le="1.0")
-    assert single < count, f"no batch held requests from both workers: {count=} {single=}"
 
 
 def test_a_killed_instance_process_gives_503s_then_is_restarted(server: ServerProcess) -> None:

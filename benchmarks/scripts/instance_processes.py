@@ -6,8 +6,10 @@
 The model is TorchScript with many small operators (``--layers`` x matmul, add, relu on [N, 64]): its
 forward releases and retakes the GIL at every operator, as DenseNet-121 does on a GPU. It measures:
 
-1. in this process, a batch's forward alone, and in a thread while another thread runs Python (what a
-   model thread meets in the engine, whose event loop serves the workers' sockets);
+1. in this process, on one intra-op thread, a batch's forward alone; beside a process running Python (the
+   control: another core busy); in a thread beside a thread running Python, at Python's default and at the
+   engine's GIL switch interval (what a model thread meets in the engine, whose event loop serves the
+   workers' sockets);
 2. ``runtime serve --model-dir`` with ``--workers`` workers, v2 binary tensors, one row per request, at
    ``--concurrency``, with RUNTIME_INSTANCE_PROCESSES=off and =on taking turns for ``--rounds`` rounds:
    requests/s, p50, mean batch, the engine's time per batch (compute, from /metrics) and CPU per request.
@@ -105,16 +107,19 @@ def forward_ms(repo: Path, batch: int, calls: int) -> dict[str, float]:
     times["beside a process running Python"] = timed()
     stopped.set()
     other.join()
-    stop = threading.Event()
-    result: list[float] = []
-    spinner = threading.Thread(target=spin, args=(stop,))
-    runner = threading.Thread(target=lambda: result.append(timed()))
-    spinner.start()
-    runner.start()
-    runner.join()
-    stop.set()
-    spinner.join()
-    times["in a thread beside a thread running Python"] = result[0]
+    for interval in (0.005, 0.0005):  # Python's default GIL switch interval, and the engine's
+        sys.setswitchinterval(interval)
+        stop = threading.Event()
+        result: list[float] = []
+        spinner = threading.Thread(target=spin, args=(stop,))
+        runner = threading.Thread(target=lambda out=result: out.append(timed()))
+        spinner.start()
+        runner.start()
+        runner.join()
+        stop.set()
+        spinner.join()
+        times[f"in a thread beside a thread running Python ({1e3 * interval:g} ms switch interval)"] = result[0]
+    sys.setswitchinterval(0.005)
     return times
 
 
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     forward = forward_ms(repo, 16, args.calls)
     print(f"forward of a batch of 16, {args.layers} layers, one intra-op thread, in this process:", flush=True)
     for name, ms in forward.items():
-        print(f"  {name:45} {ms:7.2f} ms ({ms / forward['alone']:.2f}x alone)", flush=True)
+        print(f"  {name:72} {ms:7.2f} ms ({ms / forward['alone']:.2f}x alone)", flush=True)
     rows: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     keys = ("images_per_s", "p50_ms", "mean_batch", "compute_ms_per_batch")
     for round_ in range(args.rounds):

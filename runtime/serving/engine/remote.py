@@ -32,7 +32,7 @@ import numpy as np
 from runtime.errors import ServiceUnavailable, StartupError
 from runtime.serving.datatypes import numpy_to_wire
 from runtime.serving.engine.arena import ALIGN, Meta, Region, align, read_tensor, tensor_nbytes, write_tensor
-from runtime.serving.engine.instance import receive, send
+from runtime.serving.engine.instance import Receiver, send
 
 if TYPE_CHECKING:
     from runtime.serving.platforms import Device
@@ -150,6 +150,7 @@ class RemoteInstance:
         self._ready = threading.Event()
         self._closing = False
         self._sock: socket.socket | None = None
+        self._receive: Receiver | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._sent: set[int] = set()
         self._out: np.ndarray | None = None
@@ -192,14 +193,15 @@ class RemoteInstance:
         if ours is None:
             return
         assert self._proc is not None
+        receive = Receiver(ours)
         try:
-            meta, _ = receive(ours)
+            meta, _ = receive()
         except (EOFError, OSError):
             meta = {"op": "failed", "message": f"its process exited with status {self._proc.wait()}"}
         if meta.get("op") != "ready":
             ours.close()
             raise StartupError(f"model {self.config.name!r} on {self.device}: {meta.get('message')}")
-        self._sock, self._sent, self._out = ours, set(), None
+        self._sock, self._receive, self._sent, self._out = ours, receive, set(), None
         self._ready.set()
         logger.info("Instance process %d runs model %s on %s", self.pid, self.config.name, self.device)
 
@@ -260,7 +262,8 @@ class RemoteInstance:
         self._sent.difference_update(forget)
         try:
             send(sock, {"op": "run", "regions": regions, "forget": forget, "parts": described}, fds)
-            answer, got = receive(sock)
+            assert self._receive is not None
+            answer, got = self._receive()
         except (EOFError, OSError):
             self._lost()
             raise InstanceLost(f"the process of model '{self.config.name}' on {self.device} (it exited)") from None
