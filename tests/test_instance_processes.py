@@ -21,7 +21,6 @@ from tests.support import torch_models
 from tests.support.engine import comm, dev_shm, instance_pids, load, one_engine, wait_for, worker_pids
 from tests.support.processes import children
 from tests.support.servers import ServerProcess, free_port, runtime_argv
-from tests.test_onnxruntime_backend import metric
 from tests.test_torchscript import MODULES, in_process, sample
 
 pytestmark = pytest.mark.slow
