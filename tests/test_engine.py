@@ -24,6 +24,7 @@ from tests.support.engine import (
     load,
     one_engine,
     shm_mappings,
+    v2_inputs,
     wait_for,
     worker_pids,
 )
@@ -129,13 +130,7 @@ def test_results_equal_in_process_onnxruntime(
 def test_v2_results_equal_in_process_onnxruntime(server: ServerProcess, model: str) -> None:
     inputs = full_inputs(model, CASES[model][0])
     client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
-    requested = []
-    for name, value in inputs.items():
-        datatype = "BYTES" if value.dtype == object else triton_http.np_to_triton_dtype(value.dtype)
-        tensor = triton_http.InferInput(name, list(value.shape), datatype)
-        tensor.set_data_from_numpy(value, binary_data=True)
-        requested.append(tensor)
-    result = client.infer(model, requested)
+    result = client.infer(model, v2_inputs(inputs))
     want = reference(model, inputs)
     got = {n: result.as_numpy(n) for n in want}
     assert_equal_outputs({n: [x.decode() if isinstance(x, bytes) else x for x in v.ravel()] for n, v in got.items()},

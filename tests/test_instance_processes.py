@@ -18,7 +18,7 @@ import tritonclient.http as triton
 
 from tests import test_torchscript
 from tests.support import torch_models
-from tests.support.engine import comm, dev_shm, instance_pids, load, one_engine, wait_for, worker_pids
+from tests.support.engine import comm, dev_shm, instance_pids, load, one_engine, v2_inputs, wait_for, worker_pids
 from tests.support.processes import children
 from tests.support.servers import ServerProcess, free_port, runtime_argv
 from tests.test_torchscript import MODULES, in_process, sample
@@ -63,13 +63,7 @@ def master(server: ServerProcess) -> int:
 
 def infer(server: ServerProcess, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     client = triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=60)
-    requested = []
-    for name, value in inputs.items():
-        datatype = "BYTES" if value.dtype == object else triton.np_to_triton_dtype(value.dtype)
-        tensor = triton.InferInput(name, list(value.shape), datatype)
-        tensor.set_data_from_numpy(value, binary_data=True)
-        requested.append(tensor)
-    result = client.infer(model, requested)
+    result = client.infer(model, v2_inputs(inputs))
     outputs = {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
     client.close()
     return outputs

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
+import numpy as np
+import tritonclient.http as triton_http
 
 from tests.support.processes import alive, comm, descendants
 
@@ -78,3 +80,14 @@ async def load(
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=clients)) as http:
         await asyncio.gather(trigger(), *(client(n, http) for n in range(clients)))
     return results
+
+
+def v2_inputs(inputs: Mapping[str, np.ndarray]) -> list[triton_http.InferInput]:
+    """tritonclient inputs carrying ``inputs`` as binary tensors (object arrays as BYTES)."""
+    requested = []
+    for name, value in inputs.items():
+        datatype = "BYTES" if value.dtype == object else triton_http.np_to_triton_dtype(value.dtype)
+        tensor = triton_http.InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value, binary_data=True)
+        requested.append(tensor)
+    return requested
