@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
 
 from tests import test_torchscript
 from tests.support import torch_models
@@ -149,6 +150,30 @@ def test_a_killed_instance_process_gives_503s_then_is_restarted(server: ServerPr
     np.testing.assert_array_equal(np.array(response.json()["outputs"][0]["data"], np.float32), want.ravel())
     assert one_engine(master(server)) == engine and worker_pids(master(server)) == workers
     assert "Instance process" in server.log() and "restarting it" in server.log()
+
+
+def test_a_killed_engine_takes_its_instance_processes_and_comes_back_with_new_ones(server: ServerProcess) -> None:
+    engine = one_engine(master(server))
+    instances = instance_pids(master(server))
+    os.kill(engine, signal.SIGKILL)
+    for pid in instances:  # PR_SET_PDEATHSIG: they die with the engine, whatever kills it
+        wait_for(lambda pid=pid: comm(pid) != "runtime-inst", 30, f"instance process {pid} exit")  # type: ignore[misc]
+    x = sample("t_pair", 2, seed=8)
+    got: dict[str, np.ndarray] = {}
+
+    def answered() -> bool:  # 503s until the new engine has loaded and this request's worker has reconnected
+        try:
+            got.update(infer(server, "t_pair", x))
+        except InferenceServerException:
+            return False
+        return True
+
+    wait_for(answered, 120, "recovery")
+    for key, value in in_process("t_pair", x).items():
+        np.testing.assert_array_equal(got[key], value)
+    assert one_engine(master(server)) != engine
+    renewed = instance_pids(master(server))
+    assert len(renewed) == len(MODELS) and not renewed & instances
 
 
 # The module's server, stopped last: the tests above only read from it (or restart an instance).

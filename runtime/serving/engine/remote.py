@@ -156,7 +156,7 @@ class RemoteInstance:
         self._out: np.ndarray | None = None
         self._scratch: tuple[int, Region] | None = None
         self._starting: socket.socket | None = None
-        self._spawn()  # loads meanwhile: wait_ready() (or the first batch) waits for it
+        self._spawn()  # loads meanwhile: wait_ready() waits for it (load_runners, before the first batch)
 
     @property
     def pid(self) -> int:
@@ -210,8 +210,6 @@ class RemoteInstance:
 
     def run_parts(self, parts: list[Tensors]) -> list[Tensors]:
         """Run the requests ``parts`` as one batch; the outputs of each (empty for one cancelled meanwhile)."""
-        if self._starting is not None:
-            self.wait_ready()
         if not self._ready.wait(RESTART_WAIT_S):
             raise InstanceLost(f"the process of model '{self.config.name}' on {self.device} (still starting)")
         with self._lock:
