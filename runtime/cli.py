@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from runtime.serving.check import check_repository
+    from runtime.settings import Settings
 
-    return check_repository(args.model_dir, sys.stdout)
+    return check_repository(args.model_dir, sys.stdout, Settings.from_env().instance_processes)
 
 
 # CLI flag -> environment variable: flags override the environment, and workers read the environment.

@@ -3,6 +3,7 @@ RemoteInstance (a real ``runtime-inst`` process) fed from a registered region.""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import ServiceUnavailable
+from runtime.serving.check import check_repository
 from runtime.serving.engine.arena import Region, align
 from runtime.serving.engine.remote import REGIONS, Regions, RemoteInstance, Request, _hold, applies
 from runtime.serving.platforms import Device
@@ -120,3 +122,11 @@ def test_closing_stops_the_process(tmp_path: Path) -> None:
     pid = remote.pid
     remote.close()
     assert not Path(f"/proc/{pid}").exists() or comm(pid) != "runtime-inst"
+
+
+@pytest.mark.parametrize(("mode", "shown"), [("on", ", 1 in instance processes (runtime-inst)"), ("auto", "")])
+def test_runtime_check_says_which_instances_run_in_processes(tmp_path: Path, mode: str, shown: str) -> None:
+    torch_models.write_repository(tmp_path / "triton")
+    out = io.StringIO()
+    assert check_repository(str(tmp_path), out, mode) == 0
+    assert f"  instances: 1 (1 x CPU){shown}\n" in out.getvalue()

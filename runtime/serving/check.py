@@ -7,12 +7,13 @@ from typing import TextIO
 
 from runtime.errors import StartupError
 from runtime.serving import instances as instance_groups
+from runtime.serving.engine.remote import applies
 from runtime.serving.platforms import Device, load_instance, platform_for
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository, repository_root
 from runtime.serving.tensors import expected_shape
 
 
-def describe(config: ModelConfig, devices: list[Device] | None = None) -> str:
+def describe(config: ModelConfig, devices: list[Device] | None = None, processes: str = "auto") -> str:
     lines = [f"model {config.name}  versions {', '.join(config.versions)}  max_batch_size {config.max_batch_size}"]
     batching = config.dynamic_batching
     if batching is not None:
@@ -22,7 +23,9 @@ def describe(config: ModelConfig, devices: list[Device] | None = None) -> str:
             f"preserve_ordering {batching.preserve_ordering}"
         )
     where = f" ({instance_groups.describe(devices)})" if devices else ""
-    lines.append(f"  instances: {config.instance_count}{where}")
+    apart = sum(applies(processes, d) for d in devices or [])
+    own = f", {apart} in instance processes (runtime-inst)" if apart else ""
+    lines.append(f"  instances: {config.instance_count}{where}{own}")
     for kind, specs in (("input ", config.inputs), ("output", config.outputs)):
         for spec in specs:
             extra = f"  reshape {list(spec.reshape)}" if spec.reshape is not None else ""
@@ -34,7 +37,8 @@ def describe(config: ModelConfig, devices: list[Device] | None = None) -> str:
     return "\n".join(lines)
 
 
-def check_repository(model_dir: str, out: TextIO) -> int:
+def check_repository(model_dir: str, out: TextIO, processes: str = "auto") -> int:
+    """``processes``: RUNTIME_INSTANCE_PROCESSES, to say which instances run in processes of their own."""
     if Path(model_dir).is_dir() and not looks_like_repository(model_dir):
         # What `runtime serve` does with such a folder: hands it to score.py, serves no models itself.
         held = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(model_dir).iterdir())
@@ -58,7 +62,7 @@ def check_repository(model_dir: str, out: TextIO) -> int:
         return 1
     print(f"repository {repository_root(model_dir)}: {len(configs)} model(s), all loadable", file=out)
     for config, devices in zip(configs, placements, strict=True):
-        print(describe(config, devices), file=out)
+        print(describe(config, devices, processes), file=out)
     return 0
 
 
