@@ -100,6 +100,27 @@ def test_outputs_are_written_into_the_room_reserved_next_to_the_inputs(instance:
         REGIONS.remove(key)
 
 
+def test_a_batch_from_more_arenas_than_a_frame_carries_descriptors_for(instance: RemoteInstance) -> None:
+    # 20 workers' arenas seen for the first time in one batch: 14 travel with it, the rest are copied.
+    regions = [Region.create(f"test-worker-{i}", 4096) for i in range(20)]
+    keys = [REGIONS.add(r.fd, r.view(0, r.size)) for r in regions]
+    try:
+        rows = np.random.default_rng(1).standard_normal((20, 4)).astype(np.float32)
+        parts = []
+        for row, region, key in zip(rows, regions, keys, strict=True):
+            request = Request((key, 64, 256))
+            request["INPUT__0"] = region.view(0, 16).view(np.float32).reshape(1, 4)
+            request["INPUT__0"][...] = row
+            parts.append(request)
+        outputs = instance.run_parts(parts)
+        want = in_process("t_linear", {"x": rows})["OUTPUT__0"]
+        np.testing.assert_array_equal(np.concatenate([o["OUTPUT__0"] for o in outputs]), want)
+        np.testing.assert_array_equal(np.concatenate([o["OUTPUT__0"] for o in instance.run_parts(parts)]), want)
+    finally:
+        for key in keys:
+            REGIONS.remove(key)
+
+
 def test_a_killed_instance_process_fails_its_batch_with_503_and_comes_back(instance: RemoteInstance) -> None:
     victim = instance.pid
     assert comm(victim) == "runtime-inst"

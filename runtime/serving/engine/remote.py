@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -32,7 +33,7 @@ import numpy as np
 from runtime.errors import ServiceUnavailable, StartupError
 from runtime.serving.datatypes import numpy_to_wire
 from runtime.serving.engine.arena import ALIGN, Meta, Region, align, read_tensor, tensor_nbytes, write_tensor
-from runtime.serving.engine.instance import Receiver, send
+from runtime.serving.engine.instance import MAX_FDS, MAX_FRAME, Receiver, send
 
 if TYPE_CHECKING:
     from runtime.serving.platforms import Device
@@ -177,6 +178,8 @@ class RemoteInstance:
 
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for end in (ours, theirs):  # a message must fit the send buffer: the default (~200 KB) may not hold a big batch
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_FRAME)
         try:
             command = self._command(theirs.fileno())
             self._proc = _SPAWNER.submit(subprocess.Popen, command, pass_fds=[theirs.fileno()]).result()
@@ -235,6 +238,8 @@ class RemoteInstance:
             metas = []
             for name, array in part.items():
                 found = REGIONS.find(array)
+                if found is not None and found[0] not in self._sent and len(fds) >= MAX_FDS - 1:
+                    found = None  # the frame carries all the descriptors it may (and the scratch's): copy
                 key, offset = found if found is not None else scratch.put(array)
                 if key not in self._sent:
                     fd = REGIONS.dup(key)
@@ -262,7 +267,13 @@ class RemoteInstance:
             send(sock, {"op": "run", "regions": regions, "forget": forget, "parts": described}, fds)
             assert self._receive is not None
             answer, got = self._receive()
-        except (EOFError, OSError):
+        except OSError as ex:
+            if ex.errno == errno.EMSGSIZE:  # nothing was sent: the process is fine, this batch is not
+                self._sent.difference_update(regions)
+                raise RuntimeError(f"a batch of {len(described)} requests is too large to describe") from ex
+            self._lost()
+            raise InstanceLost(f"the process of model '{self.config.name}' on {self.device} (it exited)") from None
+        except EOFError:
             self._lost()
             raise InstanceLost(f"the process of model '{self.config.name}' on {self.device} (it exited)") from None
         finally:
