@@ -212,9 +212,12 @@ class RemoteInstance:
         return self.run_parts([dict(inputs)])[0]
 
     def run_parts(self, parts: list[Tensors]) -> list[Tensors]:
-        """Run the requests ``parts`` as one batch; the outputs of each (empty for one cancelled meanwhile)."""
+        """Run the requests ``parts`` as one batch; the outputs of each (empty for one cancelled meanwhile).
+
+        Call :meth:`wait_ready` once first (``load_runners`` does, before the model serves).
+        """
         if not self._ready.wait(RESTART_WAIT_S):
-            raise InstanceLost(f"the process of model '{self.config.name}' on {self.device} (still starting)")
+            raise self._gone("still starting")
         with self._lock:
             held = _hold(parts)
             try:
@@ -226,7 +229,8 @@ class RemoteInstance:
 
     def _exchange(self, parts: list[Tensors]) -> list[Tensors]:
         sock = self._sock
-        assert sock is not None
+        if sock is None:  # lost by the batch before this one, which held the lock
+            raise self._gone("it exited")
         regions: list[int] = []
         fds: list[int] = []
         scratch = _Scratch(self, sum(tensor_nbytes(a) + ALIGN for p in parts for a in p.values()))
@@ -272,10 +276,10 @@ class RemoteInstance:
                 self._sent.difference_update(regions)
                 raise RuntimeError(f"a batch of {len(described)} requests is too large to describe") from ex
             self._lost()
-            raise InstanceLost(f"the process of model '{self.config.name}' on {self.device} (it exited)") from None
+            raise self._gone("it exited") from None
         except EOFError:
             self._lost()
-            raise InstanceLost(f"the process of model '{self.config.name}' on {self.device} (it exited)") from None
+            raise self._gone("it exited") from None
         finally:
             _close_all(fds)
         if answer["op"] == "error":
@@ -304,6 +308,9 @@ class RemoteInstance:
             array = read_tensor(space[t["offset"] : t["offset"] + t["nbytes"]], t["datatype"], tuple(t["shape"]))
             outputs[t["name"]] = array if answer["placed"] or array.dtype.kind == "O" else array.copy()
         return outputs
+
+    def _gone(self, why: str) -> InstanceLost:
+        return InstanceLost(f"the process of model '{self.config.name}' on {self.device} ({why})")
 
     def _lost(self) -> None:
         """The process died mid-batch: the batch fails with a 503; start a new one in the background."""
