@@ -38,7 +38,9 @@ import numpy as np
 import orjson
 
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
+from runtime.serving.batching import join
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
+from runtime.serving.tensors import to_bytes_array
 
 logger = logging.getLogger("runtime.engine")
 
@@ -114,7 +116,12 @@ class InstanceServer:
                 answer, attach = self.run(meta, fds)
             except Exception as ex:  # the engine logs it and fails the batch with its usual 500
                 answer, attach = {"op": "error", "message": f"{type(ex).__name__}: {ex}"}, []
-            send(self.sock, answer, attach)
+            try:
+                send(self.sock, answer, attach)
+            except OSError:
+                return  # the engine is gone
+            if self.out is not None:
+                self.out.close_fd()  # sent (or never to be): the mapping is what this process needs
 
     def run(self, meta: Meta, fds: list[int]) -> tuple[Meta, list[int]]:
         for key, fd in zip(meta.get("regions", []), fds, strict=True):
@@ -130,9 +137,6 @@ class InstanceServer:
                 raw = self.regions[t["region"]][t["offset"] : t["offset"] + t["nbytes"]]
                 inputs[t["name"]] = read_tensor(raw, t["datatype"], tuple(t["shape"]))
             parts.append(inputs)
-        from runtime.serving.batching import join
-        from runtime.serving.tensors import to_bytes_array
-
         outputs = self.instance.run(join(parts))
         answers: list[Meta] = []
         spill: list[tuple[int, list[tuple[str, np.ndarray, int]]]] = []
