@@ -18,7 +18,7 @@ from runtime import metrics, tracing
 from runtime.errors import ServingError
 from runtime.serving import instances as groups
 from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors, join
-from runtime.serving.engine.remote import RemoteInstance, applies
+from runtime.serving.engine.remote import InstanceLost, RemoteInstance, applies
 from runtime.serving.platforms import Instance, load_instance, platform_for
 from runtime.serving.repository import ModelConfig, load_repository
 from runtime.serving.warmup import warmup_samples
@@ -155,8 +155,8 @@ class ModelRunner:
                 # Cheaper than the two thread hand-offs: run on the loop (which only batches here).
                 return self._timed_run(instance, parts)
             return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed_run, instance, parts)
-        except ServingError:
-            raise  # says what happened already (a lost instance process: 503)
+        except InstanceLost:
+            raise  # a 503 that says what happened (the batch's instance process died)
         except Exception as ex:
             raise self._failure(ex) from ex
 
@@ -278,7 +278,7 @@ def load_runners(
             runners.append(ModelRunner(config, version, loaded, on_batch, inline, shards))
         release_free_memory()
         shared = ", as concurrent single-threaded shards of each batch" if max(shards) > 1 else ""
-        processes_note = f", {sum(remote)} in a process of their own" if any(remote) else ""
+        processes_note = f", {sum(remote)} in instance processes" if any(remote) else ""
         logger.info(
             "Loaded model %s versions %s (max_batch_size %d; instances: %s; %d thread(s) per CPU instance%s%s)",
             config.name,
