@@ -20,7 +20,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runtime import logs, tracing
-from runtime.serving.tritonserver import ManagedTriton
 from runtime.settings import Settings
 from tests.conftest import script
 from tests.support.inprocess import client
@@ -248,41 +247,3 @@ async def test_otlp_exporter_sends_to_the_configured_endpoint(monkeypatch: pytes
         assert set(received.paths) == {"/v1/traces"}
         assert {s.trace_id for s in received.spans} == {TRACE_ID}
         assert {"POST /score", "preprocess", "run", "postprocess"} <= {s.name for s in received.spans}
-
-
-@pytest.mark.slow
-@pytest.mark.external
-async def test_triton_continues_the_trace(
-    exported: InMemorySpanExporter, linear_repo: Path, tritonserver_binary: Path
-) -> None:
-    """Triton, tracing with OpenTelemetry, makes its request span a child of the runtime's ``triton infer``."""
-    with collector() as received:
-
-        class TracedTriton(ManagedTriton):
-            def command(self) -> list[str]:
-                trace = ["mode=opentelemetry", "rate=1", "level=TIMESTAMPS"]
-                trace += [
-                    f"opentelemetry,url=127.0.0.1:{received.port}/v1/traces",
-                    "opentelemetry,bsp_schedule_delay=50",
-                ]
-                return [*super().command(), *(arg for setting in trace for arg in ("--trace-config", setting))]
-
-        triton = TracedTriton(str(linear_repo), tritonserver_binary, supervise=False)
-        await asyncio.to_thread(triton.start)
-        try:
-            settings = Settings(
-                entry_script=script("backend/hook_linear.py"),
-                backend="triton",
-                triton_url=triton.url,
-                otel_traces_exporter=("console",),
-            )
-            async with serve(settings, exported) as http:
-                response = await http.post("/score", json={"x": [1, 2, 3, 4]}, headers={"traceparent": TRACEPARENT})
-                assert response.status_code == 200, response.text
-        finally:
-            await asyncio.to_thread(triton.stop)
-    ours = by_name(exported.get_finished_spans())["triton infer"][-1]
-    assert trace_hex(ours) == TRACE_ID and ours.context is not None
-    theirs = [s for s in received.spans if s.trace_id == TRACE_ID]
-    assert theirs, received.spans
-    assert f"{ours.context.span_id:016x}" in {s.parent_span_id for s in theirs}

@@ -1,4 +1,8 @@
-"""The Triton backend against a real tritonserver: remote, managed, faults, batching, the seed's scripts."""
+"""The Triton backend against a real tritonserver: remote, managed, faults, batching, the seed's scripts, tracing.
+
+One tritonserver for the module (tracing with OpenTelemetry to the module's collector) and one runtime on it
+with two workers, for the tests that only read; the tests that kill or stop a server start their own.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,19 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from runtime import tracing
 from runtime.serving.tritonserver import ManagedTriton
+from runtime.settings import Settings
 from tests.conftest import StartRuntime, script
-from tests.support.inprocess import app_client, captured_logs, startup_failure
+from tests.support.cli import settings_of
+from tests.support.inprocess import app_client, captured_logs, served, startup_failure
 from tests.support.models import linear_reference
+from tests.support.otlp import Collector, ExportedSpan, collector
 from tests.support.processes import alive, descendants
-from tests.support.servers import ServerPool, ServerProcess
+from tests.support.servers import ServerPool, ServerProcess, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
@@ -28,9 +38,29 @@ AML_LINEAR = script("backend/aml_linear.py")
 
 
 @pytest.fixture(scope="module")
-def remote_triton(model_repo: Path, tritonserver_binary: Path) -> Iterator[ManagedTriton]:
+def triton_spans() -> Iterator[Collector]:
+    """Where the module's tritonserver sends its OpenTelemetry spans."""
+    with collector() as received:
+        yield received
+
+
+class TracedTriton(ManagedTriton):
+    """tritonserver tracing every request with OpenTelemetry, to ``spans``."""
+
+    def __init__(self, model_dir: str, binary: Path, spans: Collector) -> None:
+        super().__init__(model_dir, binary, supervise=False)
+        self.spans = spans
+
+    def command(self) -> list[str]:
+        trace = ["mode=opentelemetry", "rate=1", "level=TIMESTAMPS"]
+        trace += [f"opentelemetry,url=127.0.0.1:{self.spans.port}/v1/traces", "opentelemetry,bsp_schedule_delay=50"]
+        return [*super().command(), *(arg for setting in trace for arg in ("--trace-config", setting))]
+
+
+@pytest.fixture(scope="module")
+def remote_triton(model_repo: Path, tritonserver_binary: Path, triton_spans: Collector) -> Iterator[ManagedTriton]:
     """A tritonserver the test starts itself (the runtime then uses it in remote mode)."""
-    server = ManagedTriton(str(model_repo), tritonserver_binary, supervise=False)
+    server = TracedTriton(str(model_repo), tritonserver_binary, triton_spans)
     server.start()
     yield server
     server.stop()
@@ -38,10 +68,10 @@ def remote_triton(model_repo: Path, tritonserver_binary: Path) -> Iterator[Manag
 
 @pytest.fixture(scope="module")
 def via_triton(remote_triton: ManagedTriton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The runtime on remote_triton, shared by the tests that only read; stopped before Triton, whose shutdown
-    would otherwise wait on the runtime's idle connections."""
+    """The runtime on remote_triton with two workers, shared by the tests that only read; stopped before Triton,
+    whose shutdown would otherwise wait on the runtime's idle connections."""
     pool = ServerPool(tmp_path_factory.mktemp("via_triton"))
-    yield pool.get("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", remote_triton.url)
+    yield pool.get("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", remote_triton.url, "--workers", "2")
     pool.stop()
 
 
@@ -54,12 +84,13 @@ async def score_many(url: str, bodies: list[dict[str, object]], concurrency: int
         return await asyncio.gather(*(client.post(url + "/score", json=b) for b in bodies))
 
 
-def test_same_answers_as_the_embedded_backend(servers: ServerPool, via_triton: ServerProcess, model_repo: Path) -> None:
+def test_same_answers_as_the_embedded_backend(via_triton: ServerProcess, model_repo: Path) -> None:
     x = rows(24)
     bodies = [{"x": r.tolist()} for r in x]
-    embedded = servers.get("--entry", AML_LINEAR, "--model-dir", str(model_repo))
     got_triton = [r.json()["y"] for r in asyncio.run(score_many(via_triton.url, bodies))]
-    got_embedded = [r.json()["y"] for r in asyncio.run(score_many(embedded.url, bodies))]
+    # The embedded backend in this process: the same script and models, answers computed by onnxruntime.
+    with served(Settings(entry_script=AML_LINEAR, model_dir=str(model_repo))) as embedded:
+        got_embedded = [r.json()["y"] for r in asyncio.run(score_many(embedded, bodies))]
     np.testing.assert_allclose(got_triton, got_embedded, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_triton, linear_reference(x)["y"], rtol=1e-5, atol=1e-5)
 
@@ -77,18 +108,23 @@ def test_same_answers_as_the_embedded_backend(servers: ServerPool, via_triton: S
     client.close()
 
 
-def test_remote_mode_without_entry_or_model_dir(start_runtime: StartRuntime, remote_triton: ManagedTriton) -> None:
-    """`runtime serve --backend triton --triton-url URL`: Triton's models (from its repository index) over v2."""
-    server = start_runtime("--backend", "triton", "--triton-url", remote_triton.url)
-    index = httpx.post(server.url + "/v2/repository/index").json()
-    assert {e["name"] for e in index} >= {"linear", "strings", "classifier", "sleepy"}
-    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
-    x = np.arange(4, dtype=np.float32).reshape(1, 4)
-    tensor = triton.InferInput("x", [1, 4], "FP32")
-    tensor.set_data_from_numpy(x)
-    np.testing.assert_allclose(client.infer("linear", [tensor]).as_numpy("y"), linear_reference(x)["y"], rtol=1e-5)
-    assert client.get_model_metadata("linear")["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
-    client.close()
+def test_remote_mode_without_entry_or_model_dir(remote_triton: ManagedTriton) -> None:
+    """`runtime serve --backend triton --triton-url URL`: Triton's models (from its repository index) over v2.
+
+    The command's own parser and checks accept it; the app it would serve runs in this process."""
+    settings = settings_of(
+        "serve", "--backend", "triton", "--triton-url", remote_triton.url, "--port", str(free_port())
+    )
+    with served(settings) as url:
+        index = httpx.post(url + "/v2/repository/index").json()
+        assert {e["name"] for e in index} >= {"linear", "strings", "classifier", "sleepy"}
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        tensor = triton.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(x)
+        np.testing.assert_allclose(client.infer("linear", [tensor]).as_numpy("y"), linear_reference(x)["y"], rtol=1e-5)
+        assert client.get_model_metadata("linear")["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+        client.close()
 
 
 def test_bad_input_is_400_with_a_message(via_triton: ServerProcess) -> None:
@@ -113,19 +149,8 @@ def test_seed_style_script_with_tritonhttpclient(remote_triton: ManagedTriton) -
     assert [t.split(":", 1)[1] for t in response.json()["top"]] == ["1:b", "3:d"]
 
 
-def test_dynamic_batching_in_triton_across_two_workers(
-    start_runtime: StartRuntime, remote_triton: ManagedTriton
-) -> None:
-    server = start_runtime(
-        "--entry",
-        script("backend/hook_linear.py"),
-        "--backend",
-        "triton",
-        "--triton-url",
-        remote_triton.url,
-        "--workers",
-        "2",
-    )
+def test_dynamic_batching_in_triton_across_two_workers(via_triton: ServerProcess, remote_triton: ManagedTriton) -> None:
+    server = via_triton
     before = httpx.get(f"http://{remote_triton.url}/v2/models/sleepy/stats").json()["model_stats"][0]
     responses = asyncio.run(score_many(server.url, [{"x": r.tolist(), "model": "sleepy"} for r in rows(96)]))
     assert {r.status_code for r in responses} == {200}
@@ -136,6 +161,40 @@ def test_dynamic_batching_in_triton_across_two_workers(
     assert executions < inferences, "Triton ran every request alone: no dynamic batching"
     sizes = [b["batch_size"] for b in after["batch_stats"]]
     assert max(sizes) > 1
+
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+
+
+def test_triton_continues_the_trace(remote_triton: ManagedTriton, triton_spans: Collector) -> None:
+    """Triton, tracing with OpenTelemetry, makes its request span a child of the runtime's ``triton infer``."""
+    exported = InMemorySpanExporter()
+    settings = {
+        "entry_script": script("backend/hook_linear.py"),
+        "backend": "triton",
+        "triton_url": remote_triton.url,
+        "otel_traces_exporter": ("console",),
+    }
+    try:
+        with app_client(**settings) as http:
+            tracing.add_processor(SimpleSpanProcessor(exported))
+            traceparent = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+            response = http.post("/score", json={"x": [1, 2, 3, 4]}, headers={"traceparent": traceparent})
+            assert response.status_code == 200, response.text
+    finally:
+        tracing.shutdown()
+    ours = [s for s in exported.get_finished_spans() if s.name == "triton infer"][-1]
+    assert ours.context is not None and f"{ours.context.trace_id:032x}" == TRACE_ID
+
+    def theirs() -> list[ExportedSpan]:
+        return [s for s in triton_spans.spans if s.trace_id == TRACE_ID]
+
+    # The module's Triton goes on running: its exporter sends each batch 50 ms after the span ends.
+    deadline = time.monotonic() + 10
+    while not theirs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert theirs(), triton_spans.spans
+    assert f"{ours.context.span_id:016x}" in {s.parent_span_id for s in theirs()}
 
 
 def test_triton_killed_mid_load_gives_503_then_recovers(

@@ -19,6 +19,7 @@ from unittest import mock
 
 import runtime.logs
 from runtime import cli
+from runtime.settings import Settings
 
 
 @dataclass
@@ -66,3 +67,33 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None) -> Result:
         except SystemExit as ex:  # argparse's usage errors
             code = ex.code if isinstance(ex.code, int) else 1
     return Result(code, stdout.getvalue(), stderr.getvalue())
+
+
+class _Served(Exception):
+    """Raised in place of Gunicorn's start, carrying the Settings it was given."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("served")
+        self.settings = settings
+
+
+def _capture(settings: Settings) -> NoReturn:
+    raise _Served(settings)
+
+
+def settings_of(*args: str, env: Mapping[str, str] | None = None) -> Settings:
+    """The Settings ``runtime ARGS`` hands to Gunicorn: the same parser, environment and checks as the console
+    script, stopped where the workers would start (for a command served without the model engine or a
+    managed Triton). Serve them in this process with ``tests.support.inprocess.served``."""
+    with (
+        mock.patch.dict(os.environ, dict(env or {})),
+        mock.patch("runtime.http.server.serve", _capture),
+        mock.patch.object(cli, "serve_with_engine", _would_serve),
+        mock.patch.object(cli, "serve_with_managed_triton", _would_serve),
+        _logging_restored(),
+    ):
+        try:
+            code = cli.main(list(args))
+        except _Served as served:
+            return served.settings
+    raise AssertionError(f"runtime {' '.join(args)} exited with {code} instead of serving")

@@ -160,3 +160,44 @@ class InProcess:
     def __exit__(self, *exc: object) -> None:
         self.loop.run_until_complete(self._stack.aclose())
         self.loop.close()
+
+
+@contextlib.contextmanager
+def served(settings: Settings, timeout: float = 60) -> Iterator[str]:
+    """``create_app(settings)`` served by uvicorn on a free loopback port, in a thread of this process.
+
+    A real socket for the clients that need one (tritonclient, streamed bodies), without Gunicorn: for the
+    HTTP contracts only. Workers, signals, the model engine and exit codes need ``runtime serve``.
+    Yields the base URL; the app is stopped (shutdown hooks run) on exit.
+    """
+    import time
+
+    import uvicorn
+
+    from tests.support.servers import free_port
+
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, lifespan="on", log_config=None)
+    server = uvicorn.Server(config)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except BaseException as ex:
+            failed.append(ex)
+
+    thread = threading.Thread(target=run, name=f"served-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(10)
+            raise RuntimeError(f"the app did not start serving on port {port}") from (failed[0] if failed else None)
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
