@@ -1,4 +1,8 @@
-"""Overload and faults against real Gunicorn workers: admission, cancellation, recycling, SIGKILL, drain, memory."""
+"""Overload and faults against real Gunicorn workers: admission, cancellation, recycling, SIGKILL, drain, memory.
+
+Tests whose settings agree share a module server (each counts what it caused, from before to after); a test
+that needs settings of its own, or whose recycling would disturb the others, starts its own.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import json
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,10 +19,36 @@ import pytest
 from tests.conftest import StartRuntime
 from tests.support.faults import FAULTS, closed_loop, kill, rss_mib, wait_for
 from tests.support.processes import children
+from tests.support.servers import ServerPool, ServerProcess
 
 pytestmark = pytest.mark.slow
 
 SCORE = str(FAULTS / "score.py")
+MIB = 1024 * 1024
+# One worker, admission limits: the overload and large-body tests (neither recycles the worker).
+ADMISSION = ("--entry", SCORE, "--max-concurrent-requests", "4", "--max-body-bytes-in-flight", str(24 * MIB))
+# One worker, one thread, every run() call recorded: departed clients, and memory recycling (which the
+# other test does not notice: it counts calls by id and cancellations from before to after).
+ONE_THREAD = ("--entry", SCORE, "--concurrency", "1", "--max-worker-memory", "300")
+# Two workers: a SIGKILLed worker's replacement, then SIGTERM's drain (which stops it).
+TWO_WORKERS = ("--entry", SCORE, "--workers", "2", "--keepalive-max-age", "1")
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
+    servers = ServerPool(tmp_path_factory.mktemp("faults"))
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="module")
+def calls_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("calls") / "calls"
+
+
+@pytest.fixture
+def one_thread(pool: ServerPool, calls_file: Path) -> ServerProcess:
+    return pool.get(*ONE_THREAD, env={"FAULT_CALLS": str(calls_file)})
 
 
 def metric(server_url: str, name: str) -> float:
@@ -26,8 +57,10 @@ def metric(server_url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def test_overload_gets_fast_429_with_retry_after(start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", SCORE, "--max-concurrent-requests", "4")
+def test_overload_gets_fast_429_with_retry_after(pool: ServerPool) -> None:
+    server = pool.get(*ADMISSION)
+    rejected = 'runtime_requests_rejected_total{reason="max_concurrent_requests"}'
+    before = metric(server.url, rejected)
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=30) as client:
@@ -42,12 +75,15 @@ def test_overload_gets_fast_429_with_retry_after(start_runtime: StartRuntime) ->
         assert response.headers["content-type"] == "application/json"
         assert "max_concurrent_requests 4" in response.json()["message"]
         assert response.elapsed.total_seconds() < 0.9  # answered before any admitted request finished
-    assert metric(server.url, 'runtime_requests_rejected_total{reason="max_concurrent_requests"}') == 8
+    assert metric(server.url, rejected) - before == 8
 
 
-def test_departed_clients_requests_are_never_computed(start_runtime: StartRuntime, tmp_path: Path) -> None:
-    calls = tmp_path / "calls"
-    server = start_runtime("--entry", SCORE, "--concurrency", "1", env={"FAULT_CALLS": str(calls)})
+def test_departed_clients_requests_are_never_computed(one_thread: ServerProcess, calls_file: Path) -> None:
+    server = one_thread
+    calls_before = calls_file.stat().st_size if calls_file.exists() else 0
+    cancelled = "runtime_requests_cancelled_total"
+    client_closed = 'runtime_http_requests_total{method="POST",route="/score",status="499"}'
+    before = metric(server.url, cancelled), metric(server.url, client_closed)
 
     async def scenario() -> int:
         async with httpx.AsyncClient(timeout=30) as client:
@@ -66,9 +102,9 @@ def test_departed_clients_requests_are_never_computed(start_runtime: StartRuntim
 
     assert asyncio.run(scenario()) == 200
     time.sleep(1.0)  # anything still queued would run now
-    assert calls.read_text().split() == ["stay"]
-    assert wait_for(lambda: metric(server.url, "runtime_requests_cancelled_total") == 8, 5)
-    assert metric(server.url, 'runtime_http_requests_total{method="POST",route="/score",status="499"}') == 8
+    assert calls_file.read_bytes()[calls_before:].decode().split() == ["stay"]
+    assert wait_for(lambda: metric(server.url, cancelled) - before[0] == 8, 5)
+    assert metric(server.url, client_closed) - before[1] == 8
 
 
 def test_threads_held_by_timed_out_calls_recycle_the_worker(start_runtime: StartRuntime) -> None:
@@ -103,8 +139,8 @@ def test_async_run_blocking_the_loop_is_reported_and_timed_out(start_runtime: St
     assert metric(server.url, "runtime_event_loop_stalls_total") >= 1
 
 
-def test_sigkilled_worker_gets_its_share_back_within_5s(start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", SCORE, "--workers", "2", "--keepalive-max-age", "1")
+def test_sigkilled_worker_gets_its_share_back_within_5s(pool: ServerPool) -> None:
+    server = pool.get(*TWO_WORKERS)
     master = server.proc
     assert master is not None
     assert wait_for(lambda: len(children(master.pid)) == 2, 30)
@@ -119,8 +155,8 @@ def test_sigkilled_worker_gets_its_share_back_within_5s(start_runtime: StartRunt
     assert shares and min(shares) >= 0.25, result.share_after(new[0], 2.0)
 
 
-def test_sigterm_drains_in_flight_requests(start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", SCORE)
+def test_sigterm_drains_in_flight_requests(pool: ServerPool) -> None:
+    server = pool.take(*TWO_WORKERS)  # stopped here: a later test of these flags gets a fresh one
 
     async def scenario() -> list[int]:
         async with httpx.AsyncClient(timeout=30) as client:
@@ -142,23 +178,24 @@ def test_max_requests_recycles_workers_without_losing_requests(start_runtime: St
     assert set(result.statuses) == {200} and not result.errors, (result.statuses, result.errors)
 
 
-def test_memory_is_recycled_past_max_worker_memory(start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", SCORE, "--max-worker-memory", "300")
+def test_memory_is_recycled_past_max_worker_memory(one_thread: ServerProcess) -> None:
+    server = one_thread
+    recycled_before = server.log().count("exceeds --max-worker-memory 300 MiB")
     with httpx.Client(timeout=30) as client:
         first = client.post(server.url + "/score", json={"leak_mb": 250}).json()["pid"]
         assert client.post(server.url + "/score", json={"leak_mb": 100}).status_code == 200
-        assert wait_for(lambda: "RSS" in server.log() and "exceeds --max-worker-memory 300 MiB" in server.log(), 10)
+        assert wait_for(lambda: server.log().count("exceeds --max-worker-memory 300 MiB") > recycled_before, 10)
+        assert "RSS" in server.log()
         server.wait_ready()
         assert wait_for(lambda: client.post(server.url + "/score", json={}).json()["pid"] != first, 30)
 
 
-def test_burst_of_large_bodies_stays_within_the_bytes_in_flight_cap(start_runtime: StartRuntime) -> None:
-    mib = 1024 * 1024
-    server = start_runtime("--entry", SCORE, "--max-body-bytes-in-flight", str(24 * mib))
+def test_burst_of_large_bodies_stays_within_the_bytes_in_flight_cap(pool: ServerPool) -> None:
+    server = pool.get(*ADMISSION)
     master = server.proc
     assert master is not None
     [worker] = children(master.pid)
-    body = json.dumps({"sleep": 0.5, "pad": "x" * (8 * mib)}).encode()
+    body = json.dumps({"sleep": 0.5, "pad": "x" * (8 * MIB)}).encode()
     before = rss_mib(worker)
     peak = before
 

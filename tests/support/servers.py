@@ -160,6 +160,7 @@ class ServerPool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._servers: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], ServerProcess] = {}
+        self._taken: list[ServerProcess] = []
 
     def get(self, *args: str, env: Mapping[str, str] | None = None) -> ServerProcess:
         key = (args, tuple(sorted((env or {}).items())))
@@ -170,5 +171,14 @@ class ServerPool:
             self._servers[key].start()
         return self._servers[key]
 
+    def take(self, *args: str, env: Mapping[str, str] | None = None) -> ServerProcess:
+        """The server for these flags (started if need be), handed to a test that stops or kills it: a later
+        ``get`` of the same flags starts a fresh one. The pool still stops it at the end if the test did not."""
+        server = self.get(*args, env=env)
+        key = (args, tuple(sorted((env or {}).items())))
+        del self._servers[key]
+        self._taken.append(server)
+        return server
+
     def stop(self) -> None:
-        stop_all(self._servers.values())
+        stop_all([*self._servers.values(), *self._taken])
