@@ -1,4 +1,10 @@
-"""The model engine through real servers: one engine for all workers, its results, faults and shutdown."""
+"""The model engine through real servers: one engine for all workers, its results, faults, traces and shutdown.
+
+Three servers for the module, each read by the tests that only read, then stopped by one test
+(``ServerPool.take``: a later test of the same flags gets a fresh server): the two-worker hook server
+(its engine SIGKILLed under load, then SIGTERM), the Azure ML style server (traces, then SIGTERM), and a
+fresh two-worker server (a worker SIGKILLed, then the master).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,7 @@ import pytest
 import tritonclient.http as triton_http
 
 from tests.conftest import StartRuntime, script
+from tests.support.cli import run_cli
 from tests.support.engine import (
     comm,
     dev_shm,
@@ -28,10 +36,14 @@ from tests.support.engine import (
     wait_for,
     worker_pids,
 )
-from tests.support.servers import ServerProcess, free_port, runtime_argv
+from tests.support.otlp import Collector, collector
+from tests.support.servers import ServerPool, ServerProcess, free_port, runtime_argv
 from tests.test_onnxruntime_backend import metric
 
 pytestmark = pytest.mark.slow
+
+HOOK = script("backend/engine_hook.py")
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
 RNG = np.random.default_rng(11)
 # One request per model: inputs, and the numpy dtype each travels as in JSON.
@@ -43,22 +55,6 @@ CASES: dict[str, tuple[dict[str, np.ndarray], dict[str, str]]] = {
         {"in_i64": "int64", "in_f32": "float32"},
     ),
 }
-
-
-def start(model_repo: Path, tmp: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
-    port = free_port()
-    argv = runtime_argv("serve", "--port", str(port), "--model-dir", str(model_repo), *args)
-    return ServerProcess(argv, port, tmp / f"runtime-{port}.log", env=env).start()
-
-
-@pytest.fixture(scope="module")
-def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Two workers, hook style, a 1 MiB arena (so that big tensors take the overflow path)."""
-    tmp = tmp_path_factory.mktemp("engine")
-    proc = start(model_repo, tmp, "--entry", script("backend/engine_hook.py"), "--workers", "2",
-                 env={"RUNTIME_ENGINE_ARENA_MB": "1"})  # fmt: skip
-    yield proc
-    proc.stop()
 
 
 def full_inputs(model: str, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -105,12 +101,77 @@ def _remember_repo(model_repo: Path) -> None:
     _REPO[:] = [model_repo]
 
 
+class EnginePool(ServerPool):
+    """The module's servers by flags, each with /dev/shm as it was just before it started."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.shm_before: dict[int, set[str]] = {}  # by port
+
+    def start(self, args: Sequence[str], env: Mapping[str, str] | None) -> ServerProcess:
+        shm = dev_shm()
+        server = super().start(args, env)
+        self.shm_before[server.port] = shm
+        return server
+
+
 @pytest.fixture(scope="module")
-def run_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Azure ML style: run() calls runtime.infer(), and init() does before any request."""
-    proc = start(model_repo, tmp_path_factory.mktemp("engine-run"), "--entry", script("backend/engine_run.py"))
-    yield proc
-    proc.stop()
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnginePool]:
+    servers = EnginePool(tmp_path_factory.mktemp("engine"))
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="module")
+def engine_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test models, and the linear model again as ``auto_model`` with two KIND_AUTO instances."""
+    root = tmp_path_factory.mktemp("engine-repo") / "triton"
+    root.mkdir()
+    for model in (model_repo / "triton").iterdir():
+        (root / model.name).symlink_to(model)
+    (root / "auto_model" / "1").mkdir(parents=True)
+    (root / "auto_model" / "1" / "model.onnx").symlink_to(model_repo / "triton" / "linear" / "1" / "model.onnx")
+    (root / "auto_model" / "config.pbtxt").write_text("instance_group [{ count: 2 kind: KIND_AUTO }]\n")
+    return root.parent
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[Collector]:
+    """Where the Azure ML style server's worker and engine send their OpenTelemetry spans."""
+    with collector() as received:
+        yield received
+
+
+def hook_flags(model_repo: Path) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Two workers, hook style, a 1 MiB arena (so that big tensors take the overflow path)."""
+    return ("--model-dir", str(model_repo), "--entry", HOOK, "--workers", "2"), {"RUNTIME_ENGINE_ARENA_MB": "1"}
+
+
+def run_flags(engine_repo: Path, spans: Collector) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Azure ML style: run() calls runtime.infer(), and init() does before any request; traces to ``spans``."""
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{spans.port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    return ("--model-dir", str(engine_repo), "--entry", script("backend/engine_run.py")), env
+
+
+def fresh_flags(model_repo: Path) -> tuple[str, ...]:
+    """Two workers, hook style: for the tests that kill processes and need a server nobody else used."""
+    return "--model-dir", str(model_repo), "--entry", HOOK, "--workers", "2"
+
+
+@pytest.fixture
+def server(pool: EnginePool, model_repo: Path) -> ServerProcess:
+    args, env = hook_flags(model_repo)
+    return pool.get(*args, env=env)
+
+
+@pytest.fixture
+def run_server(pool: EnginePool, engine_repo: Path, spans: Collector) -> ServerProcess:
+    args, env = run_flags(engine_repo, spans)
+    return pool.get(*args, env=env)
 
 
 @pytest.mark.parametrize("model", sorted(CASES))
@@ -198,37 +259,41 @@ def running(server: ServerProcess) -> tuple[int, int, set[int]]:
     return master, one_engine(master), worker_pids(master)
 
 
-def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(model_repo: Path, tmp_path: Path) -> None:
-    # A server of its own: on the module's long-lived server the arena was seen mapped for over 10 s
-    # after the kill when the machine was loaded (xdist), so this keeps the fresh server it was written for.
-    server = start(model_repo, tmp_path, "--entry", script("backend/engine_hook.py"), "--workers", "2")
-    try:
-        master, engine, _ = running(server)
-        # Ready means one worker answers; on a loaded machine the other connects to the engine later.
-        wait_for(lambda: len(worker_pids(master)) == 2, 30, "two workers")
-        workers = worker_pids(master)
+def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(pool: EnginePool, model_repo: Path) -> None:
+    # A fresh server: on the module's long-lived server the arena was seen mapped for over 10 s after the
+    # kill when the machine was loaded (xdist). This one is used by no other test before; SIGKILL stops it.
+    server = pool.get(*fresh_flags(model_repo))
+    master, engine, _ = running(server)
+    # Ready means one worker answers; on a loaded machine the other connects to the engine later.
+    wait_for(lambda: len(worker_pids(master)) == 2, 30, "two workers")
+    workers = worker_pids(master)
 
-        def arenas() -> str:
-            return " ".join(shm_mappings(engine))
+    def arenas() -> str:
+        return " ".join(shm_mappings(engine))
 
-        wait_for(lambda: all(f"memfd:runtime-arena-{w}" in arenas() for w in workers), 30, "both arenas mapped")
-        victim = min(workers)
-        assert f"memfd:runtime-arena-{victim}" in arenas()
-        body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
-        results = asyncio.run(
-            load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL))
-        )
-        served = [r for r in results if isinstance(r, httpx.Response)]
-        assert {r.status_code for r in served} == {200}
-        wait_for(lambda: f"memfd:runtime-arena-{victim}" not in " ".join(shm_mappings(engine)), 10, "arena released")
-        assert one_engine(master) == engine
-        last = httpx.post(server.url + "/score", json=body, timeout=10)
-        assert last.status_code == 200 and last.json()["pid"] != victim
-    finally:
-        server.stop()
+    wait_for(lambda: all(f"memfd:runtime-arena-{w}" in arenas() for w in workers), 30, "both arenas mapped")
+    victim = min(workers)
+    assert f"memfd:runtime-arena-{victim}" in arenas()
+    body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
+    results = asyncio.run(load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL)))
+    served = [r for r in results if isinstance(r, httpx.Response)]
+    assert {r.status_code for r in served} == {200}
+    wait_for(lambda: f"memfd:runtime-arena-{victim}" not in " ".join(shm_mappings(engine)), 10, "arena released")
+    assert one_engine(master) == engine
+    last = httpx.post(server.url + "/score", json=body, timeout=10)
+    assert last.status_code == 200 and last.json()["pid"] != victim
 
 
-# The module's server, killed last: the tests above only read from it.
+def test_kind_auto_serves_on_the_cpu(engine_repo: Path, run_server: ServerProcess) -> None:
+    check = subprocess.run(runtime_argv("check", "--model-dir", str(engine_repo)), capture_output=True, text=True)
+    assert check.returncode == 0 and "instances: 2 (2 x CPU)" in check.stdout
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    response = httpx.post(run_server.url + "/v2/models/auto_model/infer", json=body)
+    assert response.status_code == 200
+    assert "instances: 2 x CPU" in run_server.log()
+
+
+# The servers stop last: the tests above only read from them (the one above kills a worker of its own).
 
 
 def test_engine_killed_under_load_gives_503_then_recovers(server: ServerProcess) -> None:
@@ -257,15 +322,42 @@ def test_engine_killed_under_load_gives_503_then_recovers(server: ServerProcess)
     assert "restarting it" in server.log()
 
 
+def test_engine_spans_continue_the_request_trace(pool: EnginePool, engine_repo: Path, spans: Collector) -> None:
+    args, env = run_flags(engine_repo, spans)
+    server = pool.take(*args, env=env)  # the Azure ML style server, stopped here
+    try:
+        for n in range(3):
+            traceparent = f"00-{TRACE_ID[:-1]}{n}-b7ad6b716920333{n}-01"
+            body = as_body("linear", {"x": np.array([[1, 2, 3, 4]], np.float32)}, {"x": "float32"})
+            response = httpx.post(server.url + "/score", json=body, headers={"traceparent": traceparent}, timeout=30)
+            assert response.status_code == 200, response.text
+    finally:
+        assert server.stop() == 0  # SIGTERM: worker and engine flush what they hold
+    deadline = time.monotonic() + 10
+    while len(spans.named("batch")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    traces = {f"{TRACE_ID[:-1]}{n}" for n in range(3)}
+    for name in ("POST /score", "infer linear", "queue", "batch"):
+        assert {s.trace_id for s in spans.named(name)} >= traces, (name, spans.spans, server.log()[-2000:])
+    # Every request this server answered, of any model (the tests above read from it too).
+    infers = {s.span_id: s.trace_id for s in spans.spans if s.name.startswith("infer ")}
+    for span in spans.named("queue") + spans.named("batch"):
+        # Made in the engine process, under the worker's infer span of the same request.
+        assert infers.get(span.parent_span_id) == span.trace_id, span
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_stopping_the_server_leaves_no_engine_and_no_shared_memory(
-    model_repo: Path, tmp_path: Path, sig: signal.Signals
+    pool: EnginePool, model_repo: Path, sig: signal.Signals
 ) -> None:
-    shm_before = dev_shm()
-    server = start(model_repo, tmp_path, "--entry", script("backend/engine_hook.py"), "--workers", "2")
+    # SIGTERM stops the module's hook server, SIGKILL the fresh one (after a worker of it was killed).
+    args, env = hook_flags(model_repo) if sig == signal.SIGTERM else (fresh_flags(model_repo), None)
+    server = pool.take(*args, env=env)
+    shm_before = pool.shm_before[server.port]
     assert server.proc is not None
     master = server.proc.pid
     engine = one_engine(master)
+    wait_for(lambda: len(worker_pids(master)) == 2, 30, "two workers")
     workers = worker_pids(master)
     body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
     results = asyncio.run(load(server.url + "/score", lambda _: body, 3, 8, lambda: os.kill(master, sig)))
@@ -282,38 +374,25 @@ def test_stopping_the_server_leaves_no_engine_and_no_shared_memory(
     wait_for(lambda: dev_shm() <= shm_before, 15, f"/dev/shm back to what it was (new: {dev_shm() - shm_before})")
 
 
-def test_kind_gpu_without_gpu_is_a_startup_error(tmp_path: Path, model_repo: Path) -> None:
+def test_kind_gpu_without_gpu_is_a_startup_error(
+    tmp_path: Path, model_repo: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     repo = tmp_path / "gpu"
     (repo / "gpu_model" / "1").mkdir(parents=True)
     (repo / "gpu_model" / "1" / "model.onnx").symlink_to(model_repo / "triton" / "linear" / "1" / "model.onnx")
     (repo / "gpu_model" / "config.pbtxt").write_text("instance_group [{ count: 1 kind: KIND_GPU }]\n")
-    port = free_port()
-    done = subprocess.run(runtime_argv("serve", "--port", str(port), "--model-dir", str(repo)),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    # The command in this process; the engine it starts is a process of its own, and refuses the model.
+    done = run_cli("serve", "--port", str(free_port()), "--model-dir", str(repo), engine=True)
+    stderr = done.stderr + capfd.readouterr().err
     assert done.returncode == 3
-    assert "model 'gpu_model'" in done.stderr and "KIND_GPU" in done.stderr
-    assert "CUDAExecutionProvider" in done.stderr  # what is missing
+    assert "model 'gpu_model'" in stderr and "KIND_GPU" in stderr
+    assert "CUDAExecutionProvider" in stderr  # what is missing
     check = subprocess.run(runtime_argv("check", "--model-dir", str(repo)), capture_output=True, text=True)
     assert check.returncode == 1 and "no GPU is usable" in check.stdout
 
 
-def test_kind_auto_serves_on_the_cpu(tmp_path: Path, model_repo: Path, start_runtime: StartRuntime) -> None:
-    repo = tmp_path / "auto"
-    (repo / "auto_model" / "1").mkdir(parents=True)
-    (repo / "auto_model" / "1" / "model.onnx").symlink_to(model_repo / "triton" / "linear" / "1" / "model.onnx")
-    (repo / "auto_model" / "config.pbtxt").write_text("instance_group [{ count: 2 kind: KIND_AUTO }]\n")
-    check = subprocess.run(runtime_argv("check", "--model-dir", str(repo)), capture_output=True, text=True)
-    assert check.returncode == 0 and "instances: 2 (2 x CPU)" in check.stdout
-    server = start_runtime("--model-dir", str(repo))
-    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
-    response = httpx.post(server.url + "/v2/models/auto_model/infer", json=body)
-    assert response.status_code == 200
-    assert "instances: 2 x CPU" in server.log()
-
-
 def test_engine_worker_mode_loads_models_in_every_worker(model_repo: Path, start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", script("backend/engine_hook.py"), "--model-dir", str(model_repo),
-                           "--workers", "2", "--engine", "worker")  # fmt: skip
+    server = start_runtime("--entry", HOOK, "--model-dir", str(model_repo), "--workers", "2", "--engine", "worker")
     assert server.proc is not None
     assert engine_pids(server.proc.pid) == set()
     body = as_body("linear", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})

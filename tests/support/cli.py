@@ -50,13 +50,17 @@ def _logging_restored() -> Iterator[None]:
         runtime.logs.current_format = log_format
 
 
-def run_cli(*args: str, env: Mapping[str, str] | None = None) -> Result:
-    """``runtime ARGS`` with ``env`` added to the environment; its exit status, stdout and stderr."""
+def run_cli(*args: str, env: Mapping[str, str] | None = None, engine: bool = False) -> Result:
+    """``runtime ARGS`` with ``env`` added to the environment; its exit status, stdout and stderr.
+
+    ``engine=True`` lets the command start the model engine, a process of its own (its log goes to this
+    process's file descriptor 2: read it with pytest's ``capfd``), for start-ups the engine refuses.
+    """
     stdout, stderr = io.StringIO(), io.StringIO()
     with (
         mock.patch.dict(os.environ, dict(env or {})),
         mock.patch("runtime.http.server.serve", _would_serve),
-        mock.patch.object(cli, "serve_with_engine", _would_serve),
+        mock.patch.object(cli, "serve_with_engine", cli.serve_with_engine if engine else _would_serve),
         mock.patch.object(cli, "serve_with_managed_triton", _would_serve),
         _logging_restored(),
         contextlib.redirect_stdout(stdout),

@@ -165,11 +165,14 @@ class ServerPool:
     def get(self, *args: str, env: Mapping[str, str] | None = None) -> ServerProcess:
         key = (args, tuple(sorted((env or {}).items())))
         if key not in self._servers:
-            port = free_port()
-            log = self.directory / f"runtime-{port}.log"
-            self._servers[key] = ServerProcess(runtime_argv("serve", "--port", str(port), *args), port, log, env)
-            self._servers[key].start()
+            self._servers[key] = self.start(args, env)
         return self._servers[key]
+
+    def start(self, args: Sequence[str], env: Mapping[str, str] | None) -> ServerProcess:
+        """``runtime serve ARGS`` on a free port, ready (a subclass may note what it needs first)."""
+        port = free_port()
+        log = self.directory / f"runtime-{port}.log"
+        return ServerProcess(runtime_argv("serve", "--port", str(port), *args), port, log, env).start()
 
     def take(self, *args: str, env: Mapping[str, str] | None = None) -> ServerProcess:
         """The server for these flags (started if need be), handed to a test that stops or kills it: a later
