@@ -10,8 +10,10 @@ import pytest
 
 from runtime.http.middleware.auth import is_protected, matches
 from runtime.settings import Settings
-from tests.conftest import SCRIPTS, StartRuntime
-from tests.support.inprocess import InProcess
+from tests.conftest import SCRIPTS
+from tests.support.cli import settings_of
+from tests.support.inprocess import InProcess, served
+from tests.support.servers import free_port
 
 KEYS = ("primary-key", "secondary-key")
 # Not an inference-schema script: inference-schema registers run() by module name once per process,
@@ -99,18 +101,19 @@ def test_helpers() -> None:
     assert not matches("", keys) and not matches("primary-key ", keys) and not matches("é", keys)
 
 
-@pytest.mark.slow
-def test_key_file_with_the_real_server(start_runtime: StartRuntime, tmp_path: Path) -> None:
+def test_key_file_with_the_command_line(tmp_path: Path) -> None:
+    """``runtime serve --auth-key-file``: the command's own parsing, the app it serves on a socket."""
     keys = tmp_path / "keys.txt"
     keys.write_text("# rotated monthly\nold-key\n\nnew-key\n")
-    server = start_runtime("--entry", ENTRY, "--auth-key-file", str(keys))
+    settings = settings_of("serve", "--entry", ENTRY, "--auth-key-file", str(keys), "--port", str(free_port()))
     body = SCORE["content"]
     json_type = {"Content-Type": "application/json"}
-    assert httpx.post(server.url + "/score", content=body, headers=json_type).status_code == 401
-    for key in ("old-key", "new-key"):
-        headers = {**json_type, "Authorization": f"Bearer {key}"}
-        assert httpx.post(server.url + "/score", content=body, headers=headers).status_code == 200
-    assert httpx.get(server.url + "/").status_code == 200
+    with served(settings) as url:
+        assert httpx.post(url + "/score", content=body, headers=json_type).status_code == 401
+        for key in ("old-key", "new-key"):
+            headers = {**json_type, "Authorization": f"Bearer {key}"}
+            assert httpx.post(url + "/score", content=body, headers=headers).status_code == 200
+        assert httpx.get(url + "/").status_code == 200
 
 
 def test_a_key_file_without_keys_stops_the_server(tmp_path: Path) -> None:

@@ -12,8 +12,7 @@ import pytest
 
 from runtime.settings import Settings
 from tests.conftest import script
-from tests.support.inprocess import client
-from tests.support.servers import ServerProcess, free_port, runtime_argv
+from tests.support.inprocess import captured_logs, client, served
 
 STREAM = script("aml/stream.py")
 
@@ -83,30 +82,26 @@ async def test_hook_postprocess_may_stream(
     assert response.headers["x-ms-run-function-failed"] == "False"
 
 
-# -- a real server: chunks on the wire, disconnects -----------------------------------------------
+# -- on a socket: chunks on the wire, disconnects ------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def stream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
-    tmp = tmp_path_factory.mktemp("stream")
-    marker = tmp / "closed.txt"
-    port = free_port()
-    server = ServerProcess(
-        runtime_argv("serve", "--entry", STREAM, "--port", str(port)),
-        port,
-        tmp / "server.log",
-        env={"STREAM_MARKER": str(marker)},
-    )
-    server.start()
-    yield server, marker
-    server.stop()
+def stream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, list[str]]]:
+    """The app served by uvicorn on a socket in this process, its log lines, and the generators' marker file."""
+    marker = tmp_path_factory.mktemp("stream") / "closed.txt"
+    with (
+        pytest.MonkeyPatch.context() as env,
+        captured_logs() as log,
+    ):
+        env.setenv("STREAM_MARKER", str(marker))
+        with served(Settings(entry_script=STREAM)) as url:
+            yield url, marker, log
 
 
-@pytest.mark.slow
-def test_first_chunk_arrives_before_the_generator_finishes(stream_server: tuple[ServerProcess, Path]) -> None:
-    server, _ = stream_server
+def test_first_chunk_arrives_before_the_generator_finishes(stream_server: tuple[str, Path, list[str]]) -> None:
+    url, _, _ = stream_server
     started = time.monotonic()
-    with httpx.stream("GET", server.url + "/score?count=4&delay=0.5", timeout=30) as response:
+    with httpx.stream("GET", url + "/score?count=4&delay=0.5", timeout=30) as response:
         assert response.status_code == 201
         arrivals = []
         for chunk in response.iter_raw():
@@ -117,11 +112,10 @@ def test_first_chunk_arrives_before_the_generator_finishes(stream_server: tuple[
     assert len(arrivals) >= 3
 
 
-@pytest.mark.slow
-def test_disconnect_closes_the_generator(stream_server: tuple[ServerProcess, Path]) -> None:
-    server, marker = stream_server
+def test_disconnect_closes_the_generator(stream_server: tuple[str, Path, list[str]]) -> None:
+    url, marker, _ = stream_server
     marker.unlink(missing_ok=True)
-    with httpx.stream("GET", server.url + "/score?count=1000&delay=0.05&marker=1", timeout=30) as response:
+    with httpx.stream("GET", url + "/score?count=1000&delay=0.05&marker=1", timeout=30) as response:
         first = next(response.iter_raw())
         assert first.startswith(b"chunk 0;")
     # Leaving the block closed the connection; the generator got GeneratorExit (its finally wrote the marker).
@@ -130,14 +124,13 @@ def test_disconnect_closes_the_generator(stream_server: tuple[ServerProcess, Pat
         time.sleep(0.05)
     assert marker.read_text() == "closed\n"
     # The worker goes on serving.
-    assert httpx.get(server.url + "/score?count=2", timeout=30).content == b"chunk 0;chunk 1;"
+    assert httpx.get(url + "/score?count=2", timeout=30).content == b"chunk 0;chunk 1;"
 
 
-@pytest.mark.slow
-def test_server_sent_events_through_httpx(stream_server: tuple[ServerProcess, Path]) -> None:
-    server, _ = stream_server
+def test_server_sent_events_through_httpx(stream_server: tuple[str, Path, list[str]]) -> None:
+    url, _, _ = stream_server
     events = []
-    with httpx.stream("GET", server.url + "/score?kind=sse", timeout=30) as response:
+    with httpx.stream("GET", url + "/score?kind=sse", timeout=30) as response:
         assert response.headers["content-type"] == "text/event-stream"
         assert response.headers["cache-control"] == "no-cache"
         for line in response.iter_lines():
@@ -146,14 +139,13 @@ def test_server_sent_events_through_httpx(stream_server: tuple[ServerProcess, Pa
     assert events == [{"token": 0}, {"token": 1}, {"token": 2}]
 
 
-@pytest.mark.slow
-def test_failure_halfway_ends_the_body_incomplete(stream_server: tuple[ServerProcess, Path]) -> None:
-    server, _ = stream_server
+def test_failure_halfway_ends_the_body_incomplete(stream_server: tuple[str, Path, list[str]]) -> None:
+    url, _, log = stream_server
     with (
         pytest.raises(httpx.RemoteProtocolError),
-        httpx.stream("GET", server.url + "/score?kind=fail", timeout=30) as response,
+        httpx.stream("GET", url + "/score?kind=fail", timeout=30) as response,
     ):
         assert response.status_code == 200
         b"".join(response.iter_raw())
-    assert "The response stream failed after 1 chunks" in server.log()
-    assert "the model fell over" in server.log()
+    assert "The response stream failed after 1 chunks" in "\n".join(log)
+    assert "the model fell over" in "\n".join(log)

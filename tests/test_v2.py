@@ -1,5 +1,5 @@
-"""KServe v2 endpoints: tritonclient (JSON and binary tensors) against a real server; raw HTTP for bad input
-against the same app in this process."""
+"""KServe v2 endpoints: tritonclient (JSON and binary tensors) against the app served on a socket in this
+process; raw HTTP for bad input against the same app through its ASGI interface."""
 
 from __future__ import annotations
 
@@ -13,27 +13,27 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from tests.support.inprocess import app_client
+from runtime.settings import Settings
+from tests.support.inprocess import app_client, served
 from tests.support.models import TYPED, linear_reference
-from tests.support.servers import ServerPool, ServerProcess
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(model_repo: Path, servers: ServerPool) -> ServerProcess:
-    """One repository-only server (these tests only read from it)."""
-    return servers.get("--model-dir", str(model_repo))
+def url(model_repo: Path) -> Iterator[str]:
+    """One repository-only app (these tests only read from it); the model engine's transport of the same
+    requests is tests/test_engine.py's."""
+    with served(Settings(model_dir=str(model_repo))) as base:
+        yield base
 
 
 @pytest.fixture
-def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+def client(url: str) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
     yield client
     client.close()
 
 
-def test_health_metadata_and_config(client: triton.InferenceServerClient, server: ServerProcess) -> None:
+def test_health_metadata_and_config(client: triton.InferenceServerClient, url: str) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("linear") and client.is_model_ready("linear", "1")
     assert client.get_server_metadata()["extensions"] == [
@@ -60,7 +60,7 @@ def test_health_metadata_and_config(client: triton.InferenceServerClient, server
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 0
     # Auto-completed: no config.pbtxt, a dynamic batch dimension -> Triton's default max_batch_size 4.
     assert client.get_model_config("linear")["max_batch_size"] == 4
-    index = httpx.post(server.url + "/v2/repository/index").json()
+    index = httpx.post(url + "/v2/repository/index").json()
     assert {"name": "linear", "version": "1", "state": "READY"} in index
 
 
