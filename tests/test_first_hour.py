@@ -2,17 +2,19 @@
 
 Exit codes: 2 for a usage mistake (argparse and settings), 3 for a start-up error (what the server
 would have served is wrong: the entry script, the model directory, the port, the repository).
-Mistakes refused before serving run ``runtime.cli.main`` in this process (``run``); the installed
-script's exit codes are checked on real processes in tests/test_startup.py, and what needs a
-started server (signals, Triton, the start-up summary) runs one here.
+Mistakes refused before serving run ``runtime.cli.main`` in this process (``run``; with the real model
+engine where the engine refuses the models), and so do the command lines that serve an app without
+the engine (``settings_of``, then the app in this process: ``served``, ``startup_failure``). The
+installed script's exit codes are checked on real processes in tests/test_startup.py; what needs a
+started server (signals, a managed Triton, the start-up summary and a clean exit) runs one here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +24,10 @@ import pytest
 
 from tests.conftest import StartRuntime, script
 from tests.support import models
+from tests.support.cli import Result, settings_of
 from tests.support.cli import run_cli as run
-from tests.support.servers import free_port, runtime_argv
+from tests.support.inprocess import served, startup_failure
+from tests.support.servers import free_port
 
 ECHO = script("core/echo.py")
 
@@ -105,14 +109,16 @@ def test_dims_contradicting_the_graph_fail_serve_and_check(tmp_path: Path) -> No
     assert expected in checked.stdout
 
 
-def test_check_and_serve_agree_on_an_azure_ml_model_folder(start_runtime: StartRuntime, tmp_path: Path) -> None:
+def test_check_and_serve_agree_on_an_azure_ml_model_folder(tmp_path: Path) -> None:
     """A folder holding a pickle is score.py's business: check says so (exit 0) and serve serves it."""
     (tmp_path / "model.pkl").write_bytes(b"pickle")
     checked = run("check", "--model-dir", str(tmp_path))
     assert checked.returncode == 0, checked.stdout
     assert "an Azure ML model folder, not a model repository (it holds model.pkl)" in checked.stdout
-    server = start_runtime("--entry", ECHO, "--model-dir", str(tmp_path))
-    assert httpx.post(server.url + "/score", json={"a": 1}).status_code == 200
+    # serve: the command's own checks accept it; the app it would serve answers, on a socket in this process.
+    settings = settings_of("serve", "--entry", ECHO, "--model-dir", str(tmp_path), "--port", str(free_port()))
+    with served(settings) as url:
+        assert httpx.post(url + "/score", json={"a": 1}).status_code == 200
 
 
 @pytest.fixture
@@ -132,24 +138,26 @@ def test_port_in_use_fails_fast(busy_port: int) -> None:
     assert "choose another --port" in result.stderr
 
 
-@pytest.mark.slow
-def test_port_in_use_is_found_before_managed_triton_starts(busy_port: int, model_repo: Path) -> None:
-    # A real process: tritonserver's log would reach its stderr, not this process's.
+def test_port_in_use_is_found_before_managed_triton_starts(
+    busy_port: int, model_repo: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Starting the managed Triton would fail the test (run_cli); a tritonserver's log would reach fd 1/2 (capfd).
     argv = ["serve", "--model-dir", str(model_repo), "--backend", "triton", "--triton", "managed"]
-    result = subprocess.run(runtime_argv(*argv, "--port", str(busy_port)), capture_output=True, text=True, timeout=60)
+    run_result = run(*argv, "--port", str(busy_port))
+    output = capfd.readouterr()
+    result = Result(run_result.returncode, run_result.stdout + output.out, run_result.stderr + output.err)
     assert result.returncode == 3
     assert f"address already in use: 127.0.0.1:{busy_port}" in result.stderr
     assert "tritonserver" not in result.stderr + result.stdout
 
 
-@pytest.mark.slow
-def test_triton_url_refused_says_so_and_suggests_managed(start_runtime: StartRuntime) -> None:
+def test_triton_url_refused_says_so_and_suggests_managed() -> None:
+    # The command as typed; its workers' start-up in this process (a StartupError: a real server exits 3,
+    # tests/test_startup.py). The log is the same.
     closed = free_port()
-    server = start_runtime(
-        "--backend", "triton", "--triton-url", f"127.0.0.1:{closed}", env={"RUNTIME_TRITON_WAIT_S": "2"}, wait=False
-    )
-    assert server.wait_exit(60) == 3
-    log = server.log()
+    argv = ["serve", "--backend", "triton", "--triton-url", f"127.0.0.1:{closed}", "--port", str(free_port())]
+    settings = settings_of(*argv, env={"RUNTIME_TRITON_WAIT_S": "2"})
+    log = startup_failure(**dataclasses.asdict(settings))
     assert f"Triton Inference Server at 127.0.0.1:{closed}: the server is not ready: connection refused" in log
     assert "; trying again for " in log  # said at once, with how long it will keep trying
     assert " s of 2 s; RUNTIME_TRITON_WAIT_S sets how long)" in log
@@ -256,9 +264,8 @@ def test_summary_names_gpu_instances_and_where_they_run(tmp_path: Path) -> None:
     assert "backend:      onnxruntime, in the model engine process (runtime-engine)" in text
 
 
-@pytest.mark.slow
 def test_model_onnxruntime_cannot_load_is_a_startup_error_without_traceback(
-    start_runtime: StartRuntime, tmp_path: Path
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     import onnx
     from onnx import TensorProto, helper
@@ -272,8 +279,9 @@ def test_model_onnxruntime_cannot_load_is_a_startup_error_without_traceback(
     path = tmp_path / "broken" / "1" / "model.onnx"
     path.parent.mkdir(parents=True)
     onnx.save(helper.make_model(graph), str(path))
-    server = start_runtime("--model-dir", str(tmp_path), wait=False)
-    assert server.wait_exit(60) == 3
-    log = server.log()
+    # The command in this process, with its real model engine (a process of its own, which refuses the model).
+    result = run("serve", "--model-dir", str(tmp_path), "--port", str(free_port()), engine=True)
+    assert result.returncode == 3
+    log = result.stderr + capfd.readouterr().err
     assert f"{path}: onnxruntime cannot load it" in log and "NoSuchOperator" in log
     assert "Traceback" not in log

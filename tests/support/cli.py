@@ -92,12 +92,13 @@ def settings_of(*args: str, env: Mapping[str, str] | None = None) -> Settings:
     with (
         mock.patch.dict(os.environ, dict(env or {})),
         mock.patch("runtime.http.server.serve", _capture),
-        mock.patch.object(cli, "serve_with_engine", _would_serve),
         mock.patch.object(cli, "serve_with_managed_triton", _would_serve),
         _logging_restored(),
     ):
         try:
             code = cli.main(list(args))
         except _Served as served:
+            # serve_with_engine stops the engine it started when serve() raises: such a command needs a real server.
+            assert served.settings.engine_address is None, "this command serves with the model engine"
             return served.settings
     raise AssertionError(f"runtime {' '.join(args)} exited with {code} instead of serving")
