@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from runtime.settings import Settings
-from tests.conftest import StartRuntime, script
+from tests.conftest import script
 from tests.support.inprocess import app_client, captured_logs
 from tests.support.servers import ServerPool, ServerProcess
 
@@ -174,12 +174,22 @@ def test_timeout_of_async_run() -> None:
     assert ok.status_code == 200 and ok.json() == {"async": True, "echo": {"sleep": 0}}
 
 
+Flags = tuple[tuple[str, ...], dict[str, str], Path]
+
+
 @pytest.fixture(scope="module")
-def flags_server(servers: ServerPool, tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerProcess, Path]:
-    """One real server for the CLI's flags against its environment, with two workers (the tests only read)."""
+def flags(tmp_path_factory: pytest.TempPathFactory) -> Flags:
+    """The CLI's flags against its environment, with two workers: flags, environment and the model dir."""
     model_dir = tmp_path_factory.mktemp("model_dir")
     env = {"SCORING_TIMEOUT_MS": "1", "AZUREML_MODEL_DIR": "/elsewhere", "WORKER_COUNT": "2"}
-    return servers.get("--entry", ECHO, "--timeout-ms", "5000", "--model-dir", str(model_dir), env=env), model_dir
+    return ("--entry", ECHO, "--timeout-ms", "5000", "--model-dir", str(model_dir)), env, model_dir
+
+
+@pytest.fixture
+def flags_server(servers: ServerPool, flags: Flags) -> tuple[ServerProcess, Path]:
+    """One real server for ``flags``: the tests read from it, then SIGTERM stops it."""
+    args, env, model_dir = flags
+    return servers.get(*args, env=env), model_dir
 
 
 @pytest.mark.slow
@@ -204,8 +214,9 @@ def test_worker_count_starts_that_many_workers(flags_server: tuple[ServerProcess
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_requests_in_flight(start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", ECHO)
+def test_sigterm_finishes_requests_in_flight(servers: ServerPool, flags: Flags) -> None:
+    args, env, _ = flags
+    server = servers.take(*args, env=env)  # the flags server, stopped here (a later test would get a fresh one)
     results: list[httpx.Response] = []
 
     def call() -> None:
