@@ -10,13 +10,21 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import StartRuntime, script
+from tests.conftest import script
 from tests.support.models import linear_reference
 from tests.support.servers import ServerPool
 
 pytestmark = pytest.mark.slow
 
 CLIENTS = 32
+# The hook-style server has two workers: the metrics test sums them (it counts from before to after).
+HOOK = ("--entry", script("backend/hook_linear.py"), "--workers", "2")
+
+
+def flags(entry: str, model_repo: Path) -> tuple[str, ...]:
+    if entry == "backend/hook_linear.py":
+        return (*HOOK, "--model-dir", str(model_repo))
+    return "--entry", script(entry), "--model-dir", str(model_repo)
 
 
 def rows(n: int) -> np.ndarray:
@@ -44,7 +52,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 def test_concurrent_batched_results_equal_per_request_results(
     servers: ServerPool, model_repo: Path, entry: str
 ) -> None:
-    server = servers.get("--entry", script(entry), "--model-dir", str(model_repo))
+    server = servers.get(*flags(entry, model_repo))
     x = rows(CLIENTS * 4)
     for model in ("linear", "sleepy"):
         responses = asyncio.run(score_all(server.url, [{"x": r.tolist(), "model": model} for r in x]))
@@ -66,7 +74,7 @@ def test_concurrent_batched_results_equal_per_request_results(
 
 
 def test_unbatched_model_runs_batches_of_one(servers: ServerPool, model_repo: Path) -> None:
-    server = servers.get("--entry", script("backend/hook_linear.py"), "--model-dir", str(model_repo))
+    server = servers.get(*flags("backend/hook_linear.py", model_repo))
     x = rows(CLIENTS)
     responses = asyncio.run(score_all(server.url, [{"x": r.tolist(), "model": "sleepy_unbatched"} for r in x]))
     assert {r.status_code for r in responses} == {200}, responses[0].text
@@ -77,7 +85,7 @@ def test_unbatched_model_runs_batches_of_one(servers: ServerPool, model_repo: Pa
 
 
 def test_bad_tensor_from_score_py_is_400(servers: ServerPool, model_repo: Path) -> None:
-    server = servers.get("--entry", script("backend/aml_linear.py"), "--model-dir", str(model_repo))
+    server = servers.get(*flags("backend/aml_linear.py", model_repo))
     response = httpx.post(server.url + "/score", json={"x": [1, 2, 3]})
     assert response.status_code == 400
     assert response.json() == {
@@ -86,18 +94,21 @@ def test_bad_tensor_from_score_py_is_400(servers: ServerPool, model_repo: Path) 
     assert httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]}).status_code == 200
 
 
-def test_metrics_cover_routes_and_sum_across_workers(start_runtime: StartRuntime, model_repo: Path) -> None:
-    server = start_runtime(
-        "--entry", script("backend/hook_linear.py"), "--model-dir", str(model_repo), "--workers", "2"
-    )
+def test_metrics_cover_routes_and_sum_across_workers(servers: ServerPool, model_repo: Path) -> None:
+    server = servers.get(*flags("backend/hook_linear.py", model_repo))
+    before = httpx.get(server.url + "/metrics").text
     responses = asyncio.run(score_all(server.url, [{"x": r.tolist()} for r in rows(64)]))
     assert {r.status_code for r in responses} == {200}
     bad = httpx.post(server.url + "/score", json={"nope": 1})
     assert bad.status_code == 400
-    text = httpx.get(server.url + "/metrics").text
-    assert metric(text, "runtime_http_requests_total", method="POST", route="/score", status="200") == 64
-    assert metric(text, "runtime_http_requests_total", method="POST", route="/score", status="400") == 1
-    assert metric(text, "nv_inference_request_success_total", model="linear", version="1") == 64
-    assert metric(text, "runtime_http_request_duration_seconds_count", method="POST", route="/score") == 65
-    assert metric(text, "runtime_queue_duration_seconds_count", model="linear", version="1") == 64
-    assert metric(text, "nv_inference_exec_count_total", model="linear", version="1") <= 64
+    after = httpx.get(server.url + "/metrics").text
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("runtime_http_requests_total", method="POST", route="/score", status="200") == 64
+    assert delta("runtime_http_requests_total", method="POST", route="/score", status="400") == 1
+    assert delta("nv_inference_request_success_total", model="linear", version="1") == 64
+    assert delta("runtime_http_request_duration_seconds_count", method="POST", route="/score") == 65
+    assert delta("runtime_queue_duration_seconds_count", model="linear", version="1") == 64
+    assert delta("nv_inference_exec_count_total", model="linear", version="1") <= 64

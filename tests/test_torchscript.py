@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from runtime.errors import StartupError
 from runtime.serving.platforms import Device, platform_for
 from runtime.serving.repository import ModelConfig, load_repository
 from tests.support import torch_models
+from tests.support.cli import run_cli
 from tests.support.servers import ServerProcess, free_port, repository_server, runtime_argv
 from tests.test_onnxruntime_backend import metric
 
@@ -216,20 +216,15 @@ def test_missing_torch_is_a_startup_error_with_the_install_command(
     assert str(info.value).endswith(": pip install 'scoring-runtime[torch]'")
 
 
-@pytest.mark.slow
-def test_serve_without_torch_exits_at_startup_with_the_install_command(tmp_path: Path) -> None:
+def test_serve_without_torch_exits_at_startup_with_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refused before serving: the command in this process, where ``import torch`` raises ImportError.
     repo = linear_model(tmp_path / "models", LINEAR)
-    hidden = tmp_path / "hide"
-    (hidden / "torch").mkdir(parents=True)
-    (hidden / "torch" / "__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
-    argv = runtime_argv("serve", "--port", str(free_port()), "--model-dir", str(repo))
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env_with_path(hidden))
+    monkeypatch.setitem(sys.modules, "torch", None)
+    result = run_cli("serve", "--port", str(free_port()), "--model-dir", str(repo))
     assert result.returncode == 3, result.stdout + result.stderr
     assert "pip install 'scoring-runtime[torch]'" in result.stdout + result.stderr
-
-
-def env_with_path(path: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(path)}
 
 
 def test_a_gpu_instance_without_a_usable_gpu_is_a_startup_error_saying_why(tmp_path: Path) -> None:
