@@ -1,13 +1,16 @@
 """The Triton backend against a real tritonserver: remote, managed, faults, batching, the seed's scripts, tracing.
 
-One tritonserver for the module (tracing with OpenTelemetry to the module's collector) and one runtime on it
-with two workers, for the tests that only read; the tests that kill or stop a server start their own.
+Two Tritons for the module: one the tests start themselves (tracing with OpenTelemetry to the module's
+collector), used in remote mode by apps in this process and killed mid-load last; and the managed one of a
+two-worker ``runtime serve --triton managed``, read by the tests through real Gunicorn workers, then
+stopped with SIGTERM. A master SIGKILLed needs a managed server of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sys
 import time
@@ -66,13 +69,44 @@ def remote_triton(model_repo: Path, tritonserver_binary: Path, triton_spans: Col
     server.stop()
 
 
+def managed_flags(model_dir: Path, binary: Path, *extra: str) -> tuple[str, ...]:
+    return (
+        "--entry",
+        AML_LINEAR,
+        "--backend",
+        "triton",
+        "--triton",
+        "managed",
+        "--model-dir",
+        str(model_dir),
+        "--tritonserver",
+        str(binary),
+        *extra,
+    )
+
+
 @pytest.fixture(scope="module")
-def via_triton(remote_triton: ManagedTriton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The runtime on remote_triton with two workers, shared by the tests that only read; stopped before Triton,
-    whose shutdown would otherwise wait on the runtime's idle connections."""
-    pool = ServerPool(tmp_path_factory.mktemp("via_triton"))
-    yield pool.get("--entry", AML_LINEAR, "--backend", "triton", "--triton-url", remote_triton.url, "--workers", "2")
+def managed_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
+    pool = ServerPool(tmp_path_factory.mktemp("managed"))
+    yield pool
     pool.stop()
+
+
+def via_triton_flags(model_repo: Path, binary: Path) -> tuple[str, ...]:
+    """Two workers, the test models, a managed Triton: read by the tests, then stopped with SIGTERM."""
+    return managed_flags(model_repo, binary, "--workers", "2")
+
+
+@pytest.fixture
+def via_triton(managed_servers: ServerPool, model_repo: Path, tritonserver_binary: Path) -> ServerProcess:
+    return managed_servers.get(*via_triton_flags(model_repo, tritonserver_binary))
+
+
+def its_triton(server: ServerProcess) -> str:
+    """host:port of the Triton a managed runtime started (its start-up summary names it)."""
+    match = re.search(r"Triton Inference Server at (\S+) \(started by this runtime\)", server.log())
+    assert match, server.log()
+    return match.group(1)
 
 
 def rows(n: int) -> np.ndarray:
@@ -149,12 +183,12 @@ def test_seed_style_script_with_tritonhttpclient(remote_triton: ManagedTriton) -
     assert [t.split(":", 1)[1] for t in response.json()["top"]] == ["1:b", "3:d"]
 
 
-def test_dynamic_batching_in_triton_across_two_workers(via_triton: ServerProcess, remote_triton: ManagedTriton) -> None:
-    server = via_triton
-    before = httpx.get(f"http://{remote_triton.url}/v2/models/sleepy/stats").json()["model_stats"][0]
+def test_dynamic_batching_in_triton_across_two_workers(via_triton: ServerProcess) -> None:
+    server, stats = via_triton, f"http://{its_triton(via_triton)}/v2/models/sleepy/stats"
+    before = httpx.get(stats).json()["model_stats"][0]
     responses = asyncio.run(score_many(server.url, [{"x": r.tolist(), "model": "sleepy"} for r in rows(96)]))
     assert {r.status_code for r in responses} == {200}
-    after = httpx.get(f"http://{remote_triton.url}/v2/models/sleepy/stats").json()["model_stats"][0]
+    after = httpx.get(stats).json()["model_stats"][0]
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == 96
@@ -197,11 +231,17 @@ def test_triton_continues_the_trace(remote_triton: ManagedTriton, triton_spans: 
     assert f"{ours.context.span_id:016x}" in {s.parent_span_id for s in theirs()}
 
 
-def test_triton_killed_mid_load_gives_503_then_recovers(
-    remote_triton: ManagedTriton, via_triton: ServerProcess
-) -> None:
-    """Kills the module's Triton and restarts it on the same ports: the read-only tests above ran first."""
-    own, server = remote_triton, via_triton
+def test_triton_killed_mid_load_gives_503_then_recovers(remote_triton: ManagedTriton) -> None:
+    """Kills the module's own Triton and restarts it on the same ports: the read-only tests above ran first.
+
+    The runtime in remote mode on it is the app ``runtime serve`` would run, in this process."""
+    own = remote_triton
+    argv = ["serve", "--entry", AML_LINEAR, "--backend", "triton", "--triton-url", own.url, "--port", str(free_port())]
+    with served(settings_of(*argv)) as url:
+        killed_mid_load(own, url)
+
+
+def killed_mid_load(own: ManagedTriton, url: str) -> None:
     try:
         statuses: list[int] = []
         messages: set[str] = set()
@@ -211,7 +251,7 @@ def test_triton_killed_mid_load_gives_503_then_recovers(
         async def load() -> None:
             async with httpx.AsyncClient(timeout=30) as client:
                 while not stop.is_set():
-                    r = await client.post(server.url + "/score", json={"x": [1, 2, 3, 4]})
+                    r = await client.post(url + "/score", json={"x": [1, 2, 3, 4]})
                     statuses.append(r.status_code)
                     if r.status_code != 200:
                         messages.add(r.json()["message"])
@@ -223,8 +263,8 @@ def test_triton_killed_mid_load_gives_503_then_recovers(
             own.proc.send_signal(signal.SIGKILL)
             await asyncio.sleep(1.5)
             async with httpx.AsyncClient() as client:
-                assert (await client.get(server.url + "/v2/health/ready")).status_code == 503
-                live = await client.get(server.url + "/")
+                assert (await client.get(url + "/v2/health/ready")).status_code == 503
+                live = await client.get(url + "/")
                 assert live.status_code == 200 and live.text == "Healthy"
             await asyncio.to_thread(own.restart)
             await asyncio.sleep(2)  # load goes on against the restarted server
@@ -237,7 +277,7 @@ def test_triton_killed_mid_load_gives_503_then_recovers(
         assert set(statuses) <= {200, 503}
         assert all(f"Triton Inference Server at {own.url}" in m for m in messages), messages
         assert not any("Traceback" in m for m in messages)
-        assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+        assert httpx.get(url + "/v2/health/ready").status_code == 200
     finally:
         if own.proc is None or own.proc.poll() is not None:
             own.restart()  # for the module's teardown, after a failure
@@ -250,21 +290,6 @@ def test_startup_waits_for_triton_within_a_bound() -> None:
     assert " s of 2 s; RUNTIME_TRITON_WAIT_S sets how long)" in log
 
 
-def start_managed(start_runtime: StartRuntime, linear_repo: Path, binary: Path) -> ServerProcess:
-    return start_runtime(
-        "--entry",
-        AML_LINEAR,
-        "--backend",
-        "triton",
-        "--triton",
-        "managed",
-        "--model-dir",
-        str(linear_repo),
-        "--tritonserver",
-        str(binary),
-    )
-
-
 def wait_gone(pids: set[int], seconds: float) -> set[int]:
     """The pids still alive after waiting up to ``seconds`` for them to exit."""
     deadline = time.monotonic() + seconds
@@ -274,9 +299,9 @@ def wait_gone(pids: set[int], seconds: float) -> set[int]:
 
 
 def test_managed_mode_starts_serves_and_stops_cleanly(
-    start_runtime: StartRuntime, linear_repo: Path, tritonserver_binary: Path
+    managed_servers: ServerPool, model_repo: Path, tritonserver_binary: Path
 ) -> None:
-    server = start_managed(start_runtime, linear_repo, tritonserver_binary)
+    server = managed_servers.take(*via_triton_flags(model_repo, tritonserver_binary))  # stopped here
     response = httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]})
     assert response.status_code == 200
     np.testing.assert_allclose(
@@ -293,7 +318,7 @@ def test_managed_mode_starts_serves_and_stops_cleanly(
 def test_managed_mode_leaves_no_orphans_when_the_master_crashes(
     start_runtime: StartRuntime, linear_repo: Path, tritonserver_binary: Path
 ) -> None:
-    server = start_managed(start_runtime, linear_repo, tritonserver_binary)
+    server = start_runtime(*managed_flags(linear_repo, tritonserver_binary))
     assert server.proc is not None
     family = descendants(server.proc.pid)
     assert family
