@@ -117,9 +117,8 @@ class EnginePool(ServerPool):
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnginePool]:
-    servers = EnginePool(tmp_path_factory.mktemp("engine"))
-    yield servers
-    servers.stop()
+    with EnginePool(tmp_path_factory.mktemp("engine")) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="module")

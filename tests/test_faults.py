@@ -36,9 +36,8 @@ TWO_WORKERS = ("--entry", SCORE, "--workers", "2", "--keepalive-max-age", "1")
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    servers = ServerPool(tmp_path_factory.mktemp("faults"))
-    yield servers
-    servers.stop()
+    with ServerPool(tmp_path_factory.mktemp("faults")) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="module")

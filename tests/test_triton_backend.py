@@ -87,9 +87,8 @@ def managed_flags(model_dir: Path, binary: Path, *extra: str) -> tuple[str, ...]
 
 @pytest.fixture(scope="module")
 def managed_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    pool = ServerPool(tmp_path_factory.mktemp("managed"))
-    yield pool
-    pool.stop()
+    with ServerPool(tmp_path_factory.mktemp("managed")) as pool:
+        yield pool
 
 
 def via_triton_flags(model_repo: Path, binary: Path) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -154,6 +154,9 @@ def start_module_server(tmp_path_factory: Any, *args: str) -> ServerProcess:
     return ServerProcess(runtime_argv("serve", "--port", str(port), *args), port, log).start()
 
 
+PoolT = TypeVar("PoolT", bound="ServerPool")
+
+
 class ServerPool:
     """``runtime serve`` processes started on first use and shared by every test that only reads from them."""
 
@@ -185,3 +188,9 @@ class ServerPool:
 
     def stop(self) -> None:
         stop_all([*self._servers.values(), *self._taken])
+
+    def __enter__(self: PoolT) -> PoolT:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
