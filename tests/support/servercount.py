@@ -49,6 +49,7 @@ class Sampler:
     def __init__(self, root: int) -> None:
         self.root = root
         self.seen: dict[tuple[int, str], tuple[str, str]] = {}  # (pid, start time) -> (kind, test)
+        self.kinds: dict[tuple[int, str], str] = {}  # (pid, start time) -> kind, of every server process seen
         self.test = "(collection)"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="servercount", daemon=True)
@@ -79,8 +80,13 @@ class Sampler:
             if kind is not None:
                 kinds[pid] = kind
         for pid, kind in kinds.items():
-            # Gunicorn's workers are forks of the master (same command line): count the master only.
-            if kinds.get(parents[pid]) == kind:
+            self.kinds[(pid, table[pid][1])] = kind
+        for pid, kind in kinds.items():
+            # Gunicorn's workers are forks of the master (same command line): count the master only. A master
+            # just killed is a zombie whose command line reads empty: what it was when alive still counts.
+            parent = parents[pid]
+            parent_kind = kinds.get(parent) or (self.kinds.get((parent, table[parent][1])) if parent in table else None)
+            if parent_kind == kind:
                 continue
             self.seen.setdefault((pid, table[pid][1]), (kind, self.test))
 
