@@ -1,5 +1,5 @@
 """The hook pipeline: order, first result, precedence, async hooks (in the test process); entry points,
-start-up failures, shutdown and threads (real servers)."""
+start-up failures, shutdown and threads."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import StartRuntime, script
-from tests.support.inprocess import app_client, captured_logs, startup_failure
+from tests.conftest import script
+from tests.support.cli import settings_of
+from tests.support.inprocess import InProcess, app_client, captured_logs, startup_failure
+from tests.support.servers import free_port
 
 RECORD_PLUGIN = script("core/record_plugin.py")
 
@@ -95,10 +97,11 @@ def test_init_and_shutdown_hooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert record.read_text() == "init True\nshutdown\n"
 
 
-@pytest.mark.slow
-def test_inline_hooks_run_on_the_event_loop_others_in_the_pool(start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", script("core/thread_names.py"), "--plugin", script("core/double_plugin.py"))
-    response = httpx.post(server.url + "/score", json={"x": [1]}, timeout=30)
+def test_inline_hooks_run_on_the_event_loop_others_in_the_pool() -> None:
+    # The command line's Settings; the app's event loop runs in this main thread, as in a Gunicorn worker.
+    argv = ["--entry", script("core/thread_names.py"), "--plugin", script("core/double_plugin.py")]
+    with InProcess(settings_of("serve", *argv, "--port", str(free_port()))) as app:
+        response = app.request("POST", "/score", json={"x": [1]})
     assert response.status_code == 200, response.text
     assert response.json()["preprocess"] == "MainThread"
     assert response.json()["postprocess"].startswith("score")
