@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -61,7 +62,17 @@ class TracedTriton(ManagedTriton):
 
 
 @pytest.fixture(scope="module")
-def remote_triton(model_repo: Path, tritonserver_binary: Path, triton_spans: Collector) -> Iterator[ManagedTriton]:
+def triton_thread() -> Iterator[ThreadPoolExecutor]:
+    """The thread that restarts the module's Triton during a test: tritonserver gets SIGTERM when the thread
+    that started it ends (PR_SET_PDEATHSIG), so that thread lives as long as the module's Triton."""
+    with ThreadPoolExecutor(1, thread_name_prefix="triton-restart") as thread:
+        yield thread
+
+
+@pytest.fixture(scope="module")
+def remote_triton(
+    model_repo: Path, tritonserver_binary: Path, triton_spans: Collector, triton_thread: ThreadPoolExecutor
+) -> Iterator[ManagedTriton]:
     """A tritonserver the test starts itself (the runtime then uses it in remote mode)."""
     server = TracedTriton(str(model_repo), tritonserver_binary, triton_spans)
     server.start()
@@ -230,17 +241,19 @@ def test_triton_continues_the_trace(remote_triton: ManagedTriton, triton_spans: 
     assert f"{ours.context.span_id:016x}" in {s.parent_span_id for s in theirs()}
 
 
-def test_triton_killed_mid_load_gives_503_then_recovers(remote_triton: ManagedTriton) -> None:
+def test_triton_killed_mid_load_gives_503_then_recovers(
+    remote_triton: ManagedTriton, triton_thread: ThreadPoolExecutor
+) -> None:
     """Kills the module's own Triton and restarts it on the same ports: the read-only tests above ran first.
 
     The runtime in remote mode on it is the app ``runtime serve`` would run, in this process."""
     own = remote_triton
     argv = ["serve", "--entry", AML_LINEAR, "--backend", "triton", "--triton-url", own.url, "--port", str(free_port())]
     with served(settings_of(*argv)) as url:
-        killed_mid_load(own, url)
+        killed_mid_load(own, url, triton_thread)
 
 
-def killed_mid_load(own: ManagedTriton, url: str) -> None:
+def killed_mid_load(own: ManagedTriton, url: str, thread: ThreadPoolExecutor) -> None:
     try:
         statuses: list[int] = []
         messages: set[str] = set()
@@ -265,7 +278,7 @@ def killed_mid_load(own: ManagedTriton, url: str) -> None:
                 assert (await client.get(url + "/v2/health/ready")).status_code == 503
                 live = await client.get(url + "/")
                 assert live.status_code == 200 and live.text == "Healthy"
-            await asyncio.to_thread(own.restart)
+            await asyncio.get_running_loop().run_in_executor(thread, own.restart)
             await asyncio.sleep(2)  # load goes on against the restarted server
             stop.set()
             await asyncio.gather(*loaders)

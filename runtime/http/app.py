@@ -105,6 +105,8 @@ def create_app(
                 os._exit(STARTUP_EXIT_CODE)
             if state is not None:  # an app in a process that goes on: release what init() took
                 await _stop(state)
+            tracing.shutdown()
+            logs.release_print()  # print() is the process's again
             raise
         app.state.runtime = state
         if worker_process:
