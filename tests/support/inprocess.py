@@ -10,14 +10,17 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import uvicorn
 from starlette.applications import Starlette
 
 from runtime.http.app import create_app
 from runtime.settings import Settings
+from tests.support.servers import free_port
 
 
 class _LoopTransport(httpx.BaseTransport):
@@ -170,12 +173,6 @@ def served(settings: Settings, timeout: float = 60) -> Iterator[str]:
     HTTP contracts only. Workers, signals, the model engine and exit codes need ``runtime serve``.
     Yields the base URL; the app is stopped (shutdown hooks run) on exit.
     """
-    import time
-
-    import uvicorn
-
-    from tests.support.servers import free_port
-
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, lifespan="on", log_config=None)
     server = uvicorn.Server(config)

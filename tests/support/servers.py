@@ -155,6 +155,7 @@ def start_module_server(tmp_path_factory: Any, *args: str) -> ServerProcess:
 
 
 PoolT = TypeVar("PoolT", bound="ServerPool")
+PoolKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]  # flags, environment
 
 
 class ServerPool:
@@ -162,11 +163,17 @@ class ServerPool:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._servers: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], ServerProcess] = {}
+        self._servers: dict[PoolKey, ServerProcess] = {}
         self._taken: list[ServerProcess] = []
 
+    @staticmethod
+    def _key(
+        args: tuple[str, ...], env: Mapping[str, str] | None
+    ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        return args, tuple(sorted((env or {}).items()))
+
     def get(self, *args: str, env: Mapping[str, str] | None = None) -> ServerProcess:
-        key = (args, tuple(sorted((env or {}).items())))
+        key = self._key(args, env)
         if key not in self._servers:
             self._servers[key] = self.start(args, env)
         return self._servers[key]
@@ -181,8 +188,7 @@ class ServerPool:
         """The server for these flags (started if need be), handed to a test that stops or kills it: a later
         ``get`` of the same flags starts a fresh one. The pool still stops it at the end if the test did not."""
         server = self.get(*args, env=env)
-        key = (args, tuple(sorted((env or {}).items())))
-        del self._servers[key]
+        del self._servers[self._key(args, env)]
         self._taken.append(server)
         return server
 
