@@ -44,6 +44,20 @@ PROCESS_NAME = b"runtime-engine"
 SWITCH_INTERVAL_S = 0.0005
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's starting value, kept
+
+
+def fixed_mmap_threshold() -> None:
+    """Blocks over 128 KiB (a batch's joined inputs) get a mapping of their own, unmapped when freed.
+
+    glibc raises that threshold to the largest block freed so far (up to 32 MiB); such blocks then come from
+    the heap of the model thread that joined them, one heap per thread, which keeps them: 60 MiB of the
+    engine's RSS after a DenseNet burst. A threshold set by mallopt stays put. The price, a page fault per
+    4 KiB of a fresh block, is well under 1% of a DenseNet batch; the tiny model's blocks are smaller.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def name_process() -> None:
@@ -287,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
     args = parser.parse_args(argv)
     name_process()
+    fixed_mmap_threshold()  # before any thread starts
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # Ctrl-C reaches the whole process group; the master decides when the engine stops (after the workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
