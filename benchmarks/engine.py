@@ -28,12 +28,14 @@ import numpy as np
 
 from benchmarks.run import (
     EXAMPLES,
+    RSS_FIELDS,
     SCRIPTS,
-    bare_onnxruntime_rss_kb,
+    bare_onnxruntime_status_kb,
     fmt,
     jpeg_bytes,
     load_example,
     rss_kb,
+    status_kb,
     step_arguments,
 )
 from runtime.tools import bench
@@ -137,7 +139,10 @@ class EngineBench:
 
     def memory(self) -> None:
         image = jpeg_bytes()
-        memory: dict[str, Any] = {"bare_onnxruntime_mib": bare_onnxruntime_rss_kb(self.model_dir) / 1024}
+        bare = bare_onnxruntime_status_kb(self.model_dir)
+        memory: dict[str, Any] = {"bare_onnxruntime_mib": bare["VmRSS"] / 1024}
+        # Where the RSS is with 4 workers, per process role: {server: {role: {field: MiB}}}.
+        split = memory["split_4_workers_mib"] = {"bare": {"onnxruntime": {k: v / 1024 for k, v in bare.items()}}}
         self.log("memory: 4 workers without models")
         server = self.serve(4, "--entry", str(DENSENET_HOOK), models_too=False)
         try:
@@ -145,6 +150,7 @@ class EngineBench:
             self.warm(server, image)
             memory["no_models_4_workers_mib"] = total_rss_kb(server) / 1024
             memory["no_models_4_workers_pss_mib"] = total_pss_kb(server) / 1024
+            split["none"] = rss_split_mib(server)
         finally:
             server.stop()
         for workers in (1, 2, 4):
@@ -155,6 +161,8 @@ class EngineBench:
                     self.warm(server, image)  # the largest batch at least once
                     memory[f"{mode}_{workers}_mib"] = total_rss_kb(server) / 1024
                     memory[f"{mode}_{workers}_pss_mib"] = total_pss_kb(server) / 1024
+                    if workers == 4:
+                        split[mode] = rss_split_mib(server)
                 finally:
                     server.stop()
         self.results["memory"] = memory
@@ -191,6 +199,18 @@ def total_rss_kb(server: ServerProcess) -> float:
     """The master, its workers and the engine."""
     assert server.proc is not None
     return sum(rss_kb(pid) for pid in {server.proc.pid, *descendants(server.proc.pid)})
+
+
+def rss_split_mib(server: ServerProcess) -> dict[str, dict[str, float]]:
+    """RSS and its anonymous, file and shmem parts, MiB, for the master, the workers (summed) and the engine."""
+    assert server.proc is not None
+    roles: dict[str, dict[str, float]] = {}
+    for pid in {server.proc.pid, *descendants(server.proc.pid)}:
+        role = "master" if pid == server.proc.pid else "engine" if comm(pid) == "runtime-engine" else "workers"
+        into = roles.setdefault(role, dict.fromkeys(RSS_FIELDS, 0.0))
+        for key, kb in status_kb(pid).items():
+            into[key] += kb / 1024
+    return roles
 
 
 def total_pss_kb(server: ServerProcess) -> float:
@@ -265,12 +285,35 @@ def report(results: dict[str, Any], command: str) -> str:
             f"{memory['bare_onnxruntime_mib']:.0f} MiB. The same server with 4 workers and no models: "
             f"{memory['no_models_4_workers_mib']:.0f} MiB RSS, {memory.get('no_models_4_workers_pss_mib', 0):.0f} "
             "MiB PSS.",
+            *split_table(memory.get("split_4_workers_mib", {})),
         ]
     lines += ["", *targets(results), ""]
     analysis = Path(__file__).resolve().parent / "engine-analysis.md"
     if analysis.is_file():
         lines += [analysis.read_text().rstrip(), ""]
     return "\n".join(lines)
+
+
+def split_table(split: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Where the RSS is with 4 workers: per server and process role, anonymous, file and shmem."""
+    if not split:
+        return []
+    names = {"bare": "bare onnxruntime", "none": "no models", "process": "engine", "worker": "per-worker"}
+    lines = [
+        "",
+        "Where that RSS is with 4 workers, MiB (`/proc/PID/status`: anon is heap and other private memory, "
+        "file the mapped libraries, shmem the workers' arenas, in every process that maps them):",
+        "",
+        "| server | processes | RSS | anon | file | shmem |",
+        "|---|---|---|---|---|---|",
+    ]
+    for server in ("bare", "none", "process", "worker"):
+        roles = split.get(server, {})
+        for role in sorted(roles, key=("onnxruntime", "master", "workers", "engine").index):
+            fields = roles[role]
+            cells = " | ".join(f"{fields.get(k, 0):.0f}" for k in RSS_FIELDS)
+            lines.append(f"| {names[server]} | {role} | {cells} |")
+    return lines
 
 
 def cpu_cell(step: dict[str, Any], scale: float = 1.0) -> str:

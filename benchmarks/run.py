@@ -418,28 +418,46 @@ class Bench:
                     )
 
 
-def rss_kb(pid: int) -> float:
+RSS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")  # the RSS, and its anonymous, file and shmem parts
+
+
+def status_kb(pid: int) -> dict[str, float]:
+    """The process's RSS fields from /proc/PID/status, KiB."""
+    fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return float(line.split()[1])
-    return 0.0
+        key, _, value = line.partition(":")
+        if key in RSS_FIELDS:
+            fields[key] = float(value.split()[0])
+    return fields
+
+
+def rss_kb(pid: int) -> float:
+    return status_kb(pid).get("VmRSS", 0.0)
 
 
 def bare_onnxruntime_rss_kb(model_dir: Path) -> float:
     """RSS of a bare onnxruntime process holding DenseNet, after batches 1 and max_batch_size."""
+    return bare_onnxruntime_status_kb(model_dir)["VmRSS"]
+
+
+def bare_onnxruntime_status_kb(model_dir: Path) -> dict[str, float]:
+    """The same process's RSS fields (:func:`status_kb`)."""
     import subprocess
 
     text = (model_dir / "triton/densenet_onnx/config.pbtxt").read_text()
     max_batch = max(1, int(text.split("max_batch_size:")[1].split()[0]))
     code = (
-        "import numpy as np, onnxruntime as ort, sys\n"
+        "import json, numpy as np, onnxruntime as ort, sys\n"
         f"s = ort.InferenceSession({str(model_dir / 'triton/densenet_onnx/1/model.onnx')!r},"
         " providers=['CPUExecutionProvider'])\n"
         f"x = np.random.rand({max_batch}, 3, 224, 224).astype(np.float32)\n"
         f"for b in sorted({{1, {max_batch}}}): s.run(None, {{'data_0': x[:b]}})\n"
-        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS:')][0])\n"
+        f"print(json.dumps({{l.split(':')[0]: float(l.split()[1]) for l in open('/proc/self/status')"
+        f" if l.split(':')[0] in {RSS_FIELDS!r}}}))\n"
     )
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    fields: dict[str, float] = json.loads(out)
+    return fields
 
 
 def memory(server: ServerProcess, model_dir: Path) -> dict[str, float]:

@@ -273,3 +273,13 @@ def test_onnx_platform_counts_gpus_through_the_cuda_driver(monkeypatch: pytest.M
         assert onnx_platform.OnnxPlatform().gpu_count() == 2
     finally:
         onnx_platform._cuda_devices.cache_clear()
+
+
+def test_cpu_sessions_allocate_without_memory_patterns(model_repo: Path) -> None:
+    """A memory pattern is one arena block per batch shape, and the batcher forms every shape: CPU sessions, in
+    the engine and in the per-worker design, allocate tensor by tensor (benchmarks/engine-analysis.md)."""
+    for shard_cpu in (True, False):
+        for runner in load_runners(str(model_repo), 1, None, 0.0, shard_cpu):
+            session = runner.instances[0].session  # type: ignore[attr-defined]
+            assert session.get_session_options().enable_mem_pattern is False, runner.config.name
+    assert onnx_platform.session_options(1, cpu=False).enable_mem_pattern is True  # GPU sessions as before
