@@ -201,12 +201,17 @@ def total_rss_kb(server: ServerProcess) -> float:
     return sum(rss_kb(pid) for pid in {server.proc.pid, *descendants(server.proc.pid)})
 
 
+ROLES = {"runtime-engine": "engine", "runtime-inst": "instances"}  # by /proc/PID/comm; the rest are workers
+PROCESS_NAMES = {role: name for name, role in ROLES.items()}
+
+
 def rss_split_mib(server: ServerProcess) -> dict[str, dict[str, float]]:
-    """RSS and its anonymous, file and shmem parts, MiB, for the master, the workers (summed) and the engine."""
+    """RSS and its anonymous, file and shmem parts, MiB, for the master, the workers and the engine (and its
+    instance processes), each role summed."""
     assert server.proc is not None
     roles: dict[str, dict[str, float]] = {}
     for pid in {server.proc.pid, *descendants(server.proc.pid)}:
-        role = "master" if pid == server.proc.pid else "engine" if comm(pid) == "runtime-engine" else "workers"
+        role = "master" if pid == server.proc.pid else ROLES.get(comm(pid), "workers")
         into = roles.setdefault(role, dict.fromkeys(RSS_FIELDS, 0.0))
         for key, kb in status_kb(pid).items():
             into[key] += kb / 1024
@@ -309,10 +314,10 @@ def split_table(split: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     ]
     for server in ("bare", "none", "process", "worker"):
         roles = split.get(server, {})
-        for role in sorted(roles, key=("onnxruntime", "master", "workers", "engine").index):
+        for role in sorted(roles, key=("onnxruntime", "master", "workers", "engine", "instances").index):
             fields = roles[role]
             cells = " | ".join(f"{fields.get(k, 0):.0f}" for k in RSS_FIELDS)
-            lines.append(f"| {names[server]} | {role} | {cells} |")
+            lines.append(f"| {names[server]} | {PROCESS_NAMES.get(role, role)} | {cells} |")
     return lines
 
 
