@@ -51,10 +51,11 @@ MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's starting value, kept
 def fixed_mmap_threshold() -> None:
     """Blocks over 128 KiB (a batch's joined inputs) get a mapping of their own, unmapped when freed.
 
-    glibc raises that threshold to the largest block freed so far (up to 32 MiB); such blocks then come from
-    the heap of the model thread that joined them, one heap per thread, which keeps them: 60 MiB of the
-    engine's RSS after a DenseNet burst. A threshold set by mallopt stays put. The price, a page fault per
-    4 KiB of a fresh block, is well under 1% of a DenseNet batch; the tiny model's blocks are smaller.
+    glibc raises that threshold to the largest block freed so far (up to 32 MiB); such blocks then come
+    from the heap of the model thread that joined them, one heap per thread, which gives back only its
+    top: 60 MiB of the engine's RSS after a DenseNet burst. A threshold set by mallopt stays put. The
+    price, a page fault per 4 KiB of a fresh block, is well under 1% of a DenseNet batch; the tiny
+    model's blocks are smaller.
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
