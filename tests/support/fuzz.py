@@ -7,6 +7,7 @@ lying lengths, gzip bombs, bad encodings) and noise.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -43,6 +44,9 @@ class Req:
         return client.request(self.method, self.path, headers=self.headers, content=self.body)
 
 
+# The strategies below are built once and cached: a strategy is validated and its emptiness worked out
+# on its first draw, and a recursive one rebuilt for every draw spent most of each example's time there.
+@functools.cache
 def scalars() -> st.SearchStrategy[Any]:
     return st.one_of(
         st.none(),
@@ -53,6 +57,7 @@ def scalars() -> st.SearchStrategy[Any]:
     )
 
 
+@functools.cache
 def json_values() -> st.SearchStrategy[Any]:
     return st.recursive(
         scalars(),
@@ -61,6 +66,7 @@ def json_values() -> st.SearchStrategy[Any]:
     )
 
 
+@functools.cache
 def numbers(rows: int, cols: int) -> st.SearchStrategy[Any]:
     number = st.one_of(st.integers(-1000, 1000), st.floats(-1e6, 1e6, allow_nan=False), st.just(True))
     return st.lists(st.lists(number, min_size=cols, max_size=cols), min_size=rows, max_size=rows)
@@ -112,6 +118,7 @@ def score_requests(draw: st.DrawFn) -> Req:
     return Req(method, "/score" + query, headers, body if method != "GET" else b"")
 
 
+@functools.cache
 def shapes() -> st.SearchStrategy[Any]:
     dim = st.one_of(st.integers(0, 4), st.sampled_from([2**31, 2**63, 2**70, -1]), st.booleans(), st.text(max_size=2))
     return st.one_of(st.lists(dim, max_size=4), st.lists(st.integers(0, 3), min_size=1, max_size=3), json_values())
