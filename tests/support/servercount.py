@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -43,13 +44,60 @@ def server_kind(argv: list[str]) -> str | None:
     return None
 
 
+Key = tuple[int, str]  # (pid, start time): a pid is reused, this pair is not
+
+
+def launches(
+    root: int,
+    table: Mapping[int, tuple[int, str]],
+    argv_of: Callable[[int], list[str] | None],
+    known: dict[Key, str],
+) -> dict[Key, str]:
+    """The server launches in ``table`` (pid -> (parent, start time)) below ``root`` not in ``known`` yet.
+
+    ``known`` remembers every server process seen so far, and this adds the new ones to it. A process
+    whose parent is a server of the same kind belongs to that server (Gunicorn's workers are forks of the
+    master, with its command line). The parent's kind comes from ``known`` when it was seen before: a
+    master just killed is a zombie whose command line reads empty, while its workers, about to follow
+    it, still show it as their parent and still read as ``runtime serve``.
+    """
+    parents = {pid: parent for pid, (parent, _) in table.items()}
+    kinds: dict[int, str] = {}
+    for pid in below(root, parents):
+        key = (pid, table[pid][1])
+        kind = known.get(key)
+        if kind is None:
+            # Read every time until it is a server: a child forked to run a server execs it later.
+            argv = argv_of(pid)
+            kind = server_kind(argv) if argv else None
+        if kind is not None:
+            kinds[pid] = kind
+    new: dict[Key, str] = {}
+    for pid, kind in kinds.items():
+        key = (pid, table[pid][1])
+        if key in known:
+            continue
+        known[key] = kind
+        if kinds.get(parents[pid]) != kind:
+            new[key] = kind
+    return new
+
+
+def read_argv(pid: int) -> list[str] | None:
+    try:
+        argv = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return None
+    return [arg.decode(errors="replace") for arg in argv]
+
+
 class Sampler:
     """Polls /proc for server processes below ``root`` until stopped."""
 
     def __init__(self, root: int) -> None:
         self.root = root
-        self.seen: dict[tuple[int, str], tuple[str, str]] = {}  # (pid, start time) -> (kind, test)
-        self.kinds: dict[tuple[int, str], str] = {}  # (pid, start time) -> kind, of every server process seen
+        self.known: dict[Key, str] = {}  # every server process seen, workers included
+        self.seen: dict[Key, tuple[str, str]] = {}  # the launches: (pid, start time) -> (kind, test)
         self.test = "(collection)"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="servercount", daemon=True)
@@ -68,27 +116,8 @@ class Sampler:
             self.sample()
 
     def sample(self) -> None:
-        table = process_table()
-        parents = {pid: parent for pid, (parent, _) in table.items()}
-        kinds: dict[int, str] = {}
-        for pid in below(self.root, parents):
-            try:
-                argv = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")[:-1]
-            except OSError:
-                continue
-            kind = server_kind([arg.decode(errors="replace") for arg in argv])
-            if kind is not None:
-                kinds[pid] = kind
-        for pid, kind in kinds.items():
-            self.kinds[(pid, table[pid][1])] = kind
-        for pid, kind in kinds.items():
-            # Gunicorn's workers are forks of the master (same command line): count the master only. A master
-            # just killed is a zombie whose command line reads empty: what it was when alive still counts.
-            parent = parents[pid]
-            parent_kind = kinds.get(parent) or (self.kinds.get((parent, table[parent][1])) if parent in table else None)
-            if parent_kind == kind:
-                continue
-            self.seen.setdefault((pid, table[pid][1]), (kind, self.test))
+        for key, kind in launches(self.root, process_table(), read_argv, self.known).items():
+            self.seen[key] = (kind, self.test)
 
 
 SAMPLER = Sampler(os.getpid())

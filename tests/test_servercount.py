@@ -1,0 +1,61 @@
+"""The server counter's rule (tests/support/servercount.py), on process tables written out by hand."""
+
+from __future__ import annotations
+
+from tests.support.servercount import Key, launches, server_kind
+
+PYTEST = 100
+SERVE = ["/venv/bin/runtime", "serve", "--port", "5001"]
+TRITON = ["/opt/tritonserver/bin/tritonserver", "--model-repository", "/m"]
+AZML = ["/venvs/azmlinfsrv/bin/python", "/repo/tests/support/azmlinfsrv_launcher.py", "--port", "5002"]
+
+
+def count(table: dict[int, tuple[int, str]], argv: dict[int, list[str]], known: dict[Key, str]) -> dict[Key, str]:
+    return launches(PYTEST, table, argv.get, known)
+
+
+def test_server_kinds_by_command_line() -> None:
+    assert server_kind(SERVE) == "runtime"
+    assert server_kind(["/usr/bin/python3.11", "-m", "runtime.cli", "serve", "--entry", "s.py"]) == "runtime"
+    assert server_kind(TRITON) == "tritonserver"
+    assert server_kind(AZML) == "azmlinfsrv"
+    assert server_kind(["/venv/bin/runtime", "check", "--model-dir", "m"]) is None
+    # pip installing into the benchmark's azmlinfsrv venv is no server.
+    assert server_kind(["/venvs/azmlinfsrv-bench/bin/python", "-m", "pip", "install", "x"]) is None
+    assert server_kind([]) is None
+
+
+def test_a_master_and_its_workers_are_one_server_and_a_managed_triton_another() -> None:
+    table = {200: (PYTEST, "1"), 201: (200, "2"), 202: (200, "2"), 203: (200, "3")}
+    argv = {200: SERVE, 201: SERVE, 202: SERVE, 203: TRITON}
+    known: dict[Key, str] = {}
+    assert count(table, argv, known) == {(200, "1"): "runtime", (203, "3"): "tritonserver"}
+    assert count(table, argv, known) == {}  # the next sample: nothing new
+
+
+def test_workers_of_a_killed_master_are_not_new_servers() -> None:
+    """A SIGKILLed master is a zombie (its command line reads empty) until pytest reaps it; its workers,
+    about to die with it, still name it as their parent and still read as ``runtime serve``."""
+    known: dict[Key, str] = {}
+    assert count({200: (PYTEST, "1"), 201: (200, "2")}, {200: SERVE, 201: SERVE}, known) == {(200, "1"): "runtime"}
+    after_kill = {200: (PYTEST, "1"), 201: (200, "2"), 202: (200, "5")}  # 202: a worker first seen now
+    assert count(after_kill, {200: [], 201: SERVE, 202: SERVE}, known) == {}
+    # Gone: the workers, reparented outside pytest, are no longer below it.
+    assert count({201: (1, "2"), 202: (1, "5")}, {201: SERVE, 202: SERVE}, known) == {}
+
+
+def test_a_child_that_execs_a_server_later_counts_once_and_a_reused_pid_again() -> None:
+    known: dict[Key, str] = {}
+    forked = {200: (PYTEST, "1")}
+    assert count(forked, {200: ["/usr/bin/python3.11", "-m", "pytest"]}, known) == {}  # before its exec
+    assert count(forked, {200: SERVE}, known) == {(200, "1"): "runtime"}
+    assert count(forked, {200: SERVE}, known) == {}
+    assert count({200: (PYTEST, "9")}, {200: SERVE}, known) == {(200, "9"): "runtime"}  # a new process, same pid
+
+
+def test_servers_outside_pytest_are_not_counted() -> None:
+    table = {200: (PYTEST, "1"), 300: (1, "1"), 301: (300, "2")}
+    argv = {200: ["bash", "-c", "runtime serve &"], 300: SERVE, 301: TRITON}
+    assert count(table, argv, {}) == {}
+    table[201] = (200, "3")  # the shell's server
+    assert count(table, {**argv, 201: SERVE}, {}) == {(201, "3"): "runtime"}
