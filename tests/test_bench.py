@@ -61,9 +61,9 @@ def test_bench_score_sweep_reports_json_plot_and_no_errors(server: ServerProcess
             "--concurrency",
             "1,4",
             "--duration",
-            "1",
+            "0.5",
             "--warmup",
-            "0.3",
+            "0.2",
             "--format",
             "json",
             "--output",
@@ -103,7 +103,7 @@ def test_bench_v2_model_and_counts_errors(server: ServerProcess) -> None:
             "--concurrency",
             "2",
             "--duration",
-            "1",
+            "0.5",
             "--warmup",
             "0.2",
             "--format",
@@ -151,8 +151,10 @@ def test_bench_v2_model_and_counts_errors(server: ServerProcess) -> None:
 @pytest.mark.external
 def test_benchmark_command_quick_mode(tmp_path: Path) -> None:
     output = tmp_path / "benchmarks.md"
+    # Steps shorter than --quick's (0.2 s warm-up + 0.5 s): each step still counts tens of requests.
+    steps = ["--duration", "0.3", "--warmup", "0.1"]
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--quiet", "--output", str(output)],
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--quiet", *steps, "--output", str(output)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -191,7 +193,7 @@ def test_bench_jpeg_payload_gets_200s_without_content_type(server: ServerProcess
     picture = jpeg_file(tmp_path / "cat.jpg")
     plot = tmp_path / "latency.png"
     url = server.url + "/score"
-    args = ["--url", url, "--payload", str(picture), "--concurrency", "2,4", "--duration", "1", "--warmup", "0.2"]
+    args = ["--url", url, "--payload", str(picture), "--concurrency", "2,4", "--duration", "0.5", "--warmup", "0.1"]
     result = bench(*args, "--format", "json", "--processes", "2", "--plot", str(plot))
     assert result.returncode == 0, result.stderr
     steps = json.loads(result.stdout)["steps"]
@@ -199,7 +201,7 @@ def test_bench_jpeg_payload_gets_200s_without_content_type(server: ServerProcess
     assert all(s["requests"] > 0 and s["client_processes"] == 2 for s in steps)
     assert steps[1]["client_cpu_percent"] > 0  # the client processes' CPU, summed
     # The expected duration is said up front, with the content type it chose.
-    assert "2 step(s) of 0.2 s warm-up + 1 s, about 2 s; image/jpeg to " + url in result.stderr
+    assert "2 step(s) of 0.1 s warm-up + 0.5 s, about 1 s; image/jpeg to " + url in result.stderr
     assert_matplotlib_png(plot)
     # The server's /metrics gave each step's batch sizes: drawn beside the latency plot.
     assert all(sum(s["batch_sizes"].values()) > 0 for s in steps)
