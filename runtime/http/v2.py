@@ -142,6 +142,8 @@ def routes() -> list[Route]:
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     return [
+        # First: Starlette tries routes in order, and infer is the hot path (the paths do not overlap).
+        *(Route(f"{base}/infer", model_infer, methods=["POST"]) for base in (model, versioned)),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
@@ -149,5 +151,4 @@ def routes() -> list[Route]:
         *(Route(base, model_metadata, methods=["GET"]) for base in (model, versioned)),
         *(Route(f"{base}/ready", model_ready, methods=["GET"]) for base in (model, versioned)),
         *(Route(f"{base}/config", model_config_json, methods=["GET"]) for base in (model, versioned)),
-        *(Route(f"{base}/infer", model_infer, methods=["POST"]) for base in (model, versioned)),
     ]
