@@ -74,6 +74,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.limits = limits
         self._rejected: Rejected | None = None
         self._in_headers = True  # a new connection is waiting for its first request's headers
+        self._in_body = False  # headers complete, body not yet
         self._header_bytes = 0
         self._header_count = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -113,16 +114,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_headers:
-            if self._timer is None:
-                self._arm(self.limits.header_timeout_s, "headers")
             if self._header_bytes > self.limits.header_section_bytes:
                 # Bytes the parser holds before calling on_header: refuse before a huge field is buffered.
                 self._reject(Rejected(431, "Request Header Fields Too Large", "The request headers are too large."))
                 return
             self._header_bytes += len(data)
-        elif self._timer is not None and self.limits.body_timeout_s:
-            self._arm(self.limits.body_timeout_s, "body")
         super().data_received(data)
+        # Timers are armed once the chunk is parsed, and only for a request still waiting for bytes: a request
+        # that arrives whole (the common case) arms none, instead of two call_later and two cancel.
+        if self.transport.is_closing():
+            return
+        if self._in_body:
+            if self.limits.body_timeout_s:
+                self._arm(self.limits.body_timeout_s, "body")  # restarts the idle-gap timer on every chunk
+        elif self._in_headers and self._header_bytes and self._timer is None:
+            self._arm(self.limits.header_timeout_s, "headers")
 
     def _reject(self, rejected: Rejected) -> None:
         self._rejected = rejected
@@ -165,13 +171,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        self._in_body = True
         self._header_bytes = 0
         self._disarm()
         super().on_headers_complete()
-        if self.limits.body_timeout_s:
-            self._arm(self.limits.body_timeout_s, "body")
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._disarm()
         super().on_message_complete()
         # The next request's headers are timed from their first byte (the keep-alive timer runs until then).
