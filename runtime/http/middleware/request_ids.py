@@ -12,7 +12,7 @@ import logging
 import uuid
 from typing import Any
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.http.responses import INTERNAL_ERROR
@@ -84,10 +84,8 @@ class RequestIdMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message.setdefault("headers", [])
-                raw = MutableHeaders(scope=message)
-                for name, value in extra:
-                    raw.append(name.decode("latin-1"), value.decode("latin-1"))
+                # The raw pairs, appended as they are (MutableHeaders would decode and re-encode each one).
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         # Every log record written while this request is served carries its id (runtime.logs).
