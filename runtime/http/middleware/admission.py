@@ -27,6 +27,9 @@ from runtime.http.middleware.keepalive import closing
 logger = logging.getLogger("runtime.admission")
 
 RETRY_AFTER_S = 1
+# The disconnect watcher (a task per request) starts this long after the body is read: a request answered
+# sooner (most) never pays for it, and a client that leaves is noticed at most this much later.
+WATCH_AFTER_S = 0.005
 
 
 def scoring_route(scope: Scope) -> str | None:
@@ -126,6 +129,7 @@ class _Watched:
         self.gone = asyncio.Event()
         self.task = asyncio.current_task()
         self.watcher: asyncio.Task[None] | None = None
+        self._watch_later: asyncio.TimerHandle | None = None
 
     async def run(self, route: str) -> int:
         """Serve the request; return the chunked-body bytes it reserved (for the caller to release)."""
@@ -139,6 +143,8 @@ class _Watched:
             metrics.CANCELLED.labels(route).inc()
             logger.info("Client left before the answer to %s %s: request cancelled", self.scope["method"], route)
         finally:
+            if self._watch_later is not None:
+                self._watch_later.cancel()
             if self.watcher is not None:
                 self.watcher.cancel()
         return self.extra_bytes
@@ -153,7 +159,7 @@ class _Watched:
                 self._reserve(len(message.get("body", b"")))
             if not message.get("more_body", False):
                 self.body_done = True
-                self.watcher = asyncio.get_running_loop().create_task(self._watch())
+                self._watch_later = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start_watching)
         elif message["type"] == "http.disconnect":
             self.gone.set()
         return message
@@ -171,6 +177,11 @@ class _Watched:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             self.responded = True
         await self._send(message)
+
+    def _start_watching(self) -> None:
+        self._watch_later = None
+        if not self.responded:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
         """Wait for the server to report the connection gone; cancel the handler if nothing was answered."""
