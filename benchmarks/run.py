@@ -506,6 +506,10 @@ def report(
         "* ratios are at concurrency 32 against the limit and against azmlinfsrv with the same worker count",
         "* the model engine against the per-worker design (`--engine worker`), in one run: "
         "[benchmarks-engine.md](benchmarks-engine.md) (`python -m benchmarks.engine`)",
+        "* this code against commit 505bb0e (before the package restructure), served side by side: "
+        "[benchmarks-baseline.md](benchmarks-baseline.md) (`python -m benchmarks.baseline`); the test suite's "
+        "wall time and servers against 505bb0e's: [benchmarks-suite.md](benchmarks-suite.md) "
+        "(`python -m benchmarks.suite`)",
         "",
     ]
     usage = HERE / "usage.md"
