@@ -311,6 +311,11 @@ def serve_with_managed_triton(settings: Settings) -> int:
         raise
     try:
         serve(dataclasses.replace(settings, triton_url=triton.url))
+    except KeyboardInterrupt:
+        # Ctrl-C before Gunicorn's master took SIGINT over: nothing was served, so Triton has nothing to
+        # drain, and its graceful stop (up to 30 s with python-backend stubs on a busy machine) is not owed.
+        triton.stop(grace_s=1)
+        raise
     finally:
         triton.stop()
     return 0

@@ -285,3 +285,40 @@ def test_model_onnxruntime_cannot_load_is_a_startup_error_without_traceback(
     log = result.stderr + capfd.readouterr().err
     assert f"{path}: onnxruntime cannot load it" in log and "NoSuchOperator" in log
     assert "Traceback" not in log
+
+
+def test_ctrl_c_just_after_managed_triton_is_ready_stops_it_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGINT that lands between Triton's readiness and Gunicorn's signal handlers (a race the real-process
+    test above hits on a loaded machine) stops Triton without its 30 s grace."""
+    from runtime import cli
+    from runtime.http import server
+    from runtime.serving import tritonserver
+
+    stops: list[float] = []
+
+    class Triton:
+        url = "127.0.0.1:1"
+
+        def __init__(self, model_dir: str, binary: Path) -> None:
+            pass
+
+        def start(self) -> None:
+            pass
+
+        def stop(self, grace_s: float = 30) -> None:
+            stops.append(grace_s)
+
+    def interrupted(settings: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tritonserver, "ManagedTriton", Triton)
+    monkeypatch.setattr(tritonserver, "find_tritonserver", lambda path, home: tmp_path / "tritonserver")
+    monkeypatch.setattr(server, "serve", interrupted)
+    from runtime.settings import Settings
+
+    settings = dataclasses.replace(Settings.from_env(), model_dir=str(tmp_path), backend="triton")
+    with pytest.raises(KeyboardInterrupt):
+        cli.serve_with_managed_triton(settings)
+    assert stops and stops[0] == 1
