@@ -6,15 +6,17 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from runtime.errors import ServiceUnavailable
+from runtime.errors import ServiceUnavailable, ServingError
 from runtime.serving.check import check_repository
 from runtime.serving.engine.arena import Region, align
+from runtime.serving.engine.instance import MAX_FRAME, FrameTooLarge, send
 from runtime.serving.engine.remote import REGIONS, Regions, RemoteInstance, Request, _hold, applies
 from runtime.serving.platforms import Device
 from runtime.serving.repository import load_model
@@ -119,6 +121,31 @@ def test_a_batch_from_more_arenas_than_a_frame_carries_descriptors_for(instance:
     finally:
         for key in keys:
             REGIONS.remove(key)
+
+
+def test_a_batch_whose_frame_exceeds_max_frame_runs_in_halves_and_the_process_lives(
+    instance: RemoteInstance,
+) -> None:
+    # About 1.3 MiB of descriptors (the instance reads frames into 1 MiB): refused before sending, split.
+    pid = instance.pid
+    rows = np.random.default_rng(3).standard_normal((9000, 4)).astype(np.float32)
+    outputs = instance.run_parts([{"INPUT__0": rows[i : i + 1]} for i in range(len(rows))])
+    want = in_process("t_linear", {"x": rows})["OUTPUT__0"]
+    np.testing.assert_array_equal(np.concatenate([o["OUTPUT__0"] for o in outputs]), want)
+    assert instance.pid == pid
+
+
+def test_a_frame_over_max_frame_is_refused_before_it_is_sent() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs, pytest.raises(FrameTooLarge, match=f"exceeds the limit of {MAX_FRAME} bytes"):
+        send(ours, {"pad": "x" * MAX_FRAME})
+
+
+def test_a_single_request_too_large_to_describe_fails_with_an_error_naming_the_limit(instance: RemoteInstance) -> None:
+    many = {f"INPUT__{i}": np.ones((1, 4), np.float32) for i in range(12000)}
+    with pytest.raises(ServingError, match=f"exceeds {MAX_FRAME} bytes") as caught:
+        instance.run(many)
+    assert caught.value.status_code == 500 and instance.run({"INPUT__0": np.ones((1, 4), np.float32)})
 
 
 def test_a_killed_instance_process_fails_its_batch_with_503_and_comes_back(instance: RemoteInstance) -> None:

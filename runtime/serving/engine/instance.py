@@ -13,7 +13,10 @@ on a SOCK_SEQPACKET socket pair, one message a frame, descriptors attached::
     engine -> {"op": "run", "regions": [key, ...] (one per attached fd), "forget": [key, ...],
                "parts": [{"inputs": [{name, datatype, shape, region, offset, nbytes}], "reply": [key, offset, room]}]}
     instance -> {"op": "done", "parts": [{"placed": true|false, "outputs": [meta, ...]}], "out": size (fd attached)}
-              | {"op": "error", "message": ...}
+              | {"op": "error", "message": ...} | {"op": "too_large"} (the answer would exceed MAX_FRAME)
+
+A frame over MAX_FRAME is refused before it is sent (the reader's buffer holds MAX_FRAME): the engine
+then runs the batch in halves.
 
 Outputs that do not fit the reserved room (BYTES, dynamic shapes, a request without room) go into this
 process's own output region instead, which the engine copies from. The process exits when the socket
@@ -52,8 +55,14 @@ Tensors = dict[str, np.ndarray]
 
 
 # -- frames (both sides) -------------------------------------------------------------------------
+class FrameTooLarge(ValueError):
+    """A message over :data:`MAX_FRAME`, refused before it is sent (the peer reads into MAX_FRAME)."""
+
+
 def send(sock: socket.socket, meta: Meta, fds: Sequence[int] = ()) -> None:
     data = orjson.dumps(meta)
+    if len(data) > MAX_FRAME:
+        raise FrameTooLarge(f"a control frame of {len(data)} bytes exceeds the limit of {MAX_FRAME} bytes")
     if fds:
         socket.send_fds(sock, [data], list(fds))
     else:
@@ -118,6 +127,11 @@ class InstanceServer:
                 answer, attach = {"op": "error", "message": f"{type(ex).__name__}: {ex}"}, []
             try:
                 send(self.sock, answer, attach)
+            except FrameTooLarge:  # the engine splits the batch and sends it again
+                if answer.get("out") is not None and self.out is not None:
+                    self.out.close_fd()  # the engine never got this region: the next batch sends a new one
+                    self.out = None
+                send(self.sock, {"op": "too_large"})
             except OSError:
                 return  # the engine is gone
             if self.out is not None:

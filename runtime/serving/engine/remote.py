@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.errors import ServiceUnavailable, StartupError
+from runtime.errors import ServiceUnavailable, ServingError, StartupError
 from runtime.serving.datatypes import numpy_to_wire
 from runtime.serving.engine.arena import ALIGN, Meta, Region, align, read_tensor, tensor_nbytes, write_tensor
-from runtime.serving.engine.instance import MAX_FDS, MAX_FRAME, Receiver, send
+from runtime.serving.engine.instance import MAX_FDS, MAX_FRAME, FrameTooLarge, Receiver, send
 
 if TYPE_CHECKING:
     from runtime.serving.platforms import Device
@@ -228,6 +228,19 @@ class RemoteInstance:
                         part.state = QUEUED
 
     def _exchange(self, parts: list[Tensors]) -> list[Tensors]:
+        """One frame each way; a batch whose request or answer frame would exceed MAX_FRAME runs in halves."""
+        try:
+            return self._exchange_frame(parts)
+        except _TooLarge:
+            if len(parts) == 1:
+                raise ServingError(
+                    f"A request of model '{self.config.name}' has too many tensors to pass to its instance "
+                    f"process (its description exceeds {MAX_FRAME} bytes)."
+                ) from None
+            half = len(parts) // 2
+            return self._exchange(parts[:half]) + self._exchange(parts[half:])
+
+    def _exchange_frame(self, parts: list[Tensors]) -> list[Tensors]:
         sock = self._sock
         if sock is None:  # lost by the batch before this one, which held the lock
             raise self._gone("it exited")
@@ -271,10 +284,10 @@ class RemoteInstance:
             send(sock, {"op": "run", "regions": regions, "forget": forget, "parts": described}, fds)
             assert self._receive is not None
             answer, got = self._receive()
-        except OSError as ex:
-            if ex.errno == errno.EMSGSIZE:  # nothing was sent: the process is fine, this batch is not
+        except (FrameTooLarge, OSError) as ex:
+            if isinstance(ex, FrameTooLarge) or ex.errno == errno.EMSGSIZE:  # nothing was sent: the process is fine
                 self._sent.difference_update(regions)
-                raise RuntimeError(f"a batch of {len(described)} requests is too large to describe") from ex
+                raise _TooLarge from None
             self._lost()
             raise self._gone("it exited") from None
         except EOFError:
@@ -282,6 +295,8 @@ class RemoteInstance:
             raise self._gone("it exited") from None
         finally:
             _close_all(fds)
+        if answer["op"] == "too_large":
+            raise _TooLarge
         if answer["op"] == "error":
             raise RuntimeError(answer["message"])
         if got:
@@ -350,6 +365,10 @@ class RemoteInstance:
         if self._scratch is not None:
             REGIONS.remove(self._scratch[0])
             self._scratch = None
+
+
+class _TooLarge(Exception):
+    """A frame over MAX_FRAME, not sent: the batch is split."""
 
 
 def _hold(parts: list[Tensors]) -> list[Request]:
