@@ -148,6 +148,44 @@ def test_a_single_request_too_large_to_describe_fails_with_an_error_naming_the_l
     assert caught.value.status_code == 500 and instance.run({"INPUT__0": np.ones((1, 4), np.float32)})
 
 
+def test_a_worker_leaving_after_its_request_was_described_fails_no_other_request(
+    instance: RemoteInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32)
+    arenas = [Region.create(f"test-leaving-{i}", 4096) for i in range(2)]
+    keys = [REGIONS.add(r.fd, r.view(0, r.size)) for r in arenas]
+    for r in arenas:
+        r.fd = -1
+    parts = []
+    for row, region, key in zip(rows, arenas, keys, strict=True):
+        request = Request((key, 64, 256))
+        request["INPUT__0"] = region.view(0, 16).view(np.float32).reshape(1, 4)
+        request["INPUT__0"][...] = row
+        parts.append(request)
+    instance.run_parts(parts)  # both arenas are now known to the instance process
+    leaving = keys[0]
+    find = REGIONS.find
+
+    def find_then_disconnect(array: np.ndarray) -> tuple[int, int] | None:
+        found = find(array)
+        if found is not None and found[0] == leaving and leaving in REGIONS.keys():  # noqa: SIM118 (Regions has no __contains__)
+            REGIONS.remove(leaving)  # the event loop's WorkerConnection._closed, between find and forget
+        return found
+
+    monkeypatch.setattr(REGIONS, "find", find_then_disconnect)
+    try:
+        outputs = instance.run_parts(parts)  # the leaving worker's request is held: it stays in the batch
+    finally:
+        monkeypatch.undo()
+        REGIONS.remove(keys[1])
+    want = in_process("t_linear", {"x": rows})["OUTPUT__0"]
+    assert outputs[0] == {}  # its room is gone: nothing to answer
+    np.testing.assert_array_equal(outputs[1]["OUTPUT__0"], want[1:])  # the other worker's request
+    assert leaving in instance._sent  # this batch used it: the next one forgets it
+    np.testing.assert_array_equal(instance.run_parts(parts[1:2])[0]["OUTPUT__0"], want[1:])
+    assert leaving not in instance._sent
+
+
 def test_a_killed_instance_process_fails_its_batch_with_503_and_comes_back(instance: RemoteInstance) -> None:
     victim = instance.pid
     assert comm(victim) == "runtime-inst"

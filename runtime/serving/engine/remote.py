@@ -248,6 +248,7 @@ class RemoteInstance:
         fds: list[int] = []
         scratch = _Scratch(self, sum(tensor_nbytes(a) + ALIGN for p in parts for a in p.values()))
         live: list[int] = []  # indexes of the parts sent
+        used: set[int] = set()  # the regions this frame describes inputs in
         described = []
         for index, part in enumerate(parts):
             if isinstance(part, Request) and part.state == DROPPED:
@@ -265,6 +266,7 @@ class RemoteInstance:
                     regions.append(key)
                     fds.append(fd)
                     self._sent.add(key)
+                used.add(key)
                 datatype = "BYTES" if array.dtype.kind == "O" else numpy_to_wire(array.dtype)
                 metas.append(
                     {"name": name, "datatype": datatype, "shape": list(array.shape), "region": key,
@@ -278,7 +280,8 @@ class RemoteInstance:
         if not live:
             _close_all(fds)
             return results
-        forget = sorted(self._sent - REGIONS.keys())
+        # A worker that left after its inputs were described here is forgotten by a later batch, not this one.
+        forget = sorted(self._sent - REGIONS.keys() - used)
         self._sent.difference_update(forget)
         try:
             send(sock, {"op": "run", "regions": regions, "forget": forget, "parts": described}, fds)
