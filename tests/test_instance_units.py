@@ -186,6 +186,33 @@ def test_a_worker_leaving_after_its_request_was_described_fails_no_other_request
     assert leaving not in instance._sent
 
 
+def test_a_frame_never_sent_changes_nothing_the_engine_records_of_the_process(instance: RemoteInstance) -> None:
+    region = Region.create("test-gone", 4096)
+    key = REGIONS.add(region.fd, region.view(0, region.size))
+    region.fd = -1
+    request = Request((key, 64, 256))
+    request["INPUT__0"] = region.view(0, 16).view(np.float32).reshape(1, 4)
+    instance.run_parts([request])
+    assert key in instance._sent
+    REGIONS.remove(key)  # its worker left: the next frame that goes out tells the process to forget it
+    with pytest.raises(ServingError, match="exceeds"):
+        instance.run({f"INPUT__{i}": np.ones((1, 4), np.float32) for i in range(12000)})
+    assert key in instance._sent  # that frame was refused: the process still maps the region
+    fresh = Region.create("test-fresh", 4096)
+    fresh_key = REGIONS.add(fresh.fd, fresh.view(0, fresh.size))
+    fresh.fd = -1
+    try:
+        dropped = Request((fresh_key, 64, 256))
+        dropped["INPUT__0"] = fresh.view(0, 16).view(np.float32).reshape(1, 4)
+        assert dropped.drop()
+        assert instance.run_parts([dropped]) == [{}]  # nothing went out
+        assert key in instance._sent and fresh_key not in instance._sent
+        instance.run({"INPUT__0": np.ones((1, 4), np.float32)})
+        assert key not in instance._sent
+    finally:
+        REGIONS.remove(fresh_key)
+
+
 def test_a_killed_instance_process_fails_its_batch_with_503_and_comes_back(instance: RemoteInstance) -> None:
     victim = instance.pid
     assert comm(victim) == "runtime-inst"

@@ -256,16 +256,15 @@ class RemoteInstance:
             metas = []
             for name, array in part.items():
                 found = REGIONS.find(array)
-                if found is not None and found[0] not in self._sent and len(fds) >= MAX_FDS - 1:
+                if found is not None and self._unsent(found[0], regions) and len(fds) >= MAX_FDS - 1:
                     found = None  # the frame carries all the descriptors it may (and the scratch's): copy
                 key, offset = found if found is not None else scratch.put(array)
-                if key not in self._sent:
+                if self._unsent(key, regions):
                     fd = REGIONS.dup(key)
                     if fd is None:  # its worker went away meanwhile: the request is cancelled
                         break
                     regions.append(key)
                     fds.append(fd)
-                    self._sent.add(key)
                 used.add(key)
                 datatype = "BYTES" if array.dtype.kind == "O" else numpy_to_wire(array.dtype)
                 metas.append(
@@ -282,14 +281,15 @@ class RemoteInstance:
             return results
         # A worker that left after its inputs were described here is forgotten by a later batch, not this one.
         forget = sorted(self._sent - REGIONS.keys() - used)
-        self._sent.difference_update(forget)
         try:
             send(sock, {"op": "run", "regions": regions, "forget": forget, "parts": described}, fds)
+            # Only a frame that went out changes what the process knows.
+            self._sent.difference_update(forget)
+            self._sent.update(regions)
             assert self._receive is not None
             answer, got = self._receive()
         except (FrameTooLarge, OSError) as ex:
             if isinstance(ex, FrameTooLarge) or ex.errno == errno.EMSGSIZE:  # nothing was sent: the process is fine
-                self._sent.difference_update(regions)
                 raise _TooLarge from None
             self._lost()
             raise self._gone("it exited") from None
@@ -309,6 +309,10 @@ class RemoteInstance:
         for index, done in zip(live, answer["parts"], strict=True):
             results[index] = self._outputs(parts[index], done)
         return results
+
+    def _unsent(self, key: int, regions: list[int]) -> bool:
+        """Whether the process lacks region ``key`` and the frame being built carries none for it yet."""
+        return key not in self._sent and key not in regions
 
     def _outputs(self, part: Tensors, answer: Meta) -> Tensors:
         if answer["placed"]:
