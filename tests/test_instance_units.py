@@ -3,10 +3,12 @@ RemoteInstance (a real ``runtime-inst`` process) fed from a registered region.""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,16 @@ from runtime.errors import ServiceUnavailable, ServingError
 from runtime.serving.check import check_repository
 from runtime.serving.engine.arena import Region, align
 from runtime.serving.engine.instance import MAX_FRAME, FrameTooLarge, send
-from runtime.serving.engine.remote import REGIONS, Regions, RemoteInstance, Request, _hold, applies
+from runtime.serving.engine.remote import (
+    REGIONS,
+    RESTART_WAIT_S,
+    InstanceLost,
+    Regions,
+    RemoteInstance,
+    Request,
+    _hold,
+    applies,
+)
 from runtime.serving.platforms import Device
 from runtime.serving.repository import load_model
 from runtime.settings import Settings
@@ -226,6 +237,38 @@ def test_a_killed_instance_process_fails_its_batch_with_503_and_comes_back(insta
         instance.run(x)["OUTPUT__0"], in_process("t_linear", {"x": x["INPUT__0"]})["OUTPUT__0"]
     )
     assert instance.pid != victim and comm(instance.pid) == "runtime-inst"
+
+
+def test_a_failing_restart_is_retried_and_batches_meanwhile_fail_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = torch_models.write_repository(tmp_path / "triton")
+    remote = RemoteInstance(load_model(repo / "t_named"), "1", Device("cpu"), 1)
+    remote.wait_ready()
+    spawn = RemoteInstance._spawn
+    failures: list[int] = []
+
+    def failing_spawn(self: RemoteInstance) -> None:
+        if len(failures) < 3:
+            failures.append(1)
+            raise OSError(errno.EAGAIN, "fork failed")  # not a StartupError: once the end of restarting
+        spawn(self)
+
+    monkeypatch.setattr(RemoteInstance, "_spawn", failing_spawn)
+    x = {"x": np.ones((1, 4), np.float32)}
+    try:
+        os.kill(remote.pid, signal.SIGKILL)
+        with pytest.raises(InstanceLost):
+            remote.run(x)
+        wait_for(lambda: bool(failures), 10, "a failed restart")
+        started = time.monotonic()
+        with pytest.raises(InstanceLost, match="cannot be restarted yet"):
+            remote.run(x)
+        assert time.monotonic() - started < RESTART_WAIT_S / 4  # not the wait for a restart that may never come
+        wait_for(lambda: len(failures) == 3 and remote._ready.is_set(), 30, "the restart after 3 failures")
+        assert set(remote.run(x)) == {"negative", "double"}
+    finally:
+        remote.close()
 
 
 def test_closing_stops_the_process(tmp_path: Path) -> None:

@@ -157,6 +157,7 @@ class RemoteInstance:
         self._out: np.ndarray | None = None
         self._scratch: tuple[int, Region] | None = None
         self._starting: socket.socket | None = None
+        self._restart_failed = False  # batches fail at once instead of waiting for a restart that keeps failing
         self._spawn()  # loads meanwhile: wait_ready() waits for it (load_runners, before the first batch)
 
     @property
@@ -216,8 +217,8 @@ class RemoteInstance:
 
         Call :meth:`wait_ready` once first (``load_runners`` does, before the model serves).
         """
-        if not self._ready.wait(RESTART_WAIT_S):
-            raise self._gone("still starting")
+        if not self._ready.is_set():
+            self._wait_restarted()
         with self._lock:
             held = _hold(parts)
             try:
@@ -349,14 +350,30 @@ class RemoteInstance:
         )
         threading.Thread(target=self._restart, name=f"restart-{self.config.name}", daemon=True).start()
 
+    def _wait_restarted(self) -> None:
+        """Until the process is back; at once an InstanceLost while its restart is failing (or after RESTART_WAIT_S)."""
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while not self._ready.wait(0.05):
+            if self._restart_failed:
+                raise self._gone("it cannot be restarted yet: see the engine's log")
+            if time.monotonic() > deadline:
+                raise self._gone("still starting")
+
     def _restart(self) -> None:
         delay = 0.1
         while not self._closing:
             try:
                 self._start()
+                self._restart_failed = False
                 return
-            except StartupError as ex:
-                logger.error("Cannot restart an instance process: %s", ex)
+            except Exception:  # any failure (a fork, a load): log it and try again, never leave it down for good
+                if self._closing:
+                    return
+                self._restart_failed = True
+                logger.exception(
+                    "Cannot restart the instance process of model %s on %s; retrying in %.1f s",
+                    self.config.name, self.device, delay,
+                )  # fmt: skip
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
