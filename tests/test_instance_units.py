@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,6 +280,19 @@ def test_closing_stops_the_process(tmp_path: Path) -> None:
     pid = remote.pid
     remote.close()
     assert not Path(f"/proc/{pid}").exists() or comm(pid) != "runtime-inst"
+
+
+def test_a_process_stopped_by_close_is_not_reported_lost_nor_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = torch_models.write_repository(tmp_path / "triton")
+    remote = RemoteInstance(load_model(repo / "t_named"), "1", Device("cpu"), 1)
+    remote.wait_ready()
+    remote.close()
+    with caplog.at_level(logging.INFO, "runtime.engine"):
+        remote._lost()  # what a batch in flight meets when close() stops its process
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not any(t.name == "restart-t_named" for t in threading.enumerate())
 
 
 @pytest.mark.parametrize(("mode", "shown"), [("on", ", 1 in instance processes (runtime-inst)"), ("auto", "")])

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("runtime.engine")
 
 RESTART_WAIT_S = 120.0  # how long a batch waits for its instance process to come back
+CLOSE_WAIT_S = 5.0  # how long close() waits for a process after SIGTERM before SIGKILL
 # Processes are started from this one long-lived thread: PR_SET_PDEATHSIG fires when the thread that forked
 # the child exits, and the threads that load models or notice a death do not live as long as the engine.
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="instance-spawner")
@@ -337,6 +338,8 @@ class RemoteInstance:
 
     def _lost(self) -> None:
         """The process died mid-batch: the batch fails with a 503; start a new one in the background."""
+        if self._closing:  # close() stopped it: nothing was lost, nothing is to be restarted
+            return
         self._ready.clear()
         if self._sock is not None:
             self._sock.close()
@@ -380,12 +383,14 @@ class RemoteInstance:
     def close(self) -> None:
         """Stop the process: it holds nothing to clean up (the kernel frees its mappings), so SIGTERM at once."""
         self._closing = True
+        proc = self._proc
+        if proc is not None:
+            proc.terminate()
         for sock in (self._sock, self._starting):
             if sock is not None:
                 sock.close()
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait()
+        if proc is not None:
+            _reap(proc)
         if self._scratch is not None:
             REGIONS.remove(self._scratch[0])
             self._scratch = None
@@ -429,6 +434,16 @@ class _Scratch:
         write_tensor(region.view(offset, size), array)
         self._offset += align(size)
         return key, offset
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a process told to stop; SIGKILL it if it has not stopped within CLOSE_WAIT_S."""
+    try:
+        proc.wait(CLOSE_WAIT_S)
+    except subprocess.TimeoutExpired:
+        logger.warning("Instance process %d did not stop within %.0f s of SIGTERM: killing it", proc.pid, CLOSE_WAIT_S)
+        proc.kill()
+        proc.wait()
 
 
 def _close_all(fds: list[int]) -> None:
