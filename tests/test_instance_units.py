@@ -3,6 +3,7 @@ RemoteInstance (a real ``runtime-inst`` process) fed from a registered region.""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -293,6 +294,42 @@ def test_a_process_stopped_by_close_is_not_reported_lost_nor_restarted(
         remote._lost()  # what a batch in flight meets when close() stops its process
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert not any(t.name == "restart-t_named" for t in threading.enumerate())
+
+
+def test_closing_while_a_restart_is_starting_its_process_leaves_no_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = torch_models.write_repository(tmp_path / "triton")
+    remote = RemoteInstance(load_model(repo / "t_named"), "1", Device("cpu"), 1)
+    remote.wait_ready()
+    before = _children()
+    spawn = RemoteInstance._spawn
+    started = threading.Event()
+
+    def slow_spawn(self: RemoteInstance) -> None:
+        started.set()
+        time.sleep(0.5)  # the restart thread is past its `while not self._closing` check
+        spawn(self)
+
+    monkeypatch.setattr(RemoteInstance, "_spawn", slow_spawn)
+    os.kill(remote.pid, signal.SIGKILL)
+    with pytest.raises(InstanceLost):
+        remote.run({"x": np.ones((1, 4), np.float32)})
+    assert started.wait(5)
+    remote.close()  # the engine stops (or the model unloads) while the restart is under way
+    assert not any(t.name == "restart-t_named" for t in threading.enumerate())  # close() waited for it
+    assert _children() <= before - {remote.pid}, "a runtime-inst process outlived close()"
+
+
+def _children() -> set[int]:
+    """This process's children that have not exited."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == os.getpid() and state != "Z":
+                found.add(int(stat.parent.name))
+    return found
 
 
 @pytest.mark.parametrize(("mode", "shown"), [("on", ", 1 in instance processes (runtime-inst)"), ("auto", "")])

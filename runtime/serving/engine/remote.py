@@ -159,6 +159,9 @@ class RemoteInstance:
         self._scratch: tuple[int, Region] | None = None
         self._starting: socket.socket | None = None
         self._restart_failed = False  # batches fail at once instead of waiting for a restart that keeps failing
+        self._life = threading.Lock()  # _closing against the swap of the process a restart starts
+        self._restarter: threading.Thread | None = None
+        self._closed = threading.Event()  # wakes a restart waiting to retry
         self._spawn()  # loads meanwhile: wait_ready() waits for it (load_runners, before the first batch)
 
     @property
@@ -184,17 +187,25 @@ class RemoteInstance:
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_FRAME)
         try:
             command = self._command(theirs.fileno())
-            self._proc = _SPAWNER.submit(subprocess.Popen, command, pass_fds=[theirs.fileno()]).result()
+            proc = _SPAWNER.submit(subprocess.Popen, command, pass_fds=[theirs.fileno()]).result()
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        self._starting = ours
+        with self._life:
+            if not self._closing:
+                self._proc, self._starting = proc, ours
+                return
+        ours.close()  # close() came while it started: it must not outlive the engine's instance
+        proc.kill()
+        proc.wait()
+        raise StartupError(f"model {self.config.name!r} on {self.device}: closed while its process started")
 
     def wait_ready(self) -> None:
         """Until the process has loaded its model; a start-up error if it cannot."""
-        ours, self._starting = self._starting, None
+        with self._life:
+            ours, self._starting = self._starting, None
         if ours is None:
             return
         assert self._proc is not None
@@ -206,8 +217,12 @@ class RemoteInstance:
         if meta.get("op") != "ready":
             ours.close()
             raise StartupError(f"model {self.config.name!r} on {self.device}: {meta.get('message')}")
-        self._sock, self._receive, self._sent, self._out = ours, receive, set(), None
-        self._ready.set()
+        with self._life:
+            if self._closing:  # close() stopped the process it found: this one
+                ours.close()
+                raise StartupError(f"model {self.config.name!r} on {self.device}: closed while its process started")
+            self._sock, self._receive, self._sent, self._out = ours, receive, set(), None
+            self._ready.set()
         logger.info("Instance process %d runs model %s on %s", self.pid, self.config.name, self.device)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
@@ -338,20 +353,26 @@ class RemoteInstance:
 
     def _lost(self) -> None:
         """The process died mid-batch: the batch fails with a 503; start a new one in the background."""
-        if self._closing:  # close() stopped it: nothing was lost, nothing is to be restarted
-            return
-        self._ready.clear()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        with self._life:
+            if self._closing:  # close() stopped it: nothing was lost, nothing is to be restarted
+                return
+            self._ready.clear()
+            sock, self._sock = self._sock, None
+            proc = self._proc
+        if sock is not None:
+            sock.close()
         status = None
-        if self._proc is not None:
-            self._proc.kill()  # a garbled frame leaves it running: it must not write into the arenas any more
-            status = self._proc.wait()
+        if proc is not None:
+            proc.kill()  # a garbled frame leaves it running: it must not write into the arenas any more
+            status = proc.wait()
         logger.error(
             "Instance process %d of model %s exited (status %s); restarting it", self.pid, self.config.name, status
         )
-        threading.Thread(target=self._restart, name=f"restart-{self.config.name}", daemon=True).start()
+        with self._life:
+            if self._closing:
+                return
+            self._restarter = threading.Thread(target=self._restart, name=f"restart-{self.config.name}", daemon=True)
+            self._restarter.start()
 
     def _wait_restarted(self) -> None:
         """Until the process is back; at once an InstanceLost while its restart is failing (or after RESTART_WAIT_S)."""
@@ -377,20 +398,24 @@ class RemoteInstance:
                     "Cannot restart the instance process of model %s on %s; retrying in %.1f s",
                     self.config.name, self.device, delay,
                 )  # fmt: skip
-                time.sleep(delay)
+                self._closed.wait(delay)
                 delay = min(delay * 2, 5.0)
 
     def close(self) -> None:
         """Stop the process: it holds nothing to clean up (the kernel frees its mappings), so SIGTERM at once."""
-        self._closing = True
-        proc = self._proc
+        with self._life:  # from here no restart swaps in a process: one under way stops its own
+            self._closing = True
+            self._closed.set()
+            proc, socks, restarter = self._proc, (self._sock, self._starting), self._restarter
         if proc is not None:
             proc.terminate()
-        for sock in (self._sock, self._starting):
+        for sock in socks:
             if sock is not None:
                 sock.close()
         if proc is not None:
             _reap(proc)
+        if restarter is not None and restarter is not threading.current_thread():
+            restarter.join(CLOSE_WAIT_S)  # a restart loading its model: its process was the one just stopped
         if self._scratch is not None:
             REGIONS.remove(self._scratch[0])
             self._scratch = None
