@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import subprocess
 
 import pytest
 
+from runtime.http import app as app_module
+from runtime.settings import Settings
 from tests.conftest import StartRuntime, script
 from tests.support.cli import run_cli
 from tests.support.inprocess import startup_failure
@@ -66,3 +70,21 @@ def test_bad_flag_value_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert "must be a positive integer" in result.stderr
+
+
+def test_any_startup_exception_hands_print_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = builtins.print
+
+    def broken(settings: Settings) -> None:
+        raise MemoryError("not a StartupError")
+
+    monkeypatch.setattr(app_module, "build_state", broken)
+    app = app_module.create_app(Settings())
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(MemoryError, match="not a StartupError"):
+        asyncio.run(start())
+    assert builtins.print is original

@@ -90,6 +90,7 @@ def create_app(
         logs.tag_records()
         logs.capture_print()
         state: AppState | None = None
+        started = False
         try:
             tracing.setup(settings)
             with startup.interruptible() if exit_on_startup_error else contextlib.nullcontext():
@@ -98,16 +99,21 @@ def create_app(
                 state.binding = api.bind(asyncio.get_running_loop(), state.plane)
                 await state.pm.init(state.context)
                 state.pipeline.default_model = _only_model(state.pm)
+            started = True
         except StartupError as ex:
             logger.error("Start-up failed: %s", ex)
             if exit_on_startup_error:
                 logging.shutdown()
                 os._exit(STARTUP_EXIT_CODE)
-            if state is not None:  # an app in a process that goes on: release what init() took
-                await _stop(state)
-            tracing.shutdown()
-            logs.release_print()  # print() is the process's again
             raise
+        finally:
+            if not started:  # any failure, in a process that goes on: release what start-up took
+                try:
+                    if state is not None:
+                        await _stop(state)
+                finally:
+                    tracing.shutdown()
+                    logs.release_print()  # print() is the process's again
         app.state.runtime = state
         if worker_process:
             health.watch_sigterm()
