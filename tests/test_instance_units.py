@@ -122,12 +122,7 @@ def test_a_batch_from_more_arenas_than_a_frame_carries_descriptors_for(instance:
     keys = [REGIONS.add(r.fd, r.view(0, r.size)) for r in regions]
     try:
         rows = np.random.default_rng(1).standard_normal((20, 4)).astype(np.float32)
-        parts = []
-        for row, region, key in zip(rows, regions, keys, strict=True):
-            request = Request((key, 64, 256))
-            request["INPUT__0"] = region.view(0, 16).view(np.float32).reshape(1, 4)
-            request["INPUT__0"][...] = row
-            parts.append(request)
+        parts = _requests_in(rows, regions, keys)
         outputs = instance.run_parts(parts)
         want = in_process("t_linear", {"x": rows})["OUTPUT__0"]
         np.testing.assert_array_equal(np.concatenate([o["OUTPUT__0"] for o in outputs]), want)
@@ -170,12 +165,7 @@ def test_a_worker_leaving_after_its_request_was_described_fails_no_other_request
     keys = [REGIONS.add(r.fd, r.view(0, r.size)) for r in arenas]
     for r in arenas:
         r.fd = -1
-    parts = []
-    for row, region, key in zip(rows, arenas, keys, strict=True):
-        request = Request((key, 64, 256))
-        request["INPUT__0"] = region.view(0, 16).view(np.float32).reshape(1, 4)
-        request["INPUT__0"][...] = row
-        parts.append(request)
+    parts = _requests_in(rows, arenas, keys)
     instance.run_parts(parts)  # both arenas are now known to the instance process
     leaving = keys[0]
     find = REGIONS.find
@@ -245,9 +235,7 @@ def test_a_killed_instance_process_fails_its_batch_with_503_and_comes_back(insta
 def test_a_failing_restart_is_retried_and_batches_meanwhile_fail_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo = torch_models.write_repository(tmp_path / "triton")
-    remote = RemoteInstance(load_model(repo / "t_named"), "1", Device("cpu"), 1)
-    remote.wait_ready()
+    remote = _t_named(tmp_path)
     spawn = RemoteInstance._spawn
     failures: list[int] = []
 
@@ -275,9 +263,7 @@ def test_a_failing_restart_is_retried_and_batches_meanwhile_fail_at_once(
 
 
 def test_closing_stops_the_process(tmp_path: Path) -> None:
-    repo = torch_models.write_repository(tmp_path / "triton")
-    remote = RemoteInstance(load_model(repo / "t_named"), "1", Device("cpu"), 1)
-    remote.wait_ready()
+    remote = _t_named(tmp_path)
     pid = remote.pid
     remote.close()
     assert not Path(f"/proc/{pid}").exists() or comm(pid) != "runtime-inst"
@@ -286,9 +272,7 @@ def test_closing_stops_the_process(tmp_path: Path) -> None:
 def test_a_process_stopped_by_close_is_not_reported_lost_nor_restarted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    repo = torch_models.write_repository(tmp_path / "triton")
-    remote = RemoteInstance(load_model(repo / "t_named"), "1", Device("cpu"), 1)
-    remote.wait_ready()
+    remote = _t_named(tmp_path)
     remote.close()
     with caplog.at_level(logging.INFO, "runtime.engine"):
         remote._lost()  # what a batch in flight meets when close() stops its process
@@ -299,9 +283,7 @@ def test_a_process_stopped_by_close_is_not_reported_lost_nor_restarted(
 def test_closing_while_a_restart_is_starting_its_process_leaves_no_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo = torch_models.write_repository(tmp_path / "triton")
-    remote = RemoteInstance(load_model(repo / "t_named"), "1", Device("cpu"), 1)
-    remote.wait_ready()
+    remote = _t_named(tmp_path)
     before = _children()
     spawn = RemoteInstance._spawn
     started = threading.Event()
@@ -319,6 +301,26 @@ def test_closing_while_a_restart_is_starting_its_process_leaves_no_process(
     remote.close()  # the engine stops (or the model unloads) while the restart is under way
     assert not any(t.name == "restart-t_named" for t in threading.enumerate())  # close() waited for it
     assert _children() <= before - {remote.pid}, "a runtime-inst process outlived close()"
+
+
+def _t_named(tmp_path: Path) -> RemoteInstance:
+    """A RemoteInstance of its own (a test that kills or closes it leaves the module's alone)."""
+    remote = RemoteInstance(
+        load_model(torch_models.write_repository(tmp_path / "triton") / "t_named"), "1", Device("cpu"), 1
+    )
+    remote.wait_ready()
+    return remote
+
+
+def _requests_in(rows: np.ndarray, regions: list[Region], keys: list[int]) -> list[Request]:
+    """One request per row, its input written at the start of its own worker's arena, room for outputs after."""
+    parts = []
+    for row, region, key in zip(rows, regions, keys, strict=True):
+        request = Request((key, 64, 256))
+        request["INPUT__0"] = region.view(0, 16).view(np.float32).reshape(1, 4)
+        request["INPUT__0"][...] = row
+        parts.append(request)
+    return parts
 
 
 def _children() -> set[int]:
