@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -43,6 +41,7 @@ import orjson
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.serving.batching import join
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
+from runtime.serving.engine.prctl import name_and_tie_to_parent
 from runtime.serving.tensors import to_bytes_array
 
 logger = logging.getLogger("runtime.engine")
@@ -98,10 +97,7 @@ class Receiver:
 # -- the instance process ------------------------------------------------------------------------
 def name_process(parent: int) -> None:
     """``runtime-inst`` in /proc/PID/comm; SIGKILL when the engine dies (nothing here needs cleaning up)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(15, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)  # PR_SET_NAME
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    name_and_tie_to_parent(PROCESS_NAME, signal.SIGKILL)
     if os.getppid() != parent:  # the engine died before the death signal was armed
         os._exit(0)
 

@@ -30,6 +30,7 @@ from runtime.errors import STARTUP_EXIT_CODE, ServingError, StartupError
 from runtime.serving.batching import BatchStats
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
 from runtime.serving.engine.channel import Channel, Meta, socket_address
+from runtime.serving.engine.prctl import name_and_tie_to_parent
 from runtime.serving.engine.remote import LOGGING, REGIONS, Request
 from runtime.serving.runner import ENGINE_INLINE_BELOW_S, NO_SCHEDULE, ModelRunner, Schedule, load_runners
 from runtime.serving.tensors import to_bytes_array
@@ -42,8 +43,6 @@ PROCESS_NAME = b"runtime-engine"
 # running Python, a TorchScript DenseNet-121 batch of 28 took 63 ms instead of 15 ms on an H100
 # (benchmarks/scripts/gpu_forward.py); on the CPU a shorter interval halved that penalty.
 SWITCH_INTERVAL_S = 0.0005
-PR_SET_NAME = 15
-PR_SET_PDEATHSIG = 1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's starting value, kept
 
@@ -59,14 +58,6 @@ def fixed_mmap_threshold() -> None:
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-
-
-def name_process() -> None:
-    """``runtime-engine`` in /proc/PID/comm (what ``ps -o comm`` and ``pgrep`` see); die with the master."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 class Engine:
@@ -301,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
     args = parser.parse_args(argv)
-    name_process()
+    name_and_tie_to_parent(PROCESS_NAME, signal.SIGTERM)  # the master's death drains and stops the engine
     fixed_mmap_threshold()  # before any thread starts
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # Ctrl-C reaches the whole process group; the master decides when the engine stops (after the workers).
