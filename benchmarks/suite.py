@@ -86,31 +86,23 @@ def run_suite(side: str, commit: str, clone: Path, plugin_dir: Path, plugin: str
     env = {**_environment(), "PYTHONPATH": str(plugin_dir), "SERVER_COUNT_FILE": str(counts)}
     command = [str(clone / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", plugin, *extra]
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output, _ = process.communicate()
-    # os.wait4 is not usable after communicate(); the children's rusage of this process grows by exactly
-    # this pytest and what it waited for, as the sides run one at a time.
-    wall = time.perf_counter() - started
-    usage = _children_cpu()
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # wait4 reports this pytest's CPU with that of every descendant it waited for (servers included).
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        log.seek(0)
+        output = log.read()
+    exit_code = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
     lines = [line for line in output.splitlines() if line.strip()]
     summary = lines[-1] if lines else ""
     found = PASSED.search(summary)
     servers = json.loads(counts.read_text())["total"] if counts.exists() else -1
-    if process.returncode != 0:
+    if exit_code != 0:
         print(output[-4000:], file=sys.stderr)
     passed = int(found.group(1)) if found else 0
-    return Run(side, commit[:12], process.returncode, passed, summary, wall, usage, servers)
-
-
-_cpu_before = 0.0
-
-
-def _children_cpu() -> float:
-    global _cpu_before
-    usage = os.times()
-    total = usage.children_user + usage.children_system
-    spent, _cpu_before = total - _cpu_before, total
-    return spent
+    return Run(side, commit[:12], exit_code, passed, summary, wall, cpu, servers)
 
 
 def write_report(runs: list[Run], baseline: str, path: Path) -> None:
@@ -169,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="suite-bench-") as tmp:
         plugin = counter_package(Path(tmp))
-        _children_cpu()
         for round_ in range(args.rounds):
             for side, commit in sides.items():
                 run = run_suite(side, commit, clones[side], Path(tmp), plugin, args.pytest_args)
