@@ -20,8 +20,8 @@ import pytest
 
 from runtime.errors import ServiceUnavailable, ServingError
 from runtime.serving.check import check_repository
-from runtime.serving.engine.arena import Region, align
-from runtime.serving.engine.instance import MAX_FRAME, FrameTooLarge, send
+from runtime.serving.engine.arena import Region, align, read_tensor
+from runtime.serving.engine.instance import MAX_FRAME, FrameTooLarge, InstanceServer, send
 from runtime.serving.engine.remote import (
     REGIONS,
     RESTART_WAIT_S,
@@ -185,12 +185,17 @@ def test_a_worker_leaving_after_its_request_was_described_fails_no_other_request
     want = in_process("t_linear", {"x": rows})["OUTPUT__0"]
     assert outputs[0] == {}  # its room is gone: nothing to answer
     np.testing.assert_array_equal(outputs[1]["OUTPUT__0"], want[1:])  # the other worker's request
-    assert leaving in instance._sent  # this batch used it: the next one forgets it
+    # This batch used it; once the batch is done, the process is told to unmap it, with no batch needed.
+    wait_for(lambda: leaving not in instance._sent, 10, "the process to forget the region")
     np.testing.assert_array_equal(instance.run_parts(parts[1:2])[0]["OUTPUT__0"], want[1:])
     assert leaving not in instance._sent
 
 
-def test_a_frame_never_sent_changes_nothing_the_engine_records_of_the_process(instance: RemoteInstance) -> None:
+def test_a_frame_never_sent_changes_nothing_the_engine_records_of_the_process(
+    instance: RemoteInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the eager forget (a worker leaving while the process is idle), the next run frame carries it.
+    monkeypatch.setattr(REGIONS, "_listeners", [])
     region = Region.create("test-gone", 4096)
     key = REGIONS.add(region.fd, region.view(0, region.size))
     region.fd = -1
@@ -215,6 +220,49 @@ def test_a_frame_never_sent_changes_nothing_the_engine_records_of_the_process(in
         assert key not in instance._sent
     finally:
         REGIONS.remove(fresh_key)
+
+
+def test_an_idle_instance_process_unmaps_a_region_as_soon_as_its_worker_leaves(instance: RemoteInstance) -> None:
+    region = Region.create("test-idle-leaver", 1 << 20)
+    key = REGIONS.add(region.fd, region.view(0, region.size))
+    region.fd = -1
+    (request,) = _requests_in(np.ones((1, 4), np.float32), [region], [key])
+    instance.run_parts([request])
+    maps = Path(f"/proc/{instance.pid}/maps")
+    assert "memfd:test-idle-leaver" in maps.read_text()
+    REGIONS.remove(key)  # the worker left; no batch follows
+    wait_for(lambda: "memfd:test-idle-leaver" not in maps.read_text(), 10, "the instance process to unmap it")
+    assert key not in instance._sent
+
+
+def test_an_output_declared_bytes_is_converted_in_the_instance_process_not_placed_as_numbers() -> None:
+    class TwoOutputs:
+        def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            x = inputs["x"]
+            return {"as_text": x * 2, "after": x + 1}  # as_text is declared BYTES, yet numbers come back
+
+    region = Region.create("test-bytes-declared", 4096)
+    space = region.view(0, region.size)
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    space[:16].view(np.float32)[:] = x.reshape(-1)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        server = InstanceServer(ours, TwoOutputs(), True, frozenset({"as_text"}))
+        server.regions[1] = space
+        part = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "region": 1, "offset": 0, "nbytes": 16}]}
+        answer, _ = server.run({"op": "run", "parts": [{**part, "reply": [1, 64, 1024]}]}, [])
+    (done,) = answer["parts"]
+    # Not placed: placed as 16 bytes of numbers, the engine's conversion to 32 bytes of BYTES would overwrite "after".
+    assert not done["placed"]
+    by_name = {t["name"]: t for t in done["outputs"]}
+    assert by_name["as_text"]["datatype"] == "BYTES" and by_name["after"]["datatype"] == "FP32"
+    assert server.out is not None
+    out = server.out.view(0, server.out.size)
+    t = by_name["after"]
+    np.testing.assert_array_equal(read_tensor(out[t["offset"] : t["offset"] + t["nbytes"]], "FP32", (1, 4)), x + 1)
+    t = by_name["as_text"]
+    texts = read_tensor(out[t["offset"] : t["offset"] + t["nbytes"]], "BYTES", (1, 4))
+    assert [bytes(v) for v in texts.reshape(-1)] == [np.float32(v * 2).tobytes() for v in x.reshape(-1)]
 
 
 def test_a_killed_instance_process_fails_its_batch_with_503_and_comes_back(instance: RemoteInstance) -> None:

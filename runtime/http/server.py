@@ -8,7 +8,6 @@ with Gunicorn's boot-error code, and the master then stops with exit code 3.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
@@ -27,11 +26,10 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from runtime import logs
+from runtime.prctl import tie_to_parent
 from runtime.settings import Settings
 
 logger = logging.getLogger("runtime.server")
-
-PR_SET_PDEATHSIG = 1
 
 
 class RuntimeWorker(UvicornWorker):  # type: ignore[misc]
@@ -49,7 +47,7 @@ class RuntimeWorker(UvicornWorker):  # type: ignore[misc]
 
     def init_process(self) -> None:
         # Gunicorn's sync workers notice a dead master; uvicorn workers do not. Have the kernel tell us.
-        set_parent_death_signal(signal.SIGTERM)
+        tie_to_parent(signal.SIGTERM)
         # uvicorn's shutdown closes the listening socket through asyncio, then through Gunicorn's wrapper,
         # whose second close fails with EBADF and logs it: a harmless double close, not worth a line per stop.
         logging.getLogger("gunicorn.error").addFilter(_not_double_close)
@@ -128,15 +126,6 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
 
         # The master's Settings, inherited through fork: workers read no environment of their own.
         return create_app(self.settings, exit_on_startup_error=True, worker_process=True)
-
-
-def set_parent_death_signal(sig: int) -> None:
-    """Linux: deliver ``sig`` to this process when its parent dies (even by SIGKILL)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig))
-    except OSError:  # pragma: no cover - not Linux
-        logger.debug("prctl is not available; workers will not notice a dead master")
 
 
 def _child_exit(server: Any, worker: Any) -> None:

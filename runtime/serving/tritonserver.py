@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import StartupError
-from runtime.http.server import set_parent_death_signal
+from runtime.prctl import tie_to_parent
 from runtime.serving.repository import load_repository, repository_root
 from runtime.serving.supervised import SupervisedProcess
 
@@ -170,7 +170,7 @@ def free_port() -> int:
 
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the runtime dies, even by SIGKILL; own process group."""
-    set_parent_death_signal(signal.SIGTERM)
+    tie_to_parent(signal.SIGTERM)
     os.setpgrp()
 
 

@@ -10,6 +10,7 @@ reads a batch's inputs where the workers wrote them, joins them, runs the model 
 request's outputs into the room reserved next to its inputs. Control frames are small JSON messages
 on a SOCK_SEQPACKET socket pair, one message a frame, descriptors attached::
 
+    engine -> {"op": "forget", "forget": [key, ...]} (no answer: regions gone while the process was idle)
     engine -> {"op": "run", "regions": [key, ...] (one per attached fd), "forget": [key, ...],
                "parts": [{"inputs": [{name, datatype, shape, region, offset, nbytes}], "reply": [key, offset, room]}]}
     instance -> {"op": "done", "parts": [{"placed": true|false, "outputs": [meta, ...]}], "out": size (fd attached)}
@@ -39,9 +40,9 @@ import numpy as np
 import orjson
 
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
+from runtime.prctl import name_and_tie_to_parent
 from runtime.serving.batching import join
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
-from runtime.serving.engine.prctl import name_and_tie_to_parent
 from runtime.serving.tensors import to_bytes_array
 
 logger = logging.getLogger("runtime.engine")
@@ -103,10 +104,15 @@ def name_process(parent: int) -> None:
 
 
 class InstanceServer:
-    def __init__(self, sock: socket.socket, instance: Any, batched: bool) -> None:
+    def __init__(
+        self, sock: socket.socket, instance: Any, batched: bool, strings: frozenset[str] = frozenset()
+    ) -> None:
         self.sock = sock
         self.instance = instance
         self.batched = batched
+        # Outputs declared BYTES are converted here, as the engine would: a number placed in the reply room
+        # and converted there would grow over the outputs placed after it.
+        self.strings = strings
         self.regions: dict[int, np.ndarray] = {}
         self.out: Region | None = None
         self.receive = Receiver(sock)
@@ -117,6 +123,10 @@ class InstanceServer:
                 meta, fds = self.receive()
             except (EOFError, OSError):
                 return
+            if meta.get("op") == "forget":
+                for key in meta["forget"]:
+                    self.regions.pop(key, None)  # the last view of the mapping: munmap
+                continue
             try:
                 answer, attach = self.run(meta, fds)
             except Exception as ex:  # the engine logs it and fails the batch with its usual 500
@@ -156,7 +166,8 @@ class InstanceServer:
             tensors = []
             for name, value in outputs.items():
                 array = value[start : start + size] if self.batched else value
-                array = to_bytes_array(array) if array.dtype.kind in "OSU" else np.ascontiguousarray(array)
+                strings = array.dtype.kind in "OSU" or name in self.strings
+                array = to_bytes_array(array) if strings else np.ascontiguousarray(array)
                 tensors.append((name, array, tensor_nbytes(array)))
             start += size
             reply = part.get("reply")
@@ -214,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         send(sock, {"op": "failed", "message": str(ex)})
         return STARTUP_EXIT_CODE
     send(sock, {"op": "ready", "pid": os.getpid()})
-    InstanceServer(sock, instance, config.max_batch_size > 0).serve()
+    strings = frozenset(t.name for t in config.outputs if t.datatype == "BYTES")
+    InstanceServer(sock, instance, config.max_batch_size > 0, strings).serve()
     instance.close()
     return 0
 

@@ -27,10 +27,10 @@ import numpy as np
 
 from runtime import metrics, tracing
 from runtime.errors import STARTUP_EXIT_CODE, ServingError, StartupError
+from runtime.prctl import name_and_tie_to_parent
 from runtime.serving.batching import BatchStats
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
 from runtime.serving.engine.channel import Channel, Meta, socket_address
-from runtime.serving.engine.prctl import name_and_tie_to_parent
 from runtime.serving.engine.remote import LOGGING, REGIONS, Request
 from runtime.serving.runner import ENGINE_INLINE_BELOW_S, NO_SCHEDULE, ModelRunner, Schedule, load_runners
 from runtime.serving.tensors import to_bytes_array

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -46,6 +46,8 @@ CLOSE_WAIT_S = 5.0  # how long close() waits for a process after SIGTERM before 
 # Processes are started from this one long-lived thread: PR_SET_PDEATHSIG fires when the thread that forked
 # the child exits, and the threads that load models or notice a death do not live as long as the engine.
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="instance-spawner")
+# Tells instance processes busy with a batch, once it is done, to unmap the regions that went meanwhile.
+_FORGETTER = ThreadPoolExecutor(1, thread_name_prefix="instance-forgetter")
 LOGGING = {"level": "INFO", "format": "text"}  # the engine's, for its instance processes
 
 
@@ -63,6 +65,7 @@ class Regions:
         self._starts: list[int] = []  # sorted addresses, and alongside them:
         self._spans: list[tuple[int, int]] = []  # (end address, key)
         self._owned: dict[int, tuple[int, np.ndarray]] = {}  # key -> (fd, view)
+        self._listeners: list[Callable[[int], None]] = []  # told of every removal (after it)
 
     def add(self, fd: int, view: np.ndarray) -> int:
         """Register a mapping; the registry owns ``fd`` from now on."""
@@ -81,6 +84,17 @@ class Regions:
             i = next(i for i, (_, k) in enumerate(self._spans) if k == key)
             del self._starts[i], self._spans[i]
             os.close(fd)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(key)
+
+    def listen(self, listener: Callable[[int], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[int], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):  # a second close()
+            self._listeners.remove(listener)
 
     def find(self, array: np.ndarray) -> tuple[int, int] | None:
         """(key, offset) of a C-contiguous array lying in a registered region; None otherwise."""
@@ -162,6 +176,7 @@ class RemoteInstance:
         self._life = threading.Lock()  # _closing against the swap of the process a restart starts
         self._restarter: threading.Thread | None = None
         self._closed = threading.Event()  # wakes a restart waiting to retry
+        REGIONS.listen(self._region_removed)
         self._spawn()  # loads meanwhile: wait_ready() waits for it (load_runners, before the first batch)
 
     @property
@@ -348,6 +363,34 @@ class RemoteInstance:
             outputs[t["name"]] = array if answer["placed"] or array.dtype.kind == "O" else array.copy()
         return outputs
 
+    def _region_removed(self, key: int) -> None:
+        """A worker left (or a scratch region was replaced): the process unmaps it now, not at its next batch,
+        which an idle model may not get for a long time. Called on the engine's event loop: never waits."""
+        if key not in self._sent:
+            return
+        if self._lock.acquire(blocking=False):
+            try:
+                self._forget()
+            finally:
+                self._lock.release()
+        else:  # a batch runs (perhaps the very one that removed it): right after it
+            _FORGETTER.submit(self._forget_when_idle)
+
+    def _forget_when_idle(self) -> None:
+        with self._lock:
+            self._forget()
+
+    def _forget(self) -> None:
+        """With ``_lock`` held: a frame that needs no answer, telling the process to unmap the regions gone."""
+        sock, forget = self._sock, sorted(self._sent - REGIONS.keys())
+        if sock is None or not forget:
+            return
+        try:
+            send(sock, {"op": "forget", "forget": forget})
+        except OSError:
+            return  # the process is gone: the next batch finds out and restarts it
+        self._sent.difference_update(forget)
+
     def _gone(self, why: str) -> InstanceLost:
         return InstanceLost(f"the process of model '{self.config.name}' on {self.device} ({why})")
 
@@ -403,6 +446,7 @@ class RemoteInstance:
 
     def close(self) -> None:
         """Stop the process: it holds nothing to clean up (the kernel frees its mappings), so SIGTERM at once."""
+        REGIONS.unlisten(self._region_removed)
         with self._life:  # from here no restart swaps in a process: one under way stops its own
             self._closing = True
             self._closed.set()

@@ -27,9 +27,9 @@ ADDRESS_ENV = "RUNTIME_ENGINE_ADDRESS"
 def _die_with_parent() -> None:
     """In the child: SIGTERM when the master dies (even by SIGKILL); a process group of its own, so that a
     signal to the server's group (Ctrl-C, ``timeout``) reaches the master, which stops the engine last."""
-    from runtime.http.server import set_parent_death_signal
+    from runtime.prctl import tie_to_parent
 
-    set_parent_death_signal(signal.SIGTERM)
+    tie_to_parent(signal.SIGTERM)
     os.setpgrp()
 
 
