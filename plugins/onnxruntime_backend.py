@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime import metrics
 from runtime.context import InitContext
@@ -26,19 +23,14 @@ from runtime.errors import ServingError, UnknownModel
 from runtime.hookspecs import hookimpl
 from runtime.metrics import failure_reason
 from runtime.serving import platforms
-from runtime.serving.engine.client import EngineClient
-from runtime.serving.repository import ModelConfig, looks_like_repository, model_config_from_proto
+from runtime.serving.engine.client import EngineClient, config_from_engine
+from runtime.serving.repository import ModelConfig, looks_like_repository
 from runtime.serving.runner import ModelRunner, Schedule, load_runners
 from runtime.serving.tensors import cast, shape_outputs
 
 logger = logging.getLogger("runtime.onnxruntime")
 
 ENGINE_CONNECT_TIMEOUT_S = 60.0
-
-
-def config_from_engine(model: Mapping[str, Any]) -> ModelConfig:
-    proto = text_format.Parse(model["config"], mc.ModelConfig())
-    return model_config_from_proto(proto, list(model["versions"]), Path(model["path"]))
 
 
 class OnnxRuntimeBackend:

@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="process: one model engine shared by all workers; worker: a copy of every model per worker "
         "(env RUNTIME_ENGINE; process)",
     )
+    serve.add_argument(
+        "--triton-client",
+        choices=["worker", "engine"],
+        help="which process sends infer to Triton: each worker, or the model engine, which batches across "
+        "workers first (env RUNTIME_TRITON_CLIENT; worker)",
+    )
     serve.add_argument("--tritonserver", help="the tritonserver binary for --triton managed (env TRITONSERVER_PATH)")
     serve.add_argument("--log-format", choices=["text", "json"], help="log lines (env RUNTIME_LOG_FORMAT; text)")
     serve.add_argument(
@@ -170,6 +176,7 @@ FLAG_ENV = {
     "triton_url": "TRITON_URL",
     "triton": "RUNTIME_TRITON_MODE",
     "tritonserver": "TRITONSERVER_PATH",
+    "triton_client": "RUNTIME_TRITON_CLIENT",
     "max_concurrent_requests": "MAX_CONCURRENT_REQUESTS",
     "max_body_bytes_in_flight": "RUNTIME_MAX_BODY_BYTES_IN_FLIGHT",
     "max_requests": "RUNTIME_MAX_REQUESTS",
@@ -253,25 +260,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if settings.backend == "triton" and settings.triton_mode == "managed":
         return serve_with_managed_triton(settings)
+    if settings.backend == "triton" and settings.triton_client == "engine":
+        return serve_with_engine(settings, settings.triton_url)
     if settings.backend == "onnxruntime" and settings.engine == "process" and settings.model_dir:
         return serve_with_engine(settings)
     serve(settings)
     return 0
 
 
-def serve_with_engine(settings: Settings) -> int:
-    """Start the model engine, then the workers; stop the engine after the workers have drained."""
+def serve_with_engine(settings: Settings, triton_url: str = "") -> int:
+    """Start the model engine, then the workers; stop the engine after the workers have drained.
+
+    With ``triton_url`` the engine is that Triton's client (``--triton-client engine``)."""
     from runtime.errors import StartupError
     from runtime.http.server import metrics_dir, serve
     from runtime.serving.engine.supervisor import ADDRESS_ENV, EngineSupervisor
     from runtime.serving.repository import looks_like_repository
 
-    assert settings.model_dir is not None
-    if not looks_like_repository(settings.model_dir):
+    if not triton_url and not (settings.model_dir and looks_like_repository(settings.model_dir)):
         serve(settings)
         return 0
     with metrics_dir():
-        engine = EngineSupervisor(settings.model_dir, settings.log_level, settings.log_format)
+        engine = EngineSupervisor(
+            settings.model_dir or "",
+            settings.log_level,
+            settings.log_format,
+            triton_url=triton_url,
+            triton_wait_s=settings.triton_wait_s,
+        )
         try:
             engine.start()
             os.environ[ADDRESS_ENV] = engine.address  # for Settings built from the environment
@@ -309,8 +325,14 @@ def serve_with_managed_triton(settings: Settings) -> int:
     except KeyboardInterrupt:
         triton.stop(grace_s=1)  # Ctrl-C while it loads: nothing to drain
         raise
+    settings = dataclasses.replace(settings, triton_url=triton.url)
     try:
-        serve(dataclasses.replace(settings, triton_url=triton.url))
+        if settings.triton_client == "engine":
+            code = serve_with_engine(settings, triton.url)
+            if code:
+                return code
+        else:
+            serve(settings)
     except KeyboardInterrupt:
         # Ctrl-C before Gunicorn's master took SIGINT over: nothing was served, so Triton has nothing to
         # drain, and its graceful stop (up to 30 s with python-backend stubs on a busy machine) is not owed.

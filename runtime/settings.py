@@ -81,6 +81,7 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 ENGINE_MODES = ("process", "worker")
+TRITON_CLIENTS = ("worker", "engine")
 INSTANCE_PROCESS_MODES = ("auto", "on", "off")
 
 
@@ -135,6 +136,8 @@ class Settings:
     triton_url: str = "localhost:8000"
     triton_mode: str = "remote"
     tritonserver_path: str | None = None
+    # Which process sends infer to Triton: each worker, or the model engine (batching across workers first).
+    triton_client: str = "worker"
     server_version_header: str = ""
     # Overload and faults (docs/reliability.md): admission, recycling, keep-alive fairness.
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
@@ -218,6 +221,7 @@ class Settings:
             triton_url=env.get("TRITON_URL", "localhost:8000"),
             triton_mode=env.get("RUNTIME_TRITON_MODE", "remote"),
             tritonserver_path=env.get("TRITONSERVER_PATH") or None,
+            triton_client=_choice(env, "RUNTIME_TRITON_CLIENT", TRITON_CLIENTS),
             server_version_header=version_header,
             max_concurrent_requests=_int(env, "MAX_CONCURRENT_REQUESTS", DEFAULT_MAX_CONCURRENT_REQUESTS),
             max_body_bytes_in_flight=_int(env, "RUNTIME_MAX_BODY_BYTES_IN_FLIGHT", DEFAULT_MAX_BODY_BYTES_IN_FLIGHT),

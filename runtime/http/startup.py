@@ -79,7 +79,8 @@ def _batching(config: ModelConfig) -> str:
 def _backend(settings: Settings) -> str:
     if settings.backend == "triton":
         how = "started by this runtime" if settings.triton_mode == "managed" else "remote"
-        return f"triton: Triton Inference Server at {settings.triton_url} ({how})"
+        via = "; its client: the model engine (runtime-engine)" if settings.triton_client == "engine" else ""
+        return f"triton: Triton Inference Server at {settings.triton_url} ({how}{via})"
     if settings.engine == "process" and settings.model_dir:
         # Where each instance runs (KIND_GPU: onnxruntime's CUDA provider) is in the engine's log and `runtime check`.
         return "onnxruntime, in the model engine process (runtime-engine), shared by all workers"

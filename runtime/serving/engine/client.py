@@ -19,15 +19,18 @@ import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime import tracing
 from runtime.errors import ServiceUnavailable, ServingError
 from runtime.serving.datatypes import wire_to_numpy
 from runtime.serving.engine.arena import Allocator, Region, align, read_tensor, tensor_nbytes, write_tensors
 from runtime.serving.engine.channel import Channel, ChannelClosed, Meta, socket_address
-from runtime.serving.repository import ModelConfig
+from runtime.serving.repository import ModelConfig, model_config_from_proto
 from runtime.serving.runner import NO_SCHEDULE, Schedule
 from runtime.serving.tensors import to_bytes_array
 
@@ -50,6 +53,12 @@ class _Request:
     offset: int  # of its chunk in the arena; -1 when it has none
     size: int
     abandoned: bool = False
+
+
+def config_from_engine(model: Meta) -> ModelConfig:
+    """A model's config as the engine describes it in its welcome."""
+    proto = text_format.Parse(model["config"], mc.ModelConfig())
+    return model_config_from_proto(proto, list(model["versions"]), Path(model["path"]))
 
 
 def output_room(config: ModelConfig, batch: int, input_bytes: int) -> int:

@@ -240,17 +240,34 @@ class WorkerConnection:
         self.channel.send(rid, {"op": "result", "outputs": metas}, fds, give=True)
 
 
-async def serve(address: str, model_dir: str, drain_seconds: float, stop: asyncio.Event | None = None) -> None:
-    """Load every model, then serve workers at ``address`` until SIGTERM (or ``stop``)."""
+async def serve(
+    address: str,
+    model_dir: str,
+    drain_seconds: float,
+    stop: asyncio.Event | None = None,
+    triton_url: str = "",
+    triton_wait_s: float = 120.0,
+) -> None:
+    """Load every model, then serve workers at ``address`` until SIGTERM (or ``stop``).
+
+    With ``triton_url`` the models are Triton's: the engine waits for them and is Triton's client.
+    """
     from runtime.serving import platforms
     from runtime.settings import Settings
 
     settings = Settings.from_env()  # the master's, exported for its children
-    platforms.configure(settings)
     tracing.setup(settings)
-    runners = await asyncio.to_thread(
-        load_runners, model_dir, 1, record_workers, ENGINE_INLINE_BELOW_S, True, settings.instance_processes
-    )
+    runners: list[ModelRunner]
+    if triton_url:
+        from runtime.serving.engine.triton import load_triton_runners
+
+        timeout_s = settings.timeout_ms / 1000
+        runners = await load_triton_runners(triton_url, model_dir, triton_wait_s, timeout_s, record_workers)
+    else:
+        platforms.configure(settings)
+        runners = await asyncio.to_thread(
+            load_runners, model_dir, 1, record_workers, ENGINE_INLINE_BELOW_S, True, settings.instance_processes
+        )
     for runner in runners:
         runner.start()
     engine = Engine(runners)
@@ -287,7 +304,9 @@ async def serve(address: str, model_dir: str, drain_seconds: float, stop: asynci
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="runtime-engine")
     parser.add_argument("--address", required=True, help="@abstract-name or a socket path")
-    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--model-dir", default="", help="the repository (with --triton-url: its model names)")
+    parser.add_argument("--triton-url", default="", help="host:port: be the client of this Triton server")
+    parser.add_argument("--triton-wait-s", type=float, default=120.0, help="how long to wait for Triton")
     parser.add_argument("--drain-seconds", type=float, default=30.0)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
@@ -304,7 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import uvloop
 
-        uvloop.run(serve(args.address, args.model_dir, args.drain_seconds))
+        uvloop.run(
+            serve(
+                args.address,
+                args.model_dir,
+                args.drain_seconds,
+                triton_url=args.triton_url,
+                triton_wait_s=args.triton_wait_s,
+            )
+        )
     except StartupError as ex:
         logger.error("Model engine cannot start: %s", ex)
         return STARTUP_EXIT_CODE

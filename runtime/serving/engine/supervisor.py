@@ -44,9 +44,14 @@ class EngineSupervisor(SupervisedProcess):
         log_format: str = "text",
         wait_s: float = 300,
         drain_s: float = 30,
+        triton_url: str = "",
+        triton_wait_s: float = 120.0,
     ) -> None:
+        """``triton_url``: the engine is the client of that Triton server (``--triton-client engine``)."""
         super().__init__()
         self.model_dir = model_dir
+        self.triton_url = triton_url
+        self.triton_wait_s = triton_wait_s
         self.log_level = log_level
         self.log_format = log_format
         self.wait_s = wait_s
@@ -69,6 +74,7 @@ class EngineSupervisor(SupervisedProcess):
             self.log_level,
             "--log-format",
             self.log_format,
+            *(("--triton-url", self.triton_url, "--triton-wait-s", str(self.triton_wait_s)) if self.triton_url else ()),
         ]
 
     def start(self) -> None:

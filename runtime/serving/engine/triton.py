@@ -1,0 +1,112 @@
+"""The engine as Triton's client (``--triton-client engine``): one Triton request per batch of all workers.
+
+The workers hand their checked tensors to the engine over the shared-memory transport, as they do
+for the embedded backend. Here a model's runner forms batches across every worker with the model's
+own ``dynamic_batching`` settings (as Triton reports them), and sends each batch to Triton as one
+binary-tensor HTTP request; Triton's answer is split back per request. At most the model's Triton
+instance count of batches are in flight to Triton at a time, so requests that arrive meanwhile join
+the next batch instead of becoming requests of their own. Errors are Triton's, mapped as the workers
+map them (:mod:`runtime.serving.tritoncall`): Triton down is the same 503 in both modes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import tritonclient.http as triton_http
+
+from runtime.errors import ServingError
+from runtime.serving.batching import BatchStats, Tensors, join
+from runtime.serving.platforms import Device, Instance
+from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
+from runtime.serving.runner import ModelRunner
+from runtime.serving.tritoncall import TritonServer, infer_inputs
+
+logger = logging.getLogger("runtime.engine")
+
+CPU = Device("cpu")
+# The engine's pooled connections to Triton, shared by its models: each has at most its instance count in flight.
+CONNECTIONS = 32
+
+
+class TritonSlot:
+    """One batch in flight to Triton (the runner's 'instance'); the model runs in Triton, not here."""
+
+    device = CPU
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError("a Triton model runs in Triton: TritonRunner sends the batch there")
+
+    def close(self) -> None:
+        pass
+
+
+class TritonRunner(ModelRunner):
+    """One version of one Triton model: the engine's batcher in front, Triton behind."""
+
+    def __init__(
+        self,
+        server: TritonServer,
+        config: ModelConfig,
+        version: str,
+        on_batch: Callable[[ModelRunner, BatchStats], None] | None = None,
+    ) -> None:
+        slots: list[Instance] = [TritonSlot() for _ in range(max(config.instance_count, 1))]
+        super().__init__(config, version, slots, on_batch)
+        self.server = server
+        self._names = [t.name for t in config.outputs]
+        # Every output, binary: the workers pick the ones a request asked for.
+        self._outputs = [triton_http.InferRequestedOutput(name, binary_data=True) for name in self._names]
+
+    async def _execute(self, instance: int, parts: list[Tensors]) -> Tensors:
+        inputs = join(parts)
+        try:
+            result = await self.server.infer(
+                self.config.name, self.version, infer_inputs(self.config, inputs), self._outputs
+            )
+            return {name: result.as_numpy(name) for name in self._names}
+        except ServingError:
+            raise  # Triton's answer, mapped as the workers map it
+        except Exception as ex:
+            raise self._failure(ex) from ex
+
+    def _record(self, stats: BatchStats) -> None:
+        # Not runtime_batch_size: /metrics has Triton's own batch sizes under that name (tritonstats).
+        if self._on_batch is not None:
+            self._on_batch(self, stats)
+
+    def warm_up(self) -> None:
+        """Nothing here: Triton runs config.pbtxt's model_warmup itself."""
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.server.close()
+
+
+async def load_triton_runners(
+    url: str,
+    model_dir: str | None,
+    wait_s: float,
+    timeout_s: float,
+    on_batch: Callable[[ModelRunner, BatchStats], None] | None = None,
+) -> list[ModelRunner]:
+    """A runner per version of every model Triton serves for ``model_dir`` (else of its repository index),
+    once Triton and they are ready (a StartupError after ``wait_s``). ``timeout_s`` bounds one request."""
+    names = [c.name for c in load_repository(model_dir)] if model_dir and looks_like_repository(model_dir) else None
+    server = TritonServer(url, conn_limit=CONNECTIONS, conn_timeout=timeout_s)
+    try:
+        configs = await server.wait_for_models(names, wait_s)
+    except BaseException:
+        await server.close()
+        raise
+    runners: list[ModelRunner] = [
+        TritonRunner(server, config, version, on_batch) for config in configs.values() for version in config.versions
+    ]
+    logger.info(
+        "Model engine: Triton at %s serves %s; one request to Triton per batch of all workers' requests",
+        url,
+        ", ".join(sorted(configs)) or "no models",
+    )
+    return runners
