@@ -78,14 +78,12 @@ def triton_counts(server: ServerProcess, model: str) -> dict[str, int]:
     }
 
 
-def answered(server: ServerProcess) -> float:
-    """Requests the server answered so far (warm-up included), but for /metrics, from its own counter."""
+def answered(server: ServerProcess, model: str) -> float:
+    """Inferences of ``model`` the server answered so far (warm-up included; one per client request here),
+    counted where they run: in the workers (direct mode) or in the engine."""
     text = httpx.get(server.url + "/metrics", timeout=30).text
-    total = 0.0
-    for match in re.finditer(r"^runtime_http_requests_total\{([^}]*)\} (\S+)$", text, re.M):
-        if 'route="/metrics"' not in match.group(1):
-            total += float(match.group(2))
-    return total
+    pattern = rf'^nv_inference_request_success_total\{{(?=[^}}]*model="{model}")[^}}]*\}} (\S+)$'
+    return sum(float(match.group(1)) for match in re.finditer(pattern, text, re.M))
 
 
 class TritonEngineBench:
@@ -134,14 +132,14 @@ class TritonEngineBench:
             for client, server in servers.items():
                 log(f"{what}, c={concurrency}: --triton-client {client} (round {round_ + 1})")
                 counts_before, cpu_before = triton_counts(server, model), cpu_by_role(server)
-                sent_before = answered(server)
+                sent_before = answered(server, model)
                 url = server.url + target["path"]
                 body = target["body"]
                 measured = bench.Target(url, lambda body=body: body, target["headers"])
                 step = asdict(asyncio.run(bench.run_step(measured, concurrency, self.args.duration, self.args.warmup)))
                 counts_after, cpu_after = triton_counts(server, model), cpu_by_role(server)
                 # Warm-up requests are not in the step's count, but in the CPU and in Triton's counters.
-                sent = max(answered(server) - sent_before, 1)
+                sent = max(answered(server, model) - sent_before, 1)
                 step["server_cpu_us"] = {p: (cpu_after[p] - cpu_before[p]) * 1e6 / sent for p in PARTS}
                 step["triton_per_request"] = {k: (counts_after[k] - counts_before[k]) / sent for k in counts_after}
                 runs[client].append(step)

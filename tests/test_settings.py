@@ -110,3 +110,13 @@ def test_cli_flags_win_and_paths_become_absolute(tmp_path: Path) -> None:
     assert s.entry_script == os.path.abspath("score.py") and s.entry_path == s.entry_script
     assert s.model_dir is not None and Path(s.model_dir).is_absolute()
     assert s.plugins[0] == "first" and Path(s.plugins[1]).is_absolute()
+
+
+def test_triton_client_is_the_worker_unless_the_engine_is_asked_for() -> None:
+    from tests.support.cli import settings_of
+
+    assert Settings.from_env({}).triton_client == "worker"
+    assert Settings.from_env({"RUNTIME_TRITON_CLIENT": "Engine"}).triton_client == "engine"
+    assert settings_of("serve", "--backend", "triton", "--triton-client", "worker").triton_client == "worker"
+    with pytest.raises(ValueError, match="RUNTIME_TRITON_CLIENT must be one of worker, engine"):
+        Settings.from_env({"RUNTIME_TRITON_CLIENT": "both"})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import sys
 import time
@@ -35,6 +34,8 @@ from tests.support.models import linear_reference
 from tests.support.otlp import Collector, ExportedSpan, collector
 from tests.support.processes import alive, descendants
 from tests.support.servers import ServerPool, ServerProcess, free_port
+from tests.support.triton import its_triton, rows, score_many
+from tests.support.triton import managed_flags as triton_flags
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
@@ -81,19 +82,7 @@ def remote_triton(
 
 
 def managed_flags(model_dir: Path, binary: Path, *extra: str) -> tuple[str, ...]:
-    return (
-        "--entry",
-        AML_LINEAR,
-        "--backend",
-        "triton",
-        "--triton",
-        "managed",
-        "--model-dir",
-        str(model_dir),
-        "--tritonserver",
-        str(binary),
-        *extra,
-    )
+    return triton_flags(AML_LINEAR, model_dir, binary, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -110,22 +99,6 @@ def via_triton_flags(model_repo: Path, binary: Path) -> tuple[str, ...]:
 @pytest.fixture
 def via_triton(managed_servers: ServerPool, model_repo: Path, tritonserver_binary: Path) -> ServerProcess:
     return managed_servers.get(*via_triton_flags(model_repo, tritonserver_binary))
-
-
-def its_triton(server: ServerProcess) -> str:
-    """host:port of the Triton a managed runtime started (its start-up summary names it)."""
-    match = re.search(r"Triton Inference Server at (\S+) \(started by this runtime\)", server.log())
-    assert match, server.log()
-    return match.group(1)
-
-
-def rows(n: int) -> np.ndarray:
-    return np.random.default_rng(11).standard_normal((n, 4)).astype(np.float32)
-
-
-async def score_many(url: str, bodies: list[dict[str, object]], concurrency: int = 32) -> list[httpx.Response]:
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
-        return await asyncio.gather(*(client.post(url + "/score", json=b) for b in bodies))
 
 
 def test_same_answers_as_the_embedded_backend(via_triton: ServerProcess, model_repo: Path) -> None:

@@ -1,0 +1,167 @@
+"""``--triton-client engine``: the model engine is Triton's client, against a real tritonserver.
+
+One two-worker ``runtime serve --triton managed --triton-client engine`` for the module. Direct mode
+(each worker calls Triton, the default) is an app in this process pointed at that server's Triton, so
+both modes answer from the same Triton. The last test kills that Triton and waits for its restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from runtime.settings import Settings
+from tests.conftest import StartRuntime, script
+from tests.support.inprocess import served
+from tests.support.processes import comm, descendants
+from tests.support.servers import ServerPool, ServerProcess
+from tests.support.triton import its_triton, managed_flags, rows, score_many, triton_model_stats
+
+pytestmark = [pytest.mark.slow, pytest.mark.external]
+
+AML_LINEAR = script("backend/aml_linear.py")
+TYPED = {"i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32, "i64": np.int64, "f16": np.float16,
+         "f32": np.float32, "f64": np.float64, "b": np.bool_}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def via_engine(
+    tmp_path_factory: pytest.TempPathFactory, model_repo: Path, tritonserver_binary: Path
+) -> Iterator[ServerProcess]:
+    with ServerPool(tmp_path_factory.mktemp("triton-engine")) as pool:
+        engine = ("--workers", "2", "--triton-client", "engine")
+        yield pool.get(*managed_flags(AML_LINEAR, model_repo, tritonserver_binary, *engine))
+
+
+def direct(server: ServerProcess) -> Settings:
+    """Direct mode (as shipped) on the same Triton as ``server``."""
+    return Settings(entry_script=AML_LINEAR, backend="triton", triton_url=its_triton(server))
+
+
+def v2_answers(url: str) -> dict[str, np.ndarray]:
+    """BYTES in and out, every numeric datatype, and classification, through tritonclient."""
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        text = triton.InferInput("text", [3, 1], "BYTES")
+        text.set_data_from_numpy(np.array([[b"world"], [b"x"], [b"hello"]], dtype=object))
+        strings = client.infer("strings", [text])
+        typed = []
+        for key, dtype in TYPED.items():
+            tensor = triton.InferInput(f"in_{key}", [2, 2], triton.np_to_triton_dtype(np.dtype(dtype)))
+            tensor.set_data_from_numpy(np.array([[1, 0], [3, 4]], dtype=dtype))
+            typed.append(tensor)
+        wanted = [triton.InferRequestedOutput(f"out_{k}") for k in ("i8", "f16", "b")]
+        types = client.infer("types", typed, outputs=wanted)
+        logits = triton.InferInput("x", [1, 5], "FP32")
+        logits.set_data_from_numpy(np.array([[1, 5, 2, 3, 0]], dtype=np.float32))
+        classified = client.infer("classifier", [logits], outputs=[triton.InferRequestedOutput("probs", class_count=2)])
+        plain = client.infer("classifier", [logits])
+        return {
+            "id": strings.as_numpy("id"),
+            "echo": strings.as_numpy("echo"),
+            "out_i8": types.as_numpy("out_i8"),
+            "out_f16": types.as_numpy("out_f16"),
+            "out_b": types.as_numpy("out_b"),
+            "classes": classified.as_numpy("probs"),
+            "probs": plain.as_numpy("probs"),
+        }
+    finally:
+        client.close()
+
+
+def test_the_engine_is_tritons_client_and_answers_as_direct_mode(via_engine: ServerProcess) -> None:
+    assert via_engine.proc is not None
+    names = {comm(pid) for pid in descendants(via_engine.proc.pid)}
+    assert {"runtime-engine", "tritonserver"} <= names, names
+    assert "its client: the model engine (runtime-engine)" in via_engine.log()
+    bodies = [{"x": r.tolist()} for r in rows(24)]
+    through_engine = [r.json()["y"] for r in asyncio.run(score_many(via_engine.url, bodies))]
+    engine_v2 = v2_answers(via_engine.url)
+    with served(direct(via_engine)) as url:
+        straight = [r.json()["y"] for r in asyncio.run(score_many(url, bodies))]
+        direct_v2 = v2_answers(url)
+    np.testing.assert_allclose(through_engine, straight, rtol=1e-6, atol=1e-6)
+    assert engine_v2.keys() == direct_v2.keys()
+    for name, value in engine_v2.items():
+        assert value.dtype == direct_v2[name].dtype and value.shape == direct_v2[name].shape, name
+        np.testing.assert_array_equal(value, direct_v2[name], err_msg=name)
+    assert engine_v2["id"].ravel().tolist() == [2, 0, 1]
+    assert [v.decode().split(":", 1)[1] for v in engine_v2["classes"].ravel()] == ["1:b", "3:d"]
+
+
+def worker_batches(metrics_text: str, model: str) -> tuple[float, float]:
+    """(batches, batches holding requests of more than one worker) from runtime_batch_worker_processes."""
+
+    def value(series: str) -> float:
+        match = re.search(rf'^{series}\{{(?=[^}}]*model="{model}")[^}}]*\}} (\S+)$', metrics_text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    total = value("runtime_batch_worker_processes_count")
+    alone = value(r'runtime_batch_worker_processes_bucket(?=\{[^}]*le="1.0")')
+    return total, total - alone
+
+
+def test_both_workers_requests_join_one_triton_request(via_engine: ServerProcess) -> None:
+    url = its_triton(via_engine)
+    before = triton_model_stats(url, "sleepy")
+    metrics_before = worker_batches(httpx.get(via_engine.url + "/metrics").text, "sleepy")
+    responses = asyncio.run(score_many(via_engine.url, [{"x": r.tolist(), "model": "sleepy"} for r in rows(96)]))
+    assert {r.status_code for r in responses} == {200}
+    after = triton_model_stats(url, "sleepy")
+    received = after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
+    assert after["inference_count"] - before["inference_count"] == 96
+    assert received < 96, "Triton got a request per client request: the engine batched nothing"
+    metrics_after = worker_batches(httpx.get(via_engine.url + "/metrics").text, "sleepy")
+    batches, shared = (a - b for a, b in zip(metrics_after, metrics_before, strict=True))
+    assert batches == received  # one Triton request per engine batch
+    assert shared >= 1, "no batch held requests of both workers"
+
+
+def test_triton_down_is_the_same_503_as_direct_mode_then_recovers(via_engine: ServerProcess) -> None:
+    """Kills the managed tritonserver (the runtime restarts it): the read-only tests above ran first."""
+    assert via_engine.proc is not None
+    url = its_triton(via_engine)
+    tritonserver = next(p for p in descendants(via_engine.proc.pid) if comm(p) == "tritonserver")
+    body = {"x": [1, 2, 3, 4]}
+    with served(direct(via_engine)) as direct_url:
+        os.kill(tritonserver, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        answers: dict[str, httpx.Response] = {}
+        while time.monotonic() < deadline and set(answers) != {"engine", "direct"}:
+            for mode, base in (("engine", via_engine.url), ("direct", direct_url)):
+                response = httpx.post(base + "/score", json=body, timeout=30)
+                if response.status_code != 200:
+                    answers.setdefault(mode, response)
+        assert set(answers) == {"engine", "direct"}, "Triton was never seen down"
+        for response in answers.values():
+            assert response.status_code == 503
+            assert response.json()["message"].startswith(f"Triton Inference Server at {url} is unavailable: ")
+        assert "Traceback" not in answers["engine"].text
+    # The runtime restarts its Triton; the engine's requests succeed again with no restart of anything else.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if httpx.post(via_engine.url + "/score", json=body, timeout=30).status_code == 200:
+            break
+        time.sleep(0.5)
+    assert httpx.post(via_engine.url + "/score", json=body, timeout=30).status_code == 200
+
+
+def test_engine_start_up_waits_for_a_remote_triton_within_a_bound(start_runtime: StartRuntime) -> None:
+    server = start_runtime(
+        "--entry", AML_LINEAR, "--backend", "triton", "--triton-url", "127.0.0.1:9", "--triton-client", "engine",
+        env={"RUNTIME_TRITON_WAIT_S": "2"}, wait=False,
+    )  # fmt: skip
+    assert server.wait_exit(60) == 3
+    log = server.log()
+    assert "Triton Inference Server at 127.0.0.1:9: the server is not ready: connection refused" in log
+    assert "the model engine exited with code 3 while starting" in log
