@@ -15,20 +15,18 @@ import logging
 from collections.abc import Callable, Mapping
 
 import numpy as np
-import tritonclient.http as triton_http
 
 from runtime.errors import ServingError
 from runtime.serving.batching import BatchStats, Tensors, join
+from runtime.serving.engine.tritonhttp import TritonHttp
 from runtime.serving.platforms import Device, Instance
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
 from runtime.serving.runner import ModelRunner
-from runtime.serving.tritoncall import TritonServer, infer_inputs
+from runtime.serving.tritoncall import TritonServer
 
 logger = logging.getLogger("runtime.engine")
 
 CPU = Device("cpu")
-# The engine's pooled connections to Triton, shared by its models: each has at most its instance count in flight.
-CONNECTIONS = 32
 
 
 class TritonSlot:
@@ -48,25 +46,23 @@ class TritonRunner(ModelRunner):
 
     def __init__(
         self,
-        server: TritonServer,
+        http: TritonHttp,
         config: ModelConfig,
         version: str,
         on_batch: Callable[[ModelRunner, BatchStats], None] | None = None,
     ) -> None:
         slots: list[Instance] = [TritonSlot() for _ in range(max(config.instance_count, 1))]
         super().__init__(config, version, slots, on_batch)
-        self.server = server
-        self._names = [t.name for t in config.outputs]
-        # Every output, binary: the workers pick the ones a request asked for.
-        self._outputs = [triton_http.InferRequestedOutput(name, binary_data=True) for name in self._names]
+        self.http = http
+        # Every output: the workers pick the ones a request asked for.
+        self._outputs = [t.name for t in config.outputs]
+        self._datatypes = {t.name: t.datatype for t in config.inputs}
 
     async def _execute(self, instance: int, parts: list[Tensors]) -> Tensors:
         inputs = join(parts)
         try:
-            result = await self.server.infer(
-                self.config.name, self.version, infer_inputs(self.config, inputs), self._outputs
-            )
-            return {name: result.as_numpy(name) for name in self._names}
+            tensors = {name: (self._datatypes[name], array) for name, array in inputs.items()}
+            return await self.http.infer(self.config.name, self.version, tensors, self._outputs)
         except ServingError:
             raise  # Triton's answer, mapped as the workers map it
         except Exception as ex:
@@ -82,7 +78,7 @@ class TritonRunner(ModelRunner):
 
     async def stop(self) -> None:
         await super().stop()
-        await self.server.close()
+        await self.http.close()
 
 
 async def load_triton_runners(
@@ -95,14 +91,14 @@ async def load_triton_runners(
     """A runner per version of every model Triton serves for ``model_dir`` (else of its repository index),
     once Triton and they are ready (a StartupError after ``wait_s``). ``timeout_s`` bounds one request."""
     names = [c.name for c in load_repository(model_dir)] if model_dir and looks_like_repository(model_dir) else None
-    server = TritonServer(url, conn_limit=CONNECTIONS, conn_timeout=timeout_s)
+    server = TritonServer(url, conn_limit=1, conn_timeout=timeout_s)
     try:
         configs = await server.wait_for_models(names, wait_s)
-    except BaseException:
-        await server.close()
-        raise
+    finally:
+        await server.close()  # what serves the batches is lighter (tritonhttp)
+    http = TritonHttp(url, timeout_s)
     runners: list[ModelRunner] = [
-        TritonRunner(server, config, version, on_batch) for config in configs.values() for version in config.versions
+        TritonRunner(http, config, version, on_batch) for config in configs.values() for version in config.versions
     ]
     logger.info(
         "Model engine: Triton at %s serves %s; one request to Triton per batch of all workers' requests",
