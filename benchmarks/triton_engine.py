@@ -154,7 +154,9 @@ class TritonEngineBench:
                 ("/score", "/score", score, {"Content-Type": "application/json"}),
                 ("/v2", "/v2/models/tiny/infer", v2_body, v2_headers),
             ):
-                for concurrency in (1, 32):
+                if route not in self.args.routes:
+                    continue
+                for concurrency in self.args.concurrency:
                     target = {"path": path, "body": body, "headers": headers}
                     picked = self.alternate(servers, "tiny", target, concurrency, f"tiny {route}")
                     for client, step in picked.items():
@@ -235,6 +237,8 @@ def main() -> None:
     parser.add_argument("--clients", default=",".join(CLIENTS), help="a subset of worker,engine")
     parser.add_argument("--rounds", type=int, help="turns per client and step; the median counts (full 3, quick 1)")
     parser.add_argument("--parts", default="tiny", help="a subset of tiny,densenet")
+    parser.add_argument("--routes", default="/score,/v2", help="the tiny model's routes (/score,/v2)")
+    parser.add_argument("--concurrency", default="1,32", help="the tiny model's client concurrencies (1,32)")
     parser.add_argument("--install", action="store_true", help="run `runtime triton install` first")
     parser.add_argument("--output", type=Path, help="the report (full: docs/benchmarks-triton-engine.md)")
     args = parser.parse_args()
@@ -242,6 +246,8 @@ def main() -> None:
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.clients = args.clients.split(",")
+    args.routes = args.routes.split(",")
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if args.install:
         install(Path(Settings().triton_home))
     command = "python -m benchmarks.triton_engine " + " ".join(sys.argv[1:])

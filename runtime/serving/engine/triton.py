@@ -51,6 +51,9 @@ class TritonRunner(ModelRunner):
         version: str,
         on_batch: Callable[[ModelRunner, BatchStats], None] | None = None,
     ) -> None:
+        # One batch in flight per Triton instance: requests that arrive meanwhile join the next batch. (Two per
+        # instance, to overlap the HTTP round trip with Triton's execution, halved the tiny model's batches and
+        # cost 40% more server CPU per request at c=32 for no measurable gain in throughput.)
         slots: list[Instance] = [TritonSlot() for _ in range(max(config.instance_count, 1))]
         super().__init__(config, version, slots, on_batch)
         self.http = http
