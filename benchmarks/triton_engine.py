@@ -233,18 +233,21 @@ def report(results: dict[str, list[dict[str, Any]]], command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     step_arguments(parser)
+    parser.add_argument("--output", type=Path, help="the report (full: docs/benchmarks-triton-engine.md)")
+    parser.add_argument("--merge", action="store_true", help="keep the other parts' rows from the report's JSON")
+    parser.add_argument("--parts", default="tiny", help="a subset of tiny,densenet")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clients", default=",".join(CLIENTS), help="a subset of worker,engine")
     parser.add_argument("--rounds", type=int, help="turns per client and step; the median counts (full 3, quick 1)")
-    parser.add_argument("--parts", default="tiny", help="a subset of tiny,densenet")
     parser.add_argument("--routes", default="/score,/v2", help="the tiny model's routes (/score,/v2)")
     parser.add_argument("--concurrency", default="1,32", help="the tiny model's client concurrencies (1,32)")
     parser.add_argument("--install", action="store_true", help="run `runtime triton install` first")
-    parser.add_argument("--output", type=Path, help="the report (full: docs/benchmarks-triton-engine.md)")
     args = parser.parse_args()
-    args.duration = args.duration or (1.0 if args.quick else 8.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    # Full run, quick run: seconds per step, seconds of warm-up, turns.
+    defaults = (8.0, 2.0, 3) if not args.quick else (1.0, 0.5, 1)
+    args.duration = args.duration or defaults[0]
+    args.warmup = defaults[1] if args.warmup is None else args.warmup
+    args.rounds = args.rounds or defaults[2]
     args.clients = args.clients.split(",")
     args.routes = args.routes.split(",")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -262,8 +265,18 @@ def main() -> None:
         run.build("densenet" in parts)
         for part in parts:
             getattr(run, part)()
-        output.write_text(report(run.results, command.strip()))
-        output.with_suffix(".json").write_text(json.dumps({**run.results, "command": command}, indent=1))
+        results = run.results
+        if args.merge and output.with_suffix(".json").is_file():
+            previous = json.loads(output.with_suffix(".json").read_text())
+            results = {part: rows if part in parts else previous.get(part, []) for part, rows in results.items()}
+            command = f"{previous['command'].strip()}; {command}"
+        save(output, results, command.strip())
+
+
+def save(output: Path, results: dict[str, list[dict[str, Any]]], command: str) -> None:
+    """The report, and its JSON (what --merge reads back)."""
+    output.write_text(report(results, command))
+    output.with_suffix(".json").write_text(json.dumps({**results, "command": command}, indent=1))
     print(f"wrote {output}")
 
 

@@ -1,0 +1,34 @@
+"""benchmarks/triton_engine.py's report: each engine row's ratios against the worker row of the same step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.triton_engine import report
+
+
+def step(concurrency: int, throughput: float, p50: float, cpu: tuple[float, float, float], requests: float) -> Any:
+    return {
+        "concurrency": concurrency,
+        "throughput": throughput,
+        "latency_ms": {"p50": p50},
+        "errors": {},
+        "server_cpu_us": dict(zip(("workers", "engine", "triton"), cpu, strict=True)),
+        "triton_per_request": {"requests": requests, "inferences": 1.0, "executions": requests},
+    }
+
+
+def test_engine_rows_carry_ratios_against_the_workers_row_of_the_same_step() -> None:
+    results = {
+        "tiny": [
+            {"client": "worker", "route": "/v2", "step": step(32, 400.0, 50.0, (900.0, 0.0, 500.0), 1.0)},
+            {"client": "engine", "route": "/v2", "step": step(32, 500.0, 40.0, (600.0, 200.0, 200.0), 0.25)},
+        ],
+        "densenet": [],
+    }
+    text = report(results, "python -m benchmarks.triton_engine")
+    rows = [line for line in text.splitlines() if line.startswith("| /v2 |")]
+    assert rows[0].endswith("| 0 | 1 | 1 | 1 |")
+    cells = [c.strip() for c in rows[1].strip("|").split("|")]
+    assert cells[:10] == ["/v2", "32", "engine", "500", "40.00", "1,000", "600", "200", "200", "0.25"]
+    assert cells[-3:] == ["1.25", "0.80", "0.71"]  # req/s, p50 and server CPU, engine / worker
