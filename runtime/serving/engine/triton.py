@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from runtime.errors import ServingError
-from runtime.serving.batching import BatchStats, Tensors, join
+from runtime.serving.batching import BatchStats, Tensors
 from runtime.serving.engine.tritonhttp import TritonHttp
 from runtime.serving.platforms import Device, Instance
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
@@ -62,9 +62,8 @@ class TritonRunner(ModelRunner):
         self._datatypes = {t.name: t.datatype for t in config.inputs}
 
     async def _execute(self, instance: int, parts: list[Tensors]) -> Tensors:
-        inputs = join(parts)
         try:
-            tensors = {name: (self._datatypes[name], array) for name, array in inputs.items()}
+            tensors = {name: (datatype, [part[name] for part in parts]) for name, datatype in self._datatypes.items()}
             return await self.http.infer(self.config.name, self.version, tensors, self._outputs)
         except ServingError:
             raise  # Triton's answer, mapped as the workers map it

@@ -45,9 +45,10 @@ class TritonHttp:
             writer.close()
 
     async def infer(
-        self, model: str, version: str, inputs: Mapping[str, tuple[str, np.ndarray]], outputs: Sequence[str]
+        self, model: str, version: str, inputs: Mapping[str, tuple[str, list[np.ndarray]]], outputs: Sequence[str]
     ) -> dict[str, np.ndarray]:
-        """``inputs``: name -> (datatype, array); every output in ``outputs`` comes back (binary)."""
+        """``inputs``: name -> (datatype, the batch's requests' arrays, joined along the first dimension on the
+        wire); every output in ``outputs`` comes back (binary), for the whole batch."""
         request = _request(self.host, model, version, inputs, outputs)
         for attempt in range(2):
             reused = bool(self._idle)
@@ -85,19 +86,24 @@ class TritonHttp:
 
 
 def _request(
-    host: str, model: str, version: str, inputs: Mapping[str, tuple[str, np.ndarray]], outputs: Sequence[str]
+    host: str, model: str, version: str, inputs: Mapping[str, tuple[str, list[np.ndarray]]], outputs: Sequence[str]
 ) -> list[bytes | memoryview]:
     tensors: list[dict[str, Any]] = []
     buffers: list[bytes | memoryview] = []
-    for name, (datatype, array) in inputs.items():
-        data: bytes | memoryview = b""
-        if datatype == "BYTES":
-            data = serialize_bytes(array)
-        elif array.size:  # (a memoryview with a 0 in its shape cannot be cast)
-            data = np.ascontiguousarray(array).data.cast("B")
-        size = {"binary_data_size": len(data)}
-        tensors.append({"name": name, "shape": list(array.shape), "datatype": datatype, "parameters": size})
-        buffers.append(data)
+    for name, (datatype, parts) in inputs.items():
+        # A batch's requests go out one after the other, from their own buffers: the wire joins them, not numpy.
+        shape = [sum(int(part.shape[0]) for part in parts), *parts[0].shape[1:]] if len(parts) > 1 else parts[0].shape
+        size = 0
+        for part in parts:
+            data: bytes | memoryview = b""
+            if datatype == "BYTES":
+                data = serialize_bytes(part)
+            elif part.size:  # (a memoryview with a 0 in its shape cannot be cast)
+                data = np.ascontiguousarray(part).data.cast("B")
+            buffers.append(data)
+            size += len(data)
+        parameters = {"binary_data_size": size}
+        tensors.append({"name": name, "shape": list(shape), "datatype": datatype, "parameters": parameters})
     wanted = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
     header = json.dumps({"inputs": tensors, "outputs": wanted}, separators=(",", ":")).encode()
     length = len(header) + sum(len(b) for b in buffers)
