@@ -22,6 +22,7 @@ import json
 import re
 import sys
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ CLIENTS = ("worker", "engine")  # --triton-client: the reference first
 DENSENET_HOOK = EXAMPLES / "densenet_onnx" / "score_densenet.py"
 # /proc/PID/comm of each process of a server; the rest (the master, the Gunicorn workers) count as workers.
 ROLES = {"runtime-engine": "engine", "tritonserver": "triton", "triton_python_b": "triton"}
-PARTS = ("workers", "engine", "triton")
+PARTS = ("workers", "engine", "triton")  # where server CPU is counted
+PARTS_RUN = ("tiny", "densenet")  # what --parts runs
 
 
 def log(message: str) -> None:
@@ -69,12 +71,14 @@ def triton_url(server: ServerProcess) -> str:
 
 
 def triton_counts(server: ServerProcess, model: str) -> dict[str, int]:
-    """Triton's own counters for ``model``: requests it received, inferences (rows), executions (batches)."""
+    """Triton's own counters for ``model``: requests it received, inferences (rows), executions (batches), and
+    the nanoseconds its model instances spent computing (``compute_infer``: how busy Triton was)."""
     stats = httpx.get(f"http://{triton_url(server)}/v2/models/{model}/stats", timeout=30).json()["model_stats"][0]
     return {
         "requests": int(stats["inference_stats"]["success"]["count"]),
         "inferences": int(stats["inference_count"]),
         "executions": int(stats["execution_count"]),
+        "compute_ns": int(stats["inference_stats"]["compute_infer"]["ns"]),
     }
 
 
@@ -132,6 +136,7 @@ class TritonEngineBench:
             for client, server in servers.items():
                 log(f"{what}, c={concurrency}: --triton-client {client} (round {round_ + 1})")
                 counts_before, cpu_before = triton_counts(server, model), cpu_by_role(server)
+                started = time.monotonic()
                 sent_before = answered(server, model)
                 url = server.url + target["path"]
                 body = target["body"]
@@ -142,6 +147,9 @@ class TritonEngineBench:
                 sent = max(answered(server, model) - sent_before, 1)
                 step["server_cpu_us"] = {p: (cpu_after[p] - cpu_before[p]) * 1e6 / sent for p in PARTS}
                 step["triton_per_request"] = {k: (counts_after[k] - counts_before[k]) / sent for k in counts_after}
+                # The share of the step's wall time that Triton's instances spent computing (1 per busy instance).
+                busy_ns = counts_after["compute_ns"] - counts_before["compute_ns"]
+                step["triton_busy"] = busy_ns / 1e9 / (time.monotonic() - started)
                 runs[client].append(step)
         return {client: sorted(steps, key=lambda s: s["throughput"])[len(steps) // 2] for client, steps in runs.items()}
 
@@ -180,6 +188,7 @@ class TritonEngineBench:
 def row(client: str, route: str, step: dict[str, Any], reference: dict[str, Any] | None) -> str:
     cpu, triton = step["server_cpu_us"], step["triton_per_request"]
     total = sum(cpu.values())
+    busy = f"{step['triton_busy']:.0%}" if "triton_busy" in step else "-"
     ratio = ""
     if reference is not None and client != "worker":
         ref_total = sum(reference["server_cpu_us"].values())
@@ -193,7 +202,7 @@ def row(client: str, route: str, step: dict[str, Any], reference: dict[str, Any]
     return (
         f"| {route} | {step['concurrency']} | {client} | {fmt(step['throughput'])} | {step['latency_ms']['p50']:.2f} | "
         f"{total:,.0f} | {cpu['workers']:,.0f} | {cpu['engine']:,.0f} | {cpu['triton']:,.0f} | "
-        f"{triton['requests']:.2f} | {triton['inferences']:.2f} | {triton['executions']:.3f} | "
+        f"{triton['requests']:.2f} | {triton['inferences']:.2f} | {triton['executions']:.3f} | {busy} | "
         f"{sum(step['errors'].values())}{ratio} |"
     )
 
@@ -214,11 +223,12 @@ def report(results: dict[str, list[dict[str, Any]]], command: str) -> str:
         "once per batch)",
         "* server CPU: µs per client request, of the workers (and master), the engine and tritonserver with its "
         "python-backend stubs; Triton per request: what Triton's own statistics counted per client request "
-        "(requests it received, inferences, executions); ratios: engine / worker in the same run",
+        "(requests it received, inferences, executions); Triton busy: the share of the step's wall time its "
+        "model instance spent computing (Triton's `compute_infer`); ratios: engine / worker in the same run",
         "",
         "| route | c | client | req/s | p50 ms | server CPU µs/req | workers | engine | triton | "
-        "Triton requests | inferences | executions | errors | req/s ratio | p50 ratio | CPU ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Triton requests | inferences | executions | Triton busy | errors | req/s ratio | p50 ratio | CPU ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for part in ("tiny", "densenet"):
         rows = results.get(part, [])
@@ -235,6 +245,7 @@ def main() -> None:
     step_arguments(parser)
     parser.add_argument("--output", type=Path, help="the report (full: docs/benchmarks-triton-engine.md)")
     parser.add_argument("--merge", action="store_true", help="keep the other parts' rows from the report's JSON")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from its JSON; run nothing")
     parser.add_argument("--parts", default="tiny", help="a subset of tiny,densenet")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clients", default=",".join(CLIENTS), help="a subset of worker,engine")
@@ -255,26 +266,40 @@ def main() -> None:
         install(Path(Settings().triton_home))
     command = "python -m benchmarks.triton_engine " + " ".join(sys.argv[1:])
     parts = args.parts.split(",")
+    output = args.output or (
+        Path(tempfile.gettempdir()) / "runtime-bench-triton-engine-quick.md"
+        if args.quick
+        else REPO / "docs" / "benchmarks-triton-engine.md"
+    )
+    previous = json.loads(output.with_suffix(".json").read_text()) if output.with_suffix(".json").is_file() else {}
+    if args.report_only:
+        save(output, {part: previous.get(part, []) for part in PARTS_RUN}, latest_commands(previous["command"]))
+        return
     with tempfile.TemporaryDirectory(prefix="runtime-bench-triton-engine-") as tmp:
         run = TritonEngineBench(args, Path(tmp))
-        output = args.output or (
-            Path(tmp).parent / "runtime-bench-triton-engine-quick.md"
-            if args.quick
-            else REPO / "docs" / "benchmarks-triton-engine.md"
-        )
         run.build("densenet" in parts)
         for part in parts:
             getattr(run, part)()
-        results = run.results
-        if args.merge and output.with_suffix(".json").is_file():
-            previous = json.loads(output.with_suffix(".json").read_text())
-            results = {part: rows if part in parts else previous.get(part, []) for part, rows in results.items()}
-            command = f"{previous['command'].strip()}; {command}"
-        save(output, results, command.strip())
+    results = run.results
+    if args.merge and previous:
+        results = {part: rows if part in parts else previous.get(part, []) for part, rows in results.items()}
+        command = latest_commands(f"{previous['command']}; {command}")
+    save(output, results, command.strip())
+
+
+def latest_commands(commands: str) -> str:
+    """The commands (joined by "; ") whose rows a merged report shows: the last one to run each part."""
+    by_part: dict[str, str] = {}
+    for command in (c.strip() for c in commands.split(";") if c.strip()):
+        words = command.split()
+        parts = words[words.index("--parts") + 1] if "--parts" in words[:-1] else "tiny"
+        for part in parts.split(","):
+            by_part[part] = command
+    return "; ".join(dict.fromkeys(by_part[p] for p in PARTS_RUN if p in by_part))
 
 
 def save(output: Path, results: dict[str, list[dict[str, Any]]], command: str) -> None:
-    """The report, and its JSON (what --merge reads back)."""
+    """The report, and its JSON (what --merge and --report-only read back)."""
     output.write_text(report(results, command))
     output.with_suffix(".json").write_text(json.dumps({**results, "command": command}, indent=1))
     print(f"wrote {output}")

@@ -15,6 +15,7 @@ def step(concurrency: int, throughput: float, p50: float, cpu: tuple[float, floa
         "errors": {},
         "server_cpu_us": dict(zip(("workers", "engine", "triton"), cpu, strict=True)),
         "triton_per_request": {"requests": requests, "inferences": 1.0, "executions": requests},
+        "triton_busy": 0.5,
     }
 
 
@@ -28,7 +29,16 @@ def test_engine_rows_carry_ratios_against_the_workers_row_of_the_same_step() -> 
     }
     text = report(results, "python -m benchmarks.triton_engine")
     rows = [line for line in text.splitlines() if line.startswith("| /v2 |")]
-    assert rows[0].endswith("| 0 | 1 | 1 | 1 |")
+    assert rows[0].endswith("| 50% | 0 | 1 | 1 | 1 |")
     cells = [c.strip() for c in rows[1].strip("|").split("|")]
     assert cells[:10] == ["/v2", "32", "engine", "500", "40.00", "1,000", "600", "200", "200", "0.25"]
     assert cells[-3:] == ["1.25", "0.80", "0.71"]  # req/s, p50 and server CPU, engine / worker
+
+
+def test_a_merged_report_names_the_last_command_that_ran_each_part() -> None:
+    from benchmarks.triton_engine import latest_commands
+
+    run = "python -m benchmarks.triton_engine"
+    commands = f"{run}; {run} --parts densenet --rounds 3; {run} --parts densenet --duration 30 --merge"
+    assert latest_commands(commands) == f"{run}; {run} --parts densenet --duration 30 --merge"
+    assert latest_commands(f"{run} --parts tiny,densenet") == f"{run} --parts tiny,densenet"

@@ -4,8 +4,11 @@ Started by ``runtime serve`` (:mod:`.supervisor`) as a fresh interpreter, never 
 process that has onnxruntime or CUDA initialised::
 
     python -m runtime.serving.engine.process --address @NAME --model-dir DIR
+    python -m runtime.serving.engine.process --address @NAME --triton-url HOST:PORT [--model-dir DIR]
 
-It loads every model first and only then listens, so a worker that connects finds them ready.
+It loads every model first and only then listens, so a worker that connects finds them ready. With
+``--triton-url`` it is Triton's client instead (:mod:`.triton`): it waits for Triton's models, then
+batches the workers' requests and sends Triton one request per batch.
 SIGTERM stops accepting, answers the requests in flight, then exits.
 """
 
