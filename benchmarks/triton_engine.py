@@ -147,7 +147,7 @@ class TritonEngineBench:
                 sent = max(answered(server, model) - sent_before, 1)
                 step["server_cpu_us"] = {p: (cpu_after[p] - cpu_before[p]) * 1e6 / sent for p in PARTS}
                 step["triton_per_request"] = {k: (counts_after[k] - counts_before[k]) / sent for k in counts_after}
-                # The share of the step's wall time that Triton's instances spent computing (1 per busy instance).
+                # Triton's compute time per wall second, summed over requests (the report makes it per execution).
                 busy_ns = counts_after["compute_ns"] - counts_before["compute_ns"]
                 step["triton_busy"] = busy_ns / 1e9 / (time.monotonic() - started)
                 runs[client].append(step)
@@ -188,7 +188,11 @@ class TritonEngineBench:
 def row(client: str, route: str, step: dict[str, Any], reference: dict[str, Any] | None) -> str:
     cpu, triton = step["server_cpu_us"], step["triton_per_request"]
     total = sum(cpu.values())
-    busy = f"{step['triton_busy']:.0%}" if "triton_busy" in step else "-"
+    busy = "-"
+    if "triton_busy" in step:
+        # Triton counts a batch's compute time once for each request in it: per execution, it is that sum
+        # times executions / requests.
+        busy = f"{step['triton_busy'] * triton['executions'] / max(triton['requests'], 1e-9):.0%}"
     ratio = ""
     if reference is not None and client != "worker":
         ref_total = sum(reference["server_cpu_us"].values())
@@ -207,7 +211,7 @@ def row(client: str, route: str, step: dict[str, Any], reference: dict[str, Any]
     )
 
 
-def report(results: dict[str, list[dict[str, Any]]], command: str) -> str:
+def report(results: dict[str, list[dict[str, Any]]], command: str, date: str) -> str:
     lines = [
         "# Benchmarks: who talks to Triton, the workers or the model engine",
         "",
@@ -215,7 +219,7 @@ def report(results: dict[str, list[dict[str, Any]]], command: str) -> str:
         "",
         f"```bash\n{command}\n```",
         "",
-        f"* date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"* date: {date} (the last run)",
         f"* machine: {json.dumps(bench.machine())}; client and servers share these cores",
         "* both: `runtime serve --backend triton --triton managed --workers 2` (tritonserver from nvidia-pytriton, "
         "python backend running onnxruntime); `worker`: `--triton-client worker` (the default: each worker "
@@ -273,7 +277,8 @@ def main() -> None:
     )
     previous = json.loads(output.with_suffix(".json").read_text()) if output.with_suffix(".json").is_file() else {}
     if args.report_only:
-        save(output, {part: previous.get(part, []) for part in PARTS_RUN}, latest_commands(previous["command"]))
+        results = {part: previous.get(part, []) for part in PARTS_RUN}
+        save(output, results, latest_commands(previous["command"]), previous.get("date", "-"))
         return
     with tempfile.TemporaryDirectory(prefix="runtime-bench-triton-engine-") as tmp:
         run = TritonEngineBench(args, Path(tmp))
@@ -284,7 +289,7 @@ def main() -> None:
     if args.merge and previous:
         results = {part: rows if part in parts else previous.get(part, []) for part, rows in results.items()}
         command = latest_commands(f"{previous['command']}; {command}")
-    save(output, results, command.strip())
+    save(output, results, command.strip(), f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
 
 
 def latest_commands(commands: str) -> str:
@@ -298,10 +303,10 @@ def latest_commands(commands: str) -> str:
     return "; ".join(dict.fromkeys(by_part[p] for p in PARTS_RUN if p in by_part))
 
 
-def save(output: Path, results: dict[str, list[dict[str, Any]]], command: str) -> None:
+def save(output: Path, results: dict[str, list[dict[str, Any]]], command: str, date: str) -> None:
     """The report, and its JSON (what --merge and --report-only read back)."""
-    output.write_text(report(results, command))
-    output.with_suffix(".json").write_text(json.dumps({**results, "command": command}, indent=1))
+    output.write_text(report(results, command, date))
+    output.with_suffix(".json").write_text(json.dumps({**results, "command": command, "date": date}, indent=1))
     print(f"wrote {output}")
 
 
