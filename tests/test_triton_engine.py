@@ -149,6 +149,31 @@ def test_both_workers_requests_join_one_triton_request(via_engine: ServerProcess
     assert shared >= 1, "no batch held requests of both workers"
 
 
+def test_a_killed_engine_is_a_503_naming_it_then_it_is_back_as_tritons_client(via_engine: ServerProcess) -> None:
+    assert via_engine.proc is not None
+    family = descendants(via_engine.proc.pid)
+    engine = next(p for p in family if comm(p) == "runtime-engine")
+    workers = {p for p in family if comm(p) == "runtime"}
+    assert len(workers) == 2, {p: comm(p) for p in family}
+    one = body("linear", np.ones((1, 4), np.float32))
+    os.kill(engine, signal.SIGKILL)
+    statuses: list[int] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = httpx.post(via_engine.url + "/score", json=one, timeout=30)
+        statuses.append(response.status_code)
+        if response.status_code == 200 and 503 in statuses:
+            break
+        if response.status_code != 200:
+            assert response.status_code == 503, response.text
+            assert "The model engine (runtime-engine) is unavailable" in response.json()["message"]
+        time.sleep(0.05)
+    assert statuses[-1] == 200 and 503 in statuses, statuses
+    after = descendants(via_engine.proc.pid)
+    assert {p for p in after if comm(p) == "runtime"} == workers  # the workers were not restarted
+    assert engine not in after and any(comm(p) == "runtime-engine" for p in after)
+
+
 def test_triton_down_is_the_same_503_as_direct_mode_then_recovers(via_engine: ServerProcess) -> None:
     """Kills the managed tritonserver (the runtime restarts it): the read-only tests above ran first."""
     assert via_engine.proc is not None
