@@ -44,6 +44,7 @@ DENSENET_HOOK = EXAMPLES / "densenet_onnx" / "score_densenet.py"
 ROLES = {"runtime-engine": "engine", "tritonserver": "triton", "triton_python_b": "triton"}
 PARTS = ("workers", "engine", "triton")  # where server CPU is counted
 PARTS_RUN = ("tiny", "densenet")  # what --parts runs
+TRITON_PHASES = ("queue", "compute_input", "compute_output")  # besides compute_infer, from Triton's statistics
 
 
 def log(message: str) -> None:
@@ -79,6 +80,11 @@ def triton_counts(server: ServerProcess, model: str) -> dict[str, int]:
         "inferences": int(stats["inference_count"]),
         "executions": int(stats["execution_count"]),
         "compute_ns": int(stats["inference_stats"]["compute_infer"]["ns"]),
+        # Where else a request's time in Triton went (per request; a batch's counted once per request in it).
+        **{
+            f"{kind}_ns": int(stats["inference_stats"][kind]["ns"])
+            for kind in ("queue", "compute_input", "compute_output")
+        },
     }
 
 
