@@ -149,6 +149,22 @@ def test_both_workers_requests_join_one_triton_request(via_engine: ServerProcess
     assert shared >= 1, "no batch held requests of both workers"
 
 
+def test_a_remote_triton_through_the_engine(via_engine: ServerProcess, start_runtime: StartRuntime) -> None:
+    """``--triton-url`` (remote mode) with ``--triton-client engine``, on the module server's Triton."""
+    remote = start_runtime("--entry", HOOK, "--backend", "triton", "--triton-url", its_triton(via_engine),
+                           "--triton-client", "engine")  # fmt: skip
+    assert remote.proc is not None
+    assert "runtime-engine" in {comm(p) for p in descendants(remote.proc.pid)}
+    x = rows(3)
+    response = httpx.post(remote.url + "/score", json=body("linear", x), timeout=30)
+    assert response.status_code == 200, response.text
+    with served(direct(via_engine)) as url:
+        expected = httpx.post(url + "/score", json=body("linear", x), timeout=30).json()["outputs"]
+    np.testing.assert_allclose(response.json()["outputs"]["y"], expected["y"], rtol=1e-6)
+    index = httpx.post(remote.url + "/v2/repository/index").json()  # Triton's own index: no --model-dir
+    assert {e["name"] for e in index} >= {"linear", "strings", "sleepy"}
+
+
 def test_a_killed_engine_is_a_503_naming_it_then_it_is_back_as_tritons_client(via_engine: ServerProcess) -> None:
     assert via_engine.proc is not None
     family = descendants(via_engine.proc.pid)
