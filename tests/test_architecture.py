@@ -3,6 +3,7 @@ environment, compatibility modules load lazily, no top-level ``plugins`` package
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -17,6 +18,24 @@ def test_no_import_circles_not_even_type_only() -> None:
     # submodule anyway, so modules reading __version__ from it make no circle of their own.
     del edges["runtime"]
     assert circles({name: deps - {"runtime"} for name, deps in edges.items()}) == []
+
+
+def test_the_serving_and_azureml_wings_never_import_the_http_wing() -> None:
+    """Anywhere in the module, inside functions too: the engine and the Azure ML contract run without Starlette."""
+    offenders = {}
+    for name, path in modules().items():
+        if not name.startswith(("runtime.serving", "runtime.azureml")):
+            continue
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+        http = sorted(m for m in imported if m == "runtime.http" or m.startswith("runtime.http."))
+        if http:
+            offenders[name] = http
+    assert offenders == {}
 
 
 def test_hooks_are_called_from_the_manager_only() -> None:

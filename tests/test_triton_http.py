@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from runtime.errors import BadRequest, Overloaded, ServiceUnavailable
-from runtime.http.v2codec import HEADER_LENGTH, decode_infer_request, encode_outputs
+from runtime.http.v2codec import decode_infer_request, encode_outputs
+from runtime.serving.datatypes import HEADER_LENGTH
 from runtime.serving.engine.tritonhttp import TritonHttp
 
 Answer = Callable[[bytes, str | None], tuple[int, bytes, int | None]]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from runtime.errors import BadRequest
-from runtime.http.v2codec import decode_infer_request, deserialize_bytes, encode_outputs, serialize_bytes
+from runtime.http.v2codec import decode_infer_request, deserialize_bytes, encode_outputs
+from runtime.serving.datatypes import serialize_bytes
 
 
 def test_bytes_serialisation_round_trip() -> None:

@@ -22,7 +22,8 @@ from runtime.http.body import read_decoded_body
 from runtime.http.health import not_ready_reason
 from runtime.http.requests import state_of
 from runtime.http.responses import overloaded
-from runtime.http.v2codec import HEADER_LENGTH, RequestedOutput, decode_infer_request, encode_outputs
+from runtime.http.v2codec import RequestedOutput, decode_infer_request, encode_outputs
+from runtime.serving.datatypes import HEADER_LENGTH
 from runtime.serving.tensors import expected_shape
 
 EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "schedule_policy"]

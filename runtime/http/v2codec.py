@@ -16,9 +16,7 @@ import numpy as np
 
 from runtime import safejson
 from runtime.errors import BadRequest
-from runtime.serving.datatypes import WIRE_TO_NUMPY, numpy_to_wire
-
-HEADER_LENGTH = "Inference-Header-Content-Length"
+from runtime.serving.datatypes import HEADER_LENGTH, WIRE_TO_NUMPY, numpy_to_wire, serialize_bytes
 
 
 @dataclass
@@ -74,15 +72,6 @@ def deserialize_bytes(buffer: bytes | memoryview, name: str) -> list[bytes]:
         items.append(bytes(buffer[offset : offset + length]))
         offset += length
     return items
-
-
-def serialize_bytes(array: np.ndarray) -> bytes:
-    parts = []
-    for item in array.reshape(-1):
-        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
-        parts.append(struct.pack("<I", len(data)))
-        parts.append(data)
-    return b"".join(parts)
 
 
 def _flatten(data: Any) -> list[Any]:

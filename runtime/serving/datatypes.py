@@ -1,8 +1,14 @@
-"""Datatype names: Triton config (TYPE_FP32), KServe v2 wire (FP32) and numpy."""
+"""Datatype names: Triton config (TYPE_FP32), KServe v2 wire (FP32) and numpy; the v2 binary layout of BYTES."""
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
+
+# The v2 binary extension: the length of the JSON part of a body whose tensors follow it as raw bytes.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_LENGTH = struct.Struct("<I")
 
 # v2 wire name -> numpy dtype. BYTES tensors are numpy object arrays of bytes.
 WIRE_TO_NUMPY: dict[str, np.dtype] = {
@@ -52,3 +58,14 @@ def wire_to_numpy(datatype: str) -> np.dtype:
         return WIRE_TO_NUMPY[datatype]
     except KeyError:
         raise ValueError(f"unsupported datatype {datatype!r}; known: {', '.join(WIRE_TO_NUMPY)}") from None
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """A BYTES tensor in the v2 binary layout: each element's 4-byte little-endian length, then its bytes
+    (str elements UTF-8 encoded)."""
+    parts = []
+    for item in array.reshape(-1):
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)

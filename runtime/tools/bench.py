@@ -29,8 +29,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from runtime.http.v2codec import HEADER_LENGTH, serialize_bytes
-from runtime.serving.datatypes import wire_to_numpy
+from runtime.serving.datatypes import HEADER_LENGTH, serialize_bytes, wire_to_numpy
 
 DEFAULT_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.serving.datatypes import numpy_to_wire, wire_to_numpy
+from runtime.serving.datatypes import numpy_to_wire, serialize_bytes, wire_to_numpy
 
 ALIGN = 64
 # A tensor for the peer: name, datatype, shape, buf (0: the arena, n: the frame's n-th fd), offset, nbytes.
@@ -116,8 +116,7 @@ def write_tensor(target: np.ndarray, array: np.ndarray) -> str:
             target.view(array.dtype).reshape(array.shape)[...] = array
         # else: an instance process wrote it there already
         return numpy_to_wire(array.dtype)
-    payload = b"".join(_LENGTH.pack(len(item)) + item for item in array.reshape(-1))
-    target[:] = np.frombuffer(payload, np.uint8)
+    target[:] = np.frombuffer(serialize_bytes(array), np.uint8)
     return "BYTES"
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from tritonclient.utils import InferenceServerException
 
 from runtime.errors import ServiceUnavailable
-from runtime.http.v2codec import HEADER_LENGTH, serialize_bytes
+from runtime.serving.datatypes import HEADER_LENGTH, serialize_bytes
 from runtime.serving.engine.arena import read_tensor
 from runtime.serving.tritoncall import triton_error
 
