@@ -11,10 +11,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from starlette.applications import Starlette
 
 from runtime.errors import StartupError
 from runtime.http.app import create_app
+from runtime.http.health import WorkerHealth
+from runtime.http.middleware.admission import WATCH_AFTER_S, Admission, AdmissionMiddleware
+from runtime.http.protocol import CONNECTION_WATCH, ConnectionWatch
 from runtime.serving.batching import DELAY, QueuePolicy
 from runtime.serving.repository import load_repository
 from runtime.serving.warmup import warmup_samples
@@ -176,3 +180,85 @@ def test_overload_settings_come_from_the_environment_and_flags(monkeypatch: pyte
     )
     flagged = build_settings(args)
     assert (flagged.max_concurrent_requests, flagged.max_requests, flagged.max_requests_jitter) == (7, 100, 10)
+
+
+def metric_value(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _admitted(app: Any) -> AdmissionMiddleware:
+    return AdmissionMiddleware(app, Admission(4, 1 << 20), WorkerHealth(), max_body_bytes=1 << 20)
+
+
+def _scope(extensions: dict[str, Any] | None = None) -> dict[str, Any]:
+    scope: dict[str, Any] = {"type": "http", "method": "POST", "path": "/score", "headers": [(b"content-length", b"2")]}
+    if extensions is not None:
+        scope["extensions"] = extensions
+    return scope
+
+
+@pytest.mark.parametrize("told_by", ["protocol", "receive"])
+def test_a_client_that_leaves_cancels_its_request(told_by: str) -> None:
+    """Told by the protocol's ConnectionWatch (our server), or read from receive by a watcher task (any other)."""
+    watch = ConnectionWatch()
+    state: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        left = asyncio.Event()
+        delivered = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if delivered:
+                return delivered.pop()
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+            state["watched"] = len(watch.callbacks)
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                state["cancelled"] = True
+                raise
+
+        async def send(message: Any) -> None:
+            raise AssertionError("a request whose client left gets no answer")
+
+        before = metric_value("runtime_requests_cancelled_total", {"route": "/score"})
+        scope = _scope({CONNECTION_WATCH: watch} if told_by == "protocol" else None)
+        served = asyncio.ensure_future(_admitted(app)(scope, receive, send))
+        await asyncio.sleep(WATCH_AFTER_S * 4)
+        if told_by == "protocol":
+            watch.lost()
+        else:
+            left.set()
+        await asyncio.wait_for(served, 5)  # returns: the cancellation is the middleware's, not the caller's
+        state["counted"] = metric_value("runtime_requests_cancelled_total", {"route": "/score"}) - before
+
+    asyncio.run(scenario())
+    assert state == {"watched": 1 if told_by == "protocol" else 0, "cancelled": True, "counted": 1}
+    assert watch.callbacks == set()
+
+
+def test_an_answered_request_leaves_nothing_with_the_connection() -> None:
+    watch = ConnectionWatch()
+    sent: list[int] = []
+
+    async def scenario() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        async def send(message: Any) -> None:
+            sent.append(message.get("status", 0))
+
+        await _admitted(app)(_scope({CONNECTION_WATCH: watch}), receive, send)
+        watch.lost()  # the connection closes later: nothing of the request is called
+
+    asyncio.run(scenario())
+    assert sent == [200, 0] and watch.callbacks == set()

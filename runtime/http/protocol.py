@@ -14,6 +14,7 @@ import asyncio
 import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,28 @@ class Limits:
         return self.max_url_bytes + self.max_header_count * (self.max_header_bytes + 4) + 1024
 
 
+# The scope extension under which this protocol offers a request's :class:`ConnectionWatch`.
+CONNECTION_WATCH = "runtime.connection_watch"
+
+
+class ConnectionWatch:
+    """What to call when a connection is lost: the admission middleware cancels the requests nobody awaits.
+
+    Told by the protocol itself, so that no request needs a task of its own reading the server's
+    ``receive`` to notice a disconnect (a timer, a task and a resume_reading per request).
+    """
+
+    __slots__ = ("callbacks",)
+
+    def __init__(self) -> None:
+        self.callbacks: set[Callable[[], None]] = set()
+
+    def lost(self) -> None:
+        callbacks, self.callbacks = self.callbacks, set()
+        for callback in callbacks:
+            callback()
+
+
 class Rejected(Exception):
     """Raised from a parser callback: httptools stops, uvicorn calls send_400_response, we answer this."""
 
@@ -78,6 +101,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_count = 0
         self._timer: asyncio.TimerHandle | None = None
+        self.watch = ConnectionWatch()
 
     # Timers: one at a time, for the headers of the current request or the idle gap in its body.
     def _arm(self, seconds: float, what: str) -> None:
@@ -110,7 +134,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # marks the request disconnected first: its receive() says so
+        self.watch.lost()
 
     def data_received(self, data: bytes) -> None:
         if self._in_headers:
@@ -146,6 +171,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {CONNECTION_WATCH: self.watch}  # type: ignore[dict-item]
         self._in_headers = True
         self._header_count = 0
 

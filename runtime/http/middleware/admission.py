@@ -7,7 +7,9 @@ A pure ASGI middleware, per worker:
 - at most ``max_body_bytes_in_flight`` bytes of request bodies held at once (declared lengths are
   reserved before the body is read; chunked bodies are counted as they arrive);
 - a worker being replaced still answers, with ``Connection: close``, so clients move to its replacement;
-- a client that disconnects cancels its request: queued work is dropped before it runs.
+- a client that disconnects cancels its request: queued work is dropped before it runs. Our HTTP
+  protocol reports a lost connection itself (:class:`runtime.http.protocol.ConnectionWatch`); under
+  another server a task per request reads ``receive`` for the disconnect once the body is in.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from runtime import metrics
 from runtime.errors import Overloaded
 from runtime.http.health import WorkerHealth
 from runtime.http.middleware.keepalive import closing
+from runtime.http.protocol import CONNECTION_WATCH, ConnectionWatch
 
 logger = logging.getLogger("runtime.admission")
 
 RETRY_AFTER_S = 1
-# The disconnect watcher (a task per request) starts this long after the body is read: a request answered
-# sooner (most) never pays for it, and a client that leaves is noticed at most this much later.
+# Without the protocol's ConnectionWatch, the disconnect watcher (a task per request) starts this long after
+# the body is read: a request answered sooner never pays for it, and a client that leaves is noticed at most
+# this much later.
 WATCH_AFTER_S = 0.005
 
 
@@ -130,6 +134,7 @@ class _Watched:
         self.task = asyncio.current_task()
         self.watcher: asyncio.Task[None] | None = None
         self._watch_later: asyncio.TimerHandle | None = None
+        self.connection: ConnectionWatch | None = scope.get("extensions", {}).get(CONNECTION_WATCH)
 
     async def run(self, route: str) -> int:
         """Serve the request; return the chunked-body bytes it reserved (for the caller to release)."""
@@ -143,6 +148,8 @@ class _Watched:
             metrics.CANCELLED.labels(route).inc()
             logger.info("Client left before the answer to %s %s: request cancelled", self.scope["method"], route)
         finally:
+            if self.connection is not None:
+                self.connection.callbacks.discard(self._connection_lost)
             if self._watch_later is not None:
                 self._watch_later.cancel()
             if self.watcher is not None:
@@ -159,7 +166,10 @@ class _Watched:
                 self._reserve(len(message.get("body", b"")))
             if not message.get("more_body", False):
                 self.body_done = True
-                self._watch_later = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start_watching)
+                if self.connection is not None:
+                    self.connection.callbacks.add(self._connection_lost)
+                else:
+                    self._watch_later = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start_watching)
         elif message["type"] == "http.disconnect":
             self.gone.set()
         return message
@@ -186,8 +196,11 @@ class _Watched:
     async def _watch(self) -> None:
         """Wait for the server to report the connection gone; cancel the handler if nothing was answered."""
         message = await self._receive()
-        if message["type"] != "http.disconnect":
-            return
+        if message["type"] == "http.disconnect":
+            self._connection_lost()
+
+    def _connection_lost(self) -> None:
+        """Cancel the handler if nothing was answered yet."""
         self.gone.set()
         if not self.responded and self.task is not None:
             self.client_left = True
