@@ -27,6 +27,7 @@ from prometheus_client import (
 from starlette.requests import Request
 from starlette.responses import Response
 
+from runtime.errors import Overloaded
 from runtime.serving.batching import BatchStats
 
 # The *_created samples double the output and mean nothing across worker restarts.
@@ -105,8 +106,6 @@ def record_request(model: str, version: str, seconds: float, ok: bool, reason: s
 
 def failure_reason(error: BaseException | None) -> str:
     """Triton's failure reason for what ended a request."""
-    from runtime.errors import Overloaded
-
     if isinstance(error, Overloaded):
         return "REJECTED"
     if isinstance(error, asyncio.CancelledError):

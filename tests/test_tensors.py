@@ -118,6 +118,7 @@ def test_cast_keeps_an_array_of_the_right_type() -> None:
 def test_strings_become_str_arrays_in_one_step() -> None:
     as_objects = np.array(["h\u00e9", "b"], dtype=object)
     assert to_str_array(as_objects).tolist() == ["h\u00e9", "b"]
+    assert to_str_array(as_objects) is as_objects  # onnxruntime reads str objects itself: no copy
     assert to_str_array(np.array([b"h\xc3\xa9", b"b"], dtype=object)).tolist() == ["h\u00e9", "b"]
     unicode = np.array(["x"])
     assert to_str_array(unicode) is unicode

@@ -30,15 +30,21 @@ def to_bytes_array(value: np.ndarray) -> np.ndarray:
 
 
 def to_str_array(value: np.ndarray) -> np.ndarray:
-    """A BYTES tensor as numpy unicode strings (what onnxruntime takes), converted in C where possible."""
+    """A BYTES tensor as strings onnxruntime takes: numpy unicode, or an object array of str as it is.
+
+    onnxruntime reads an object array of str itself, element by element in C: converting it to numpy
+    unicode first would only add a pass (BiDAF: 45 µs a request, against 7 µs more in the session).
+    """
     if value.dtype.kind == "U":
         return value
     if value.dtype.kind == "S":
         return np.char.decode(value, "utf-8")
-    flat = value.reshape(-1)
-    if all(type(item) is str for item in flat):
+    kinds = set(map(type, value.reshape(-1)))  # one pass in C, not a Python generator per element
+    if kinds == {str}:
+        return value
+    if not kinds:
         return value.astype(str)
-    if all(type(item) is bytes for item in flat):
+    if kinds == {bytes}:
         try:
             return np.char.decode(value.astype(np.bytes_), "utf-8")
         except UnicodeDecodeError:
