@@ -5,10 +5,14 @@
 
 Rows: the tiny model through ``/v2/models/tiny/infer`` with 1 worker at c=1 and c=32, and BiDAF
 hook style (examples/bidaf_onnx/score_bidaf.py) through ``/score`` with 1 worker at c=32, each
-served by the baseline's ``runtime serve`` and by HEAD's (as shipped: HEAD runs its model engine),
-plus azmlinfsrv 1.5.1 with the benchmark's BiDAF score.py. The baseline is a clean clone at its
-commit with a venv of its own (made by :mod:`benchmarks.suite`); both sides serve the same model
-repository and take turns, round by round, and the median round counts.
+served by the baseline's ``runtime serve``, by HEAD's as shipped (its model engine) and by HEAD's
+``--engine worker`` (the model in the worker, as the baseline had it: what the worker's own request
+path costs, apart from the hop to the engine), plus azmlinfsrv 1.5.1 with the benchmark's BiDAF
+score.py. The baseline is a clean clone at its commit with a venv of its own (made by
+:mod:`benchmarks.suite`); all sides serve the same model repository and take turns, round by round,
+and the median round counts. Each step also reports the server's CPU per request (master, workers
+and engine, user and system, over the step and its warm-up), which the other load on a shared
+machine disturbs far less than the rates.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.engine import server_cpu_s
 from benchmarks.run import EXAMPLES, LAUNCHER, SCRIPTS, build_models, workloads
 from benchmarks.suite import git, prepare
 from runtime.tools import bench
@@ -31,6 +36,14 @@ from tests.support.servers import REPO, ServerProcess, free_port
 from tests.support.venvs import azmlinfsrv_bench_python
 
 QUIET = {"RUNTIME_ACCESS_LOG": "false", "AZUREML_LOG_LEVEL": "WARNING"}
+PER_WORKER = "HEAD --engine worker"
+AZMLINFSRV_NOTE = (
+    "azmlinfsrv serves with one Gunicorn sync worker (one request at a time, a new connection per request, "
+    "an access-log line each), and the benchmark's score.py opens its onnxruntime session with the defaults: "
+    "intra-op threads on every core that spin while they wait. On an idle machine the spinning costs no time; "
+    "on a busy one it takes the cores the other processes need, and the rate falls (125 to 444 req/s between "
+    "this session's runs, at several times the runtime's CPU per request). The runtime's sessions do not spin."
+)
 
 
 def serve(python: Path, clone: Path, model_dir: Path, work: Path, name: str, *args: str) -> ServerProcess:
@@ -50,10 +63,21 @@ def azmlinfsrv(model_dir: Path, work: Path) -> ServerProcess:
     return server.start(timeout=300)
 
 
-def step(target: bench.Target, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
+def step(
+    server: ServerProcess, target: bench.Target, concurrency: int, duration: float, warmup: float
+) -> dict[str, Any]:
+    before = server_cpu_s(server)["total"]
     result = asyncio.run(bench.run_step(target, concurrency, duration, warmup))
+    used = server_cpu_s(server)["total"] - before
     errors = sum(result.errors.values())
-    return {"throughput": result.throughput, "p50_ms": result.latency_ms["p50"], "errors": errors}
+    # The warm-up's requests are not counted in the step: scale them in at the step's rate.
+    requests = max(result.requests * (1 + warmup / duration), 1)
+    return {
+        "throughput": result.throughput,
+        "p50_ms": result.latency_ms["p50"],
+        "errors": errors,
+        "server_cpu_us": used * 1e6 / requests,
+    }
 
 
 def measure(
@@ -62,7 +86,7 @@ def measure(
     server = start()
     try:
         target = bench.Target(server.url + path, lambda: body, headers)
-        return {c: step(target, c, args.duration, args.warmup) for c in steps}
+        return {c: step(server, target, c, args.duration, args.warmup) for c in steps}
     finally:
         server.stop()
 
@@ -83,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     baseline = git("rev-parse", args.baseline)
     clone = prepare(baseline)
-    sides = {"baseline": (clone / ".venv" / "bin" / "python", clone), "HEAD": (Path(sys.executable), REPO)}
+    head = (Path(sys.executable), REPO)
+    sides: dict[str, tuple[Path, Path, tuple[str, ...]]] = {
+        "baseline": (clone / ".venv" / "bin" / "python", clone, ()),
+        "HEAD": (*head, ()),
+        PER_WORKER: (*head, ("--engine", "worker")),
+    }
     results: dict[str, dict[str, list[dict[int, dict[str, Any]]]]] = {}
     with tempfile.TemporaryDirectory(prefix="baseline-bench-") as tmp:
         work = Path(tmp)
@@ -95,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         json_headers = {"Content-Type": "application/json"}
         hook = EXAMPLES / "bidaf_onnx" / "score_bidaf.py"
         for round_ in range(args.rounds):
-            for side, (python, root) in sides.items():
+            for side, (python, root, extra) in sides.items():
                 rows = results.setdefault(side, {})
                 rows.setdefault("tiny v2", []).append(
                     measure(
-                        functools.partial(serve, python, root, model_dir, work, "tiny"),
+                        functools.partial(serve, python, root, model_dir, work, "tiny", *extra),
                         "/v2/models/tiny/infer",
                         v2_body,
                         v2_headers,
@@ -110,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 script = root / hook.relative_to(REPO)
                 rows.setdefault("bidaf hook", []).append(
                     measure(
-                        functools.partial(serve, python, root, model_dir, work, "bidaf", "--entry", str(script)),
+                        functools.partial(
+                            serve, python, root, model_dir, work, "bidaf", *extra, "--entry", str(script)
+                        ),
                         "/score",
                         bidaf.score_body,
                         json_headers,
@@ -135,8 +166,8 @@ def write_report(results: dict[str, Any], args: Any, baseline: str) -> None:
         return found
 
     tiny_base, tiny_head = row("baseline", "tiny v2", 1), row("HEAD", "tiny v2", 1)
-    tiny32_base, tiny32_head = row("baseline", "tiny v2", 32), row("HEAD", "tiny v2", 32)
-    bidaf = {side: row(side, "bidaf hook", 32) for side in ("baseline", "HEAD", "azmlinfsrv")}
+    heads = ("baseline", "HEAD", PER_WORKER)
+    bidaf = {side: row(side, "bidaf hook", 32) for side in (*heads, "azmlinfsrv")}
     lines = [
         "# Benchmark: HEAD against the baseline on issue 9's rows",
         "",
@@ -150,18 +181,22 @@ def write_report(results: dict[str, Any], args: Any, baseline: str) -> None:
         f"HEAD {git('rev-parse', '--short=12', 'HEAD')}; 2 cores shared by client and servers",
         f"* steps: {args.duration:g} s after {args.warmup:g} s warm-up, closed loop; {args.rounds} rounds, the sides "
         "taking turns; the round with the median throughput is shown",
+        f"* `HEAD` is `runtime serve` as shipped (its model engine); `{PER_WORKER}` loads the model in the worker, "
+        "as the baseline did: the difference between the two is the hop to the engine",
+        "* server CPU: master, workers and engine, user and system, per request",
         "",
-        "| row | side | req/s | p50 ms | errors |",
-        "|---|---|---|---|---|",
+        "| row | side | req/s | p50 ms | server CPU µs/req | errors |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, pairs in (
-        ("tiny /v2, 1 worker, c=1", [("baseline", tiny_base), ("HEAD", tiny_head)]),
-        ("tiny /v2, 1 worker, c=32", [("baseline", tiny32_base), ("HEAD", tiny32_head)]),
-        ("BiDAF hook style /score, 1 worker, c=32", list(bidaf.items())),
+    for name, found_rows in (
+        ("tiny /v2, 1 worker, c=1", {side: row(side, "tiny v2", 1) for side in heads}),
+        ("tiny /v2, 1 worker, c=32", {side: row(side, "tiny v2", 32) for side in heads}),
+        ("BiDAF hook style /score, 1 worker, c=32", bidaf),
     ):
-        for side, found in pairs:
+        for side, found in found_rows.items():
+            cpu = f"{found['server_cpu_us']:,.0f}" if "server_cpu_us" in found else ""
             lines.append(
-                f"| {name} | {side} | {found['throughput']:,.0f} | {found['p50_ms']:.2f} | {found['errors']} |"
+                f"| {name} | {side} | {found['throughput']:,.0f} | {found['p50_ms']:.2f} | {cpu} | {found['errors']} |"
             )
     p50_ratio = tiny_head["p50_ms"] / tiny_base["p50_ms"]
     rate_ratio = tiny_head["throughput"] / tiny_base["throughput"]
@@ -175,7 +210,16 @@ def write_report(results: dict[str, Any], args: Any, baseline: str) -> None:
     ):
         met = value <= 1 if at_most else value >= 1
         lines.append(f"| {name} | {value:.2f} | {'<=' if at_most else '>='} 1 | {'yes' if met else '**no**'} |")
-    lines += [f"| (the baseline, same run) BiDAF hook 1w c=32 / azmlinfsrv | {base_bidaf_ratio:.2f} | | |", ""]
+    lines += [f"| (the baseline, same run) BiDAF hook 1w c=32 / azmlinfsrv | {base_bidaf_ratio:.2f} | | |"]
+    worker_p50 = row(PER_WORKER, "tiny v2", 1)["p50_ms"] / tiny_base["p50_ms"]
+    worker_bidaf = bidaf[PER_WORKER]["throughput"] / bidaf["azmlinfsrv"]["throughput"]
+    lines += [
+        f"| (`{PER_WORKER}`, same run) tiny /v2 c=1: p50 / baseline | {worker_p50:.2f} | | |",
+        f"| (`{PER_WORKER}`, same run) BiDAF hook 1w c=32 / azmlinfsrv | {worker_bidaf:.2f} | | |",
+        "",
+        AZMLINFSRV_NOTE,
+        "",
+    ]
     args.out.write_text("\n".join(lines))
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
 
