@@ -22,6 +22,7 @@ import asyncio
 import datetime
 import functools
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         PER_WORKER: (*head, ("--engine", "worker")),
     }
     results: dict[str, dict[str, list[dict[int, dict[str, Any]]]]] = {}
+    args.load = [os.getloadavg()[0]]  # the machine's other load explains much of a run's rates
     with tempfile.TemporaryDirectory(prefix="baseline-bench-") as tmp:
         work = Path(tmp)
         model_dir = work / "models"
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     functools.partial(azmlinfsrv, model_dir, work), "/score", bidaf.azml_body, json_headers, [32], args
                 )
             )
+            args.load.append(os.getloadavg()[0])
             print(f"round {round_ + 1}: {json.dumps(results)[:400]}...", flush=True)
     write_report(results, args, baseline)
     print(args.out.read_text())
@@ -180,7 +183,8 @@ def write_report(results: dict[str, Any], args: Any, baseline: str) -> None:
         "```",
         "",
         f"* date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; baseline {baseline[:12]}, "
-        f"HEAD {git('rev-parse', '--short=12', 'HEAD')}; 2 cores shared by client and servers",
+        f"HEAD {git('rev-parse', '--short=12', 'HEAD')}; 2 cores shared by client and servers; load average "
+        f"(1 min) at the start and after each round: {', '.join(f'{x:.1f}' for x in getattr(args, 'load', []))}",
         f"* steps: {args.duration:g} s after {args.warmup:g} s warm-up, closed loop; {args.rounds} rounds, the sides "
         "taking turns; the round with the median throughput is shown",
         f"* `HEAD` is `runtime serve` as shipped (its model engine); `{PER_WORKER}` loads the model in the worker, "
