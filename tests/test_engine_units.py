@@ -16,6 +16,7 @@ import pytest
 
 from runtime.errors import ServingError, StartupError
 from runtime.serving import instances
+from runtime.serving.batching import BatchStats
 from runtime.serving.engine.arena import Allocator, Region, read_tensor, tensor_nbytes, write_tensors
 from runtime.serving.engine.channel import Channel
 from runtime.serving.engine.client import EngineClient, EngineUnavailable
@@ -127,10 +128,15 @@ def test_client_and_engine_in_one_loop(model_repo: Path) -> None:
     asyncio.run(main())
 
 
-def test_engine_runners_shard_cpu_instances_and_run_a_lone_request_at_once(model_repo: Path) -> None:
+def test_engine_runners_shard_cpu_instances_and_run_requests_for_an_idle_model_at_once(model_repo: Path) -> None:
     """The engine's CPU instances: one single-threaded session, a batch in as many shards as the instance has
-    threads; a lone request for an idle model that runs on the loop skips the queue."""
-    runners = {r.config.name: r for r in load_runners(str(model_repo), 1, None, ENGINE_INLINE_BELOW_S, True)}
+    threads; requests for an idle model that runs on the loop skip the queue, joined into one batch."""
+    batches: list[BatchStats] = []
+
+    def on_batch(_: object, stats: BatchStats) -> None:
+        batches.append(stats)
+
+    runners = {r.config.name: r for r in load_runners(str(model_repo), 1, on_batch, ENGINE_INLINE_BELOW_S, True)}
     linear = runners["linear"]
     threads = instances.cpu_threads([Device("cpu")])
     assert linear.slots == threads
@@ -140,19 +146,31 @@ def test_engine_runners_shard_cpu_instances_and_run_a_lone_request_at_once(model
     assert per_worker.slots == 1
     assert per_worker.instances[0].session.get_session_options().intra_op_num_threads == threads  # type: ignore[attr-defined]
     x = np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32)
+    x3 = np.random.default_rng(3).standard_normal((1, 4)).astype(np.float32)
+    answers: list[list[Any]] = []
+
+    def answer(results: list[Any]) -> None:
+        assert len(batches) == 1  # answered before its metrics are recorded
+        answers.append(results)
 
     async def main() -> None:
         linear.start()
         try:
-            assert linear.run_now({"x": x}) is None  # not measured as fast yet: the batcher and its thread
+            assert not linear.run_now([{"x": x}], [1], answer)  # not measured as fast yet: the batcher and its thread
             np.testing.assert_allclose((await linear.submit({"x": x}))["y"], linear_reference(x)["y"], rtol=1e-6)
+            assert len(batches) == 1
             linear._compute_s = 0.0  # measured as a model that runs in microseconds
             await asyncio.sleep(0.01)  # the batch's task finishes: the batcher is idle
-            outputs = linear.run_now({"x": x})
-            assert outputs is not None
-            np.testing.assert_allclose(outputs["y"], linear_reference(x)["y"], rtol=1e-6)
+            assert linear.runs_now
+            # Requests that come together run as one batch (as the batcher would join them), each with its outputs.
+            assert linear.run_now([{"x": x}, {"x": x3}], [1, 2], answer)
+            assert len(answers) == 1 and len(answers[0]) == 2
+            for result, expected in zip(answers[0], (x, x3), strict=True):
+                np.testing.assert_allclose(result["y"], linear_reference(expected)["y"], rtol=1e-6)
+            assert [(b.batch_size, b.requests, b.tags) for b in batches[1:]] == [(3, 2, [1, 2])]
             queued = linear.submit({"x": x})
-            assert linear.run_now({"x": x}) is None  # something to join: through the batcher
+            assert not linear.runs_now
+            assert not linear.run_now([{"x": x}], [1], answer)  # something to join: through the batcher
             await queued
         finally:
             await linear.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from runtime import metrics, tracing
 from runtime.errors import ServingError
 from runtime.serving import instances as groups
-from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors, join
+from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors, join, signature
 from runtime.serving.engine.remote import InstanceLost, RemoteInstance, applies
 from runtime.serving.platforms import Instance, load_instance, platform_for
 from runtime.serving.repository import ModelConfig, load_repository
@@ -144,9 +145,14 @@ class ModelRunner:
         if isinstance(target, RemoteInstance):
             return target.run_parts(parts)
         inputs = join(parts)
-        started = time.perf_counter()
+        # A single-threaded session (a sharded instance) is timed by this thread's CPU: on a busy machine its
+        # wall time also counts preemptions and, in the pool, waits for the GIL, and those would send a model
+        # of microseconds to the pool (where the GIL waits keep it). Sessions with threads of their own:
+        # wall time.
+        clock = time.thread_time if self._shards[instance] > 1 else time.perf_counter
+        started = clock()
         outputs = target.run(inputs)
-        self._compute_s += (time.perf_counter() - started - self._compute_s) * EWMA_WEIGHT
+        self._compute_s += (clock() - started - self._compute_s) * EWMA_WEIGHT
         return outputs
 
     async def _execute(self, instance: int, parts: list[Tensors]) -> Tensors | list[Tensors]:
@@ -203,28 +209,69 @@ class ModelRunner:
         future.add_done_callback(lambda done: self._timed(done, started))
         return future
 
-    def run_now(self, inputs: Tensors, tag: object = None) -> Tensors | None:
-        """Run on the caller's thread, at once, when the batcher has nothing to join the request with.
-
-        That is: a model that runs on the event loop (see ``inline_below_s``), idle, with nothing queued and
-        no ``max_queue_delay`` to wait for. It then skips the queue, the batch forming and their wake-ups;
-        the metrics are the same as through the batcher. None: :meth:`submit` it instead.
-        """
+    @property
+    def runs_now(self) -> bool:
+        """Whether :meth:`run_now` would run requests at once: a model that runs on the event loop (see
+        ``inline_below_s``), its batcher idle (nothing queued, no batch forming or running, no
+        ``max_queue_delay`` to wait for), tracing off (the batcher's spans)."""
         batcher = self._batcher
-        if batcher is None or not batcher.idle or not self._runs_inline() or tracing.capture() is not None:
-            return None
+        return batcher is not None and batcher.idle and self._runs_inline() and tracing.capture() is None
+
+    def run_now(
+        self, requests: list[Tensors], tags: list[object], answer: Callable[[list[Tensors | InferenceFailed]], None]
+    ) -> bool:
+        """Run ``requests`` on the caller's thread, at once, while :attr:`runs_now`; False: :meth:`submit` them.
+
+        They are joined into batches as the batcher would join them (consecutive requests of one signature, up
+        to ``max_batch_size``), without the queue, the futures and their wake-ups. ``answer`` gets, per
+        request, its outputs or the error of its batch; the metrics (the same as through the batcher) are
+        recorded after it returns, off the requests' path.
+        """
+        if not self.runs_now:
+            return False
+        results: list[Tensors | InferenceFailed] = []
+        ran: list[tuple[BatchStats, str]] = []
+        limit = max(1, self.config.max_batch_size)
+        start = 0
+        while start < len(requests):
+            first = requests[start]
+            kind, sizes = signature(first), [_batch_size(first)]
+            end = start + 1
+            while end < len(requests) and sum(sizes) + _batch_size(requests[end]) <= limit:
+                if signature(requests[end]) != kind:
+                    break
+                sizes.append(_batch_size(requests[end]))
+                end += 1
+            outcomes, stats = self._run_batch_now(requests[start:end], sizes, tags[start:end])
+            results += outcomes
+            ran.append((stats, metrics.failure_reason(outcomes[0]) if isinstance(outcomes[0], Exception) else ""))
+            start = end
+        answer(results)
+        for stats, reason in ran:
+            self._record(stats)
+            for _ in range(stats.requests):
+                metrics.record_request(self.config.name, self.version, stats.compute_seconds, not reason, reason)
+        return True
+
+    def _run_batch_now(
+        self, parts: list[Tensors], sizes: list[int], tags: list[object]
+    ) -> tuple[list[Tensors] | list[InferenceFailed], BatchStats]:
         started = time.perf_counter()
+        outcomes: list[Tensors] | list[InferenceFailed]
         try:
-            outputs = _one(self._timed_run(0, [inputs]))
+            outputs = self._timed_run(0, parts)
         except Exception as ex:
-            error = self._failure(ex)
-            self._record(BatchStats(_batch_size(inputs), 1, [0.0], time.perf_counter() - started, [tag]))
-            metrics.record_request(self.config.name, self.version, 0.0, False, metrics.failure_reason(error))
-            raise error from ex
-        seconds = time.perf_counter() - started
-        self._record(BatchStats(_batch_size(inputs), 1, [0.0], seconds, [tag]))
-        metrics.record_request(self.config.name, self.version, seconds, True)
-        return outputs
+            outcomes = [self._failure(ex)] * len(parts)
+        else:
+            if isinstance(outputs, list):
+                outcomes = outputs
+            elif len(parts) == 1:
+                outcomes = [outputs]
+            else:
+                bounds = list(itertools.accumulate(sizes, initial=0))
+                outcomes = [{n: o[a:b] for n, o in outputs.items()} for a, b in itertools.pairwise(bounds)]
+        stats = BatchStats(sum(sizes), len(parts), [0.0] * len(parts), time.perf_counter() - started, tags)
+        return outcomes, stats
 
     def _timed(self, done: asyncio.Future[Tensors], started: float) -> None:
         error = asyncio.CancelledError() if done.cancelled() else done.exception()

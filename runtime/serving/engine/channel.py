@@ -44,10 +44,18 @@ class ChannelClosed(ConnectionError):
 
 
 class Channel:
-    def __init__(self, sock: socket.socket, on_frame: OnFrame, on_close: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_frame: OnFrame,
+        on_close: Callable[[], None],
+        on_drained: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_drained``: called once the frames of a read are handled (none left whole in what was read)."""
         self.sock = sock
         self.sock.setblocking(False)
         self._on_frame = on_frame
+        self._on_drained = on_drained
         self._on_close = on_close
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
@@ -56,9 +64,8 @@ class Channel:
         # Frames not yet sent: data, descriptors to attach, descriptors to close once sent.
         self._out: collections.deque[tuple[bytes, list[int], list[int]]] = collections.deque()
         self._writing = False
-        self._flush_scheduled = False
+        self._flush_scheduled: asyncio.Handle | None = None
         self.closed = False
-        self.more = False  # while a frame is handled: another one follows in what was read
         self._loop.add_reader(sock.fileno(), self._readable)
 
     def send(self, rid: int, meta: Meta, fds: Sequence[int] = (), give: bool = False) -> None:
@@ -76,12 +83,17 @@ class Channel:
         body = orjson.dumps(meta)
         attached = list(fds) if fds else _NONE
         self._out.append((HEADER.pack(len(body), len(fds), rid) + body, attached, attached if give else _NONE))
-        if not self._flush_scheduled and not self._writing:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        if self._flush_scheduled is None and not self._writing:
+            self._flush_scheduled = self._loop.call_soon(self._flush)
+
+    def flush(self) -> None:
+        """Send what is queued now, not in the next turn of the loop (the caller has sent all it will)."""
+        if self._flush_scheduled is not None:
+            self._flush_scheduled.cancel()
+            self._flush()
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_scheduled = None
         while self._out and not self.closed:
             # Join what is queued (the peer takes the descriptors in frame order, whichever read brings them).
             parts: list[bytes] = []
@@ -160,11 +172,12 @@ class Channel:
             meta = orjson.loads(memoryview(buffer)[position + HEADER.size : end])
             fds = [self._fds.popleft() for _ in range(min(nfds, len(self._fds)))]
             position = end
-            self.more = len(buffer) - end >= HEADER.size
             self._on_frame(rid, meta, fds)
             if self.closed:
                 return
         del buffer[:position]
+        if self._on_drained is not None and position:
+            self._on_drained()
 
     def close(self) -> None:
         if self.closed:

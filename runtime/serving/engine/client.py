@@ -61,16 +61,31 @@ def config_from_engine(model: Meta) -> ModelConfig:
     return model_config_from_proto(proto, list(model["versions"]), Path(model["path"]))
 
 
-def output_room(config: ModelConfig, batch: int, input_bytes: int) -> int:
-    """Bytes to reserve for one request's outputs, from the config's datatypes and dims."""
-    room = 0
+def output_layout(config: ModelConfig) -> tuple[list[int], int]:
+    """Per output whose size the config fixes, its bytes per batch item; and how many outputs it leaves open."""
+    fixed, open_ = [], 0
     for spec in config.outputs:
         dims = spec.model_dims
         if spec.datatype == "BYTES" or any(d < 0 for d in dims):
-            room += align(max(OPEN_OUTPUT_ROOM, input_bytes))
+            open_ += 1
         else:
-            room += align(batch * math.prod(dims) * wire_to_numpy(spec.datatype).itemsize)
-    return room
+            fixed.append(math.prod(dims) * wire_to_numpy(spec.datatype).itemsize)
+    return fixed, open_
+
+
+def output_room(layout: tuple[list[int], int], batch: int, input_bytes: int) -> int:
+    """Bytes to reserve for one request's outputs, from the config's datatypes and dims (its layout)."""
+    fixed, open_ = layout
+    return sum(align(batch * n) for n in fixed) + open_ * align(max(OPEN_OUTPUT_ROOM, input_bytes))
+
+
+class _Chunk(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to the array over a request's chunk, which frees the chunk when it is collected."""
+
+    __slots__ = ("offset", "size")
+
+    offset: int
+    size: int
 
 
 class EngineClient:
@@ -78,9 +93,13 @@ class EngineClient:
         self.address = address
         self.region = Region.create(f"runtime-arena-{os.getpid()}", arena_bytes)
         self._space = self.region.view(0, self.region.size)
+        assert self.region.map is not None
+        self._memory = memoryview(self.region.map)
         self._allocator = Allocator(self.region.size)
         self._lock = threading.Lock()  # output arrays may be collected in any thread
         self._requests: dict[int, _Request] = {}
+        self._chunks: dict[int, _Chunk] = {}  # by offset: chunks whose outputs the caller holds
+        self._layouts: dict[int, tuple[ModelConfig, tuple[list[int], int]]] = {}  # by id(config)
         self._ids = itertools.count(1)
         self._channel: Channel | None = None
         self._welcome: asyncio.Future[Meta] | None = None
@@ -187,6 +206,10 @@ class EngineClient:
             with self._lock:
                 self._allocator.free(offset, size)
 
+    def _collected(self, ref: _Chunk) -> None:
+        self._chunks.pop(ref.offset, None)
+        self._release(ref.offset, ref.size)
+
     @property
     def connected(self) -> bool:
         return self._channel is not None and not self._channel.closed
@@ -208,7 +231,10 @@ class EngineClient:
         sizes = {name: tensor_nbytes(a) for name, a in inputs.items()}
         in_bytes = sum(align(s) for s in sizes.values())
         batch = int(next(iter(inputs.values())).shape[0]) if config.max_batch_size > 0 and inputs else 1
-        room = output_room(config, batch, in_bytes)
+        layout = self._layouts.get(id(config))
+        if layout is None or layout[0] is not config:
+            layout = self._layouts[id(config)] = (config, output_layout(config))
+        room = output_room(layout[1], batch, in_bytes)
         offset = self._alloc(in_bytes + room)
         fds: list[int] = []
         overflow: Region | None = None
@@ -234,8 +260,6 @@ class EngineClient:
                 meta["request_id"] = request_id  # for the engine's log
             if trace := tracing.inject({}):
                 meta["trace"] = trace  # the engine's queue and batch spans join the request's trace
-            if len(self._requests) == 1:
-                meta["alone"] = True  # nothing else of ours in flight: the engine may run it at once
             channel.send(rid, meta, fds, give=True)
         except ChannelClosed:
             self._requests.pop(rid, None)
@@ -266,9 +290,9 @@ class EngineClient:
         if chunk[0] >= 0:
             # A base of its own (over a memoryview, so numpy does not collapse it into the arena's):
             # the chunk is reused once every output viewing it has been collected.
-            assert self.region.map is not None
-            base = np.frombuffer(memoryview(self.region.map)[chunk[0] : chunk[0] + chunk[1]], np.uint8)
-            weakref.finalize(base, self._release, *chunk)
+            base = np.frombuffer(self._memory[chunk[0] : chunk[0] + chunk[1]], np.uint8)
+            ref = self._chunks[chunk[0]] = _Chunk(base, self._collected)
+            ref.offset, ref.size = chunk
         spaces: dict[int, np.ndarray] = {}
         if fds:
             extra = Region.attach(fds[0])

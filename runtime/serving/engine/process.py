@@ -25,17 +25,26 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from runtime import metrics, tracing
 from runtime.errors import STARTUP_EXIT_CODE, ServingError, StartupError
 from runtime.prctl import name_and_tie_to_parent
-from runtime.serving.batching import BatchStats
+from runtime.serving.batching import BatchStats, Tensors
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
 from runtime.serving.engine.channel import Channel, Meta, socket_address
 from runtime.serving.engine.remote import LOGGING, REGIONS, Request
-from runtime.serving.runner import ENGINE_INLINE_BELOW_S, NO_SCHEDULE, ModelRunner, Schedule, load_runners
+from runtime.serving.runner import (
+    ENGINE_INLINE_BELOW_S,
+    NO_SCHEDULE,
+    InferenceFailed,
+    ModelRunner,
+    Schedule,
+    load_runners,
+)
 from runtime.serving.tensors import to_bytes_array
 
 logger = logging.getLogger("runtime.engine")
@@ -61,6 +70,17 @@ def fixed_mmap_threshold() -> None:
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+@dataclass
+class _Now:
+    """A request whose model runs at once (see :meth:`WorkerConnection._drained`)."""
+
+    rid: int
+    meta: Meta
+    inputs: Request
+    schedule: Schedule
+    fds: list[int]
 
 
 class Engine:
@@ -106,7 +126,8 @@ class WorkerConnection:
         self.arena_key = 0  # in remote.REGIONS: instance processes map the arena to read and write in place
         self.pending: dict[int, asyncio.Future[dict[str, np.ndarray]]] = {}
         self.requests: dict[int, Request] = {}
-        self.channel = Channel(sock, self._frame, self._closed)
+        self._now: dict[ModelRunner, list[_Now]] = {}  # from the frames being read, for models that run at once
+        self.channel = Channel(sock, self._frame, self._closed, self._drained)
 
     def _frame(self, rid: int, meta: Meta, fds: list[int]) -> None:
         op = meta.get("op")
@@ -148,7 +169,7 @@ class WorkerConnection:
         return region.view(0, region.size)
 
     def _infer(self, rid: int, meta: Meta, fds: list[int]) -> None:
-        """Queue one request on its model's batcher; :meth:`_finished` answers it. No task per request."""
+        """Run one request soon (its model is idle and fast) or queue it on its model's batcher."""
         try:
             runner = self.engine.runners.get((meta["model"], meta["version"]))
             if runner is None:
@@ -162,28 +183,53 @@ class WorkerConnection:
                     space = spaces[t["buf"]] = self._space(t["buf"], fds)
                 raw = space[t["offset"] : t["offset"] + t["nbytes"]]
                 inputs[t["name"]] = read_tensor(raw, t["datatype"], tuple(t["shape"]))
+            deadline = meta.get("deadline")
             schedule = (
-                Schedule(meta.get("priority", 0), meta.get("timeout_us", 0), meta.get("deadline"))
-                if "priority" in meta
+                Schedule(meta.get("priority", 0), meta.get("timeout_us", 0), deadline)
+                if "deadline" in meta or "priority" in meta
                 else NO_SCHEDULE
             )
-            if (
-                "alone" in meta
-                and "trace" not in meta
-                and not self.channel.more
-                and (schedule.deadline is None or schedule.deadline > time.monotonic())
+            if "trace" not in meta and runner.runs_now and (deadline is None or deadline > time.monotonic()):
+                # Its model is idle and runs on the loop: it runs with the other frames of this read (in one
+                # batch, answered in one write), once they are parsed. Nothing is queued, so its priority and
+                # queue timeout cannot matter.
+                self._now.setdefault(runner, []).append(_Now(rid, meta, inputs, schedule, fds))
+                return
+        except Exception as ex:
+            _close_all(fds)
+            self.failed(rid, meta, ex)
+            return
+        self.submit(rid, meta, runner, inputs, schedule, fds)
+
+    def _drained(self) -> None:
+        """Every complete frame read so far is handled: run the requests held for models that run at once."""
+        while self._now:
+            runner, held = self._now.popitem()
+            if not runner.run_now(
+                [r.inputs for r in held], [self.pid] * len(held), partial(self._answer, runner, held)
             ):
-                # The worker's only request, the last frame read, an idle model: nothing would join its batch.
-                outputs = runner.run_now(inputs, tag=self.pid)
-                if outputs is not None:
-                    self._reply(rid, runner, outputs, meta["reserved"])
-                    _close_all(fds)
-                    return
+                for r in held:  # the model got busy meanwhile (a traced request): through its batcher
+                    self.submit(r.rid, r.meta, runner, r.inputs, r.schedule, r.fds)
+
+    def _answer(self, runner: ModelRunner, held: list[_Now], results: list[Tensors | InferenceFailed]) -> None:
+        for request, result in zip(held, results, strict=True):
+            if isinstance(result, InferenceFailed):
+                self.failed(request.rid, request.meta, result)
+            else:
+                self.reply(request.rid, runner, result, request.meta["reserved"])
+            _close_all(request.fds)  # mappings of them stay valid while arrays use them
+        self.channel.flush()  # before the runner records the metrics: the worker is waiting
+
+    def submit(
+        self, rid: int, meta: Meta, runner: ModelRunner, inputs: Request, schedule: Schedule, fds: list[int]
+    ) -> None:
+        """Queue one request on its model's batcher; :meth:`_finished` answers it. No task per request."""
+        try:
             with tracing.continued(meta.get("trace")):  # the batcher keeps the context for its spans
                 future = runner.submit(inputs, schedule, tag=self.pid)
         except Exception as ex:
             _close_all(fds)
-            self._failed(rid, meta, ex)
+            self.failed(rid, meta, ex)
             return
         self.pending[rid] = future
         self.requests[rid] = inputs
@@ -205,11 +251,11 @@ class WorkerConnection:
         try:
             if error is not None:
                 raise error
-            self._reply(rid, runner, done.result(), meta["reserved"])
+            self.reply(rid, runner, done.result(), meta["reserved"])
         except Exception as ex:
-            self._failed(rid, meta, ex)
+            self.failed(rid, meta, ex)
 
-    def _failed(self, rid: int, meta: Meta, error: BaseException) -> None:
+    def failed(self, rid: int, meta: Meta, error: BaseException) -> None:
         if isinstance(error, ServingError):
             if error.detail:  # the worker gets the message; the detail stays in the engine's log
                 logger.error("%s", error.log_line(meta.get("request_id", str(rid))))
@@ -220,7 +266,7 @@ class WorkerConnection:
         if not self.channel.closed:
             self.channel.send(rid, answer)
 
-    def _reply(self, rid: int, runner: ModelRunner, outputs: dict[str, np.ndarray], reserved: list[int]) -> None:
+    def reply(self, rid: int, runner: ModelRunner, outputs: dict[str, np.ndarray], reserved: list[int]) -> None:
         if self.channel.closed:
             return
         tensors = []
