@@ -136,13 +136,15 @@ def test_a_sharded_instance_runs_a_batch_as_concurrent_shards_of_whole_requests(
     batcher = DynamicBatcher(
         model.execute, instances=1, max_batch_size=16, on_batch=stats.append, shards=lambda instance: 2
     )
+    values = [0, 1, 2, 99, 4, 5, 6, 7, 8, 9, 10, 11]
 
     async def scenario() -> list[Tensors | BaseException]:
         batcher.start()
         first = batcher.submit({"x": np.full((1, 2), -1, dtype=np.float32)})  # runs alone: one request, one shard
         await asyncio.sleep(0.01)
         assert not batcher.idle
-        values = [0, 1, 2, 99, 4, 5]  # queued meanwhile: one batch of 6, two shards of 3; 99 poisons the second
+        # Queued meanwhile: one batch of 12, in 8 pieces (4 per shard) of whole requests, 2 running at a time,
+        # each shard taking the next piece when done; 99 poisons only its piece.
         futures = [batcher.submit({"x": np.full((1, 2), v, dtype=np.float32)}) for v in values]
         results = list(await asyncio.gather(first, *futures, return_exceptions=True))
         await asyncio.sleep(0.01)  # the batch's task finishes
@@ -151,12 +153,15 @@ def test_a_sharded_instance_runs_a_batch_as_concurrent_shards_of_whole_requests(
         return results
 
     results = asyncio.run(scenario())
-    assert model.batches == [1, 3, 3] and model.most == 2
-    assert [(s.batch_size, s.requests) for s in stats] == [(1, 1), (6, 6)]  # the batch as formed, counted once
-    for value, result in zip([-1, 0, 1, 2], results[:4], strict=True):
-        assert isinstance(result, dict)
-        np.testing.assert_array_equal(result["y"], np.full((1, 2), value * 2, dtype=np.float32))
-    assert all(isinstance(r, ValueError) for r in results[4:])  # only the poisoned shard fails
+    assert model.batches == [1, 2, 1, 2, 1, 2, 1, 2, 1] and model.most == 2  # pieces as even as whole requests allow
+    assert [(s.batch_size, s.requests) for s in stats] == [(1, 1), (12, 12)]  # the batch as formed, counted once
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    assert failed == [4, 5] and all(isinstance(results[i], ValueError) for i in failed)  # 99 and 4 share a piece
+    for index, value in enumerate([-1, *values]):
+        if index not in failed:
+            result = results[index]
+            assert isinstance(result, dict)
+            np.testing.assert_array_equal(result["y"], np.full((1, 2), value * 2, dtype=np.float32))
 
 
 def test_queue_delay_waits_for_more_requests() -> None:
