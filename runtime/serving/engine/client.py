@@ -254,8 +254,10 @@ class EngineClient:
         try:
             meta: Meta = {"op": "infer", "model": config.name, "version": version}
             meta.update(inputs=metas, reserved=reserved)
-            if schedule != NO_SCHEDULE:  # the deadline is time.monotonic(), one clock for every process
-                meta.update(priority=schedule.priority, timeout_us=schedule.timeout_us, deadline=schedule.deadline)
+            if schedule.deadline is not None:  # time.monotonic(), one clock for every process
+                meta["deadline"] = schedule.deadline
+            if schedule.priority or schedule.timeout_us:
+                meta.update(priority=schedule.priority, timeout_us=schedule.timeout_us)
             if request_id is not None:
                 meta["request_id"] = request_id  # for the engine's log
             if trace := tracing.inject({}):

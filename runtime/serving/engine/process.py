@@ -72,14 +72,13 @@ def fixed_mmap_threshold() -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Now:
     """A request whose model runs at once (see :meth:`WorkerConnection._drained`)."""
 
     rid: int
     meta: Meta
     inputs: Request
-    schedule: Schedule
     fds: list[int]
 
 
@@ -149,6 +148,10 @@ class WorkerConnection:
             self.channel.close()
 
     def _closed(self) -> None:
+        for held in self._now.values():  # parsed from a read that the close cut short
+            for request in held:
+                _close_all(request.fds)
+        self._now.clear()
         for pending in list(self.pending.values()):
             pending.cancel()  # queued requests leave the batches they wait for
         self.engine.connections.discard(self)
@@ -184,22 +187,17 @@ class WorkerConnection:
                 raw = space[t["offset"] : t["offset"] + t["nbytes"]]
                 inputs[t["name"]] = read_tensor(raw, t["datatype"], tuple(t["shape"]))
             deadline = meta.get("deadline")
-            schedule = (
-                Schedule(meta.get("priority", 0), meta.get("timeout_us", 0), deadline)
-                if "deadline" in meta or "priority" in meta
-                else NO_SCHEDULE
-            )
             if "trace" not in meta and runner.runs_now and (deadline is None or deadline > time.monotonic()):
                 # Its model is idle and runs on the loop: it runs with the other frames of this read (in one
                 # batch, answered in one write), once they are parsed. Nothing is queued, so its priority and
                 # queue timeout cannot matter.
-                self._now.setdefault(runner, []).append(_Now(rid, meta, inputs, schedule, fds))
+                self._now.setdefault(runner, []).append(_Now(rid, meta, inputs, fds))
                 return
         except Exception as ex:
             _close_all(fds)
             self.failed(rid, meta, ex)
             return
-        self.submit(rid, meta, runner, inputs, schedule, fds)
+        self.submit(rid, meta, runner, inputs, fds)
 
     def _drained(self) -> None:
         """Every complete frame read so far is handled: run the requests held for models that run at once."""
@@ -209,7 +207,7 @@ class WorkerConnection:
                 [r.inputs for r in held], [self.pid] * len(held), partial(self._answer, runner, held)
             ):
                 for r in held:  # the model got busy meanwhile (a traced request): through its batcher
-                    self.submit(r.rid, r.meta, runner, r.inputs, r.schedule, r.fds)
+                    self.submit(r.rid, r.meta, runner, r.inputs, r.fds)
 
     def _answer(self, runner: ModelRunner, held: list[_Now], results: list[Tensors | InferenceFailed]) -> None:
         for request, result in zip(held, results, strict=True):
@@ -220,10 +218,13 @@ class WorkerConnection:
             _close_all(request.fds)  # mappings of them stay valid while arrays use them
         self.channel.flush()  # before the runner records the metrics: the worker is waiting
 
-    def submit(
-        self, rid: int, meta: Meta, runner: ModelRunner, inputs: Request, schedule: Schedule, fds: list[int]
-    ) -> None:
+    def submit(self, rid: int, meta: Meta, runner: ModelRunner, inputs: Request, fds: list[int]) -> None:
         """Queue one request on its model's batcher; :meth:`_finished` answers it. No task per request."""
+        schedule = (
+            Schedule(meta.get("priority", 0), meta.get("timeout_us", 0), meta.get("deadline"))
+            if "deadline" in meta or "priority" in meta
+            else NO_SCHEDULE
+        )
         try:
             with tracing.continued(meta.get("trace")):  # the batcher keeps the context for its spans
                 future = runner.submit(inputs, schedule, tag=self.pid)
