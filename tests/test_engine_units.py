@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import secrets
 import socket
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,12 @@ from runtime.serving import instances
 from runtime.serving.batching import BatchStats
 from runtime.serving.engine.arena import Allocator, Region, read_tensor, tensor_nbytes, write_tensors
 from runtime.serving.engine.channel import Channel
-from runtime.serving.engine.client import EngineClient, EngineUnavailable
-from runtime.serving.engine.process import serve
+from runtime.serving.engine.client import EngineUnavailable
 from runtime.serving.platforms import Device
 from runtime.serving.platforms import onnx as onnx_platform
 from runtime.serving.repository import load_model
 from runtime.serving.runner import ENGINE_INLINE_BELOW_S, ModelRunner, load_runners
+from tests.support.engine import engine_on_this_loop
 from tests.support.models import linear_reference
 
 
@@ -88,11 +87,7 @@ def test_client_and_engine_in_one_loop(model_repo: Path) -> None:
     free theirs; a lost engine gives EngineUnavailable."""
 
     async def main() -> None:
-        address = f"@runtime-test-{secrets.token_hex(4)}"
-        stop = asyncio.Event()
-        engine = asyncio.get_running_loop().create_task(serve(address, str(model_repo), 5, stop))
-        client = EngineClient(address, 1 << 20)
-        await client.connect(60)
+        engine, stop, client = await engine_on_this_loop(model_repo)
         config = load_model(model_repo / "triton" / "linear")
         x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
         full = client._allocator.free_bytes
@@ -151,11 +146,7 @@ def test_requests_in_one_read_for_a_fast_model_run_as_one_batch_each_with_its_ow
         return count, REGISTRY.get_sample_value("runtime_batch_size_sum", labels) or 0.0
 
     async def main() -> None:
-        address = f"@runtime-test-{secrets.token_hex(4)}"
-        stop = asyncio.Event()
-        engine = asyncio.get_running_loop().create_task(serve(address, str(model_repo), 5, stop))
-        client = EngineClient(address, 1 << 20)
-        await client.connect(60)
+        engine, stop, client = await engine_on_this_loop(model_repo)
         config = load_model(model_repo / "triton" / "linear")
         x = np.ones((1, 4), np.float32)
         for _ in range(120):  # measured as a model of microseconds: it then runs on the engine's loop

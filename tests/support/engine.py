@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -11,6 +12,8 @@ import httpx
 import numpy as np
 import tritonclient.http as triton_http
 
+from runtime.serving.engine.client import EngineClient
+from runtime.serving.engine.process import serve
 from tests.support.processes import alive, comm, descendants
 
 ENGINE_COMM = "runtime-engine"
@@ -91,3 +94,14 @@ def v2_inputs(inputs: Mapping[str, np.ndarray]) -> list[triton_http.InferInput]:
         tensor.set_data_from_numpy(value, binary_data=True)
         requested.append(tensor)
     return requested
+
+
+async def engine_on_this_loop(model_dir: Path) -> tuple[asyncio.Task[None], asyncio.Event, EngineClient]:
+    """An engine serving ``model_dir`` on the running event loop, a client (1 MiB arena) connected to it,
+    and the event that stops the engine."""
+    address = f"@runtime-test-{secrets.token_hex(4)}"
+    stop = asyncio.Event()
+    engine = asyncio.get_running_loop().create_task(serve(address, str(model_dir), 5, stop))
+    client = EngineClient(address, 1 << 20)
+    await client.connect(60)
+    return engine, stop, client
