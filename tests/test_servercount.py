@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from tests.support.servercount import Key, launches, server_kind
+import os
+import subprocess
+import time
+
+from tests.support.servercount import Key, Launch, Sampler, launches, report, server_kind
 
 PYTEST = 100
 SERVE = ["/venv/bin/runtime", "serve", "--port", "5001"]
@@ -59,3 +63,39 @@ def test_servers_outside_pytest_are_not_counted() -> None:
     assert count(table, argv, {}) == {}
     table[201] = (200, "3")  # the shell's server
     assert count(table, {**argv, 201: SERVE}, {}) == {(201, "3"): "runtime"}
+
+
+def test_a_sampler_keeps_each_launchs_test_and_command_line() -> None:
+    """A real child that reads as a tritonserver (bash names it so): the sampler records it once, with its argv."""
+    sampler = Sampler(os.getpid())
+    sampler.test = "tests/test_x.py::test_y"
+    child = subprocess.Popen(["bash", "-c", "exec -a /opt/bin/tritonserver sleep 30", "--"])
+    try:
+        deadline = time.monotonic() + 10
+        while not sampler.seen and time.monotonic() < deadline:
+            sampler.sample()
+            time.sleep(0.01)
+        sampler.sample()
+    finally:
+        child.kill()
+        child.wait()
+    assert list(sampler.seen.values()) == [("tritonserver", "tests/test_x.py::test_y", ["/opt/bin/tritonserver", "30"])]
+
+
+def test_the_report_counts_by_kind_module_and_test_and_lists_every_launch() -> None:
+    seen: list[Launch] = [
+        ("runtime", "tests/test_a.py::test_1", SERVE),
+        ("tritonserver", "tests/test_a.py::test_1", TRITON),
+        ("azmlinfsrv", "tests/test_b.py::test_2[x]", AZML),
+    ]
+    assert report(seen) == {
+        "total": 3,
+        "kinds": {"runtime": 1, "tritonserver": 1, "azmlinfsrv": 1},
+        "modules": {"tests/test_a.py": 2, "tests/test_b.py": 1},
+        "tests": {"tests/test_a.py::test_1": 2, "tests/test_b.py::test_2[x]": 1},
+        "launches": [
+            {"kind": "azmlinfsrv", "test": "tests/test_b.py::test_2[x]", "argv": AZML},
+            {"kind": "runtime", "test": "tests/test_a.py::test_1", "argv": SERVE},
+            {"kind": "tritonserver", "test": "tests/test_a.py::test_1", "argv": TRITON},
+        ],
+    }

@@ -5,7 +5,8 @@ belong to it), of azmlinfsrv, or of tritonserver (direct or managed), anywhere b
 by a fixture, by a benchmark the test runs, by a shell command in a README, or by the runtime itself.
 A thread samples /proc every 20 ms, which no server outlives unseen (each takes far longer to import
 or boot), and keeps only processes that descend from this pytest. The total and the count per test
-module are printed at the end of the run, and written as JSON to ``$SERVER_COUNT_FILE`` when it is set.
+module are printed at the end of the run, and written as JSON to ``$SERVER_COUNT_FILE`` when it is set,
+with every launch's test and command line (``launches``).
 Under pytest-xdist each worker samples below itself and the controller adds the workers' counts up.
 """
 
@@ -45,6 +46,7 @@ def server_kind(argv: list[str]) -> str | None:
 
 
 Key = tuple[int, str]  # (pid, start time): a pid is reused, this pair is not
+Launch = tuple[str, str, list[str]]  # a server's kind, the test that started it, its command line
 
 
 def launches(
@@ -97,7 +99,7 @@ class Sampler:
     def __init__(self, root: int) -> None:
         self.root = root
         self.known: dict[Key, str] = {}  # every server process seen, workers included
-        self.seen: dict[Key, tuple[str, str]] = {}  # the launches: (pid, start time) -> (kind, test)
+        self.seen: dict[Key, Launch] = {}  # the launches: (pid, start time) -> (kind, test, argv)
         self.test = "(collection)"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="servercount", daemon=True)
@@ -117,7 +119,7 @@ class Sampler:
 
     def sample(self) -> None:
         for key, kind in launches(self.root, process_table(), read_argv, self.known).items():
-            self.seen[key] = (kind, self.test)
+            self.seen[key] = (kind, self.test, read_argv(key[0]) or [])
 
 
 SAMPLER = Sampler(os.getpid())
@@ -151,20 +153,41 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         (Path(os.environ[DIR_ENV]) / f"{name}.json").write_text(json.dumps(list(SAMPLER.seen.values())))
 
 
+def by_kind(seen: list[Launch]) -> Counter[str]:
+    return Counter(kind for kind, _, _ in seen)
+
+
+def by_module(seen: list[Launch]) -> Counter[str]:
+    return Counter(test.split("::")[0] for _, test, _ in seen)
+
+
+def report(seen: list[Launch]) -> dict[str, object]:
+    """What ``$SERVER_COUNT_FILE`` holds: the total, the counts by kind, module and test, and every launch."""
+    return {
+        "total": len(seen),
+        "kinds": dict(by_kind(seen)),
+        "modules": dict(by_module(seen)),
+        "tests": dict(Counter(test for _, test, _ in seen)),
+        "launches": [{"kind": kind, "test": test, "argv": argv} for kind, test, argv in sorted(seen)],
+    }
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    seen: list[Launch]
     if _is_controller_of_workers(terminalreporter.config):
-        seen = [tuple(v) for f in sorted(Path(os.environ[DIR_ENV]).glob("*.json")) for v in json.loads(f.read_text())]
+        seen = [
+            (kind, test, argv)
+            for f in sorted(Path(os.environ[DIR_ENV]).glob("*.json"))
+            for kind, test, argv in json.loads(f.read_text())
+        ]
     else:
         SAMPLER.stop()
         seen = list(SAMPLER.seen.values())
-    kinds = Counter(kind for kind, _ in seen)
-    modules = Counter(test.split("::")[0] for _, test in seen)
+    kinds = by_kind(seen)
     terminalreporter.section("server processes started")
     terminalreporter.write_line(f"total: {len(seen)} ({', '.join(f'{k} {n}' for k, n in kinds.most_common())})")
-    for module, count in modules.most_common():
+    for module, count in by_module(seen).most_common():
         terminalreporter.write_line(f"{count:4d}  {module}")
     path = os.environ.get("SERVER_COUNT_FILE")
     if path:
-        tests = Counter(test for _, test in seen)
-        report = {"total": len(seen), "kinds": dict(kinds), "modules": dict(modules), "tests": dict(tests)}
-        Path(path).write_text(json.dumps(report, indent=1) + "\n")
+        Path(path).write_text(json.dumps(report(seen), indent=1) + "\n")
