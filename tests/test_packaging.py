@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from unittest import mock
 
 import httpx
-import pytest
 import tomllib
 
-from tests.conftest import StartRuntime
+from tests.support.cli import settings_of
+from tests.support.inprocess import served
 from tests.support.servers import REPO
 
 
@@ -25,9 +27,12 @@ def test_every_runtime_package_is_listed_in_pyproject() -> None:
     assert setuptools["package-dir"] == {"runtime_plugins": "plugins"}
 
 
-@pytest.mark.slow
-def test_a_users_own_plugins_package_is_not_shadowed(start_runtime: StartRuntime, tmp_path: Path) -> None:
-    """score.py imports its sibling package ``plugins``, which is also on PYTHONPATH: both must work."""
+def test_a_users_own_plugins_package_is_not_shadowed(tmp_path: Path) -> None:
+    """score.py imports its sibling package ``plugins``, which is also on PYTHONPATH: both must work.
+
+    The app ``runtime serve`` would run, in this process with the folder first on sys.path (as PYTHONPATH
+    puts it) and no ``plugins`` imported yet: were the built-in plugins imported as ``plugins``, they would
+    resolve to the user's package and the start-up would fail, as it did in a real server."""
     app = tmp_path / "app"
     (app / "plugins").mkdir(parents=True)
     (app / "plugins" / "__init__.py").write_text("")
@@ -35,7 +40,16 @@ def test_a_users_own_plugins_package_is_not_shadowed(start_runtime: StartRuntime
     (app / "score.py").write_text(
         "from plugins.mine import ANSWER\n\ndef init():\n    pass\n\ndef run(data):\n    return {'answer': ANSWER}\n"
     )
-    server = start_runtime("--entry", str(app / "score.py"), env={"PYTHONPATH": str(app)})
-    response = httpx.post(server.url + "/score", content=b"{}", headers={"Content-Type": "application/json"})
+    settings = settings_of("serve", "--entry", str(app / "score.py"), env={"PYTHONPATH": str(app)})
+    imported = {
+        name: module for name, module in sys.modules.items() if name != "plugins" and not name.startswith("plugins.")
+    }
+    with (
+        mock.patch.object(sys, "path", [str(app), *sys.path]),
+        mock.patch.dict(sys.modules, imported, clear=True),
+        served(settings) as url,
+    ):
+        response = httpx.post(url + "/score", content=b"{}", headers={"Content-Type": "application/json"})
+        assert sys.modules["plugins"].__file__ == str(app / "plugins" / "__init__.py")
     assert response.status_code == 200
     assert response.json() == {"answer": "from the user plugins package"}
