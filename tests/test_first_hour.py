@@ -6,7 +6,8 @@ Mistakes refused before serving run ``runtime.cli.main`` in this process (``run`
 engine where the engine refuses the models), and so do the command lines that serve an app without
 the engine (``settings_of``, then the app in this process: ``served``, ``startup_failure``). The
 installed script's exit codes are checked on real processes in tests/test_startup.py; what needs a
-started server (signals, a managed Triton, the start-up summary and a clean exit) runs one here.
+started server (signals, a managed Triton) runs one here. The start-up summary and a clean exit are read
+from the log of tests/test_scoring.py's flags server, which has the same settings.
 """
 
 from __future__ import annotations
@@ -181,29 +182,6 @@ def test_ctrl_c_during_a_slow_start_stops_within_2_s(start_runtime: StartRuntime
     log = server.log()
     assert "SIGINT during start-up, exiting" in log
     assert "SIGKILL" not in log and "Traceback" not in log
-
-
-@pytest.mark.slow
-def test_startup_summary_and_a_clean_shutdown(start_runtime: StartRuntime, model_repo: Path) -> None:
-    server = start_runtime("--entry", ECHO, "--model-dir", str(model_repo), "--workers", "2")
-    deadline = time.monotonic() + 30
-    while server.log().count("Worker ready") < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert server.stop() == 0
-    log = server.log()
-    assert log.count("Serving at ") == 1  # one block, from the first worker that is ready
-    summary = log[log.index("Serving at ") :]
-    for line in (
-        f"Serving at http://127.0.0.1:{server.port}",
-        f"  entry script: {ECHO}",
-        "  backend:      onnxruntime, in the model engine process (runtime-engine), shared by all workers",
-        "  workers:      2, 32 requests in flight each",
-        "  model linear: versions 1; max_batch_size 4, dynamic batching (max_queue_delay 0 us); instances 1 x CPU",
-        "  model sleepy_unbatched: versions 1; no batching (max_batch_size 0); instances 1 x CPU",
-        "  routes:       GET /, GET/POST /score, GET /swagger.json, GET /ready, GET /metrics, and 12 KServe v2 routes",
-    ):
-        assert line in summary, f"{line!r} not in:\n{summary}"
-    assert "Error while closing socket" not in log and "Traceback" not in log
 
 
 @pytest.mark.slow

@@ -178,11 +178,17 @@ Flags = tuple[tuple[str, ...], dict[str, str], Path]
 
 
 @pytest.fixture(scope="module")
-def flags(tmp_path_factory: pytest.TempPathFactory) -> Flags:
-    """The CLI's flags against its environment, with two workers: flags, environment and the model dir."""
-    model_dir = tmp_path_factory.mktemp("model_dir")
+def flags(model_repo: Path) -> Flags:
+    """The CLI's flags against its environment, with two workers and the test models (the start-up summary
+    lists them): flags, environment and the model dir."""
     env = {"SCORING_TIMEOUT_MS": "1", "AZUREML_MODEL_DIR": "/elsewhere", "WORKER_COUNT": "2"}
-    return ("--entry", ECHO, "--timeout-ms", "5000", "--model-dir", str(model_dir)), env, model_dir
+    return ("--entry", ECHO, "--timeout-ms", "5000", "--model-dir", str(model_repo)), env, model_repo
+
+
+@pytest.fixture(scope="module")
+def stopped() -> list[ServerProcess]:
+    """The flags server once SIGTERM has stopped it, for the checks of its log that follow."""
+    return []
 
 
 @pytest.fixture
@@ -214,9 +220,10 @@ def test_worker_count_starts_that_many_workers(flags_server: tuple[ServerProcess
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_requests_in_flight(servers: ServerPool, flags: Flags) -> None:
+def test_sigterm_finishes_requests_in_flight(servers: ServerPool, flags: Flags, stopped: list[ServerProcess]) -> None:
     args, env, _ = flags
     server = servers.take(*args, env=env)  # the flags server, stopped here (a later test would get a fresh one)
+    stopped.append(server)
     results: list[httpx.Response] = []
 
     def call() -> None:
@@ -232,6 +239,31 @@ def test_sigterm_finishes_requests_in_flight(servers: ServerPool, flags: Flags) 
         t.join(30)
     assert [r.status_code for r in results] == [200, 200, 200]
     assert server.wait_exit(30) == 0
+
+
+@pytest.mark.slow
+def test_startup_summary_and_a_clean_shutdown(servers: ServerPool, flags: Flags, stopped: list[ServerProcess]) -> None:
+    """The start-up summary of the flags server, and its log once stopped (by SIGTERM in the test above)."""
+    args, env, _ = flags
+    server = stopped[0] if stopped else servers.take(*args, env=env)
+    deadline = time.monotonic() + 30
+    while server.log().count("Worker ready") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.stop() == 0
+    log = server.log()
+    assert log.count("Serving at ") == 1  # one block, from the first worker that is ready
+    summary = log[log.index("Serving at ") :]
+    for line in (
+        f"Serving at http://127.0.0.1:{server.port}",
+        f"  entry script: {ECHO}",
+        "  backend:      onnxruntime, in the model engine process (runtime-engine), shared by all workers",
+        "  workers:      2, 32 requests in flight each",
+        "  model linear: versions 1; max_batch_size 4, dynamic batching (max_queue_delay 0 us); instances 1 x CPU",
+        "  model sleepy_unbatched: versions 1; no batching (max_batch_size 0); instances 1 x CPU",
+        "  routes:       GET /, GET/POST /score, GET /swagger.json, GET /ready, GET /metrics, and 12 KServe v2 routes",
+    ):
+        assert line in summary, f"{line!r} not in:\n{summary}"
+    assert "Error while closing socket" not in log and "Traceback" not in log
 
 
 def test_cors_origins() -> None:
