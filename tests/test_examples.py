@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from runtime.serving.tritonserver import ManagedTriton
-from tests.conftest import StartRuntime
 from tests.support import hostile
 from tests.support.engine import worker_pids
 from tests.support.inprocess import AppPool
@@ -183,30 +182,31 @@ def test_densenet_image_bombs(
 
 
 def test_densenet_concurrent_requests_are_batched(
-    start_runtime: StartRuntime,
+    apps: AppPool,
     examples_repo: Path,
     backend: str,
     triton_if_needed: ManagedTriton | None,
     request: pytest.FixtureRequest,
 ) -> None:
-    """Batches show in /metrics in both modes (on Triton, from its statistics API). A real server: the
-    metrics of apps in this process would mix. Other tests' requests to the shared server add batches
-    of one at most, so a batch larger than one is this test's."""
+    """Batches show in /metrics in both modes. On the embedded backend a real server, whose /metrics is its
+    own (apps in this process share one registry); on Triton the app in this process, whose /metrics adds
+    Triton's statistics to that registry. Other tests' requests add batches of one at most (they send one
+    request at a time), so a batch larger than one is this test's."""
     if triton_if_needed is None:
         server: ServerProcess = request.getfixturevalue("densenet_server")
+        client = httpx.Client(base_url=server.url)
+        request.addfinalizer(client.close)
     else:
-        entry = str(DENSENET / "score_densenet.py")
-        args = ["--entry", entry, "--model-dir", str(examples_repo), "--backend", "triton"]
-        server = start_runtime(*args, "--triton-url", triton_if_needed.url)
+        client = serve(apps, DENSENET / "score_densenet.py", examples_repo, backend, triton_if_needed)
     images = [jpeg(seed=i) for i in range(48)]
 
     def send(img: bytes) -> httpx.Response:
-        return httpx.post(server.url + "/score", content=img, headers={"Content-Type": "image/jpeg"}, timeout=120)
+        return client.post("/score", content=img, headers={"Content-Type": "image/jpeg"}, timeout=120)
 
     with ThreadPoolExecutor(24) as pool:
         responses = list(pool.map(send, images))
     assert {r.status_code for r in responses} == {200}
-    text = httpx.get(server.url + "/metrics").text
+    text = client.get("/metrics").text
     count = metric(text, "runtime_batch_size_count", model="densenet_onnx", version="1")
     ones = metric(text, "runtime_batch_size_bucket", model="densenet_onnx", version="1", le="1.0")
     assert count > 0 and ones < count, f"no batch larger than 1 ({count=}, {ones=})"
