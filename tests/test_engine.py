@@ -23,12 +23,11 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton_http
 
-from tests.conftest import StartRuntime, script
+from tests.conftest import script
 from tests.support.cli import run_cli
 from tests.support.engine import (
     comm,
     dev_shm,
-    engine_pids,
     load,
     one_engine,
     shm_mappings,
@@ -388,11 +387,3 @@ def test_kind_gpu_without_gpu_is_a_startup_error(
     assert "CUDAExecutionProvider" in stderr  # what is missing
     check = subprocess.run(runtime_argv("check", "--model-dir", str(repo)), capture_output=True, text=True)
     assert check.returncode == 1 and "no GPU is usable" in check.stdout
-
-
-def test_engine_worker_mode_loads_models_in_every_worker(model_repo: Path, start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", HOOK, "--model-dir", str(model_repo), "--workers", "2", "--engine", "worker")
-    assert server.proc is not None
-    assert engine_pids(server.proc.pid) == set()
-    body = as_body("linear", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
-    assert httpx.post(server.url + "/score", json=body).status_code == 200

@@ -1,4 +1,9 @@
-"""The embedded backend under load, through a real server: correctness of batching, and batching itself."""
+"""The embedded backend under load, through real servers: correctness of batching, and batching itself.
+
+The Azure ML style server runs its models in the model engine; the hook-style one in each of its two
+workers (``--engine worker``), whose metrics are summed across them (the engine's own batching of two
+workers' requests: tests/test_engine.py).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,16 @@ import numpy as np
 import pytest
 
 from tests.conftest import script
+from tests.support.engine import engine_pids
 from tests.support.models import linear_reference
 from tests.support.servers import ServerPool
 
 pytestmark = pytest.mark.slow
 
 CLIENTS = 32
-# The hook-style server has two workers: the metrics test sums them (it counts from before to after).
-HOOK = ("--entry", script("backend/hook_linear.py"), "--workers", "2")
+# The hook-style server has two workers, each with the models: the metrics test sums them (it counts from
+# before to after).
+HOOK = ("--entry", script("backend/hook_linear.py"), "--workers", "2", "--engine", "worker")
 
 
 def flags(entry: str, model_repo: Path) -> tuple[str, ...]:
@@ -112,3 +119,10 @@ def test_metrics_cover_routes_and_sum_across_workers(servers: ServerPool, model_
     assert delta("runtime_http_request_duration_seconds_count", method="POST", route="/score") == 65
     assert delta("runtime_queue_duration_seconds_count", model="linear", version="1") == 64
     assert delta("nv_inference_exec_count_total", model="linear", version="1") <= 64
+
+
+def test_engine_worker_mode_loads_models_in_every_worker(servers: ServerPool, model_repo: Path) -> None:
+    server = servers.get(*flags("backend/hook_linear.py", model_repo))
+    assert server.proc is not None
+    assert engine_pids(server.proc.pid) == set()
+    assert httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]}).status_code == 200
