@@ -2,8 +2,9 @@
 
 Three servers for the module, each read by the tests that only read, then stopped by one test
 (``ServerPool.take``: a later test of the same flags gets a fresh server): the two-worker hook server
-(its engine SIGKILLed under load, then SIGTERM), the Azure ML style server (traces, then SIGTERM), and a
-fresh two-worker server (a worker SIGKILLed, then the master).
+(its engine SIGKILLed under load, then SIGTERM), the Azure ML style server (traces and the TorchScript
+models of tests/test_torchscript.py, then SIGTERM), and a fresh two-worker server (a worker SIGKILLed,
+then the master).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 import tritonclient.http as triton_http
 
 from tests.conftest import script
+from tests.support import torch_models
 from tests.support.cli import run_cli
 from tests.support.engine import (
     comm,
@@ -38,6 +40,7 @@ from tests.support.engine import (
 from tests.support.otlp import Collector, collector
 from tests.support.servers import ServerPool, ServerProcess, free_port, runtime_argv
 from tests.test_onnxruntime_backend import metric
+from tests.test_torchscript import MODULES, in_process, sample
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +125,8 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnginePool]:
 
 @pytest.fixture(scope="module")
 def engine_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test models, and the linear model again as ``auto_model`` with two KIND_AUTO instances."""
+    """The test models, the linear model again as ``auto_model`` with two KIND_AUTO instances, and the
+    TorchScript test models (tests/test_torchscript.py)."""
     root = tmp_path_factory.mktemp("engine-repo") / "triton"
     root.mkdir()
     for model in (model_repo / "triton").iterdir():
@@ -130,6 +134,7 @@ def engine_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     (root / "auto_model" / "1").mkdir(parents=True)
     (root / "auto_model" / "1" / "model.onnx").symlink_to(model_repo / "triton" / "linear" / "1" / "model.onnx")
     (root / "auto_model" / "config.pbtxt").write_text("instance_group [{ count: 2 kind: KIND_AUTO }]\n")
+    torch_models.write_repository(root)  # TorchScript served through the engine
     return root.parent
 
 
@@ -289,6 +294,44 @@ def test_kind_auto_serves_on_the_cpu(engine_repo: Path, run_server: ServerProces
     response = httpx.post(run_server.url + "/v2/models/auto_model/infer", json=body)
     assert response.status_code == 200
     assert "instances: 2 x CPU" in run_server.log()
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_torchscript_served_equals_module_in_process(run_server: ServerProcess, name: str) -> None:
+    client = triton_http.InferenceServerClient(run_server.url.removeprefix("http://"))
+    inputs = sample(name, 2, seed=1)
+    requested = []
+    for key, value in inputs.items():
+        tensor = triton_http.InferInput(key, list(value.shape), "INT64" if value.dtype == np.int64 else "FP32")
+        tensor.set_data_from_numpy(value, binary_data=True)
+        requested.append(tensor)
+    result = client.infer(name, requested)
+    for key, value in in_process(name, inputs).items():
+        np.testing.assert_array_equal(result.as_numpy(key), value)
+    meta = client.get_model_metadata(name)
+    assert meta["platform"] == "pytorch_libtorch"
+    client.close()
+
+
+def test_torchscript_concurrent_requests_batch_and_each_row_is_right(run_server: ServerProcess) -> None:
+    rows = np.random.default_rng(3).standard_normal((48, 4)).astype(np.float32)
+
+    def body(row: np.ndarray) -> dict[str, object]:
+        return {"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32", "data": row.tolist()}]}
+
+    async def send_all() -> list[httpx.Response]:
+        url = f"{run_server.url}/v2/models/t_linear/infer"
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=48)) as client:
+            return await asyncio.gather(*(client.post(url, json=body(r)) for r in rows))
+
+    responses = asyncio.run(send_all())
+    assert [r.status_code for r in responses] == [200] * len(rows), responses[0].text
+    got = np.array([r.json()["outputs"][0]["data"] for r in responses], dtype=np.float32)
+    np.testing.assert_allclose(got, in_process("t_linear", {"x": rows})["OUTPUT__0"], rtol=1e-6, atol=1e-6)
+    text = httpx.get(run_server.url + "/metrics").text
+    count = metric(text, "runtime_batch_size_count", model="t_linear", version="1")
+    ones = metric(text, "runtime_batch_size_bucket", model="t_linear", version="1", le="1.0")
+    assert count > 0 and ones < count, f"no batch larger than 1: {count=} {ones=}"
 
 
 # The servers stop last: the tests above only read from them (the one above kills a worker of its own).

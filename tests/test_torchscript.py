@@ -1,26 +1,22 @@
-"""TorchScript models (platform pytorch_libtorch): served results equal the module in-process, and start-up errors."""
+"""TorchScript models (platform pytorch_libtorch): an instance's results equal the module in-process, and
+start-up errors. Served through the model engine: tests/test_engine.py (its Azure ML style server loads them)."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
-import tritonclient.http as triton
 
 from runtime.errors import StartupError
 from runtime.serving.platforms import Device, platform_for
 from runtime.serving.repository import ModelConfig, load_repository
 from tests.support import torch_models
 from tests.support.cli import run_cli
-from tests.support.servers import ServerProcess, free_port, repository_server, runtime_argv
-from tests.test_onnxruntime_backend import metric
+from tests.support.servers import free_port, runtime_argv
 
 MODULES = {
     "t_linear": torch_models.Linear(),
@@ -77,53 +73,6 @@ def test_instance_equals_module_in_process(torch_repo: Path, name: str, batch: i
         assert got[key].dtype == value.dtype and got[key].shape == value.shape
         np.testing.assert_array_equal(got[key], value)
     instance.close()
-
-
-@pytest.fixture(scope="module")
-def server(torch_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = repository_server(torch_repo, tmp_path_factory.mktemp("torch-server") / "runtime.log")
-    yield process.start()
-    process.stop()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODULES))
-def test_served_equals_module_in_process(server: ServerProcess, name: str) -> None:
-    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
-    inputs = sample(name, 2, seed=1)
-    requested = []
-    for key, value in inputs.items():
-        tensor = triton.InferInput(key, list(value.shape), "INT64" if value.dtype == np.int64 else "FP32")
-        tensor.set_data_from_numpy(value, binary_data=True)
-        requested.append(tensor)
-    result = client.infer(name, requested)
-    for key, value in in_process(name, inputs).items():
-        np.testing.assert_array_equal(result.as_numpy(key), value)
-    meta = client.get_model_metadata(name)
-    assert meta["platform"] == "pytorch_libtorch"
-    client.close()
-
-
-@pytest.mark.slow
-def test_concurrent_requests_batch_and_each_row_is_right(server: ServerProcess) -> None:
-    rows = np.random.default_rng(3).standard_normal((48, 4)).astype(np.float32)
-
-    def body(row: np.ndarray) -> dict[str, object]:
-        return {"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32", "data": row.tolist()}]}
-
-    async def send_all() -> list[httpx.Response]:
-        url = f"{server.url}/v2/models/t_linear/infer"
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=48)) as client:
-            return await asyncio.gather(*(client.post(url, json=body(r)) for r in rows))
-
-    responses = asyncio.run(send_all())
-    assert [r.status_code for r in responses] == [200] * len(rows), responses[0].text
-    got = np.array([r.json()["outputs"][0]["data"] for r in responses], dtype=np.float32)
-    np.testing.assert_allclose(got, in_process("t_linear", {"x": rows})["OUTPUT__0"], rtol=1e-6, atol=1e-6)
-    text = httpx.get(server.url + "/metrics").text
-    count = metric(text, "runtime_batch_size_count", model="t_linear", version="1")
-    ones = metric(text, "runtime_batch_size_bucket", model="t_linear", version="1", le="1.0")
-    assert count > 0 and ones < count, f"no batch larger than 1: {count=} {ones=}"
 
 
 def test_runtime_check_shows_torchscript_models(torch_repo: Path) -> None:
