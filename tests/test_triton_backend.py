@@ -1,9 +1,10 @@
-"""The Triton backend against a real tritonserver: remote, managed, faults, batching, the seed's scripts, tracing.
+"""The Triton backend against a real tritonserver: remote, managed, faults, batching, the seed's scripts, tracing,
+the reference examples.
 
-Two Tritons for the module: one the tests start themselves (tracing with OpenTelemetry to the module's
-collector), used in remote mode by apps in this process and killed mid-load last; and the managed one of a
-two-worker ``runtime serve --triton managed``, read by the tests through real Gunicorn workers, then
-stopped with SIGTERM. A master SIGKILLed needs a managed server of its own.
+Two Tritons for the module: one the tests start themselves (the test models and the examples', tracing
+with OpenTelemetry to the module's collector), used in remote mode by apps in this process and killed
+mid-load last; and the managed one of a two-worker ``runtime serve --triton managed``, read by the tests
+through real Gunicorn workers, then stopped with SIGTERM. A master SIGKILLed needs a managed server of its own.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from runtime import tracing
 from runtime.serving.tritonserver import ManagedTriton
 from runtime.settings import Settings
 from tests.conftest import StartRuntime, script
+from tests.support import examples
 from tests.support.cli import settings_of
-from tests.support.inprocess import app_client, captured_logs, served, startup_failure
+from tests.support.inprocess import AppPool, app_client, captured_logs, served, startup_failure
 from tests.support.models import linear_reference
 from tests.support.otlp import Collector, ExportedSpan, collector
 from tests.support.processes import alive, descendants
@@ -71,11 +73,20 @@ def triton_thread() -> Iterator[ThreadPoolExecutor]:
 
 
 @pytest.fixture(scope="module")
+def triton_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test models and the reference examples' models (tests/support/examples.py) in one repository."""
+    root = examples.make_repository(tmp_path_factory.mktemp("remote-triton"))
+    for model in (model_repo / "triton").iterdir():
+        (root / "triton" / model.name).symlink_to(model)
+    return root
+
+
+@pytest.fixture(scope="module")
 def remote_triton(
-    model_repo: Path, tritonserver_binary: Path, triton_spans: Collector, triton_thread: ThreadPoolExecutor
+    triton_repo: Path, tritonserver_binary: Path, triton_spans: Collector, triton_thread: ThreadPoolExecutor
 ) -> Iterator[ManagedTriton]:
     """A tritonserver the test starts itself (the runtime then uses it in remote mode)."""
-    server = TracedTriton(str(model_repo), tritonserver_binary, triton_spans)
+    server = TracedTriton(str(triton_repo), tritonserver_binary, triton_spans)
     server.start()
     yield server
     server.stop()
@@ -212,6 +223,31 @@ def test_triton_continues_the_trace(remote_triton: ManagedTriton, triton_spans: 
         time.sleep(0.05)
     assert theirs(), triton_spans.spans
     assert f"{ours.context.span_id:016x}" in {s.parent_span_id for s in theirs()}
+
+
+# The reference examples on Triton (on the embedded backend: tests/test_examples.py), through apps in this
+# process. Their idle connections are closed before the module's Triton stops: ``apps`` is set up after it.
+
+
+@pytest.mark.parametrize("script", ["score_densenet.py", "score_densenet_aml.py"])
+def test_densenet_end_to_end(remote_triton: ManagedTriton, apps: AppPool, triton_repo: Path, script: str) -> None:
+    server = examples.serve(apps, examples.DENSENET / script, triton_repo, remote_triton.url)
+    examples.check_densenet(server, triton_repo, script)
+
+
+def test_densenet_concurrent_requests_are_batched(
+    remote_triton: ManagedTriton, apps: AppPool, triton_repo: Path
+) -> None:
+    """Batches show in the app's /metrics, from Triton's statistics (added to this process's registry, where
+    other tests' requests add batches of one at most: they send one request at a time)."""
+    examples.check_batched(
+        examples.serve(apps, examples.DENSENET / "score_densenet.py", triton_repo, remote_triton.url)
+    )
+
+
+@pytest.mark.parametrize("script", ["score_bidaf.py", "score_bidaf_aml.py"])
+def test_bidaf_end_to_end(remote_triton: ManagedTriton, apps: AppPool, triton_repo: Path, script: str) -> None:
+    examples.check_bidaf(examples.serve(apps, examples.BIDAF / script, triton_repo, remote_triton.url), triton_repo)
 
 
 def test_triton_killed_mid_load_gives_503_then_recovers(
