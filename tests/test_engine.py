@@ -24,6 +24,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton_http
 
+from tests import test_torchscript
 from tests.conftest import script
 from tests.support import torch_models
 from tests.support.cli import run_cli
@@ -40,7 +41,7 @@ from tests.support.engine import (
 from tests.support.otlp import Collector, collector
 from tests.support.servers import ServerPool, ServerProcess, free_port, runtime_argv
 from tests.test_onnxruntime_backend import metric
-from tests.test_torchscript import MODULES, in_process, sample
+from tests.test_torchscript import MODULES
 
 pytestmark = pytest.mark.slow
 
@@ -298,40 +299,11 @@ def test_kind_auto_serves_on_the_cpu(engine_repo: Path, run_server: ServerProces
 
 @pytest.mark.parametrize("name", list(MODULES))
 def test_torchscript_served_equals_module_in_process(run_server: ServerProcess, name: str) -> None:
-    client = triton_http.InferenceServerClient(run_server.url.removeprefix("http://"))
-    inputs = sample(name, 2, seed=1)
-    requested = []
-    for key, value in inputs.items():
-        tensor = triton_http.InferInput(key, list(value.shape), "INT64" if value.dtype == np.int64 else "FP32")
-        tensor.set_data_from_numpy(value, binary_data=True)
-        requested.append(tensor)
-    result = client.infer(name, requested)
-    for key, value in in_process(name, inputs).items():
-        np.testing.assert_array_equal(result.as_numpy(key), value)
-    meta = client.get_model_metadata(name)
-    assert meta["platform"] == "pytorch_libtorch"
-    client.close()
+    test_torchscript.served_equals_module_in_process(run_server, name)
 
 
 def test_torchscript_concurrent_requests_batch_and_each_row_is_right(run_server: ServerProcess) -> None:
-    rows = np.random.default_rng(3).standard_normal((48, 4)).astype(np.float32)
-
-    def body(row: np.ndarray) -> dict[str, object]:
-        return {"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32", "data": row.tolist()}]}
-
-    async def send_all() -> list[httpx.Response]:
-        url = f"{run_server.url}/v2/models/t_linear/infer"
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=48)) as client:
-            return await asyncio.gather(*(client.post(url, json=body(r)) for r in rows))
-
-    responses = asyncio.run(send_all())
-    assert [r.status_code for r in responses] == [200] * len(rows), responses[0].text
-    got = np.array([r.json()["outputs"][0]["data"] for r in responses], dtype=np.float32)
-    np.testing.assert_allclose(got, in_process("t_linear", {"x": rows})["OUTPUT__0"], rtol=1e-6, atol=1e-6)
-    text = httpx.get(run_server.url + "/metrics").text
-    count = metric(text, "runtime_batch_size_count", model="t_linear", version="1")
-    ones = metric(text, "runtime_batch_size_bucket", model="t_linear", version="1", le="1.0")
-    assert count > 0 and ones < count, f"no batch larger than 1: {count=} {ones=}"
+    test_torchscript.concurrent_requests_batch_and_each_row_is_right(run_server)
 
 
 # The servers stop last: the tests above only read from them (the one above kills a worker of its own).

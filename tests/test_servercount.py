@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 
-from tests.support.servercount import Key, Launch, Sampler, launches, report, server_kind
+from tests.support.servercount import Key, Launch, Sampler, launches, read_argv, report, server_kind
 
 PYTEST = 100
 SERVE = ["/venv/bin/runtime", "serve", "--port", "5001"]
@@ -66,20 +65,30 @@ def test_servers_outside_pytest_are_not_counted() -> None:
 
 
 def test_a_sampler_keeps_each_launchs_test_and_command_line() -> None:
-    """A real child that reads as a tritonserver (bash names it so): the sampler records it once, with its argv."""
-    sampler = Sampler(os.getpid())
+    table = {200: (PYTEST, "1")}
+    sampler = Sampler(PYTEST, lambda: table, {200: SERVE, 201: SERVE, 300: TRITON}.get)
     sampler.test = "tests/test_x.py::test_y"
-    child = subprocess.Popen(["bash", "-c", "exec -a /opt/bin/tritonserver sleep 30", "--"])
+    sampler.sample()
+    table.update({201: (200, "2"), 300: (PYTEST, "3")})  # a worker of the first server, and a second server
+    sampler.test = "tests/test_x.py::test_z"
+    sampler.sample()
+    assert list(sampler.seen.values()) == [
+        ("runtime", "tests/test_x.py::test_y", SERVE),
+        ("tritonserver", "tests/test_x.py::test_z", TRITON),
+    ]
+
+
+def test_read_argv_reads_a_live_process_and_none_once_it_is_gone() -> None:
+    child = subprocess.Popen(["sleep", "30"])
     try:
         deadline = time.monotonic() + 10
-        while not sampler.seen and time.monotonic() < deadline:
-            sampler.sample()
-            time.sleep(0.01)
-        sampler.sample()
+        while read_argv(child.pid) != ["sleep", "30"] and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the fork has exec'd sleep (it reads as pytest before)
+        assert read_argv(child.pid) == ["sleep", "30"]
     finally:
         child.kill()
         child.wait()
-    assert list(sampler.seen.values()) == [("tritonserver", "tests/test_x.py::test_y", ["/opt/bin/tritonserver", "30"])]
+    assert read_argv(child.pid) is None
 
 
 def test_the_report_counts_by_kind_module_and_test_and_lists_every_launch() -> None:

@@ -3,20 +3,24 @@ start-up errors. Served through the model engine: tests/test_engine.py (its Azur
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
+import tritonclient.http as triton
 
 from runtime.errors import StartupError
 from runtime.serving.platforms import Device, platform_for
 from runtime.serving.repository import ModelConfig, load_repository
 from tests.support import torch_models
 from tests.support.cli import run_cli
-from tests.support.servers import free_port, runtime_argv
+from tests.support.servers import ServerProcess, free_port, runtime_argv
+from tests.test_onnxruntime_backend import metric
 
 MODULES = {
     "t_linear": torch_models.Linear(),
@@ -73,6 +77,50 @@ def test_instance_equals_module_in_process(torch_repo: Path, name: str, batch: i
         assert got[key].dtype == value.dtype and got[key].shape == value.shape
         np.testing.assert_array_equal(got[key], value)
     instance.close()
+
+
+def served_equals_module_in_process(server: ServerProcess, name: str) -> None:
+    """What ``server`` answers for model ``name`` over v2 (tritonclient) equals the module in this process."""
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    inputs = sample(name, 2, seed=1)
+    requested = []
+    for key, value in inputs.items():
+        tensor = triton.InferInput(key, list(value.shape), "INT64" if value.dtype == np.int64 else "FP32")
+        tensor.set_data_from_numpy(value, binary_data=True)
+        requested.append(tensor)
+    result = client.infer(name, requested)
+    for key, value in in_process(name, inputs).items():
+        np.testing.assert_array_equal(result.as_numpy(key), value)
+    meta = client.get_model_metadata(name)
+    assert meta["platform"] == "pytorch_libtorch"
+    client.close()
+
+
+def concurrent_requests_batch_and_each_row_is_right(server: ServerProcess) -> None:
+    """48 concurrent t_linear requests to ``server``: every row right, and a batch larger than one in /metrics."""
+    rows = np.random.default_rng(3).standard_normal((48, 4)).astype(np.float32)
+
+    def body(row: np.ndarray) -> dict[str, object]:
+        return {"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32", "data": row.tolist()}]}
+
+    async def send_all() -> list[httpx.Response]:
+        url = f"{server.url}/v2/models/t_linear/infer"
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=48)) as client:
+            return await asyncio.gather(*(client.post(url, json=body(r)) for r in rows))
+
+    responses = asyncio.run(send_all())
+    assert [r.status_code for r in responses] == [200] * len(rows), responses[0].text
+    got = np.array([r.json()["outputs"][0]["data"] for r in responses], dtype=np.float32)
+    np.testing.assert_allclose(got, in_process("t_linear", {"x": rows})["OUTPUT__0"], rtol=1e-6, atol=1e-6)
+    text = httpx.get(server.url + "/metrics").text
+    count = metric(text, "runtime_batch_size_count", model="t_linear", version="1")
+    ones = metric(text, "runtime_batch_size_bucket", model="t_linear", version="1", le="1.0")
+    assert count > 0 and ones < count, f"no batch larger than 1: {count=} {ones=}"
+
+
+# tests/test_instance_processes.py runs this on a server of its own by this name.
+test_concurrent_requests_batch_and_each_row_is_right = concurrent_requests_batch_and_each_row_is_right
+concurrent_requests_batch_and_each_row_is_right.__test__ = False  # type: ignore[attr-defined]  # a check, not a test here
 
 
 def test_runtime_check_shows_torchscript_models(torch_repo: Path) -> None:

@@ -96,8 +96,15 @@ def read_argv(pid: int) -> list[str] | None:
 class Sampler:
     """Polls /proc for server processes below ``root`` until stopped."""
 
-    def __init__(self, root: int) -> None:
+    def __init__(
+        self,
+        root: int,
+        table: Callable[[], Mapping[int, tuple[int, str]]] = process_table,
+        argv_of: Callable[[int], list[str] | None] = read_argv,
+    ) -> None:
         self.root = root
+        self.table = table
+        self.argv_of = argv_of
         self.known: dict[Key, str] = {}  # every server process seen, workers included
         self.seen: dict[Key, Launch] = {}  # the launches: (pid, start time) -> (kind, test, argv)
         self.test = "(collection)"
@@ -118,8 +125,8 @@ class Sampler:
             self.sample()
 
     def sample(self) -> None:
-        for key, kind in launches(self.root, process_table(), read_argv, self.known).items():
-            self.seen[key] = (kind, self.test, read_argv(key[0]) or [])
+        for key, kind in launches(self.root, self.table(), self.argv_of, self.known).items():
+            self.seen[key] = (kind, self.test, self.argv_of(key[0]) or [])
 
 
 SAMPLER = Sampler(os.getpid())
