@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import StartRuntime
-from tests.support.faults import FAULTS, closed_loop, kill, rss_mib, wait_for
+from tests.support.faults import FAULTS, closed_loop, kill, rss_mib, wait_for, wait_in_flight
 from tests.support.processes import children
 from tests.support.servers import ServerPool, ServerProcess
 
@@ -160,7 +160,7 @@ def test_sigterm_drains_in_flight_requests(pool: ServerPool) -> None:
     async def scenario() -> list[int]:
         async with httpx.AsyncClient(timeout=30) as client:
             pending = [asyncio.ensure_future(client.post(server.url + "/score", json={"sleep": 1})) for _ in range(10)]
-            await asyncio.sleep(0.4)
+            assert await asyncio.to_thread(wait_in_flight, server.url, 10)
             assert server.proc is not None
             server.proc.send_signal(signal.SIGTERM)
             return [r.status_code for r in await asyncio.gather(*pending)]

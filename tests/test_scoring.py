@@ -22,6 +22,7 @@ import pytest
 
 from runtime.settings import Settings
 from tests.conftest import script
+from tests.support.faults import wait_in_flight
 from tests.support.inprocess import app_client, captured_logs
 from tests.support.servers import ServerPool, ServerProcess
 
@@ -232,7 +233,7 @@ def test_sigterm_finishes_requests_in_flight(servers: ServerPool, flags: Flags, 
     threads = [threading.Thread(target=call) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    assert wait_in_flight(server.url, 3)
     assert server.proc is not None
     server.proc.send_signal(signal.SIGTERM)
     for t in threads:

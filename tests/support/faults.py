@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 
 from tests.support.servers import REPO
 
@@ -38,6 +39,19 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def in_flight(url: str) -> float:
+    """Requests the server at ``url`` has admitted and not answered yet, all workers (/metrics)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(float(line.split()[1]) for line in text.splitlines() if line.startswith("runtime_requests_in_progress "))
+
+
+def wait_in_flight(url: str, count: int, timeout: float = 30) -> bool:
+    """Whether ``count`` requests are in flight at ``url`` within ``timeout``: a test that signals the server
+    with requests in flight waits for them, as a loaded machine can take longer than any fixed wait to hand
+    connections in the listen backlog to the workers (such a connection is closed unanswered on SIGTERM)."""
+    return wait_for(lambda: in_flight(url) >= count, timeout, interval=0.05)
 
 
 def percentile(values: list[float], p: float) -> float:
