@@ -22,9 +22,10 @@ import tritonclient.http as triton
 
 from runtime.settings import Settings
 from tests.conftest import StartRuntime, script
+from tests.support.cli import run_cli
 from tests.support.inprocess import served
 from tests.support.processes import comm, descendants
-from tests.support.servers import ServerPool, ServerProcess
+from tests.support.servers import ServerPool, ServerProcess, free_port
 from tests.support.triton import its_triton, managed_flags, rows, score_many, triton_model_stats
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
@@ -219,12 +220,13 @@ def test_triton_down_is_the_same_503_as_direct_mode_then_recovers(via_engine: Se
     assert httpx.post(via_engine.url + "/score", json=one, timeout=30).status_code == 200
 
 
-def test_engine_start_up_waits_for_a_remote_triton_within_a_bound(start_runtime: StartRuntime) -> None:
-    server = start_runtime(
-        "--entry", HOOK, "--backend", "triton", "--triton-url", "127.0.0.1:9", "--triton-client", "engine",
-        env={"RUNTIME_TRITON_WAIT_S": "2"}, wait=False,
+def test_engine_start_up_waits_for_a_remote_triton_within_a_bound(capfd: pytest.CaptureFixture[str]) -> None:
+    # The command in this process, with its real model engine (a process of its own, which gives up on Triton).
+    result = run_cli(
+        "serve", "--port", str(free_port()), "--entry", HOOK, "--backend", "triton", "--triton-url", "127.0.0.1:9",
+        "--triton-client", "engine", env={"RUNTIME_TRITON_WAIT_S": "2"}, engine=True,
     )  # fmt: skip
-    assert server.wait_exit(60) == 3
-    log = server.log()
+    assert result.returncode == 3
+    log = result.stdout + result.stderr + capfd.readouterr().err
     assert "Triton Inference Server at 127.0.0.1:9: the server is not ready: connection refused" in log
     assert "the model engine exited with code 3 while starting" in log
