@@ -16,8 +16,16 @@ from prometheus_client import REGISTRY
 
 from runtime.errors import ServingError, StartupError
 from runtime.serving import instances
-from runtime.serving.batching import BatchStats
-from runtime.serving.engine.arena import Allocator, Region, read_tensor, tensor_nbytes, write_tensors
+from runtime.serving.batching import BatchStats, join, signature
+from runtime.serving.engine.arena import (
+    SMALL_STRINGS,
+    Allocator,
+    Region,
+    read_tensor,
+    tensor_nbytes,
+    transport_strings,
+    write_tensors,
+)
 from runtime.serving.engine.channel import Channel
 from runtime.serving.engine.client import EngineUnavailable
 from runtime.serving.platforms import Device
@@ -53,6 +61,49 @@ def test_numeric_and_bytes_tensors_round_trip_through_a_region() -> None:
     assert np.array_equal(got[0], floats) and np.shares_memory(got[0], space)  # a view: no copy on the way in
     assert got[1].tolist() == strings.tolist()
     region.close_fd()
+
+
+def _cross(tensors: dict[str, np.ndarray]) -> tuple[list[str], dict[str, np.ndarray], np.ndarray]:
+    """Tensors through a region as the worker's client sends them: their datatypes, what the peer reads."""
+    region = Region.create("runtime-test", 1 << 16)
+    space = region.view(0, region.size)
+    sent = [(n, transport_strings(a), 0) for n, a in tensors.items()]
+    metas = write_tensors(space, 0, [(n, a, tensor_nbytes(a)) for n, a, _ in sent], buf=0)
+    region.close_fd()
+    read = {m["name"]: read_tensor(space[m["offset"] : m["offset"] + m["nbytes"]], m["datatype"], tuple(m["shape"]))
+            for m in metas}  # fmt: skip
+    return [m["datatype"] for m in metas], read, space
+
+
+def test_strings_cross_as_numpy_unicode_views_and_bytes_exactly() -> None:
+    words = np.array([["héllo", ""], ["wörld 文字", "a"]], dtype=object)
+    unicode = np.array(["x", "", "ünï"])
+    raw = np.array([b"\xff\xfe not utf-8", b""], dtype=object)
+    mixed = np.array(["text", b"bytes"], dtype=object)
+    nul = np.array(["ends in nul\x00", "b"], dtype=object)  # numpy unicode would drop the NUL
+    datatypes, got, space = _cross({"w": words, "u": unicode, "r": raw, "m": mixed, "n": nul})
+    assert datatypes == ["STR:8", "STR:3", "BYTES", "BYTES", "BYTES"]
+    assert got["w"].dtype == np.dtype("<U8") and got["w"].tolist() == words.tolist()
+    assert np.shares_memory(got["w"], space) and np.shares_memory(got["u"], space)  # mapped, not copied
+    assert got["u"].tolist() == unicode.tolist()
+    assert got["r"].tolist() == raw.tolist()  # bytes arrive as sent, UTF-8 or not
+    assert got["m"].tolist() == [b"text", b"bytes"]
+    assert got["n"].tolist() == [b"ends in nul\x00", b"b"]
+    # onnxruntime's feed is the view itself; the batcher joins any widths, as objects, not padded to the widest.
+    assert onnx_platform.to_str_array(got["w"]) is got["w"]
+    parts = [{"w": got["w"]}, {"w": np.array([["longer than eight"] * 2])}]
+    assert signature(parts[0]) == signature(parts[1])
+    joined = join(parts)["w"]
+    assert joined.dtype == object and joined.tolist() == [*words.tolist(), ["longer than eight"] * 2]
+
+
+def test_strings_much_wider_than_their_bytes_layout_fall_back_to_it() -> None:
+    wide = np.array(["x" * 1000] + [""] * 99, dtype=object)  # fixed width: 400 kB against 1.4 kB as BYTES
+    assert wide.size * 1000 * 4 > SMALL_STRINGS
+    datatypes, got, _ = _cross({"wide": wide, "wide_unicode": wide.astype(str), "narrow": wide[:1]})
+    assert datatypes == ["BYTES", "BYTES", "STR:1000"]
+    assert got["wide"].tolist() == [s.encode() for s in wide.tolist()] == got["wide_unicode"].tolist()
+    assert got["narrow"].tolist() == ["x" * 1000]
 
 
 def test_frames_carry_file_descriptors_and_survive_split_reads() -> None:

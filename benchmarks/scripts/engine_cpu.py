@@ -1,6 +1,7 @@
-"""Server CPU per request of the tiny model, split by process role, for servers that take turns.
+"""Server CPU per request of the tiny model or BiDAF hook style, split by process role, for servers that take turns.
 
     python benchmarks/scripts/engine_cpu.py [--workers 1] [--concurrency 32] [--rounds 3]
+    python benchmarks/scripts/engine_cpu.py --workload bidaf
     git worktree add /tmp/before <commit>
     python benchmarks/scripts/engine_cpu.py --designs process,process@/tmp/before,worker
 
@@ -27,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.run import SCRIPTS  # noqa: E402
+from benchmarks.run import CONTEXT, EXAMPLES, QUERY, SCRIPTS, load_example  # noqa: E402
 from runtime.tools import bench  # noqa: E402
 from tests.support import models  # noqa: E402
 from tests.support.processes import comm, cpu_seconds, descendants  # noqa: E402
@@ -45,11 +46,11 @@ def roles(server: ServerProcess) -> dict[str, float]:
     return used
 
 
-def serve(design: str, workers: int, model_dir: Path, work: Path) -> ServerProcess:
+def serve(design: str, workers: int, model_dir: Path, work: Path, entry: Path) -> ServerProcess:
     mode, _, checkout = design.partition("@")
     port = free_port()
     argv = runtime_argv("serve", "--port", str(port), "--workers", str(workers), "--model-dir", str(model_dir))
-    argv += ["--entry", str(SCRIPTS / "runtime_tiny_hook.py"), "--engine", mode]
+    argv += ["--entry", str(entry), "--engine", mode]
     env = {"RUNTIME_ACCESS_LOG": "false", "AZUREML_LOG_LEVEL": "WARNING"}
     if checkout:
         env["PYTHONPATH"] = checkout
@@ -60,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--designs", default="process,worker")
     parser.add_argument("--routes", default="/score,/v2")
+    parser.add_argument("--workload", choices=("tiny", "bidaf"), default="tiny")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
@@ -71,15 +73,23 @@ def main() -> None:
         "/score": ("/score", score, {"Content-Type": "application/json"}),
         "/v2": ("/v2/models/tiny/infer", v2_body, v2_headers),
     }
+    entry = SCRIPTS / "runtime_tiny_hook.py"
+    if args.workload == "bidaf":  # string tensors, through examples/bidaf_onnx's hooks
+        entry = EXAMPLES / "bidaf_onnx" / "score_bidaf.py"
+        qa = json.dumps({"context": CONTEXT, "query": QUERY}).encode()
+        targets = {"/score": ("/score", qa, {"Content-Type": "application/json"})}
+        args.routes = "/score"
     with tempfile.TemporaryDirectory(prefix="engine-cpu-") as tmp:
         work = Path(tmp)
         models.make_linear(work / "models" / "triton" / "tiny" / "1" / "model.onnx")
         (work / "models" / "triton" / "tiny" / "config.pbtxt").write_text("max_batch_size: 64\ndynamic_batching { }\n")
+        if args.workload == "bidaf":
+            load_example(EXAMPLES / "bidaf_onnx" / "make_model.py").main(["--out", str(work / "models")])
         servers: dict[str, ServerProcess] = {}
         rows: dict[tuple[str, str], list[tuple[float, float, dict[str, float]]]] = {}
         try:
             for design in args.designs.split(","):
-                servers[design] = serve(design, args.workers, work / "models", work)
+                servers[design] = serve(design, args.workers, work / "models", work, entry)
             for _ in range(args.rounds):
                 for route in args.routes.split(","):
                     path, body, headers = targets[route]
@@ -94,7 +104,7 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
-    print(f"{args.workers} worker(s), c={args.concurrency}, medians of {args.rounds} rounds")
+    print(f"{args.workload}: {args.workers} worker(s), c={args.concurrency}, medians of {args.rounds} rounds")
     for (route, design), steps in rows.items():
         rate = statistics.median(s[0] for s in steps)
         p50 = statistics.median(s[1] for s in steps)

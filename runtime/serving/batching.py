@@ -108,16 +108,28 @@ class BatchStats:
     tags: list[object] = field(default_factory=list)  # what each request was submitted with
 
 
+_OBJECT = np.dtype(object)
+
+
 def join(parts: list[Tensors]) -> Tensors:
     """One batch from the requests' inputs, along the batch dimension (no copy for a batch of one)."""
     if len(parts) == 1:
         return parts[0]
-    return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
+    return {name: _concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    first = arrays[0].dtype
+    if first.kind in "OU" and any(a.dtype != first for a in arrays):
+        # Strings of different widths (or with bytes): as objects, not all padded to the widest.
+        return np.concatenate(arrays, axis=0, dtype=object)
+    return np.concatenate(arrays, axis=0)
 
 
 def signature(inputs: Mapping[str, np.ndarray]) -> Signature:
-    # dtype objects compare and hash as their types; str(dtype) costs microseconds a request.
-    return tuple(sorted((name, a.dtype, a.shape[1:]) for name, a in inputs.items()))
+    # dtype objects compare and hash as their types; str(dtype) costs microseconds a request. Numpy unicode
+    # of any width batches with object arrays (the engine's transport gives either for strings).
+    return tuple(sorted((name, _OBJECT if a.dtype.kind == "U" else a.dtype, a.shape[1:]) for name, a in inputs.items()))
 
 
 def split_requests(sizes: list[int], shards: int) -> list[tuple[int, int]]:

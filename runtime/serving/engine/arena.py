@@ -9,6 +9,10 @@ Each worker owns one arena (allocated by the worker, reused); a request takes on
 its inputs and room for its outputs, which the engine writes in place. Numeric tensors are the raw
 array bytes; BYTES tensors are Triton's binary layout: each element a 4-byte little-endian length,
 then the bytes.
+Strings that are all str cross instead as fixed-width UCS4 (numpy unicode, datatype ``STR:<chars>``): the
+worker converts them in one pass in C and the engine maps them as a view, where the BYTES layout costs
+Python work per element on both sides. Bytes (which need not be UTF-8) and strings much wider than
+their BYTES layout keep that layout (:func:`transport_strings`).
 """
 
 from __future__ import annotations
@@ -23,11 +27,18 @@ from typing import Any
 import numpy as np
 
 from runtime.serving.datatypes import numpy_to_wire, serialize_bytes, wire_to_numpy
+from runtime.serving.tensors import to_bytes_array
 
 ALIGN = 64
 # A tensor for the peer: name, datatype, shape, buf (0: the arena, n: the frame's n-th fd), offset, nbytes.
 Meta = dict[str, Any]
 _LENGTH = struct.Struct("<I")
+# The transport's own datatype for numpy unicode (UCS4) tensors, followed by the characters per element.
+STR = "STR:"
+# Fixed-width strings cross as such while they take at most this many times their BYTES layout's room, or
+# at most SMALL_STRINGS bytes (BiDAF's words: 1.8 kB, 5.8 times their BYTES layout; padding that small is free).
+WIDE_FACTOR = 4
+SMALL_STRINGS = 64 << 10
 
 
 def align(n: int) -> int:
@@ -106,8 +117,46 @@ def tensor_nbytes(array: np.ndarray) -> int:
     return int(array.nbytes)
 
 
+def transport_strings(array: np.ndarray) -> np.ndarray:
+    """A string tensor (numpy unicode or bytes, or an object array) in the layout it crosses in cheapest.
+
+    Numpy unicode when every element is a str and the fixed width costs at most WIDE_FACTOR times the
+    BYTES layout or SMALL_STRINGS bytes (one long element among many short ones would make it huge);
+    otherwise an object array of bytes (str UTF-8 encoded), whose bytes arrive exactly as sent.
+    """
+    flat = array.reshape(-1)
+    if array.dtype.kind == "U":
+        if array.itemsize and _narrow(array.itemsize // 4, flat.size, int(np.strings.str_len(flat).sum())):
+            return array
+    elif array.dtype.kind == "O" and flat.size and set(map(type, flat)) == {str}:  # passes in C, as below
+        lengths = np.fromiter(map(len, flat), np.int64, flat.size)
+        total = int(lengths.sum())
+        if _narrow(max(int(lengths.max()), 1), flat.size, total):
+            unicode = np.asarray(array, dtype=str)
+            # numpy drops trailing NULs: such strings keep the BYTES layout, which keeps them.
+            if int(np.strings.str_len(unicode).sum()) == total:
+                return unicode
+    return to_bytes_array(array)
+
+
+def _narrow(chars: int, size: int, total_chars: int) -> bool:
+    # The BYTES layout takes at least 4 bytes per element plus one per character.
+    return chars * 4 * size <= max(WIDE_FACTOR * (4 * size + total_chars), SMALL_STRINGS)
+
+
+def tensor_datatype(array: np.ndarray) -> str:
+    """The datatype a tensor crosses with: BYTES for an object array, STR:<chars> for numpy unicode."""
+    kind = array.dtype.kind
+    if kind == "O":
+        return "BYTES"
+    if kind == "U":
+        return f"{STR}{array.itemsize // 4}"
+    return numpy_to_wire(array.dtype)
+
+
 def write_tensor(target: np.ndarray, array: np.ndarray) -> str:
-    """Copy ``array`` (numeric, or an object array of bytes) into ``target`` (uint8, tensor_nbytes long).
+    """Copy ``array`` (numeric, numpy unicode, or an object array of bytes) into ``target`` (uint8,
+    tensor_nbytes long).
 
     Returns the tensor's datatype.
     """
@@ -116,7 +165,7 @@ def write_tensor(target: np.ndarray, array: np.ndarray) -> str:
         # a microsecond, where each __array_interface__ builds a dict.)
         if not np.may_share_memory(array, target) or _start(array) != _start(target):
             target.view(array.dtype).reshape(array.shape)[...] = array
-        return numpy_to_wire(array.dtype)
+        return tensor_datatype(array)
     target[:] = np.frombuffer(serialize_bytes(array), np.uint8)
     return "BYTES"
 
@@ -145,7 +194,9 @@ def write_tensors(space: np.ndarray, offset: int, tensors: list[tuple[str, np.nd
 
 
 def read_tensor(raw: np.ndarray, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The tensor in ``raw`` (uint8): a view for numbers, an object array of bytes for BYTES."""
+    """The tensor in ``raw`` (uint8): a view for numbers and STR, an object array of bytes for BYTES."""
+    if datatype.startswith(STR):
+        return raw.view(f"<U{datatype[len(STR) :]}").reshape(shape)
     if datatype != "BYTES":
         return raw.view(wire_to_numpy(datatype)).reshape(shape)
     out = np.empty(math.prod(shape), dtype=np.object_)

@@ -28,11 +28,18 @@ from tritonclient.grpc import model_config_pb2 as mc
 from runtime import tracing
 from runtime.errors import ServiceUnavailable, ServingError
 from runtime.serving.datatypes import wire_to_numpy
-from runtime.serving.engine.arena import Allocator, Region, align, read_tensor, tensor_nbytes, write_tensors
+from runtime.serving.engine.arena import (
+    Allocator,
+    Region,
+    align,
+    read_tensor,
+    tensor_nbytes,
+    transport_strings,
+    write_tensors,
+)
 from runtime.serving.engine.channel import Channel, ChannelClosed, Meta, socket_address
 from runtime.serving.repository import ModelConfig, model_config_from_proto
 from runtime.serving.runner import NO_SCHEDULE, Schedule
-from runtime.serving.tensors import to_bytes_array
 
 logger = logging.getLogger("runtime.engine")
 
@@ -226,8 +233,8 @@ class EngineClient:
         channel = self._channel
         if channel is None or channel.closed:
             raise EngineUnavailable("it is restarting")
-        # BYTES travel as bytes (the data plane may hand over str): encoded here once, decoded where needed.
-        inputs = {n: to_bytes_array(a) if a.dtype.kind in "OSU" else a for n, a in inputs.items()}
+        # Strings cross as numpy unicode where they can (no work per element on either side), else as bytes.
+        inputs = {n: transport_strings(a) if a.dtype.kind in "OSU" else a for n, a in inputs.items()}
         sizes = {name: tensor_nbytes(a) for name, a in inputs.items()}
         in_bytes = sum(align(s) for s in sizes.values())
         batch = int(next(iter(inputs.values())).shape[0]) if config.max_batch_size > 0 and inputs else 1

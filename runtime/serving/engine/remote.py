@@ -31,8 +31,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from runtime.errors import ServiceUnavailable, ServingError, StartupError
-from runtime.serving.datatypes import numpy_to_wire
-from runtime.serving.engine.arena import ALIGN, Meta, Region, align, read_tensor, tensor_nbytes, write_tensor
+from runtime.serving.engine.arena import (
+    ALIGN,
+    Meta,
+    Region,
+    align,
+    read_tensor,
+    tensor_datatype,
+    tensor_nbytes,
+    write_tensor,
+)
 from runtime.serving.engine.instance import MAX_FDS, MAX_FRAME, FrameTooLarge, Receiver, send
 
 if TYPE_CHECKING:
@@ -298,9 +306,8 @@ class RemoteInstance:
                     regions.append(key)
                     fds.append(fd)
                 used.add(key)
-                datatype = "BYTES" if array.dtype.kind == "O" else numpy_to_wire(array.dtype)
                 metas.append(
-                    {"name": name, "datatype": datatype, "shape": list(array.shape), "region": key,
+                    {"name": name, "datatype": tensor_datatype(array), "shape": list(array.shape), "region": key,
                      "offset": offset, "nbytes": tensor_nbytes(array)}
                 )  # fmt: skip
             else:
