@@ -81,8 +81,11 @@ def test_strings_cross_as_numpy_unicode_views_and_bytes_exactly() -> None:
     raw = np.array([b"\xff\xfe not utf-8", b""], dtype=object)
     mixed = np.array(["text", b"bytes"], dtype=object)
     nul = np.array(["ends in nul\x00", "b"], dtype=object)  # numpy unicode would drop the NUL
-    datatypes, got, space = _cross({"w": words, "u": unicode, "r": raw, "m": mixed, "n": nul})
-    assert datatypes == ["STR:8", "STR:3", "BYTES", "BYTES", "BYTES"]
+    big_endian = np.array(["bé"], dtype=">U2")  # the peer reads little-endian UCS4
+    tensors = {"w": words, "u": unicode, "r": raw, "m": mixed, "n": nul, "be": big_endian}
+    datatypes, got, space = _cross(tensors)
+    assert datatypes == ["STR:8", "STR:3", "BYTES", "BYTES", "BYTES", "BYTES"]
+    assert got["be"].tolist() == ["bé".encode()]
     assert got["w"].dtype == np.dtype("<U8") and got["w"].tolist() == words.tolist()
     assert np.shares_memory(got["w"], space) and np.shares_memory(got["u"], space)  # mapped, not copied
     assert got["u"].tolist() == unicode.tolist()

@@ -127,7 +127,8 @@ def transport_strings(array: np.ndarray) -> np.ndarray:
     """
     flat = array.reshape(-1)
     if array.dtype.kind == "U":
-        if array.itemsize and _narrow(array.itemsize // 4, flat.size, int(np.strings.str_len(flat).sum())):
+        chars = array.itemsize // 4
+        if array.dtype.byteorder != ">" and chars and _narrow(chars, flat.size, int(np.strings.str_len(flat).sum())):
             return array
     elif array.dtype.kind == "O" and flat.size:
         items = flat.tolist()  # passes over a list, in C: several times faster than over the object array
