@@ -48,6 +48,10 @@ def test_json_and_binary_inputs_in_one_request() -> None:
         ({"inputs": [{"name": "a", "shape": [-1], "datatype": "FP32", "data": [1]}]}, "non-negative integers"),
         ({"inputs": [{"name": "a", "shape": [1], "datatype": "FP32"}]}, "neither 'data' nor binary_data_size"),
         ({"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": [1]}]}, "must be strings"),
+        (
+            {"inputs": [{"name": "a", "shape": [2], "datatype": "BYTES", "data": ["x", "\ud800"]}]},
+            "element 1 is not valid",
+        ),
         ({"inputs": [{"name": "a", "shape": [1], "datatype": "BOOL", "data": [1]}]}, "true or false"),
         ({"inputs": [{"name": "a", "shape": [1], "datatype": "INT8", "data": [1000]}]}, "cannot be read as INT8"),
         ({"inputs": "x"}, "non-empty 'inputs' list"),

@@ -103,7 +103,12 @@ def _decode_json_tensor(name: str, datatype: str, shape: list[int], data: Any) -
         for i, item in enumerate(flat):
             if not isinstance(item, str):
                 raise BadRequest(f"input '{name}' is BYTES: its JSON data must be strings")
-            out[i] = item.encode("utf-8")
+            try:
+                out[i] = item.encode("utf-8")
+            except UnicodeEncodeError:  # JSON allows a lone surrogate ("\ud800"); UTF-8 cannot hold it
+                raise BadRequest(
+                    f"input '{name}' is BYTES: element {i} is not valid Unicode (it holds a lone surrogate)"
+                ) from None
         return _reshape(out, shape, name)
     dtype = WIRE_TO_NUMPY[datatype]
     if datatype == "BOOL" and not all(isinstance(v, bool) for v in flat):

@@ -44,8 +44,13 @@ class Req:
         return client.request(self.method, self.path, headers=self.headers, content=self.body)
 
 
+# Any code point, lone surrogates too: JSON can carry "\ud800", which UTF-8 cannot encode.
+ANY_TEXT = st.characters(exclude_categories=())
+
 # The strategies below are built once and cached: a strategy is validated and its emptiness worked out
 # on its first draw, and a recursive one rebuilt for every draw spent most of each example's time there.
+
+
 @functools.cache
 def scalars() -> st.SearchStrategy[Any]:
     return st.one_of(
@@ -53,7 +58,7 @@ def scalars() -> st.SearchStrategy[Any]:
         st.booleans(),
         st.integers(min_value=-(2**70), max_value=2**70),
         st.floats(allow_nan=True, allow_infinity=True),
-        st.text(max_size=8),
+        st.text(ANY_TEXT, max_size=8),
     )
 
 
@@ -200,7 +205,7 @@ def valid_inputs(draw: st.DrawFn, model: str) -> list[tuple[dict[str, Any], byte
     for name, (datatype, cols) in SIGNATURES[model].items():
         count = rows * cols
         if datatype == "BYTES":
-            values: list[Any] = draw(st.lists(st.text(max_size=5), min_size=count, max_size=count))
+            values: list[Any] = draw(st.lists(st.text(ANY_TEXT, max_size=5), min_size=count, max_size=count))
         elif datatype == "BOOL":
             values = draw(st.lists(st.booleans(), min_size=count, max_size=count))
         else:
