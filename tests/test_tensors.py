@@ -78,6 +78,19 @@ def test_valid_inputs_are_not_converted() -> None:
             False,
             "inputs of model 'm' have different batch sizes (2 and 1)",
         ),
+        *(
+            (
+                {"x": np.zeros((len(strings), 4), np.float32), "s": strings},
+                False,
+                "input 's' holds a string that is not valid Unicode (a lone surrogate such as \\ud800, which has "
+                "no UTF-8 form)",
+            )
+            for strings in (
+                np.array([["ok\ud800"]]),  # numpy unicode
+                np.array([["x\udfff"]], dtype=object),  # str objects
+                np.array([[b"\xff"], ["\ud800"]], dtype=object),  # bytes beside them (bytes pass as they are)
+            )
+        ),
         (
             {"x": np.zeros((1, 4), np.float32)},
             False,

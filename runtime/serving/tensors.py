@@ -64,12 +64,31 @@ def _check_datatype(spec: TensorSpec, array: np.ndarray, exact: bool) -> None:
     if spec.datatype == "BYTES":
         if kind not in ("O", "S", "U"):
             raise _datatype_error(spec.name, numpy_to_wire(array.dtype), spec.datatype)
+        if kind != "S":
+            _check_unicode(spec.name, array)
         return
     want = wire_to_numpy(spec.datatype)
     if array.dtype == want:
         return
     if exact or kind in ("O", "S", "U") or not np.can_cast(array.dtype, want, "same_kind"):
         raise _datatype_error(spec.name, numpy_to_wire(array.dtype), spec.datatype)
+
+
+def _check_unicode(name: str, array: np.ndarray) -> None:
+    """Strings a model can take: a lone surrogate (JSON carries "\\ud800") has no UTF-8 form, and would fail
+    the whole batch it joins. One join and one encode, in C."""
+    items = array.reshape(-1).tolist()
+    try:
+        text = "".join(items)
+    except TypeError:  # bytes among them (or other objects, refused where the backend converts)
+        text = "".join(item for item in items if isinstance(item, str))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            f"input '{name}' holds a string that is not valid Unicode (a lone surrogate such as \\ud800, "
+            "which has no UTF-8 form)"
+        ) from None
 
 
 def validate_inputs(config: ModelConfig, inputs: Mapping[str, Any], exact_datatypes: bool = False) -> None:
