@@ -4,7 +4,8 @@
     python benchmarks/gpu_check.py --device cpu --small --batches 1,2 --workers 1 --concurrency 4 \\
         --duration 2 --warmup 1 --target-batch 2    # anywhere, in seconds (CI runs this)
 
-One run measures, with the example's own model (make_model.py --format torchscript) and score.py:
+One run measures, with the example's own model (make_model.py --format torchscript) and score.py (3 first, so
+that a server that does not start ends the run at once):
 
 1. the device limit: the TorchScript model by batch size, numpy in and numpy out, through the same
    platform instance the server runs; at the largest batch also with TorchScript's optimized execution
@@ -490,7 +491,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": python_path(work, args.wheels)}
     kind = "KIND_GPU" if args.device == "cuda" else "KIND_CPU"
     repo = build_repository(work / "models", args.small, max(batches), kind)
-    target_repo = build_repository(work / "target", args.small, args.target_batch, kind)
     image = example("client").synthetic_jpeg()
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -504,15 +504,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "instance_processes": modes[0],
     }
     try:
-        print("device limit (numpy in, numpy out):", flush=True)
-        result["device_limit"] = device_limits(repo, args.device, batches, seconds)
-        largest = [max(batches)]
-        pinned = largest if args.device == "cuda" else []  # nothing moves on the CPU
-        result["device_limit_pinned"] = device_limits(repo, args.device, pinned, seconds, "pinned")
-        result["device_limit_optimized"] = device_limits(repo, args.device, largest, seconds, "optimized")
-        result["preprocessing_limit"] = preprocessing_limit(image, seconds)
-        print(f"preprocessing limit: {result['preprocessing_limit']:.1f} images/s", flush=True)
-        result["limit_images_per_s"] = min(result["device_limit"][max(batches)], result["preprocessing_limit"])
+        # The served rows first: flags that stop the server (--serve-args) end the run before minutes of limits.
         result["served"] = {}
         result["served_per_worker"], result["served_instances"] = {}, {}
         result["served_instance_processes"] = {mode: {} for mode in modes[1:]}
@@ -529,6 +521,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{json.dumps(rows[label])}",
                 flush=True,
             )
+        print("device limit (numpy in, numpy out):", flush=True)
+        result["device_limit"] = device_limits(repo, args.device, batches, seconds)
+        largest = [max(batches)]
+        pinned = largest if args.device == "cuda" else []  # nothing moves on the CPU
+        result["device_limit_pinned"] = device_limits(repo, args.device, pinned, seconds, "pinned")
+        result["device_limit_optimized"] = device_limits(repo, args.device, largest, seconds, "optimized")
+        result["preprocessing_limit"] = preprocessing_limit(image, seconds)
+        print(f"preprocessing limit: {result['preprocessing_limit']:.1f} images/s", flush=True)
+        result["limit_images_per_s"] = min(result["device_limit"][max(batches)], result["preprocessing_limit"])
+        target_repo = build_repository(work / "target", args.small, args.target_batch, kind)
         in_process = device_limits(target_repo, args.device, [args.target_batch], seconds)
         served = served_model(target_repo, args.target_batch, args, work, env)
         result["target"] = {

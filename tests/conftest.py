@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import schedule
 from tests.support.inprocess import AppPool
 from tests.support.servers import REPO, ServerPool, ServerProcess, free_port, runtime_argv, stop_all
 
 SCRIPTS = REPO / "tests" / "scripts"
 
 StartRuntime = Callable[..., ServerProcess]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest modules first (tests/support/schedule.py); a stable sort keeps each module's own order."""
+    items.sort(key=lambda item: schedule.rank(item.path.name))
 
 
 @pytest.fixture

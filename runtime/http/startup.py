@@ -53,7 +53,7 @@ def interruptible() -> Iterator[None]:
 
 
 def _instances(config: ModelConfig) -> str:
-    from tritonclient.grpc import model_config_pb2 as mc
+    from runtime.serving.model_config import mc
 
     kinds: dict[str, int] = {}
     for group in config.proto.instance_group:

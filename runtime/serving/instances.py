@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 
-from tritonclient.grpc import model_config_pb2 as mc
-
 from runtime.errors import StartupError
+from runtime.serving.model_config import mc
 from runtime.serving.platforms import Device, Platform
 from runtime.serving.repository import ModelConfig
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime.errors import StartupError
 from runtime.serving.batching import QueuePolicy, SchedulePolicy
 from runtime.serving.datatypes import config_to_wire, wire_to_config
+from runtime.serving.model_config import mc
 from runtime.serving.platform_names import (
     ONNX_BACKEND,
     ONNX_PLATFORM,

@@ -20,11 +20,11 @@ import numpy as np
 import tritonclient.http as triton_http
 import tritonclient.http.aio as triton_aio
 from google.protobuf import json_format
-from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from runtime import tracing
 from runtime.errors import BadRequest, NotFound, Overloaded, ServiceUnavailable, ServingError, StartupError
+from runtime.serving.model_config import mc
 from runtime.serving.repository import ModelConfig, model_config_from_proto
 
 logger = logging.getLogger("runtime.triton")

@@ -111,7 +111,7 @@ def prepare_launch(binary: Path, work: Path) -> Launch:
 
 def stage_repository(model_dir: str, stage: Path) -> Path:
     """A repository in which every ONNX model is served by the python backend running onnxruntime."""
-    from tritonclient.grpc import model_config_pb2 as mc
+    from runtime.serving.model_config import mc
 
     if stage.exists():
         shutil.rmtree(stage)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime.serving.datatypes import config_to_wire, wire_to_numpy
+from runtime.serving.model_config import mc
 from runtime.serving.repository import ModelConfig, RepositoryError
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from .processes import PROC, below, process_table  # relative: benchmarks/suite.py loads this package from a copy
+# Relative: benchmarks/suite.py loads this package from a copy.
+from .processes import below, process_table, read_proc_file
 
 INTERVAL_S = 0.02
 
@@ -86,11 +87,10 @@ def launches(
 
 
 def read_argv(pid: int) -> list[str] | None:
-    try:
-        argv = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")[:-1]
-    except OSError:
+    cmdline = read_proc_file(pid, "cmdline")
+    if cmdline is None:
         return None
-    return [arg.decode(errors="replace") for arg in argv]
+    return [arg.decode(errors="replace") for arg in cmdline.split(b"\0")[:-1]]
 
 
 class Sampler:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from runtime import tracing
 from runtime.errors import ServiceUnavailable, ServingError
@@ -38,6 +37,7 @@ from runtime.serving.engine.arena import (
     write_tensors,
 )
 from runtime.serving.engine.channel import Channel, ChannelClosed, Meta, socket_address
+from runtime.serving.model_config import mc
 from runtime.serving.repository import ModelConfig, model_config_from_proto
 from runtime.serving.runner import NO_SCHEDULE, Schedule
 
