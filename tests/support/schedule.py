@@ -17,6 +17,7 @@ LONGEST_FIRST = (
     "test_instance_units.py",
     "test_triton_backend.py",
     "test_engine.py",
+    "test_triton_engine.py",
     "test_instance_processes.py",
     "test_pictures.py",
     "test_examples.py",
