@@ -265,6 +265,29 @@ def test_model_onnxruntime_cannot_load_is_a_startup_error_without_traceback(
     assert "Traceback" not in log
 
 
+@pytest.mark.parametrize(("handler", "raised"), [("handle_int", KeyboardInterrupt), ("handle_term", SystemExit)])
+def test_ctrl_c_that_stops_gunicorns_master_reaches_the_cli_as_a_keyboard_interrupt(
+    monkeypatch: pytest.MonkeyPatch, handler: str, raised: type[BaseException]
+) -> None:
+    """Gunicorn's master exits 0 on SIGINT: the CLI must still see a Ctrl-C, to stop a managed Triton at once
+    (not with its 30 s grace) and exit 130. SIGTERM stays a clean exit."""
+    from runtime.http import server
+    from runtime.settings import Settings
+
+    def run(arbiter: server._Arbiter) -> None:  # Arbiter.run with the signal already arrived
+        arbiter.pid = os.getpid()
+        try:
+            getattr(arbiter, handler)()
+        except StopIteration:
+            arbiter.halt()
+
+    monkeypatch.setattr(server._Arbiter, "run", run)
+    with pytest.raises(raised) as caught:
+        server.ServerApplication(Settings.from_env({})).run()
+    if raised is SystemExit:
+        assert caught.value.code == 0
+
+
 def test_ctrl_c_just_after_managed_triton_is_ready_stops_it_at_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -23,6 +23,7 @@ from runtime.serving.check import check_repository
 from runtime.serving.engine.arena import Region, align, read_tensor
 from runtime.serving.engine.instance import MAX_FRAME, FrameTooLarge, InstanceServer, send
 from runtime.serving.engine.remote import (
+    _FORGETTER,
     REGIONS,
     RESTART_WAIT_S,
     InstanceLost,
@@ -196,6 +197,7 @@ def test_a_frame_never_sent_changes_nothing_the_engine_records_of_the_process(
 ) -> None:
     # Without the eager forget (a worker leaving while the process is idle), the next run frame carries it.
     monkeypatch.setattr(REGIONS, "_listeners", [])
+    _FORGETTER.submit(lambda: None).result()  # an earlier test's forget, still queued, would forget this one's region
     region = Region.create("test-gone", 4096)
     key = REGIONS.add(region.fd, region.view(0, region.size))
     region.fd = -1

@@ -93,10 +93,35 @@ class RuntimeLogger(glogging.Logger):  # type: ignore[misc]
                 handler.setFormatter(logs.formatter(logs.current_format))
 
 
+class _Arbiter(Arbiter):  # type: ignore[misc]
+    """Gunicorn's master, remembering whether Ctrl-C (SIGINT) is what stopped it."""
+
+    interrupted = False
+
+    def handle_int(self) -> None:
+        self.interrupted = True
+        super().handle_int()
+
+
 class ServerApplication(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         super().__init__()
+
+    def run(self) -> None:
+        """BaseApplication.run, except that a master stopped by Ctrl-C raises KeyboardInterrupt (Gunicorn exits 0):
+        the CLI then stops what it started beside Gunicorn (a managed Triton) without a drain, says
+        "interrupted" and exits 130, as for a Ctrl-C that lands before Gunicorn takes SIGINT over."""
+        arbiter = _Arbiter(self)
+        try:
+            arbiter.run()
+        except RuntimeError as ex:
+            print(f"\nError: {ex}\n", file=sys.stderr)
+            sys.exit(1)
+        except SystemExit:
+            if arbiter.interrupted and arbiter.pid == os.getpid():  # the master, not a worker unwinding
+                raise KeyboardInterrupt from None
+            raise
 
     def load_config(self) -> None:
         s = self.settings
