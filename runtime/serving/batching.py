@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -116,6 +117,17 @@ def join(parts: list[Tensors]) -> Tensors:
     if len(parts) == 1:
         return parts[0]
     return {name: _concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def split(outputs: Tensors | list[Tensors], sizes: list[int]) -> list[Tensors]:
+    """Each request's outputs from its batch's: :func:`join` undone (views, no copy). A list (an instance
+    that answered per request) is already split."""
+    if isinstance(outputs, list):
+        return outputs
+    if len(sizes) == 1:
+        return [outputs]
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    return [{n: o[a:b] for n, o in outputs.items()} for a, b in itertools.pairwise(bounds)]
 
 
 def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
@@ -468,16 +480,11 @@ class DynamicBatcher:
 
     @staticmethod
     def _resolve(batch: list[Pending], outputs: Tensors | list[Tensors] | None, error: BaseException | None) -> None:
-        offset = 0
-        for index, pending in enumerate(batch):
-            if pending.future.done():
-                offset += pending.size
-                continue
-            if error is not None or outputs is None:
-                pending.future.set_exception(error or RuntimeError("no outputs"))
-                continue
-            if isinstance(outputs, list):
-                pending.future.set_result(outputs[index])
-                continue
-            pending.future.set_result({n: o[offset : offset + pending.size] for n, o in outputs.items()})
-            offset += pending.size
+        if error is not None or outputs is None:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error or RuntimeError("no outputs"))
+            return
+        for pending, result in zip(batch, split(outputs, [p.size for p in batch]), strict=True):
+            if not pending.future.done():  # cancelled meanwhile: its rows are skipped
+                pending.future.set_result(result)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from runtime import metrics, tracing
 from runtime.errors import ServingError
 from runtime.serving import instances as groups
-from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors, join, signature
+from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors, join, signature, split
 from runtime.serving.engine.remote import InstanceLost, RemoteInstance, applies
 from runtime.serving.platforms import Instance, load_instance, platform_for
 from runtime.serving.repository import ModelConfig, load_repository
@@ -263,13 +262,7 @@ class ModelRunner:
         except Exception as ex:
             outcomes = [self._failure(ex)] * len(parts)
         else:
-            if isinstance(outputs, list):
-                outcomes = outputs
-            elif len(parts) == 1:
-                outcomes = [outputs]
-            else:
-                bounds = list(itertools.accumulate(sizes, initial=0))
-                outcomes = [{n: o[a:b] for n, o in outputs.items()} for a, b in itertools.pairwise(bounds)]
+            outcomes = split(outputs, sizes)
         stats = BatchStats(sum(sizes), len(parts), [0.0] * len(parts), time.perf_counter() - started, tags)
         return outcomes, stats
 
