@@ -141,20 +141,22 @@ SERVED_SCRIPTS = [
 # -- one server pair per kind of run(), shared by the module -----------------------------------------
 # Scripts whose run() azmlinfsrv calls the same way share a pair: tests/scripts/aml/modes.py serves the
 # family and runs the member the test names (Pair.use). A run(data) family and a @rawhttp family (rawhttp
-# is a switch for the whole server); request_headers and inference-schema change how run() is called,
-# so each has a pair of its own. The two families run with the CORS origins of their CORS case: with
-# them set, azmlinfsrv answers REQUESTS with the same status, body and contract headers as without
-# them (checked when this was set up); the forms, stream and print calls then carry the
-# Access-Control-Allow-Origin that flask-cors sends without an Origin too, which is compared, and
-# the "no_cors" case compares a server without AML_CORS_ORIGINS.
+# is a switch for the whole server, read once at load), and inference-schema (it changes how run() is
+# called for the whole script) on a pair of its own. request_headers.py joins the run(data) family: a
+# run() that takes request_headers only adds that argument to the call (azmlinfsrv's
+# UserScript._analyze_run), so modes.py's run() takes it and hands it on to the members that ask.
+# The two families run with the CORS origins of their CORS case: with them set, azmlinfsrv answers
+# REQUESTS with the same status, body and contract headers as without them (checked when this was set
+# up); the forms, stream and print calls then carry the Access-Control-Allow-Origin that flask-cors sends
+# without an Origin too, which is compared, and the "no_cors" case compares the schema pair, which runs
+# without AML_CORS_ORIGINS.
 CORS_ORIGINS = "https://a.example, https://b.example"
 FAMILIES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "run_data": (
-        ("undecorated", "run_raises", "slow_run", "not_serializable", "prints"),
+        ("undecorated", "request_headers", "run_raises", "slow_run", "not_serializable", "prints"),
         {"AML_CORS_ORIGINS": "*"},
     ),
     "rawhttp": (("rawhttp", "amlresponse", "forms", "stream"), {"AML_CORS_ORIGINS": CORS_ORIGINS}),
-    "request_headers": (("request_headers",), {}),
     "schema": (("schema",), {}),
 }
 
@@ -365,9 +367,9 @@ CASES = {
         ),
         (("AML_CORS_ORIGINS", "*"),),
     ),
-    # Without AML_CORS_ORIGINS: no CORS headers, whatever the request asks (the families above run with it).
+    # Without AML_CORS_ORIGINS: no CORS headers, whatever the request asks (the two families run with it).
     "no_cors": Case(
-        "request_headers",
+        "schema",
         (
             Call("preflight", "OPTIONS", "", tuple(PREFLIGHT.items())),
             Call("post", "POST", "", (("Origin", "https://a.example"), *JSON.items()), b"{}"),
@@ -418,6 +420,7 @@ def test_bodies_streams_cors_and_print_as_azmlinfsrv(case: str, pairs: Pairs) ->
     spec = CASES[case]
     shared = pairs.get(spec.script)
     assert dict(spec.env).items() <= shared.env.items(), f"{case} needs {spec.env}: see FAMILIES"
+    assert case != "no_cors" or "AML_CORS_ORIGINS" not in shared.env, "no_cors needs a pair without CORS"
     reference, ours = shared.use(spec.script)
     mismatches = []
     for call in spec.calls:

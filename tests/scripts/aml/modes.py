@@ -6,10 +6,12 @@ azmlinfsrv and one runtime on this file for a whole family of scripts instead of
 
 The scripts are imported here, at import, as the server imports an entry script: @rawhttp is a switch
 for the whole server (azmlinfsrv and the runtime both read it once the entry script is imported), so
-one family is either all @rawhttp or all plain run(data).
+one family is either all @rawhttp or all plain run(data). When a member's run() takes request_headers,
+so does this run(): both servers then pass the headers, and each member gets them only if it asks.
 """
 
 import importlib.util
+import inspect
 import os
 from pathlib import Path
 
@@ -19,6 +21,9 @@ for _name in os.environ["MODES_SCRIPTS"].split(","):
     _spec = importlib.util.spec_from_file_location(f"modes_{_name}", _HERE / f"{_name}.py")
     _SCRIPTS[_name] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_SCRIPTS[_name])
+_WANT_HEADERS = {
+    name: "request_headers" in inspect.signature(script.run).parameters for name, script in _SCRIPTS.items()
+}
 
 
 def init():
@@ -26,5 +31,19 @@ def init():
         script.init()
 
 
-def run(data):
-    return _SCRIPTS[Path(os.environ["MODES_FILE"]).read_text()].run(data)
+def _run(data, request_headers):
+    name = Path(os.environ["MODES_FILE"]).read_text()
+    if _WANT_HEADERS[name]:
+        return _SCRIPTS[name].run(data, request_headers=request_headers)
+    return _SCRIPTS[name].run(data)
+
+
+if any(_WANT_HEADERS.values()):
+
+    def run(data, request_headers):
+        return _run(data, request_headers)
+
+else:
+
+    def run(data):
+        return _run(data, None)
