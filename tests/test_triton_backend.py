@@ -2,20 +2,19 @@
 the reference examples.
 
 Two Tritons for the module: one the tests start themselves (the test models and the examples', tracing
-with OpenTelemetry to the module's collector), used in remote mode by apps in this process and killed
-mid-load last; and the managed one of a two-worker ``runtime serve --triton managed``, read by the tests
-through real Gunicorn workers, then stopped with SIGTERM. A master SIGKILLed needs a managed server of its own.
+with OpenTelemetry to the module's collector), used in remote mode by apps in this process; and the managed
+one of a two-worker ``runtime serve --triton managed``, read by the tests through real Gunicorn workers,
+then stopped with SIGTERM. A Triton killed under load, and a managed master SIGKILLed, are in
+tests/test_triton_engine.py, on that module's managed server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -28,13 +27,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from runtime import tracing
 from runtime.serving.tritonserver import ManagedTriton
 from runtime.settings import Settings
-from tests.conftest import StartRuntime, script
+from tests.conftest import script
 from tests.support import examples
 from tests.support.cli import settings_of
 from tests.support.inprocess import AppPool, app_client, captured_logs, served, startup_failure
 from tests.support.models import linear_reference
 from tests.support.otlp import Collector, ExportedSpan, collector
-from tests.support.processes import alive, descendants
+from tests.support.processes import descendants, wait_gone
 from tests.support.servers import ServerPool, ServerProcess, free_port
 from tests.support.triton import its_triton, rows, score_many
 from tests.support.triton import managed_flags as triton_flags
@@ -65,14 +64,6 @@ class TracedTriton(ManagedTriton):
 
 
 @pytest.fixture(scope="module")
-def triton_thread() -> Iterator[ThreadPoolExecutor]:
-    """The thread that restarts the module's Triton during a test: tritonserver gets SIGTERM when the thread
-    that started it ends (PR_SET_PDEATHSIG), so that thread lives as long as the module's Triton."""
-    with ThreadPoolExecutor(1, thread_name_prefix="triton-restart") as thread:
-        yield thread
-
-
-@pytest.fixture(scope="module")
 def triton_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test models and the reference examples' models (tests/support/examples.py) in one repository."""
     root = examples.make_repository(tmp_path_factory.mktemp("remote-triton"))
@@ -82,9 +73,7 @@ def triton_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="module")
-def remote_triton(
-    triton_repo: Path, tritonserver_binary: Path, triton_spans: Collector, triton_thread: ThreadPoolExecutor
-) -> Iterator[ManagedTriton]:
+def remote_triton(triton_repo: Path, tritonserver_binary: Path, triton_spans: Collector) -> Iterator[ManagedTriton]:
     """A tritonserver the test starts itself (the runtime then uses it in remote mode)."""
     server = TracedTriton(str(triton_repo), tritonserver_binary, triton_spans)
     server.start()
@@ -250,73 +239,11 @@ def test_bidaf_end_to_end(remote_triton: ManagedTriton, apps: AppPool, triton_re
     examples.check_bidaf(examples.serve(apps, examples.BIDAF / script, triton_repo, remote_triton.url), triton_repo)
 
 
-def test_triton_killed_mid_load_gives_503_then_recovers(
-    remote_triton: ManagedTriton, triton_thread: ThreadPoolExecutor
-) -> None:
-    """Kills the module's own Triton and restarts it on the same ports: the read-only tests above ran first.
-
-    The runtime in remote mode on it is the app ``runtime serve`` would run, in this process."""
-    own = remote_triton
-    argv = ["serve", "--entry", AML_LINEAR, "--backend", "triton", "--triton-url", own.url, "--port", str(free_port())]
-    with served(settings_of(*argv)) as url:
-        killed_mid_load(own, url, triton_thread)
-
-
-def killed_mid_load(own: ManagedTriton, url: str, thread: ThreadPoolExecutor) -> None:
-    try:
-        statuses: list[int] = []
-        messages: set[str] = set()
-
-        stop = asyncio.Event()
-
-        async def load() -> None:
-            async with httpx.AsyncClient(timeout=30) as client:
-                while not stop.is_set():
-                    r = await client.post(url + "/score", json={"x": [1, 2, 3, 4]})
-                    statuses.append(r.status_code)
-                    if r.status_code != 200:
-                        messages.add(r.json()["message"])
-
-        async def scenario() -> None:
-            loaders = [asyncio.ensure_future(load()) for _ in range(4)]
-            await asyncio.sleep(1)
-            assert own.proc is not None
-            own.proc.send_signal(signal.SIGKILL)
-            await asyncio.sleep(1.5)
-            async with httpx.AsyncClient() as client:
-                assert (await client.get(url + "/v2/health/ready")).status_code == 503
-                live = await client.get(url + "/")
-                assert live.status_code == 200 and live.text == "Healthy"
-            await asyncio.get_running_loop().run_in_executor(thread, own.restart)
-            await asyncio.sleep(2)  # load goes on against the restarted server
-            stop.set()
-            await asyncio.gather(*loaders)
-
-        asyncio.run(scenario())
-        assert 500 not in statuses
-        assert 503 in statuses and statuses[-1] == 200
-        assert set(statuses) <= {200, 503}
-        assert all(f"Triton Inference Server at {own.url}" in m for m in messages), messages
-        assert not any("Traceback" in m for m in messages)
-        assert httpx.get(url + "/v2/health/ready").status_code == 200
-    finally:
-        if own.proc is None or own.proc.poll() is not None:
-            own.restart()  # for the module's teardown, after a failure
-
-
 def test_startup_waits_for_triton_within_a_bound() -> None:
     settings = {"entry_script": AML_LINEAR, "backend": "triton", "triton_url": "127.0.0.1:9", "triton_wait_s": 2.0}
     log = startup_failure(**settings)
     assert "Triton Inference Server at 127.0.0.1:9: the server is not ready: connection refused" in log
     assert " s of 2 s; RUNTIME_TRITON_WAIT_S sets how long)" in log
-
-
-def wait_gone(pids: set[int], seconds: float) -> set[int]:
-    """The pids still alive after waiting up to ``seconds`` for them to exit."""
-    deadline = time.monotonic() + seconds
-    while alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return alive(pids)
 
 
 def test_managed_mode_starts_serves_and_stops_cleanly(
@@ -334,19 +261,6 @@ def test_managed_mode_starts_serves_and_stops_cleanly(
     assert len(family) >= 3  # a worker, tritonserver and its python-backend stubs
     assert server.stop() == 0
     assert not wait_gone(family, 30)
-
-
-def test_managed_mode_leaves_no_orphans_when_the_master_crashes(
-    start_runtime: StartRuntime, linear_repo: Path, tritonserver_binary: Path
-) -> None:
-    server = start_runtime(*managed_flags(linear_repo, tritonserver_binary))
-    assert server.proc is not None
-    family = descendants(server.proc.pid)
-    assert family
-    server.proc.send_signal(signal.SIGKILL)
-    server.proc.wait(10)
-    orphans = wait_gone(family, 45)
-    assert not orphans, f"orphans left: {orphans}"
 
 
 def test_triton_queue_rejections_are_load_shedding_not_outages() -> None:

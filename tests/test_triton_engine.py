@@ -1,8 +1,9 @@
 """``--triton-client engine``: the model engine is Triton's client, against a real tritonserver.
 
 One two-worker ``runtime serve --triton managed --triton-client engine`` for the module. Direct mode
-(each worker calls Triton, the default) is an app in this process pointed at that server's Triton, so
-both modes answer from the same Triton. The last test kills that Triton and waits for its restart.
+(each worker calls Triton, the default) and remote mode are apps in this process pointed at that server's
+Triton, so every mode answers from the same Triton. After the tests that read, one kills that Triton
+under load and waits for its restart, and the last SIGKILLs the master: nothing it started may outlive it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +23,17 @@ import pytest
 import tritonclient.http as triton
 
 from runtime.settings import Settings
-from tests.conftest import StartRuntime, script
-from tests.support.cli import run_cli
+from tests.conftest import script
+from tests.support.cli import run_cli, serving, settings_of
 from tests.support.inprocess import served
-from tests.support.processes import comm, descendants
+from tests.support.processes import children, comm, descendants, wait_gone
 from tests.support.servers import ServerPool, ServerProcess, free_port
 from tests.support.triton import its_triton, managed_flags, rows, score_many, triton_model_stats
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
 HOOK = script("backend/engine_hook.py")  # hook style: any model, the worker's pid in the answer
+AML_LINEAR = script("backend/aml_linear.py")  # Azure ML style, the linear model
 TYPED = {"i8": np.int8, "u8": np.uint8, "i16": np.int16, "i32": np.int32, "i64": np.int64, "f16": np.float16,
          "f32": np.float32, "f64": np.float64, "b": np.bool_}  # fmt: skip
 
@@ -150,20 +153,21 @@ def test_both_workers_requests_join_one_triton_request(via_engine: ServerProcess
     assert shared >= 1, "no batch held requests of both workers"
 
 
-def test_a_remote_triton_through_the_engine(via_engine: ServerProcess, start_runtime: StartRuntime) -> None:
-    """``--triton-url`` (remote mode) with ``--triton-client engine``, on the module server's Triton."""
-    remote = start_runtime("--entry", HOOK, "--backend", "triton", "--triton-url", its_triton(via_engine),
-                           "--triton-client", "engine")  # fmt: skip
-    assert remote.proc is not None
-    assert "runtime-engine" in {comm(p) for p in descendants(remote.proc.pid)}
+def test_a_remote_triton_through_the_engine(via_engine: ServerProcess) -> None:
+    """``--triton-url`` (remote mode) with ``--triton-client engine``, on the module server's Triton: the command
+    and the model engine it starts, with its app in this process (Gunicorn's workers: the module server)."""
+    argv = ["serve", "--port", str(free_port()), "--entry", HOOK, "--backend", "triton",
+            "--triton-url", its_triton(via_engine), "--triton-client", "engine"]  # fmt: skip
     x = rows(3)
-    response = httpx.post(remote.url + "/score", json=body("linear", x), timeout=30)
-    assert response.status_code == 200, response.text
-    with served(direct(via_engine)) as url:
-        expected = httpx.post(url + "/score", json=body("linear", x), timeout=30).json()["outputs"]
-    np.testing.assert_allclose(response.json()["outputs"]["y"], expected["y"], rtol=1e-6)
-    index = httpx.post(remote.url + "/v2/repository/index").json()  # Triton's own index: no --model-dir
-    assert {e["name"] for e in index} >= {"linear", "strings", "sleepy"}
+    with serving(*argv) as (url, settings), served(direct(via_engine)) as direct_url:
+        assert settings.engine_address is not None
+        assert "runtime-engine" in {comm(p) for p in children(os.getpid())}  # this command's own engine
+        response = httpx.post(url + "/score", json=body("linear", x), timeout=30)
+        assert response.status_code == 200, response.text
+        expected = httpx.post(direct_url + "/score", json=body("linear", x), timeout=30).json()["outputs"]
+        np.testing.assert_allclose(response.json()["outputs"]["y"], expected["y"], rtol=1e-6)
+        index = httpx.post(url + "/v2/repository/index").json()  # Triton's own index: no --model-dir
+        assert {e["name"] for e in index} >= {"linear", "strings", "sleepy"}
 
 
 def test_a_killed_engine_is_a_503_naming_it_then_it_is_back_as_tritons_client(via_engine: ServerProcess) -> None:
@@ -191,33 +195,87 @@ def test_a_killed_engine_is_a_503_naming_it_then_it_is_back_as_tritons_client(vi
     assert engine not in after and any(comm(p) == "runtime-engine" for p in after)
 
 
-def test_triton_down_is_the_same_503_as_direct_mode_then_recovers(via_engine: ServerProcess) -> None:
-    """Kills the managed tritonserver (the runtime restarts it): the read-only tests above ran first."""
+class Load:
+    """Four clients posting ``body`` to ``url`` in threads until stopped: every status, and the message of
+    each answer that is not a 200."""
+
+    def __init__(self, url: str, body: dict[str, object]) -> None:
+        self.url, self.body = url, body
+        self.statuses: list[int] = []
+        self.messages: set[str] = set()
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._post, daemon=True) for _ in range(4)]
+
+    def _post(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self.stopped.is_set():
+                response = client.post(self.url + "/score", json=self.body)
+                self.statuses.append(response.status_code)
+                if response.status_code != 200:
+                    self.messages.add(response.json()["message"])
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(60)
+
+
+def test_triton_down_is_the_same_503_in_every_mode_then_recovers(via_engine: ServerProcess) -> None:
+    """Kills the managed tritonserver under load (the runtime restarts it): the read-only tests above ran first.
+
+    Its clients: the engine (``--triton-client engine``), direct mode, and ``runtime serve --triton-url`` in
+    remote mode on the Azure ML style script, the last two apps in this process."""
     assert via_engine.proc is not None
     url = its_triton(via_engine)
     tritonserver = next(p for p in descendants(via_engine.proc.pid) if comm(p) == "tritonserver")
     one = body("linear", np.ones((1, 4), np.float32))
-    with served(direct(via_engine)) as direct_url:
-        os.kill(tritonserver, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        answers: dict[str, httpx.Response] = {}
-        while time.monotonic() < deadline and set(answers) != {"engine", "direct"}:
-            for mode, base in (("engine", via_engine.url), ("direct", direct_url)):
-                response = httpx.post(base + "/score", json=one, timeout=30)
-                if response.status_code != 200:
-                    answers.setdefault(mode, response)
-        assert set(answers) == {"engine", "direct"}, "Triton was never seen down"
-        for response in answers.values():
-            assert response.status_code == 503
-            assert response.json()["message"].startswith(f"Triton Inference Server at {url} is unavailable: ")
-        assert "Traceback" not in answers["engine"].text
-    # The runtime restarts its Triton; the engine's requests succeed again with no restart of anything else.
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if httpx.post(via_engine.url + "/score", json=one, timeout=30).status_code == 200:
-            break
-        time.sleep(0.5)
-    assert httpx.post(via_engine.url + "/score", json=one, timeout=30).status_code == 200
+    remote_argv = ["serve", "--entry", AML_LINEAR, "--backend", "triton", "--triton-url", url]
+    remote_settings = settings_of(*remote_argv, "--port", str(free_port()))
+    with served(direct(via_engine)) as direct_url, served(remote_settings) as remote_url:
+        with Load(remote_url, {"x": [1, 2, 3, 4]}) as remote:
+            time.sleep(1)  # the remote mode's load runs against a live Triton first
+            os.kill(tritonserver, signal.SIGKILL)
+            killed = time.monotonic()
+            answers = first_failures({"engine": via_engine.url, "direct": direct_url}, one, killed + 20)
+            assert set(answers) == {"engine", "direct"}, "Triton was never seen down"
+            for response in answers.values():
+                assert response.status_code == 503
+                assert response.json()["message"].startswith(f"Triton Inference Server at {url} is unavailable: ")
+            assert "Traceback" not in answers["engine"].text
+            time.sleep(max(0.0, killed + 1.5 - time.monotonic()))
+            assert httpx.get(remote_url + "/v2/health/ready").status_code == 503
+            live = httpx.get(remote_url + "/")
+            assert live.status_code == 200 and live.text == "Healthy"
+            # The runtime restarts its Triton; the engine's requests succeed again with no restart of anything else.
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                if httpx.post(via_engine.url + "/score", json=one, timeout=30).status_code == 200:
+                    break
+                time.sleep(0.5)
+            assert httpx.post(via_engine.url + "/score", json=one, timeout=30).status_code == 200
+            time.sleep(2)  # the remote mode's load goes on against the restarted server
+        assert 500 not in remote.statuses
+        assert 503 in remote.statuses and remote.statuses[-1] == 200
+        assert set(remote.statuses) <= {200, 503}
+        assert all(f"Triton Inference Server at {url}" in m for m in remote.messages), remote.messages
+        assert not any("Traceback" in m for m in remote.messages)
+        assert httpx.get(remote_url + "/v2/health/ready").status_code == 200
+
+
+def first_failures(bases: dict[str, str], one: dict[str, object], deadline: float) -> dict[str, httpx.Response]:
+    """The first answer other than a 200 from each of ``bases`` (by name), posting ``one`` until ``deadline``."""
+    answers: dict[str, httpx.Response] = {}
+    while time.monotonic() < deadline and set(answers) != set(bases):
+        for mode, base in bases.items():
+            response = httpx.post(base + "/score", json=one, timeout=30)
+            if response.status_code != 200:
+                answers.setdefault(mode, response)
+    return answers
 
 
 def test_engine_start_up_waits_for_a_remote_triton_within_a_bound(capfd: pytest.CaptureFixture[str]) -> None:
@@ -230,3 +288,16 @@ def test_engine_start_up_waits_for_a_remote_triton_within_a_bound(capfd: pytest.
     log = result.stdout + result.stderr + capfd.readouterr().err
     assert "Triton Inference Server at 127.0.0.1:9: the server is not ready: connection refused" in log
     assert "the model engine exited with code 3 while starting" in log
+
+
+# The last test: the module server's master SIGKILLed.
+
+
+def test_managed_mode_leaves_no_orphans_when_the_master_crashes(via_engine: ServerProcess) -> None:
+    assert via_engine.proc is not None
+    family = descendants(via_engine.proc.pid)  # workers, the model engine, tritonserver and its stubs
+    assert {"runtime-engine", "tritonserver"} <= {comm(p) for p in family}
+    via_engine.proc.send_signal(signal.SIGKILL)
+    via_engine.proc.wait(10)
+    orphans = wait_gone(family, 45)
+    assert not orphans, f"orphans left: {orphans}"

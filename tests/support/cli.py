@@ -5,6 +5,7 @@ parser, checks and messages as the console script, without a Python process per 
 that gets as far as serving fails the test instead of starting Gunicorn. tests/test_startup.py keeps
 a real process for a refused start (exit 3 from the workers' start-up, through the installed ``runtime``
 script); a usage mistake's exit 2 is argparse's, raised inside ``cli.main`` and the same in this process.
+``serving`` runs a command that serves, with its model engine, and its app in this process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import contextlib
 import io
 import logging
 import os
+import queue
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
@@ -103,3 +106,47 @@ def settings_of(*args: str, env: Mapping[str, str] | None = None) -> Settings:
             assert served.settings.engine_address is None, "this command serves with the model engine"
             return served.settings
     raise AssertionError(f"runtime {' '.join(args)} exited with {code} instead of serving")
+
+
+@contextlib.contextmanager
+def serving(*args: str, env: Mapping[str, str] | None = None) -> Iterator[tuple[str, Settings]]:
+    """``runtime ARGS`` run as the console script runs it, up to Gunicorn: its parser, checks and the model
+    engine it starts (a process of its own, a child of this one), with the app served in this process in
+    place of Gunicorn's workers (``tests.support.inprocess.served``). Yields the app's base URL and the
+    Settings the workers would get; on exit the app stops, then the command stops its engine and must
+    exit 0. For what needs the engine but not several workers, signals or the installed script."""
+    from tests.support.inprocess import served
+
+    started: queue.Queue[tuple[str, Settings] | None] = queue.Queue()
+    release = threading.Event()
+    outcome: list[int | BaseException] = []
+
+    def serve(settings: Settings) -> None:
+        with served(settings) as url:
+            started.put((url, settings))
+            release.wait()
+
+    def command() -> None:
+        try:
+            outcome.append(cli.main(list(args)))
+        except BaseException as ex:  # handed to the test below
+            outcome.append(ex)
+        finally:
+            started.put(None)  # wakes the test if the command stopped before serving
+
+    with (
+        mock.patch.dict(os.environ, dict(env or {})),
+        mock.patch("runtime.http.server.serve", serve),
+        mock.patch.object(cli, "serve_with_managed_triton", _would_serve),
+        _logging_restored(),
+    ):
+        thread = threading.Thread(target=command, name="runtime-serve", daemon=True)
+        thread.start()
+        try:
+            served_at = started.get(timeout=120)
+            assert served_at is not None, f"runtime {' '.join(args)} stopped before serving: {outcome}"
+            yield served_at
+        finally:
+            release.set()
+            thread.join(60)
+    assert outcome == [0], outcome
