@@ -1,14 +1,16 @@
-"""The embedded backend under load, through real servers: correctness of batching, and batching itself.
+"""The embedded backend under load: correctness of batching, and batching itself.
 
-The Azure ML style server runs its models in the model engine; the hook-style one in each of its two
-workers (``--engine worker``), whose metrics are summed across them (the engine's own batching of two
-workers' requests: tests/test_engine.py).
+The Azure ML style script runs its models in the model engine: ``runtime serve`` with the engine it
+starts, and its app in this process (tests.support.cli.serving). The hook-style one is a real server
+with the models in each of its two workers (``--engine worker``), whose metrics are summed across them
+(the engine's own batching of two workers' requests: tests/test_engine.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,9 +18,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import script
+from tests.support.cli import serving
 from tests.support.engine import engine_pids
 from tests.support.models import linear_reference
-from tests.support.servers import ServerPool
+from tests.support.servers import ServerPool, ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +31,24 @@ CLIENTS = 32
 HOOK = ("--entry", script("backend/hook_linear.py"), "--workers", "2", "--engine", "worker")
 
 
-def flags(entry: str, model_repo: Path) -> tuple[str, ...]:
-    if entry == "backend/hook_linear.py":
-        return (*HOOK, "--model-dir", str(model_repo))
-    return "--entry", script(entry), "--model-dir", str(model_repo)
+@pytest.fixture
+def aml_linear(model_repo: Path) -> Iterator[str]:
+    """The Azure ML style script with its model engine; the app's base URL. For one test: the command sets
+    its environment (the metrics folder) in this process, which a real server started meanwhile would get."""
+    argv = ("serve", "--port", str(free_port()), "--entry", script("backend/aml_linear.py"))
+    with serving(*argv, "--model-dir", str(model_repo)) as (url, settings):
+        assert settings.engine_address is not None
+        yield url
+
+
+def hook_server(servers: ServerPool, model_repo: Path) -> ServerProcess:
+    """The hook-style script on a real two-worker server."""
+    return servers.get(*HOOK, "--model-dir", str(model_repo))
+
+
+@pytest.fixture
+def hook_linear(servers: ServerPool, model_repo: Path) -> str:
+    return hook_server(servers, model_repo).url
 
 
 def rows(n: int) -> np.ndarray:
@@ -55,14 +72,12 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-@pytest.mark.parametrize("entry", ["backend/hook_linear.py", "backend/aml_linear.py"])
-def test_concurrent_batched_results_equal_per_request_results(
-    servers: ServerPool, model_repo: Path, entry: str
-) -> None:
-    server = servers.get(*flags(entry, model_repo))
+@pytest.mark.parametrize("entry", ["hook_linear", "aml_linear"])
+def test_concurrent_batched_results_equal_per_request_results(request: pytest.FixtureRequest, entry: str) -> None:
+    url = request.getfixturevalue(entry)
     x = rows(CLIENTS * 4)
     for model in ("linear", "sleepy"):
-        responses = asyncio.run(score_all(server.url, [{"x": r.tolist(), "model": model} for r in x]))
+        responses = asyncio.run(score_all(url, [{"x": r.tolist(), "model": model} for r in x]))
         assert [r.status_code for r in responses] == [200] * len(x), responses[0].text
         got = np.array([r.json()["y"] for r in responses], dtype=np.float32)
         if model == "linear":
@@ -70,10 +85,10 @@ def test_concurrent_batched_results_equal_per_request_results(
         else:
             # The same rows one at a time: batching must not change any row's answer.
             single = np.array(
-                [httpx.post(server.url + "/score", json={"x": r.tolist(), "model": model}).json()["y"] for r in x[:8]]
+                [httpx.post(url + "/score", json={"x": r.tolist(), "model": model}).json()["y"] for r in x[:8]]
             )
             np.testing.assert_allclose(got[:8], single, rtol=1e-4, atol=1e-5)
-    metrics = httpx.get(server.url + "/metrics").text
+    metrics = httpx.get(url + "/metrics").text
     count = metric(metrics, "runtime_batch_size_count", model="sleepy", version="1")
     ones = metric(metrics, "runtime_batch_size_bucket", model="sleepy", version="1", le="1.0")
     assert count > 0 and ones < count, f"no batch larger than 1: {count=} {ones=}"
@@ -81,7 +96,7 @@ def test_concurrent_batched_results_equal_per_request_results(
 
 
 def test_unbatched_model_runs_batches_of_one(servers: ServerPool, model_repo: Path) -> None:
-    server = servers.get(*flags("backend/hook_linear.py", model_repo))
+    server = hook_server(servers, model_repo)
     x = rows(CLIENTS)
     responses = asyncio.run(score_all(server.url, [{"x": r.tolist(), "model": "sleepy_unbatched"} for r in x]))
     assert {r.status_code for r in responses} == {200}, responses[0].text
@@ -91,18 +106,17 @@ def test_unbatched_model_runs_batches_of_one(servers: ServerPool, model_repo: Pa
     assert count == len(x) and ones == count
 
 
-def test_bad_tensor_from_score_py_is_400(servers: ServerPool, model_repo: Path) -> None:
-    server = servers.get(*flags("backend/aml_linear.py", model_repo))
-    response = httpx.post(server.url + "/score", json={"x": [1, 2, 3]})
+def test_bad_tensor_from_score_py_is_400(aml_linear: str) -> None:
+    response = httpx.post(aml_linear + "/score", json={"x": [1, 2, 3]})
     assert response.status_code == 400
     assert response.json() == {
         "message": "input 'x' of model 'linear' has shape [1, 3], expected [-1, 4] (batch dimension first)"
     }
-    assert httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]}).status_code == 200
+    assert httpx.post(aml_linear + "/score", json={"x": [1, 2, 3, 4]}).status_code == 200
 
 
 def test_metrics_cover_routes_and_sum_across_workers(servers: ServerPool, model_repo: Path) -> None:
-    server = servers.get(*flags("backend/hook_linear.py", model_repo))
+    server = hook_server(servers, model_repo)
     before = httpx.get(server.url + "/metrics").text
     responses = asyncio.run(score_all(server.url, [{"x": r.tolist()} for r in rows(64)]))
     assert {r.status_code for r in responses} == {200}
@@ -122,7 +136,7 @@ def test_metrics_cover_routes_and_sum_across_workers(servers: ServerPool, model_
 
 
 def test_engine_worker_mode_loads_models_in_every_worker(servers: ServerPool, model_repo: Path) -> None:
-    server = servers.get(*flags("backend/hook_linear.py", model_repo))
+    server = hook_server(servers, model_repo)
     assert server.proc is not None
     assert engine_pids(server.proc.pid) == set()
     assert httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]}).status_code == 200

@@ -114,7 +114,8 @@ def serving(*args: str, env: Mapping[str, str] | None = None) -> Iterator[tuple[
     engine it starts (a process of its own, a child of this one), with the app served in this process in
     place of Gunicorn's workers (``tests.support.inprocess.served``). Yields the app's base URL and the
     Settings the workers would get; on exit the app stops, then the command stops its engine and must
-    exit 0. For what needs the engine but not several workers, signals or the installed script."""
+    exit 0. For what needs the engine but not several workers, signals or the installed script. The command
+    sets os.environ (its metrics folder, the engine's address) until then: start no real server meanwhile."""
     from tests.support.inprocess import served
 
     started: queue.Queue[tuple[str, Settings] | None] = queue.Queue()
