@@ -25,8 +25,10 @@ pytestmark = pytest.mark.slow
 
 SCORE = str(FAULTS / "score.py")
 MIB = 1024 * 1024
-# One worker, admission limits: the overload and large-body tests (neither recycles the worker).
-ADMISSION = ("--entry", SCORE, "--max-concurrent-requests", "4", "--max-body-bytes-in-flight", str(24 * MIB))
+# One worker, admission limits, four threads and a 2 s scoring timeout: the overload and large-body tests (the
+# admitted requests end well within the timeout), then the threads held by timed-out calls, which recycle it.
+ADMISSION = ("--entry", SCORE, "--max-concurrent-requests", "4", "--max-body-bytes-in-flight", str(24 * MIB),
+             "--concurrency", "4", "--timeout-ms", "2000")  # fmt: skip
 # One worker, one thread, every run() call recorded: departed clients, and memory recycling (which the
 # other test does not notice: it counts calls by id and cancellations from before to after).
 ONE_THREAD = ("--entry", SCORE, "--concurrency", "1", "--max-worker-memory", "300")
@@ -104,24 +106,6 @@ def test_departed_clients_requests_are_never_computed(one_thread: ServerProcess,
     assert calls_file.read_bytes()[calls_before:].decode().split() == ["stay"]
     assert wait_for(lambda: metric(server.url, cancelled) - before[0] == 8, 5)
     assert metric(server.url, client_closed) - before[1] == 8
-
-
-def test_threads_held_by_timed_out_calls_recycle_the_worker(start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", SCORE, "--concurrency", "4", env={"SCORING_TIMEOUT_MS": "500"})
-    master = server.proc
-    assert master is not None
-    [worker] = children(master.pid)
-    with httpx.Client(timeout=30) as client:
-        stuck = [client.post(server.url + "/score", json={"sleep": 60}) for _ in range(2)]
-        assert [r.status_code for r in stuck] == [500, 500]
-        assert all("Scoring timeout" in r.json()["message"] for r in stuck)
-        # Half the pool is held: the worker takes itself out and Gunicorn starts a fresh one.
-        assert wait_for(lambda: children(master.pid) not in ([], [worker]), 30)
-        server.wait_ready()
-        answers = [client.post(server.url + "/score", json={}) for _ in range(5)]
-    assert [r.status_code for r in answers] == [200] * 5
-    assert all(r.json()["pid"] != worker for r in answers)
-    assert "Recycling worker" in server.log() and "threads still run calls that timed out" in server.log()
 
 
 def test_async_run_blocking_the_loop_is_reported_and_timed_out(start_runtime: StartRuntime) -> None:
@@ -216,3 +200,21 @@ def test_burst_of_large_bodies_stays_within_the_bytes_in_flight_cap(pool: Server
     assert statuses.count(200) >= 2 and statuses.count(429) >= 6, statuses
     # 12 bodies of 8 MiB would cost ~100 MiB held at once (plus parsing); the cap admits 2.
     assert peak - before < 80, (before, peak)
+
+
+def test_threads_held_by_timed_out_calls_recycle_the_worker(pool: ServerPool) -> None:
+    server = pool.get(*ADMISSION)  # last of its tests: its worker is recycled here
+    master = server.proc
+    assert master is not None
+    [worker] = children(master.pid)
+    with httpx.Client(timeout=30) as client:
+        stuck = [client.post(server.url + "/score", json={"sleep": 60}) for _ in range(2)]
+        assert [r.status_code for r in stuck] == [500, 500]
+        assert all("Scoring timeout" in r.json()["message"] for r in stuck)
+        # Half the pool is held: the worker takes itself out and Gunicorn starts a fresh one.
+        assert wait_for(lambda: children(master.pid) not in ([], [worker]), 30)
+        server.wait_ready()
+        answers = [client.post(server.url + "/score", json={}) for _ in range(5)]
+    assert [r.status_code for r in answers] == [200] * 5
+    assert all(r.json()["pid"] != worker for r in answers)
+    assert "Recycling worker" in server.log() and "threads still run calls that timed out" in server.log()
