@@ -1,10 +1,9 @@
 """The model engine through real servers: one engine for all workers, its results, faults, traces and shutdown.
 
-Three servers for the module, each read by the tests that only read, then stopped by one test
-(``ServerPool.take``: a later test of the same flags gets a fresh server): the two-worker hook server
-(its engine SIGKILLed under load, then SIGTERM), the Azure ML style server (traces and the TorchScript
-models of tests/test_torchscript.py, then SIGTERM), and a fresh two-worker server (a worker SIGKILLed,
-then the master).
+Two two-worker servers for the module, each read by the tests that only read, then stopped by one test
+(``ServerPool.take``: a later test of the same flags gets a fresh server): the hook server (a worker
+SIGKILLed first, its engine SIGKILLed under load last, then SIGTERM), and the Azure ML style server
+(traces and the TorchScript models of tests/test_torchscript.py, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -152,18 +151,14 @@ def hook_flags(model_repo: Path) -> tuple[tuple[str, ...], dict[str, str]]:
 
 
 def run_flags(engine_repo: Path, spans: Collector) -> tuple[tuple[str, ...], dict[str, str]]:
-    """Azure ML style: run() calls runtime.infer(), and init() does before any request; traces to ``spans``."""
+    """Azure ML style, two workers: run() calls runtime.infer(), and init() does before any request; traces to
+    ``spans``, each batch 50 ms after its span ends."""
     env = {
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{spans.port}",
         "OTEL_BSP_SCHEDULE_DELAY": "50",
     }
-    return ("--model-dir", str(engine_repo), "--entry", script("backend/engine_run.py")), env
-
-
-def fresh_flags(model_repo: Path) -> tuple[str, ...]:
-    """Two workers, hook style: for the tests that kill processes and need a server nobody else used."""
-    return "--model-dir", str(model_repo), "--entry", HOOK, "--workers", "2"
+    return ("--model-dir", str(engine_repo), "--entry", script("backend/engine_run.py"), "--workers", "2"), env
 
 
 @pytest.fixture
@@ -176,6 +171,36 @@ def server(pool: EnginePool, model_repo: Path) -> ServerProcess:
 def run_server(pool: EnginePool, engine_repo: Path, spans: Collector) -> ServerProcess:
     args, env = run_flags(engine_repo, spans)
     return pool.get(*args, env=env)
+
+
+def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(server: ServerProcess) -> None:
+    # The first test of the hook server: once a worker had asked for a model other than the one under load
+    # here, the engine kept that worker's arena mapped after its death until the model's next batch.
+    master, engine, _ = running(server)
+    # Ready means one worker answers; on a loaded machine the other connects to the engine later.
+    wait_for(lambda: len(worker_pids(master)) == 2, 30, "two workers")
+    workers = worker_pids(master)
+
+    def arenas() -> str:
+        return " ".join(shm_mappings(engine))
+
+    wait_for(lambda: all(f"memfd:runtime-arena-{w}" in arenas() for w in workers), 30, "both arenas mapped")
+    victim = min(workers)
+    assert f"memfd:runtime-arena-{victim}" in arenas()
+    body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
+    results = asyncio.run(load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL)))
+    served = [r for r in results if isinstance(r, httpx.Response)]
+    assert {r.status_code for r in served} == {200}
+    wait_for(lambda: f"memfd:runtime-arena-{victim}" not in " ".join(shm_mappings(engine)), 10, "arena released")
+    assert one_engine(master) == engine
+    last = httpx.post(server.url + "/score", json=body, timeout=10)
+    assert last.status_code == 200 and last.json()["pid"] != victim
+
+    def replaced() -> bool:  # the tests that follow read from both workers: the replacement connected
+        now = worker_pids(master)
+        return len(now) == 2 and all(f"memfd:runtime-arena-{w}" in arenas() for w in now)
+
+    wait_for(replaced, 30, "the replacement worker's arena mapped")
 
 
 @pytest.mark.parametrize("model", sorted(CASES))
@@ -263,31 +288,6 @@ def running(server: ServerProcess) -> tuple[int, int, set[int]]:
     return master, one_engine(master), worker_pids(master)
 
 
-def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(pool: EnginePool, model_repo: Path) -> None:
-    # A fresh server: on the module's long-lived server the arena was seen mapped for over 10 s after the
-    # kill when the machine was loaded (xdist). This one is used by no other test before; SIGKILL stops it.
-    server = pool.get(*fresh_flags(model_repo))
-    master, engine, _ = running(server)
-    # Ready means one worker answers; on a loaded machine the other connects to the engine later.
-    wait_for(lambda: len(worker_pids(master)) == 2, 30, "two workers")
-    workers = worker_pids(master)
-
-    def arenas() -> str:
-        return " ".join(shm_mappings(engine))
-
-    wait_for(lambda: all(f"memfd:runtime-arena-{w}" in arenas() for w in workers), 30, "both arenas mapped")
-    victim = min(workers)
-    assert f"memfd:runtime-arena-{victim}" in arenas()
-    body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
-    results = asyncio.run(load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL)))
-    served = [r for r in results if isinstance(r, httpx.Response)]
-    assert {r.status_code for r in served} == {200}
-    wait_for(lambda: f"memfd:runtime-arena-{victim}" not in " ".join(shm_mappings(engine)), 10, "arena released")
-    assert one_engine(master) == engine
-    last = httpx.post(server.url + "/score", json=body, timeout=10)
-    assert last.status_code == 200 and last.json()["pid"] != victim
-
-
 def test_kind_auto_serves_on_the_cpu(engine_repo: Path, run_server: ServerProcess) -> None:
     check = subprocess.run(runtime_argv("check", "--model-dir", str(engine_repo)), capture_output=True, text=True)
     assert check.returncode == 0 and "instances: 2 (2 x CPU)" in check.stdout
@@ -306,7 +306,37 @@ def test_torchscript_concurrent_requests_batch_and_each_row_is_right(run_server:
     test_torchscript.concurrent_requests_batch_and_each_row_is_right(run_server)
 
 
-# The servers stop last: the tests above only read from them (the one above kills a worker of its own).
+def test_engine_spans_continue_the_request_trace(run_server: ServerProcess, spans: Collector) -> None:
+    server = run_server
+    for n in range(3):
+        traceparent = f"00-{TRACE_ID[:-1]}{n}-b7ad6b716920333{n}-01"
+        body = as_body("linear", {"x": np.array([[1, 2, 3, 4]], np.float32)}, {"x": "float32"})
+        response = httpx.post(server.url + "/score", json=body, headers={"traceparent": traceparent}, timeout=30)
+        assert response.status_code == 200, response.text
+    traces = {f"{TRACE_ID[:-1]}{n}" for n in range(3)}
+
+    def problems() -> list[object]:
+        """The span names missing a trace, then the engine's spans without their worker's infer span as parent:
+        of every request this server answered, of any model (the tests above read from it too)."""
+        missing = [
+            n
+            for n in ("POST /score", "infer linear", "queue", "batch")
+            if not {s.trace_id for s in spans.named(n)} >= traces
+        ]
+        infers = {s.span_id: s.trace_id for s in spans.spans if s.name.startswith("infer ")}
+        # Made in the engine process, under the worker's infer span of the same request.
+        unparented = [
+            s for s in spans.named("queue") + spans.named("batch") if infers.get(s.parent_span_id) != s.trace_id
+        ]
+        return [*missing, *unparented]
+
+    deadline = time.monotonic() + 10  # worker and engine each send a batch of spans 50 ms after a span ends
+    while problems() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not problems(), (problems(), spans.spans, server.log()[-2000:])
+
+
+# The servers stop last: the tests above only read from them (the first killed a worker of its own).
 
 
 def test_engine_killed_under_load_gives_503_then_recovers(server: ServerProcess) -> None:
@@ -335,36 +365,12 @@ def test_engine_killed_under_load_gives_503_then_recovers(server: ServerProcess)
     assert "restarting it" in server.log()
 
 
-def test_engine_spans_continue_the_request_trace(pool: EnginePool, engine_repo: Path, spans: Collector) -> None:
-    args, env = run_flags(engine_repo, spans)
-    server = pool.take(*args, env=env)  # the Azure ML style server, stopped here
-    try:
-        for n in range(3):
-            traceparent = f"00-{TRACE_ID[:-1]}{n}-b7ad6b716920333{n}-01"
-            body = as_body("linear", {"x": np.array([[1, 2, 3, 4]], np.float32)}, {"x": "float32"})
-            response = httpx.post(server.url + "/score", json=body, headers={"traceparent": traceparent}, timeout=30)
-            assert response.status_code == 200, response.text
-    finally:
-        assert server.stop() == 0  # SIGTERM: worker and engine flush what they hold
-    deadline = time.monotonic() + 10
-    while len(spans.named("batch")) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    traces = {f"{TRACE_ID[:-1]}{n}" for n in range(3)}
-    for name in ("POST /score", "infer linear", "queue", "batch"):
-        assert {s.trace_id for s in spans.named(name)} >= traces, (name, spans.spans, server.log()[-2000:])
-    # Every request this server answered, of any model (the tests above read from it too).
-    infers = {s.span_id: s.trace_id for s in spans.spans if s.name.startswith("infer ")}
-    for span in spans.named("queue") + spans.named("batch"):
-        # Made in the engine process, under the worker's infer span of the same request.
-        assert infers.get(span.parent_span_id) == span.trace_id, span
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_stopping_the_server_leaves_no_engine_and_no_shared_memory(
-    pool: EnginePool, model_repo: Path, sig: signal.Signals
+    pool: EnginePool, model_repo: Path, engine_repo: Path, spans: Collector, sig: signal.Signals
 ) -> None:
-    # SIGTERM stops the module's hook server, SIGKILL the fresh one (after a worker of it was killed).
-    args, env = hook_flags(model_repo) if sig == signal.SIGTERM else (fresh_flags(model_repo), None)
+    # SIGTERM stops the module's hook server, SIGKILL the Azure ML style one.
+    args, env = hook_flags(model_repo) if sig == signal.SIGTERM else run_flags(engine_repo, spans)
     server = pool.take(*args, env=env)
     shm_before = pool.shm_before[server.port]
     assert server.proc is not None
@@ -378,7 +384,8 @@ def test_stopping_the_server_leaves_no_engine_and_no_shared_memory(
         # Draining: what was in flight is answered; later requests find the port closed.
         answered = [r for r in results if isinstance(r, httpx.Response)]
         assert answered and {r.status_code for r in answered} == {200}
-    server.wait_exit(60)
+    code = server.wait_exit(60)
+    assert sig != signal.SIGTERM or code == 0  # a clean exit
     wait_for(lambda: not Path(f"/proc/{engine}").exists() or comm(engine) != "runtime-engine", 30, "engine exit")
     for pid in workers:
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 30, f"worker {pid} exit")  # type: ignore[misc]
