@@ -5,7 +5,7 @@ would have served is wrong: the entry script, the model directory, the port, the
 Mistakes refused before serving run ``runtime.cli.main`` in this process (``run``; with the real model
 engine where the engine refuses the models), and so do the command lines that serve an app without
 the engine (``settings_of``, then the app in this process: ``served``, ``startup_failure``). The
-installed script's exit codes are checked on real processes in tests/test_startup.py; what needs a
+installed script's exit code 3 is checked on a real process in tests/test_azureml_conformance.py; what needs a
 started server (signals, a managed Triton) runs one here. The start-up summary and a clean exit are read
 from the log of tests/test_scoring.py's flags server, which has the same settings.
 """
@@ -154,7 +154,7 @@ def test_port_in_use_is_found_before_managed_triton_starts(
 
 def test_triton_url_refused_says_so_and_suggests_managed() -> None:
     # The command as typed; its workers' start-up in this process (a StartupError: a real server exits 3,
-    # tests/test_startup.py). The log is the same.
+    # tests/test_azureml_conformance.py). The log is the same.
     closed = free_port()
     argv = ["serve", "--backend", "triton", "--triton-url", f"127.0.0.1:{closed}", "--port", str(free_port())]
     settings = settings_of(*argv, env={"RUNTIME_TRITON_WAIT_S": "2"})

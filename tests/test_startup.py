@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from typing import NoReturn
 
 import pytest
 
 from runtime.http import app as app_module
 from runtime.settings import Settings
-from tests.conftest import StartRuntime, script
+from tests.conftest import script
 from tests.support.cli import run_cli
-from tests.support.inprocess import startup_failure
+from tests.support.inprocess import captured_logs, startup_failure
 
 FAILURES = [
     ("core/no_init.py", ["no_init.py", "does not have a init() function defined"]),
@@ -34,20 +35,39 @@ def test_startup_failure_names_script_function_and_cause(name: str, expected: li
         assert text in log, f"{text!r} not in log:\n{log}"
 
 
-# A real server for a failure while loading score.py: the exit code is the same for all (a failure in init()
-# exits 3 in tests/test_azureml_conformance.py::test_init_failure_exits_3_on_both).
-@pytest.mark.slow
+class Exited(BaseException):
+    """``os._exit`` in this process: the worker's exit code, without ending pytest."""
+
+
+def exit_here(code: int) -> NoReturn:
+    raise Exited(code)
+
+
+# A failure while loading score.py ends the worker with exit code 3, which Gunicorn's master passes on: the
+# worker's start-up (the lifespan of create_app(exit_on_startup_error=True)) in this process, with os._exit
+# and logging.shutdown stubbed. A real server exits 3 through the same lifespan for a failure in init():
+# tests/test_azureml_conformance.py::test_init_failure_exits_3_on_both, beside azmlinfsrv.
 @pytest.mark.parametrize(("name", "expected"), [FAILURES[2]])
-def test_startup_failure_exits_3(start_runtime: StartRuntime, name: str, expected: list[str]) -> None:
-    server = start_runtime("--entry", script(name), wait=False)
-    assert server.wait_exit(60) == 3
-    log = server.log()
+def test_startup_failure_exits_3(monkeypatch: pytest.MonkeyPatch, name: str, expected: list[str]) -> None:
+    monkeypatch.setattr(app_module.os, "_exit", exit_here)
+    monkeypatch.setattr(app_module.logging, "shutdown", lambda: None)
+    app = app_module.create_app(Settings(entry_script=script(name)), exit_on_startup_error=True)
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with captured_logs() as lines, pytest.raises(Exited) as exited:
+        asyncio.run(start())
+    assert exited.value.args == (3,)
+    log = "\n".join(lines)
     for text in expected:
         assert text in log, f"{text!r} not in log:\n{log}"
 
 
 def test_missing_entry_script_exits_3() -> None:
-    # Refused before serving: the command in this process (the installed script's exit 3: the test above).
+    # Refused before serving: the command in this process (the installed script's exit 3: a failure in init(),
+    # tests/test_azureml_conformance.py).
     result = run_cli("serve", "--entry", "/nonexistent/score.py")
     assert result.returncode == 3
     assert "/nonexistent/score.py does not exist" in result.stderr

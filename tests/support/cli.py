@@ -2,8 +2,8 @@
 
 For the commands that stop before serving (usage mistakes exit 2, start-up errors exit 3): the same
 parser, checks and messages as the console script, without a Python process per case. A command
-that gets as far as serving fails the test instead of starting Gunicorn. tests/test_startup.py keeps
-a real process for a refused start (exit 3 from the workers' start-up, through the installed ``runtime``
+that gets as far as serving fails the test instead of starting Gunicorn. tests/test_azureml_conformance.py
+keeps a real process for a refused start (exit 3 from the workers' start-up, through the installed ``runtime``
 script); a usage mistake's exit 2 is argparse's, raised inside ``cli.main`` and the same in this process.
 ``serving`` runs a command that serves, with its model engine, and its app in this process.
 """
