@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,26 @@ def test_concurrent_requests_are_joined_and_split_back() -> None:
         np.testing.assert_array_equal(result["y"], array * 2)
     assert max(model.batches) == 8 and sum(model.batches) == 20
     assert sum(s.requests for s in stats) == 20
+
+
+def test_an_answered_batch_is_not_kept_while_the_batcher_waits_for_the_next() -> None:
+    # In the engine the inputs are views on a worker's shared memory: a batch kept past its answer kept a
+    # departed worker's arena mapped until the model's next batch.
+    async def scenario() -> bool:
+        batcher = DynamicBatcher(FakeModel(delay=0).execute, instances=1, max_batch_size=4)
+        batcher.start()
+        try:
+            x = np.ones((1, 2), np.float32)
+            alive = weakref.ref(x)
+            result = await batcher.submit({"x": x})
+            assert result["y"].tolist() == [[2, 2]]
+            del x
+            await asyncio.sleep(0.01)  # the batcher now waits for a request
+            return alive() is None
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario())
 
 
 def test_batch_never_exceeds_max_batch_size_with_multi_row_requests() -> None:

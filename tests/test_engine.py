@@ -174,8 +174,8 @@ def run_server(pool: EnginePool, engine_repo: Path, spans: Collector) -> ServerP
 
 
 def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(server: ServerProcess) -> None:
-    # The first test of the hook server: once a worker had asked for a model other than the one under load
-    # here, the engine kept that worker's arena mapped after its death until the model's next batch.
+    # Any order: a batcher kept its last batch (views on the worker's arena) until its model's next batch,
+    # so a dead worker's arena stayed mapped; test_batching checks that no batch outlives its answer.
     master, engine, _ = running(server)
     # Ready means one worker answers; on a loaded machine the other connects to the engine later.
     wait_for(lambda: len(worker_pids(master)) == 2, 30, "two workers")

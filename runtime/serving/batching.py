@@ -399,24 +399,30 @@ class DynamicBatcher:
         while True:
             await self._instance_ready.acquire()
             try:
-                batch = await self._form_batch()
+                formed = await self._form_batch()
             except BaseException:
                 self._instance_ready.release()
                 raise
-            batch = [p for p in batch if not p.future.cancelled()]
-            if not batch:
-                self._instance_ready.release()
-                continue
-            instance = self._free_instances.pop()
-            previous = self._previous_done
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._previous_done = done if self._preserve_ordering else None
-            if self._inline is not None and self._inline() and previous is None:
-                await self._run(instance, batch, previous, done, handoff=False)  # does not suspend: no task
-                continue
-            task = asyncio.get_running_loop().create_task(self._run(instance, batch, previous, done))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            # Handed on, not kept: a local of this frame would hold the last batch's tensors (and the shared
+            # memory of a departed worker that they view) until the next batch forms.
+            await self._dispatch(formed)
+            del formed
+
+    async def _dispatch(self, formed: list[Pending]) -> None:
+        batch = [p for p in formed if not p.future.cancelled()]
+        if not batch:
+            self._instance_ready.release()
+            return
+        instance = self._free_instances.pop()
+        previous = self._previous_done
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._previous_done = done if self._preserve_ordering else None
+        if self._inline is not None and self._inline() and previous is None:
+            await self._run(instance, batch, previous, done, handoff=False)  # does not suspend: no task
+            return
+        task = asyncio.get_running_loop().create_task(self._run(instance, batch, previous, done))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _run(
         self,
