@@ -9,9 +9,11 @@ before the workers start, so every worker writes its samples there and
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import functools
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -105,22 +107,47 @@ def record_batch(model: str, version: str, stats: BatchStats) -> None:
     _child(INFERENCE_COUNT, model, version).inc(stats.batch_size)
     _child(BATCH_SIZE, model, version).observe(stats.batch_size)
     _child(COMPUTE_DURATION, model, version).inc(stats.compute_seconds * 1e6)
-    queue_time, queue_duration = _child(QUEUE_TIME, model, version), _child(QUEUE_DURATION, model, version)
-    for waited in stats.queue_seconds:
-        queue_time.observe(waited)
-        queue_duration.inc(waited * 1e6)
+    observe_all(_child(QUEUE_TIME, model, version), stats.queue_seconds)
+    _add(_child(QUEUE_DURATION, model, version), sum(stats.queue_seconds) * 1e6)
 
 
 def record_batch_workers(model: str, version: str, workers: int) -> None:
     _child(BATCH_WORKERS, model, version).observe(workers)
 
 
-def record_request(model: str, version: str, seconds: float, ok: bool, reason: str = "BACKEND") -> None:
+def record_request(model: str, version: str, seconds: float, ok: bool, reason: str = "BACKEND", count: int = 1) -> None:
+    """``count`` requests that each took ``seconds`` and ended alike (a batch that ran at once): one write each."""
     if ok:
-        _child(REQUEST_SUCCESS, model, version).inc()
+        _child(REQUEST_SUCCESS, model, version).inc(count)
     else:
-        _child(REQUEST_FAILURE, model, version, reason).inc()
-    _child(REQUEST_DURATION, model, version).inc(seconds * 1e6)
+        _child(REQUEST_FAILURE, model, version, reason).inc(count)
+    _child(REQUEST_DURATION, model, version).inc(seconds * 1e6 * count)
+
+
+# In multiprocess mode every value written is a locked write to a memory-mapped file (2 to 3 µs in the
+# engine, where a batch's metrics used to take 7 writes plus 5 per request): the helpers below write each
+# value once per batch, and not at all when it would not change.
+
+
+def _add(value: Any, amount: float) -> None:
+    if amount:
+        value.inc(amount)
+
+
+def observe_all(histogram: Any, amounts: Sequence[float]) -> None:
+    """``histogram.observe(a)`` for each of ``amounts``, with one write per bucket hit and one to the sum.
+
+    Relies on prometheus-client's Histogram layout (``_upper_bounds``, ``_buckets`` holding per-bucket,
+    not cumulative, counts, ``_sum``), which ``observe`` itself uses; tests/test_metrics_unit.py checks
+    the exposition against ``observe``'s.
+    """
+    bounds = histogram._upper_bounds  # the last is +Inf: every amount has a bucket
+    if len(amounts) == 1:
+        histogram._buckets[bisect.bisect_left(bounds, amounts[0])].inc(1)
+    else:
+        for bucket, count in collections.Counter(bisect.bisect_left(bounds, a) for a in amounts).items():
+            histogram._buckets[bucket].inc(count)
+    _add(histogram._sum, sum(amounts))
 
 
 def failure_reason(error: BaseException | None) -> str:

@@ -248,8 +248,9 @@ class ModelRunner:
         answer(results)
         for stats, reason in ran:
             self._record(stats)
-            for _ in range(stats.requests):
-                metrics.record_request(self.config.name, self.version, stats.compute_seconds, not reason, reason)
+            metrics.record_request(
+                self.config.name, self.version, stats.compute_seconds, not reason, reason, stats.requests
+            )
         return True
 
     def _run_batch_now(

@@ -1,0 +1,50 @@
+"""runtime.metrics: the batched writes give the same exposition as prometheus-client's own calls."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from runtime import metrics
+from runtime.serving.batching import BatchStats
+
+AMOUNTS = [0.0, 0.0, 0.0004, 0.0005, 0.003, 0.003, 0.2, 99.0]
+
+
+@pytest.mark.parametrize("amounts", [AMOUNTS, [0.0], [0.003], [], [100.0, 0.0]])
+def test_observe_all_matches_observe_per_amount(amounts: list[float]) -> None:
+    registry = CollectorRegistry()
+    one = Histogram("one", "h", buckets=metrics.LATENCY_BUCKETS, registry=registry)
+    many = Histogram("many", "h", buckets=metrics.LATENCY_BUCKETS, registry=registry)
+    for amount in amounts:
+        one.observe(amount)
+    metrics.observe_all(many, amounts)
+    text = generate_latest(registry).decode()
+    ones = [line.split(" ", 1)[1] for line in text.splitlines() if line.startswith("one")]
+    manys = [line.split(" ", 1)[1] for line in text.splitlines() if line.startswith("many")]
+    assert manys == ones
+    assert len(ones) == len(metrics.LATENCY_BUCKETS) + 1 + 2  # buckets, +Inf, count, sum
+
+
+def test_record_request_counts_a_batch_at_once() -> None:
+    success = metrics._child(metrics.REQUEST_SUCCESS, "metrics-unit", "1")
+    duration = metrics._child(metrics.REQUEST_DURATION, "metrics-unit", "1")
+    failure = metrics._child(metrics.REQUEST_FAILURE, "metrics-unit", "1", "BACKEND")
+    before = success._value.get(), duration._value.get(), failure._value.get()
+    metrics.record_request("metrics-unit", "1", 0.002, True, count=5)
+    metrics.record_request("metrics-unit", "1", 0.001, False, "BACKEND", count=3)
+    after = success._value.get(), duration._value.get(), failure._value.get()
+    assert after[0] - before[0] == 5
+    assert after[1] - before[1] == pytest.approx(5 * 2000 + 3 * 1000)
+    assert after[2] - before[2] == 3
+
+
+def test_record_batch_writes_queue_times_once_per_bucket() -> None:
+    stats = BatchStats(batch_size=4, requests=3, queue_seconds=[0.0, 0.0, 0.004], compute_seconds=0.001)
+    queue = metrics._child(metrics.QUEUE_TIME, "metrics-unit", "2")
+    waited = metrics._child(metrics.QUEUE_DURATION, "metrics-unit", "2")
+    metrics.record_batch("metrics-unit", "2", stats)
+    counts = [b.get() for b in queue._buckets]
+    assert counts[0] == 2 and counts[metrics.LATENCY_BUCKETS.index(0.005)] == 1 and sum(counts) == 3
+    assert queue._sum.get() == pytest.approx(0.004)
+    assert waited._value.get() == pytest.approx(4000)
