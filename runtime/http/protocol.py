@@ -91,6 +91,54 @@ def error_bytes(status: int, reason: str, message: str, path: bytes) -> bytes:
     ).encode() + body
 
 
+class CoalescingTransport:
+    """The connection's transport, which sends a response's header block together with its first body chunk.
+
+    uvicorn writes the headers when the app sends ``http.response.start`` and the body with the next
+    message: two ``send`` system calls per response, and on loopback or a fast network two wake-ups of
+    the client, which reads the headers and waits again (a third of a worker's CPU per tiny request,
+    and about 0.05 ms at c=1). A write that starts a response is held until the next write or the end
+    of this turn of the event loop (a streamed body's headers still leave at once), or a close.
+    """
+
+    __slots__ = ("_flush", "_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held = b""
+        self._flush: asyncio.Handle | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+            data, self._held = self._held + data, b""
+        elif data[:9] == b"HTTP/1.1 " and data[9:13] != b"100 ":  # a 100 Continue leaves at once
+            self._held = bytes(data)
+            self._flush = self._loop.call_soon(self._send_held)
+            return
+        self._transport.write(data)
+
+    def _send_held(self) -> None:
+        self._flush = None
+        held, self._held = self._held, b""
+        if not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._send_held()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:  # the rest of asyncio.Transport, as it is
+        return getattr(self._transport, name)
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -130,6 +178,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self._arm(self.limits.header_timeout_s, "headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
