@@ -103,25 +103,87 @@ def _child(metric: Any, *labels: str) -> Any:
 
 
 def record_batch(model: str, version: str, stats: BatchStats) -> None:
-    _child(EXEC_COUNT, model, version).inc()
-    _child(INFERENCE_COUNT, model, version).inc(stats.batch_size)
-    _child(BATCH_SIZE, model, version).observe(stats.batch_size)
-    _child(COMPUTE_DURATION, model, version).inc(stats.compute_seconds * 1e6)
-    observe_all(_child(QUEUE_TIME, model, version), stats.queue_seconds)
-    _add(_child(QUEUE_DURATION, model, version), sum(stats.queue_seconds) * 1e6)
+    if _deferred is not None:
+        _deferred.append((model, version, stats))
+    else:
+        _write_batches(model, version, [stats])
 
 
 def record_batch_workers(model: str, version: str, workers: int) -> None:
-    _child(BATCH_WORKERS, model, version).observe(workers)
+    if _deferred is not None:
+        _deferred.append((model, version, workers))
+    else:
+        _child(BATCH_WORKERS, model, version).observe(workers)
 
 
 def record_request(model: str, version: str, seconds: float, ok: bool, reason: str = "BACKEND", count: int = 1) -> None:
     """``count`` requests that each took ``seconds`` and ended alike (a batch that ran at once): one write each."""
+    if _deferred is not None:
+        _deferred.append((model, version, (ok, reason, count, seconds * 1e6 * count)))
+    else:
+        _write_requests(model, version, ok, reason, count, seconds * 1e6 * count)
+
+
+def _write_batches(model: str, version: str, batches: list[BatchStats]) -> None:
+    _child(EXEC_COUNT, model, version).inc(len(batches))
+    _child(INFERENCE_COUNT, model, version).inc(sum(b.batch_size for b in batches))
+    observe_all(_child(BATCH_SIZE, model, version), [b.batch_size for b in batches])
+    _add(_child(COMPUTE_DURATION, model, version), sum(b.compute_seconds for b in batches) * 1e6)
+    waited = [w for b in batches for w in b.queue_seconds]
+    observe_all(_child(QUEUE_TIME, model, version), waited)
+    _add(_child(QUEUE_DURATION, model, version), sum(waited) * 1e6)
+
+
+def _write_requests(model: str, version: str, ok: bool, reason: str, count: int, micros: float) -> None:
     if ok:
         _child(REQUEST_SUCCESS, model, version).inc(count)
     else:
         _child(REQUEST_FAILURE, model, version, reason).inc(count)
-    _child(REQUEST_DURATION, model, version).inc(seconds * 1e6 * count)
+    _child(REQUEST_DURATION, model, version).inc(micros)
+
+
+# The model metrics that record_batch, record_batch_workers and record_request hold back while deferred:
+# (model, version, a BatchStats | a worker count | (ok, reason, count, microseconds)). A deque: model
+# threads append while the loop flushes.
+_deferred: collections.deque[tuple[str, str, Any]] | None = None
+
+
+def defer_model_metrics() -> None:
+    """Hold the model metrics in memory until :func:`flush_model_metrics` (the engine process).
+
+    The engine writes them for every worker, about ten locked mmap writes per batch (a quarter of its
+    Python path per request at c=1); a flush writes each value once for everything held. The engine flushes
+    every few tenths of a second and whenever a worker is about to answer a scrape of /metrics
+    (:meth:`EngineClient.flush_metrics`), so a scrape shows every request answered before it.
+    """
+    global _deferred
+    _deferred = collections.deque()
+
+
+def flush_model_metrics() -> None:
+    """Write what :func:`defer_model_metrics` holds, each value once per model version."""
+    if not _deferred:
+        return
+    batches: dict[tuple[str, str], list[BatchStats]] = {}
+    workers: dict[tuple[str, str], list[int]] = {}
+    requests: dict[tuple[str, str, bool, str], list[float]] = {}
+    while _deferred:
+        model, version, what = _deferred.popleft()
+        if isinstance(what, BatchStats):
+            batches.setdefault((model, version), []).append(what)
+        elif isinstance(what, int):
+            workers.setdefault((model, version), []).append(what)
+        else:
+            ok, reason, count, micros = what
+            total = requests.setdefault((model, version, ok, reason), [0, 0.0])
+            total[0] += count
+            total[1] += micros
+    for (model, version), held in batches.items():
+        _write_batches(model, version, held)
+    for (model, version), counts in workers.items():
+        observe_all(_child(BATCH_WORKERS, model, version), counts)
+    for (model, version, ok, reason), (count, micros) in requests.items():
+        _write_requests(model, version, ok, reason, int(count), micros)
 
 
 # In multiprocess mode every value written is a locked write to a memory-mapped file (2 to 3 µs in the
@@ -138,7 +200,7 @@ def observe_all(histogram: Any, amounts: Sequence[float]) -> None:
     """``histogram.observe(a)`` for each of ``amounts``, with one write per bucket hit and one to the sum.
 
     Relies on prometheus-client's Histogram layout (``_upper_bounds``, ``_buckets`` holding per-bucket,
-    not cumulative, counts, ``_sum``), which ``observe`` itself uses; tests/test_metrics_unit.py checks
+    not cumulative, counts, ``_sum``), which ``observe`` itself uses; tests/test_metrics.py checks
     the exposition against ``observe``'s.
     """
     bounds = histogram._upper_bounds  # the last is +Inf: every amount has a bucket
@@ -167,12 +229,14 @@ def pending_gauge(model: str, version: str) -> Any:
 # Metrics that live elsewhere and are read at scrape time (Triton's batch statistics): each returns
 # Prometheus text, or b"" when its source cannot be reached right now. Each belongs to the event loop
 # of the app that registered it (two apps in one process each scrape their own).
+# A source added ``before`` runs before the collection, for what it makes other processes write (the engine's
+# deferred model metrics).
 ScrapeSource = Callable[[], Awaitable[bytes]]
-SCRAPE_SOURCES: list[tuple[asyncio.AbstractEventLoop, ScrapeSource]] = []
+SCRAPE_SOURCES: list[tuple[asyncio.AbstractEventLoop, ScrapeSource, bool]] = []
 
 
-def add_scrape_source(source: ScrapeSource) -> None:
-    SCRAPE_SOURCES.append((asyncio.get_running_loop(), source))
+def add_scrape_source(source: ScrapeSource, before: bool = False) -> None:
+    SCRAPE_SOURCES.append((asyncio.get_running_loop(), source, before))
 
 
 def remove_scrape_source(source: ScrapeSource) -> None:
@@ -180,15 +244,19 @@ def remove_scrape_source(source: ScrapeSource) -> None:
 
 
 async def metrics_endpoint(request: Request) -> Response:
+    loop = asyncio.get_running_loop()
+    sources = [(source, before) for owner, source, before in SCRAPE_SOURCES if owner is loop]
+    for source, before in sources:
+        if before:
+            await source()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         body = generate_latest(registry)
     else:
         body = generate_latest()
-    loop = asyncio.get_running_loop()
-    for owner, source in SCRAPE_SOURCES:
-        if owner is loop:
+    for source, before in sources:
+        if not before:
             body += await source()
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

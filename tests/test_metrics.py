@@ -48,3 +48,42 @@ def test_record_batch_writes_queue_times_once_per_bucket() -> None:
     assert counts[0] == 2 and counts[metrics.LATENCY_BUCKETS.index(0.005)] == 1 and sum(counts) == 3
     assert queue._sum.get() == pytest.approx(0.004)
     assert waited._value.get() == pytest.approx(4000)
+
+
+def _model_samples(model: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client import REGISTRY
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.labels.get("model") == model
+    }
+
+
+def test_deferred_model_metrics_are_written_alike_on_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    def record(model: str) -> None:
+        metrics.record_batch(model, "1", BatchStats(3, 2, [0.0, 0.004], 0.002, [7, 8]))
+        metrics.record_batch(model, "1", BatchStats(1, 1, [0.0], 0.001, [7]))
+        metrics.record_batch_workers(model, "1", 2)
+        metrics.record_batch_workers(model, "1", 1)
+        metrics.record_request(model, "1", 0.003, True, count=2)
+        metrics.record_request(model, "1", 0.001, False, "BACKEND")
+        metrics.record_request(model, "1", 0.002, True)
+
+    record("written-now")
+    monkeypatch.setattr(metrics, "_deferred", None)
+    metrics.defer_model_metrics()
+    record("deferred")
+    assert _model_samples("deferred") == {}  # held back: nothing written yet
+    metrics.flush_model_metrics()
+    now = {
+        (name, tuple(kv for kv in labels if kv[0] != "model")): v
+        for (name, labels), v in _model_samples("written-now").items()
+    }
+    later = {
+        (name, tuple(kv for kv in labels if kv[0] != "model")): v
+        for (name, labels), v in _model_samples("deferred").items()
+    }
+    assert later == pytest.approx(now)
+    assert now[("nv_inference_exec_count_total", (("version", "1"),))] == 2

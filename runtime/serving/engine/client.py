@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from runtime import tracing
+from runtime import metrics, tracing
 from runtime.errors import ServiceUnavailable, ServingError
 from runtime.serving.datatypes import wire_to_numpy
 from runtime.serving.engine.arena import (
@@ -47,6 +47,7 @@ DEFAULT_ARENA_BYTES = 64 << 20
 BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
 # Room for outputs whose size the config leaves open (BYTES, -1 dims), before the engine needs a region of its own.
 OPEN_OUTPUT_ROOM = 4096
+METRICS_WAIT_S = 2.0  # for the engine to write its held metrics before a scrape
 
 
 class EngineUnavailable(ServiceUnavailable):
@@ -110,6 +111,7 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._channel: Channel | None = None
         self._welcome: asyncio.Future[Meta] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._closing = False
         self.models: list[Meta] = []
@@ -124,6 +126,8 @@ class EngineClient:
         while True:
             try:
                 await self._connect_once()
+                # The engine holds its model metrics back: it writes them before this process answers a scrape.
+                metrics.add_scrape_source(self.flush_metrics, before=True)
                 return
             except (OSError, asyncio.TimeoutError) as ex:
                 if loop.time() + delay > deadline:
@@ -141,6 +145,7 @@ class EngineClient:
             sock.close()
             raise
         self._welcome = loop.create_future()
+        self._loop = loop  # asyncio.get_running_loop() makes a getpid system call per call on Python 3.11
         channel = Channel(sock, self._frame, lambda: self._closed(channel))
         channel.send(0, {"op": "hello", "pid": os.getpid()}, [self.region.fd])
         try:
@@ -181,6 +186,7 @@ class EngineClient:
 
     async def close(self) -> None:
         self._closing = True
+        metrics.remove_scrape_source(self.flush_metrics)
         if self._reconnecting is not None:
             self._reconnecting.cancel()
         if self._channel is not None:
@@ -256,7 +262,8 @@ class EngineClient:
             chunk = (offset, in_bytes + room)
         metas = write_tensors(space, position, [(n, a, sizes[n]) for n, a in inputs.items()], buf)
         rid = next(self._ids)
-        request = _Request(asyncio.get_running_loop().create_future(), *chunk)
+        assert self._loop is not None  # set with the channel
+        request = _Request(self._loop.create_future(), *chunk)
         self._requests[rid] = request
         try:
             meta: Meta = {"op": "infer", "model": config.name, "version": version}
@@ -292,6 +299,23 @@ class EngineClient:
             self._release(*chunk)
             raise EngineUnavailable(f"it answered {reply['op']!r}")
         return self._outputs(reply, chunk)
+
+    async def flush_metrics(self) -> bytes:
+        """Have the engine write the model metrics it holds back (a scrape source run before the collection)."""
+        channel = self._channel
+        if channel is None or channel.closed or self._loop is None:
+            return b""
+        rid = next(self._ids)
+        answer = self._requests[rid] = _Request(self._loop.create_future(), -1, 0)
+        try:
+            channel.send(rid, {"op": "metrics"})
+            channel.flush()
+            await asyncio.wait_for(asyncio.shield(answer.future), METRICS_WAIT_S)
+        except (ChannelClosed, ServingError, asyncio.TimeoutError):
+            pass  # the scrape shows what the engine has written
+        finally:
+            self._requests.pop(rid, None)
+        return b""
 
     def _outputs(self, reply: Meta, chunk: tuple[int, int]) -> dict[str, np.ndarray]:
         fds: list[int] = reply.get("_fds", [])

@@ -55,6 +55,8 @@ PROCESS_NAME = b"runtime-engine"
 # running Python, a TorchScript DenseNet-121 batch of 28 took 63 ms instead of 15 ms on an H100
 # (benchmarks/scripts/gpu_forward.py); on the CPU a shorter interval halved that penalty.
 SWITCH_INTERVAL_S = 0.0005
+# How often the engine writes the model metrics it holds (metrics.defer_model_metrics) when no scrape asks first.
+METRICS_FLUSH_S = 0.5
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's starting value, kept
 
@@ -136,6 +138,9 @@ class WorkerConnection:
             pending = self.pending.get(rid)
             if pending is not None and self.requests[rid].drop():
                 pending.cancel()  # else an instance process holds it: the answer comes when it is done
+        elif op == "metrics":  # the worker is about to answer a scrape of /metrics
+            metrics.flush_model_metrics()
+            self.channel.send(rid, {"op": "metrics"})
         elif op == "hello":
             self.pid = int(meta["pid"])
             region = Region.attach(fds[0])
@@ -336,9 +341,16 @@ async def serve(
             sock, _ = await loop.sock_accept(server)
             engine.connections.add(WorkerConnection(engine, sock))
 
+    async def flush_metrics() -> None:
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_S)
+            metrics.flush_model_metrics()
+
     acceptor = loop.create_task(accept())
+    flusher = loop.create_task(flush_metrics())
     await stop.wait()
     acceptor.cancel()
+    flusher.cancel()
     server.close()
     logger.info("Model engine stopping: draining %d request(s) in flight", engine.in_flight())
     deadline = loop.time() + drain_seconds
@@ -347,6 +359,7 @@ async def serve(
     for connection in list(engine.connections):
         connection.channel.close()
     await asyncio.gather(*(r.stop() for r in runners))
+    metrics.flush_model_metrics()
     tracing.shutdown()  # flushes the spans still queued for export
     logger.info("Model engine stopped")
 
@@ -370,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure(args.log_level, args.log_format)
     LOGGING.update(level=args.log_level, format=args.log_format)
+    metrics.defer_model_metrics()  # written every METRICS_FLUSH_S and before a worker answers a scrape
     try:
         import uvloop
 
