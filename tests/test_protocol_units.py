@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from runtime.http.protocol import CoalescingTransport
+from runtime.http.protocol import COALESCE_MAX_BYTES, CoalescingTransport
 
 
 class Recorder:
@@ -44,6 +44,12 @@ async def coalesced(*steps: bytes | None) -> tuple[list[bytes], Recorder]:
 def test_headers_and_body_leave_in_one_write() -> None:
     writes, _ = asyncio.run(coalesced(HEAD, b"ok", HEAD, b"no", None))
     assert writes == [HEAD + b"ok", HEAD + b"no"]
+
+
+def test_a_big_body_is_not_copied_to_join_its_headers() -> None:
+    big = b"x" * (COALESCE_MAX_BYTES + 1)
+    writes, _ = asyncio.run(coalesced(HEAD, big, None))
+    assert writes == [HEAD, big]
 
 
 def test_headers_alone_leave_at_the_end_of_the_turn() -> None:

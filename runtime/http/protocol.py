@@ -51,6 +51,8 @@ class Limits:
 
 # The scope extension under which this protocol offers a request's :class:`ConnectionWatch`.
 CONNECTION_WATCH = "runtime.connection_watch"
+# A first body chunk up to this size is joined to the held header block; a bigger one is not copied for that.
+COALESCE_MAX_BYTES = 64 << 10
 
 
 class ConnectionWatch:
@@ -113,7 +115,11 @@ class CoalescingTransport:
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
-            data, self._held = self._held + data, b""
+            held, self._held = self._held, b""
+            if len(data) <= COALESCE_MAX_BYTES:
+                data = held + data
+            else:
+                self._transport.write(held)
         elif data[:9] == b"HTTP/1.1 " and data[9:13] != b"100 ":  # a 100 Continue leaves at once
             self._held = bytes(data)
             self._flush = self._loop.call_soon(self._send_held)
