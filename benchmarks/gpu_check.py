@@ -16,9 +16,10 @@ that a server that does not start ends the run at once):
    ``KIND_GPU`` (``KIND_CPU`` with --device cpu) for each worker count, JPEG in, at --concurrency
    through ``runtime bench``'s client loop in --clients processes: images/s, p50, client CPU and the
    mean batch from /metrics, and the ratio to min(device limit at the largest batch, preprocessing limit);
-4. the served-vs-in-process target: the model alone behind ``runtime serve`` (v2, binary tensors,
-   one image per request) with max_batch_size --target-batch, against the platform instance in
-   this process at that batch size.
+4. the served-vs-in-process target: the same model.pt as a second model of the repository, with
+   max_batch_size --target-batch, behind the first row's ``runtime serve`` after that row (v2, binary
+   tensors, one image per request; the only model that gets requests then), against the platform
+   instance in this process at that batch size.
 
 Packages the GPU machine lacks come as wheels (see docs/benchmarks.md): ``--wheels DIR`` installs
 them from DIR (no index) into DIR/site and puts that on the servers' PYTHONPATH.
@@ -54,6 +55,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DENSENET = REPO / "examples" / "densenet_onnx"
 MODEL = "densenet_onnx"
+TARGET = "densenet_target"  # the served-vs-in-process target: MODEL's file with max_batch_size --target-batch
 
 
 class ServerDied(RuntimeError):
@@ -111,6 +113,15 @@ def build_repository(root: Path, small: bool, max_batch_size: int, kind: str) ->
     return root
 
 
+def add_target(root: Path, max_batch_size: int) -> None:
+    """TARGET beside MODEL in the repository: the same files, its own name and max_batch_size."""
+    folder = root / "triton" / TARGET
+    shutil.copytree(root / "triton" / MODEL, folder)
+    config = folder / "config.pbtxt"
+    text = config.read_text().replace(f'name: "{MODEL}"', f'name: "{TARGET}"')
+    config.write_text(re.sub(r"max_batch_size: \d+", f"max_batch_size: {max_batch_size}", text))
+
+
 def set_instances(root: Path, count: int) -> None:
     """The instance group's count in the repository's config."""
     config = root / "triton" / MODEL / "config.pbtxt"
@@ -136,8 +147,10 @@ def rate(run: Callable[[], int], seconds: float) -> float:
     return done / elapsed
 
 
-def device_limits(repo: Path, device: str, batches: list[int], seconds: float, variant: str = "") -> dict[int, float]:
-    """Images/s of the platform instance by batch size, numpy in and numpy out.
+def device_limits(
+    repo: Path, device: str, batches: list[int], seconds: float, variant: str = "", model: str = MODEL
+) -> dict[int, float]:
+    """Images/s of ``model``'s platform instance by batch size, numpy in and numpy out.
 
     ``variant``: "pinned" stages inputs in pinned buffers; "optimized" turns the TorchScript profiling
     executor's optimisations back on (the example's config disables them).
@@ -146,7 +159,7 @@ def device_limits(repo: Path, device: str, batches: list[int], seconds: float, v
     from runtime.serving.repository import load_repository
 
     os.environ["RUNTIME_TORCH_PINNED"] = "1" if variant == "pinned" else "0"
-    config = load_repository(repo)[0]
+    config = next(c for c in load_repository(repo) if c.name == model)
     if variant == "optimized":
         config.proto.parameters["DISABLE_OPTIMIZED_EXECUTION"].string_value = "false"
     target = Device("gpu", 0) if device == "cuda" else Device("cpu")
@@ -179,8 +192,9 @@ def preprocessing_limit(image: bytes, seconds: float) -> float:
     """Images/s of the example's preprocessing in one process per core."""
     cores = os.cpu_count() or 1
     with multiprocessing.get_context("spawn").Pool(cores) as pool:
-        _preprocess_loop(image, 0.2)  # imports paid before the clock starts, here and below
-        pool.starmap(_preprocess_loop, [(image, 0.2)] * cores)
+        warm = min(0.2, seconds)  # imports paid before the clock starts, here and below
+        _preprocess_loop(image, warm)
+        pool.starmap(_preprocess_loop, [(image, warm)] * cores)
         started = time.perf_counter()
         counts = pool.starmap(_preprocess_loop, [(image, seconds)] * cores)
         return sum(counts) / (time.perf_counter() - started)
@@ -216,17 +230,19 @@ class Server:
             time.sleep(0.2)
         raise ServerDied(f"runtime serve not ready after {timeout:.0f} s; see {self.log}")
 
-    def counters(self) -> dict[str, float]:
-        """The model's batch and duration counters, and the /score latency, from /metrics (all processes)."""
+    def counters(self, model: str | None = None) -> dict[str, float]:
+        """The batch and duration counters of ``model`` (default: the server's), and the /score latency, from
+        /metrics (all processes)."""
         self.check()
         with urllib.request.urlopen(self.url + "/metrics", timeout=30) as response:
             text = response.read().decode()
+        label = f'model="{model or self.model}"'
         names = {
-            "batch_sum": ("runtime_batch_size_sum", f'model="{self.model}"'),
-            "batch_count": ("runtime_batch_size_count", f'model="{self.model}"'),
-            "request_us": ("nv_inference_request_duration_us_total", f'model="{self.model}"'),
-            "queue_us": ("nv_inference_queue_duration_us_total", f'model="{self.model}"'),
-            "compute_us": ("nv_inference_compute_infer_duration_us_total", f'model="{self.model}"'),
+            "batch_sum": ("runtime_batch_size_sum", label),
+            "batch_count": ("runtime_batch_size_count", label),
+            "request_us": ("nv_inference_request_duration_us_total", label),
+            "queue_us": ("nv_inference_queue_duration_us_total", label),
+            "compute_us": ("nv_inference_compute_infer_duration_us_total", label),
             "http_s": ("runtime_http_request_duration_seconds_sum", 'route="/score"'),
             "http_count": ("runtime_http_request_duration_seconds_count", 'route="/score"'),
         }
@@ -291,17 +307,25 @@ def run_clients(
 
 
 def load(
-    server: Server, path: str, body: bytes, headers: dict[str, str], args: argparse.Namespace, concurrency: int
+    server: Server,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    args: argparse.Namespace,
+    concurrency: int,
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """``concurrency`` closed-loop clients split over --clients processes: a warm-up, then the measured window."""
+    """``concurrency`` closed-loop clients split over --clients processes: a warm-up, then the measured window.
+
+    Batch counters are ``model``'s (default: the server's)."""
     processes = max(1, min(args.clients, concurrency))
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         run_clients(pool, server, path, body, headers, shares, args.warmup)
-        before, cpu_before = server.counters(), server.cpu_seconds()
+        before, cpu_before = server.counters(model), server.cpu_seconds()
         profiler = profile(server, args)
         steps = run_clients(pool, server, path, body, headers, shares, args.duration)
-        after, cpu_after = server.counters(), server.cpu_seconds()
+        after, cpu_after = server.counters(model), server.cpu_seconds()
         if profiler is not None:
             profiler.wait(30)
     ok = sum(s["throughput"] for s in steps)
@@ -354,30 +378,31 @@ def served_hook(
     env: dict[str, str],
     engine: str,
     processes: str = "auto",
+    target: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The hook-style row; with ``target`` given, the served target is measured on the same server after it."""
     entry = str(DENSENET / "score_densenet.py")
     flags = ["--entry", entry, "--model-dir", str(repo), "--engine", engine, *shlex.split(args.serve_args)]
     env = {**env, "RUNTIME_INSTANCE_PROCESSES": processes}
     server = Server(flags, workers, work / f"serve-{engine}-{processes}-{workers}.log", env)
     try:
         server.wait_ready(args.start_timeout)
-        return load(server, "/score", image, {"Content-Type": "image/jpeg"}, args, args.concurrency)
+        row = load(server, "/score", image, {"Content-Type": "image/jpeg"}, args, args.concurrency)
+        if target is not None:
+            target.update(served_model(server, args.target_batch, args))
+        return row
     finally:
         server.stop()
 
 
-def served_model(repo: Path, batch: int, args: argparse.Namespace, work: Path, env: dict[str, str]) -> dict[str, Any]:
+def served_model(server: Server, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+    """TARGET on v2, one image per request, while no other model gets requests."""
     from runtime.tools import bench
 
     x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
     body, headers = bench.v2_body({"data_0": x}, ["fc6_1"])
-    server = Server(["--model-dir", str(repo), *shlex.split(args.serve_args)], 1, work / "serve-model.log", env)
-    try:
-        server.wait_ready(args.start_timeout)
-        # Twice the batch in flight keeps a full batch queued while one runs.
-        return load(server, f"/v2/models/{MODEL}/infer", body, headers, args, 2 * batch)
-    finally:
-        server.stop()
+    # Twice the batch in flight keeps a full batch queued while one runs.
+    return load(server, f"/v2/models/{TARGET}/infer", body, headers, args, 2 * batch, TARGET)
 
 
 def _commit() -> str:
@@ -491,6 +516,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": python_path(work, args.wheels)}
     kind = "KIND_GPU" if args.device == "cuda" else "KIND_CPU"
     repo = build_repository(work / "models", args.small, max(batches), kind)
+    add_target(repo, args.target_batch)
     image = example("client").synthetic_jpeg()
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -513,9 +539,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = [("process", count, instances[0], m, by_mode[m], count) for count in workers for m in modes]
         runs += [("process", max(workers), n, modes[0], result["served_instances"], n) for n in instances[1:]]
         runs += [("worker", count, instances[0], "off", result["served_per_worker"], count) for count in per_worker]
-        for design, count, group, mode, rows, label in runs:
+        served: dict[str, Any] = {}  # the target, served by the first row's server
+        for index, (design, count, group, mode, rows, label) in enumerate(runs):
             set_instances(repo, group)
-            rows[label] = served_hook(repo, count, image, args, work, env, design, mode)
+            target = served if index == 0 else None
+            rows[label] = served_hook(repo, count, image, args, work, env, design, mode, target)
             print(
                 f"served, --engine {design}, {count} worker(s), {group} instance(s), instance processes {mode}: "
                 f"{json.dumps(rows[label])}",
@@ -530,9 +558,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["preprocessing_limit"] = preprocessing_limit(image, seconds)
         print(f"preprocessing limit: {result['preprocessing_limit']:.1f} images/s", flush=True)
         result["limit_images_per_s"] = min(result["device_limit"][max(batches)], result["preprocessing_limit"])
-        target_repo = build_repository(work / "target", args.small, args.target_batch, kind)
-        in_process = device_limits(target_repo, args.device, [args.target_batch], seconds)
-        served = served_model(target_repo, args.target_batch, args, work, env)
+        in_process = device_limits(repo, args.device, [args.target_batch], seconds, model=TARGET)
         result["target"] = {
             "batch": args.target_batch,
             "in_process": in_process[args.target_batch],

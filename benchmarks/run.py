@@ -394,7 +394,7 @@ class Bench:
                     track_memory = w.name == "densenet_v2" and workers == 1
                     if track_memory:
                         # Loaded and warm: one burst of concurrent requests makes the largest batch once.
-                        asyncio.run(bench.run_step(target, 32, 0.5 if self.args.quick else 2.0, 0.0))
+                        asyncio.run(bench.run_step(target, 32, 0.2 if self.args.quick else 2.0, 0.0))
                         self.memory.update(memory(server, self.model_dir))
                     self.measure(w, "runtime v2", workers, target)
                     if track_memory:
@@ -720,13 +720,14 @@ def main() -> None:
     )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from its JSON; run nothing")
     args = parser.parse_args()
-    args.duration = args.duration or (0.5 if args.quick else 10.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.2 if args.quick else 3.0)
+    # --quick proves that every path runs: steps just long enough that a fresh server's first request lands inside.
+    args.duration = args.duration or (0.3 if args.quick else 10.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.1 if args.quick else 3.0)
     args.concurrency = [int(c) for c in (args.concurrency or ("1,8" if args.quick else "1,8,32,256")).split(",")]
     args.workers = [int(w) for w in (args.workers or ("1" if args.quick else "1,2")).split(",")]
     args.workloads = set(args.workloads.split(",")) if args.workloads else set()
     global LIMIT_SECONDS
-    LIMIT_SECONDS = 0.2 if args.quick else 3.0
+    LIMIT_SECONDS = 0.05 if args.quick else 3.0
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:])
     if args.report_only:
         output = args.output or REPO / "docs" / "benchmarks.md"
