@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from runtime.settings import Settings
 from tests.support import models
+from tests.support.inprocess import served
 from tests.support.plots import assert_matplotlib_png
-from tests.support.servers import REPO, ServerProcess, runtime_argv, start_module_server
+from tests.support.servers import REPO, runtime_argv
 
 pytestmark = pytest.mark.slow
 SCORE_DENSENET = REPO / "examples" / "densenet_onnx" / "score_densenet.py"
@@ -31,12 +33,15 @@ def bench_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(bench_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def url(bench_models: Path) -> Iterator[str]:
     """The hook-style DenseNet (/score, JPEG or JSON) and both models on v2: the one server the module's
-    runs measure. The runs only read, and each step's batch sizes come from /metrics before and after it."""
-    process = start_module_server(tmp_path_factory, "--entry", str(SCORE_DENSENET), "--model-dir", str(bench_models))
-    yield process
-    process.stop()
+    runs measure. The runs only read, and each step's batch sizes come from /metrics before and after it.
+
+    The app runs in this process behind uvicorn on a real socket: these tests exercise ``runtime bench`` (its
+    own processes), which needs HTTP and /metrics, not Gunicorn or the model engine; test_benchmark_command_quick_mode
+    measures ``runtime serve`` itself."""
+    with served(Settings(entry_script=str(SCORE_DENSENET), model_dir=str(bench_models))) as url:
+        yield url
 
 
 def jpeg_file(path: Path) -> Path:
@@ -47,7 +52,7 @@ def jpeg_file(path: Path) -> Path:
     return path
 
 
-def test_bench_score_sweep_reports_json_plot_and_no_errors(server: ServerProcess, tmp_path: Path) -> None:
+def test_bench_score_sweep_reports_json_plot_and_no_errors(url: str, tmp_path: Path) -> None:
     payload = tmp_path / "body.json"
     payload.write_text(json.dumps({"image": base64.b64encode(jpeg_file(tmp_path / "cat.jpg").read_bytes()).decode()}))
     out, png = tmp_path / "report.json", tmp_path / "plot.png"
@@ -55,15 +60,15 @@ def test_bench_score_sweep_reports_json_plot_and_no_errors(server: ServerProcess
         runtime_argv(
             "bench",
             "--url",
-            server.url + "/score",
+            url + "/score",
             "--payload",
             str(payload),
             "--concurrency",
             "1,4",
             "--duration",
-            "0.5",
+            "0.25",
             "--warmup",
-            "0.2",
+            "0.1",
             "--format",
             "json",
             "--output",
@@ -78,7 +83,7 @@ def test_bench_score_sweep_reports_json_plot_and_no_errors(server: ServerProcess
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    assert report["target"]["url"] == server.url + "/score"
+    assert report["target"]["url"] == url + "/score"
     assert report["machine"]["cpus"] >= 1
     assert report["client_cpu_us_per_request"] > 0
     assert [s["concurrency"] for s in report["steps"]] == [1, 4]
@@ -90,12 +95,12 @@ def test_bench_score_sweep_reports_json_plot_and_no_errors(server: ServerProcess
     assert_matplotlib_png(png)
 
 
-def test_bench_v2_model_and_counts_errors(server: ServerProcess) -> None:
+def test_bench_v2_model_and_counts_errors(url: str) -> None:
     result = subprocess.run(
         runtime_argv(
             "bench",
             "--url",
-            server.url,
+            url,
             "--v2-model",
             "linear",
             "--batch",
@@ -103,9 +108,9 @@ def test_bench_v2_model_and_counts_errors(server: ServerProcess) -> None:
             "--concurrency",
             "2",
             "--duration",
-            "0.5",
+            "0.25",
             "--warmup",
-            "0.2",
+            "0.1",
             "--format",
             "csv",
             "--quiet",
@@ -123,13 +128,13 @@ def test_bench_v2_model_and_counts_errors(server: ServerProcess) -> None:
         runtime_argv(
             "bench",
             "--url",
-            server.url + "/v2/models/linear/infer",
+            url + "/v2/models/linear/infer",
             "--payload",
             __file__,
             "--concurrency",
             "1",
             "--duration",
-            "0.5",
+            "0.25",
             "--warmup",
             "0",
             "--format",
@@ -188,12 +193,12 @@ def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(runtime_argv("bench", *args), capture_output=True, text=True, timeout=timeout)
 
 
-def test_bench_jpeg_payload_gets_200s_without_content_type(server: ServerProcess, tmp_path: Path) -> None:
+def test_bench_jpeg_payload_gets_200s_without_content_type(url: str, tmp_path: Path) -> None:
     """The content type comes from the extension: a .jpg goes as image/jpeg, which score.py accepts."""
     picture = jpeg_file(tmp_path / "cat.jpg")
     plot = tmp_path / "latency.png"
-    url = server.url + "/score"
-    args = ["--url", url, "--payload", str(picture), "--concurrency", "2,4", "--duration", "0.5", "--warmup", "0.1"]
+    score = url + "/score"
+    args = ["--url", score, "--payload", str(picture), "--concurrency", "2,4", "--duration", "0.4", "--warmup", "0.1"]
     result = bench(*args, "--format", "json", "--processes", "2", "--plot", str(plot))
     assert result.returncode == 0, result.stderr
     steps = json.loads(result.stdout)["steps"]
@@ -201,7 +206,7 @@ def test_bench_jpeg_payload_gets_200s_without_content_type(server: ServerProcess
     assert all(s["requests"] > 0 and s["client_processes"] == 2 for s in steps)
     assert steps[1]["client_cpu_percent"] > 0  # the client processes' CPU, summed
     # The expected duration is said up front, with the content type it chose.
-    assert "2 step(s) of 0.1 s warm-up + 0.5 s, about 1 s; image/jpeg to " + url in result.stderr
+    assert "2 step(s) of 0.1 s warm-up + 0.4 s, about 1 s; image/jpeg to " + score in result.stderr
     assert_matplotlib_png(plot)
     # The server's /metrics gave each step's batch sizes: drawn beside the latency plot.
     assert all(sum(s["batch_sizes"].values()) > 0 for s in steps)
