@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from PIL import Image, ImageChops
@@ -34,15 +35,29 @@ def pictures() -> ModuleType:
     return module
 
 
-def test_the_script_draws_both_pictures(tmp_path: Path) -> None:
-    """As the docs say to run it; the committed pictures have the size the script draws."""
+@pytest.fixture(scope="module")
+def drawings(pictures: ModuleType) -> dict[str, Any]:
+    """Both pictures drawn once in this process (each drawing costs a second), for the tests that only read."""
+    return {"architecture.png": pictures.architecture(), "engine.png": pictures.engine()}
+
+
+@pytest.fixture(scope="module")
+def script_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``python docs/pictures.py --output DIR``, as the docs say to run it, once: its result and DIR."""
+    folder = tmp_path_factory.mktemp("pictures")
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--output", str(tmp_path)], capture_output=True, text=True, timeout=120
+        [sys.executable, str(SCRIPT), "--output", str(folder)], capture_output=True, text=True, timeout=120
     )
+    return result, folder
+
+
+def test_the_script_draws_both_pictures(script_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    """As the docs say to run it; the committed pictures have the size the script draws."""
+    result, folder = script_run
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(PICTURES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(PICTURES)
     for name in PICTURES:
-        drawn = tmp_path / name
+        drawn = folder / name
         assert_matplotlib_png(drawn)
         assert 20_000 < drawn.stat().st_size < 200_000, f"{name}: {drawn.stat().st_size} bytes"
         with Image.open(drawn) as new, Image.open(REPO / "docs" / name) as committed:
@@ -54,10 +69,12 @@ def test_the_script_draws_both_pictures(tmp_path: Path) -> None:
                 assert ImageChops.difference(new.convert("RGB"), committed.convert("RGB")).getbbox() is None, stale
 
 
-def test_the_same_bytes_every_time(tmp_path: Path, pictures: ModuleType) -> None:
-    for attempt in ("a", "b"):
-        pictures.engine().save(tmp_path / attempt / "engine.png")
-    assert (tmp_path / "a" / "engine.png").read_bytes() == (tmp_path / "b" / "engine.png").read_bytes()
+def test_the_same_bytes_every_time(
+    tmp_path: Path, drawings: dict[str, Any], script_run: tuple[subprocess.CompletedProcess[str], Path]
+) -> None:
+    """Drawn here and drawn by the script in a process of its own: the same bytes."""
+    drawings["engine.png"].save(tmp_path / "engine.png")
+    assert (tmp_path / "engine.png").read_bytes() == (script_run[1] / "engine.png").read_bytes()
 
 
 @pytest.mark.parametrize("name", sorted(PICTURES))
@@ -68,9 +85,9 @@ def test_the_docs_embed_the_pictures(name: str) -> None:
     assert "python docs/pictures.py" in text
 
 
-def test_every_picture_fits(pictures: ModuleType) -> None:
-    for draw in (pictures.architecture, pictures.engine):
-        assert draw().problems() == []
+def test_every_picture_fits(drawings: dict[str, Any]) -> None:
+    for drawing in drawings.values():
+        assert drawing.problems() == []
 
 
 def test_the_layout_check_finds_what_does_not_fit(pictures: ModuleType) -> None:
@@ -109,7 +126,7 @@ def test_the_middleware_in_the_picture_is_stack(pictures: ModuleType) -> None:
     assert [name for name, _ in pictures.MIDDLEWARE if not name.startswith("[")] == always
 
 
-def test_every_hook_is_in_the_request_path(pictures: ModuleType) -> None:
-    words = " ".join(placed.label for placed in pictures.architecture().texts)
+def test_every_hook_is_in_the_request_path(drawings: dict[str, Any]) -> None:
+    words = " ".join(placed.label for placed in drawings["architecture.png"].texts)
     missing = [name for name in hookspecs.names() if not re.search(rf"\b{name}\b", words)]
     assert not missing, f"hooks not in architecture.png: {missing}"
