@@ -17,10 +17,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-import schemathesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from schemathesis.checks import not_a_server_error
 
 # Cases per in-process fuzz test (tests/test_fuzz.py); the real-server passes draw a tenth of it.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
@@ -334,6 +332,11 @@ def check(req: Req, response: httpx.Response) -> None:
 
 def swagger_operations_never_5xx(base: str) -> None:
     """schemathesis: every operation of the swagger served at ``base``, inputs drawn from its schemas; never a 5xx."""
+    # Imported here: every pytest-xdist process collects the modules that import this one, and schemathesis
+    # costs a tenth of a second to import; one process runs this.
+    import schemathesis
+    from schemathesis.checks import not_a_server_error
+
     schema = schemathesis.openapi.from_url(f"{base}/swagger.json?version=3")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {"/", "/score"} <= {op.path for op in operations}
