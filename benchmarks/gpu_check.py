@@ -16,10 +16,10 @@ that a server that does not start ends the run at once):
    ``KIND_GPU`` (``KIND_CPU`` with --device cpu) for each worker count, JPEG in, at --concurrency
    through ``runtime bench``'s client loop in --clients processes: images/s, p50, client CPU and the
    mean batch from /metrics, and the ratio to min(device limit at the largest batch, preprocessing limit);
-4. the served-vs-in-process target: the same model.pt as a second model of the repository, with
-   max_batch_size --target-batch, behind the first row's ``runtime serve`` after that row (v2, binary
-   tensors, one image per request; the only model that gets requests then), against the platform
-   instance in this process at that batch size.
+4. the served-vs-in-process target: the same model.pt as a second model with max_batch_size
+   --target-batch, which only the first row's ``runtime serve`` has, measured on it after that row
+   (v2, binary tensors, one image per request; the only model that gets requests then), against the
+   platform instance in this process at that batch size.
 
 Packages the GPU machine lacks come as wheels (see docs/benchmarks.md): ``--wheels DIR`` installs
 them from DIR (no index) into DIR/site and puts that on the servers' PYTHONPATH.
@@ -60,6 +60,24 @@ TARGET = "densenet_target"  # the served-vs-in-process target: MODEL's file with
 
 class ServerDied(RuntimeError):
     pass
+
+
+_POOLS: dict[int, Any] = {}
+
+
+def process_pool(size: int) -> Any:
+    """A pool of ``size`` spawned processes, kept for the rest of the run (:func:`close_pools`): each new
+    process imports numpy and the client again, a third of a CPU-second."""
+    if size not in _POOLS:
+        _POOLS[size] = multiprocessing.get_context("spawn").Pool(size)
+    return _POOLS[size]
+
+
+def close_pools() -> None:
+    for pool in _POOLS.values():
+        pool.terminate()
+        pool.join()
+    _POOLS.clear()
 
 
 def example(name: str) -> ModuleType:
@@ -122,6 +140,13 @@ def add_target(root: Path, max_batch_size: int) -> None:
     config.write_text(re.sub(r"max_batch_size: \d+", f"max_batch_size: {max_batch_size}", text))
 
 
+def take_target(root: Path, into: Path) -> Path:
+    """TARGET moved out of ``root`` into a repository of its own at ``into``: the later rows serve MODEL alone."""
+    (into / "triton").mkdir(parents=True)
+    shutil.move(root / "triton" / TARGET, into / "triton" / TARGET)
+    return into
+
+
 def set_instances(root: Path, count: int) -> None:
     """The instance group's count in the repository's config."""
     config = root / "triton" / MODEL / "config.pbtxt"
@@ -147,10 +172,8 @@ def rate(run: Callable[[], int], seconds: float) -> float:
     return done / elapsed
 
 
-def device_limits(
-    repo: Path, device: str, batches: list[int], seconds: float, variant: str = "", model: str = MODEL
-) -> dict[int, float]:
-    """Images/s of ``model``'s platform instance by batch size, numpy in and numpy out.
+def device_limits(repo: Path, device: str, batches: list[int], seconds: float, variant: str = "") -> dict[int, float]:
+    """Images/s of the platform instance by batch size, numpy in and numpy out.
 
     ``variant``: "pinned" stages inputs in pinned buffers; "optimized" turns the TorchScript profiling
     executor's optimisations back on (the example's config disables them).
@@ -159,7 +182,7 @@ def device_limits(
     from runtime.serving.repository import load_repository
 
     os.environ["RUNTIME_TORCH_PINNED"] = "1" if variant == "pinned" else "0"
-    config = next(c for c in load_repository(repo) if c.name == model)
+    config = load_repository(repo)[0]
     if variant == "optimized":
         config.proto.parameters["DISABLE_OPTIMIZED_EXECUTION"].string_value = "false"
     target = Device("gpu", 0) if device == "cuda" else Device("cpu")
@@ -191,13 +214,13 @@ def _preprocess_loop(image: bytes, seconds: float) -> int:
 def preprocessing_limit(image: bytes, seconds: float) -> float:
     """Images/s of the example's preprocessing in one process per core."""
     cores = os.cpu_count() or 1
-    with multiprocessing.get_context("spawn").Pool(cores) as pool:
-        warm = min(0.2, seconds)  # imports paid before the clock starts, here and below
-        _preprocess_loop(image, warm)
-        pool.starmap(_preprocess_loop, [(image, warm)] * cores)
-        started = time.perf_counter()
-        counts = pool.starmap(_preprocess_loop, [(image, seconds)] * cores)
-        return sum(counts) / (time.perf_counter() - started)
+    pool = process_pool(cores)
+    warm = min(0.2, seconds)  # imports paid before the clock starts, here and below
+    _preprocess_loop(image, warm)
+    pool.starmap(_preprocess_loop, [(image, warm)] * cores)
+    started = time.perf_counter()
+    counts = pool.starmap(_preprocess_loop, [(image, seconds)] * cores)
+    return sum(counts) / (time.perf_counter() - started)
 
 
 # -- serving -------------------------------------------------------------------------------------------
@@ -320,14 +343,14 @@ def load(
     Batch counters are ``model``'s (default: the server's)."""
     processes = max(1, min(args.clients, concurrency))
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        run_clients(pool, server, path, body, headers, shares, args.warmup)
-        before, cpu_before = server.counters(model), server.cpu_seconds()
-        profiler = profile(server, args)
-        steps = run_clients(pool, server, path, body, headers, shares, args.duration)
-        after, cpu_after = server.counters(model), server.cpu_seconds()
-        if profiler is not None:
-            profiler.wait(30)
+    pool = process_pool(processes)
+    run_clients(pool, server, path, body, headers, shares, args.warmup)
+    before, cpu_before = server.counters(model), server.cpu_seconds()
+    profiler = profile(server, args)
+    steps = run_clients(pool, server, path, body, headers, shares, args.duration)
+    after, cpu_after = server.counters(model), server.cpu_seconds()
+    if profiler is not None:
+        profiler.wait(30)
     ok = sum(s["throughput"] for s in steps)
     errors: dict[str, int] = {}
     for s in steps:
@@ -516,7 +539,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": python_path(work, args.wheels)}
     kind = "KIND_GPU" if args.device == "cuda" else "KIND_CPU"
     repo = build_repository(work / "models", args.small, max(batches), kind)
-    add_target(repo, args.target_batch)
+    add_target(repo, args.target_batch)  # until the first row is served
     image = example("client").synthetic_jpeg()
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -544,6 +567,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             set_instances(repo, group)
             target = served if index == 0 else None
             rows[label] = served_hook(repo, count, image, args, work, env, design, mode, target)
+            if index == 0:
+                target_repo = take_target(repo, work / "target")
             print(
                 f"served, --engine {design}, {count} worker(s), {group} instance(s), instance processes {mode}: "
                 f"{json.dumps(rows[label])}",
@@ -558,7 +583,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["preprocessing_limit"] = preprocessing_limit(image, seconds)
         print(f"preprocessing limit: {result['preprocessing_limit']:.1f} images/s", flush=True)
         result["limit_images_per_s"] = min(result["device_limit"][max(batches)], result["preprocessing_limit"])
-        in_process = device_limits(repo, args.device, [args.target_batch], seconds, model=TARGET)
+        in_process = device_limits(target_repo, args.device, [args.target_batch], seconds)
         result["target"] = {
             "batch": args.target_batch,
             "in_process": in_process[args.target_batch],
@@ -568,6 +593,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ServerDied as ex:
         print(f"error: {ex}", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        close_pools()
     print()
     print(table(result))
     if args.out is not None:

@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"errors {row['errors']}",
                 flush=True,
             )
+    gpu_check.close_pools()
     print(f"\non/off, median of {args.rounds} round(s), {args.workers} workers, c={args.concurrency}:")
     ratios = {k: statistics.median(on[k] / off[k] for on, off in zip(rows["on"], rows["off"], strict=True)
                                    if off[k]) for k in keys}  # fmt: skip
