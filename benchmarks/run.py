@@ -19,6 +19,7 @@ import datetime
 import functools
 import io
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -211,6 +212,10 @@ QUICK_PLAN: dict[str, set[str]] = {
 # on v2 too: one server for the densenet_v2 and densenet_jpeg rows (the full run measures v2 on a
 # server with no score.py).
 QUICK_V2_ENTRY = EXAMPLES / "densenet_onnx" / "score_densenet.py"
+# The models --quick measures on Triton (QUICK_PLAN: tiny's triton-direct and runtime+triton hook rows). Triton
+# and the runtime's Triton-backend servers get a repository with these alone: Triton runs each model in a
+# python-backend process of its own.
+QUICK_TRITON_MODELS = ("tiny",)
 
 
 def limit_batched(model: str, name: str) -> Callable[[Path], float]:
@@ -258,6 +263,7 @@ class Bench:
         self.args = args
         self.work = work
         self.model_dir = work / "models"
+        self.triton_dir = self.model_dir  # what Triton serves (triton_repository)
         self.rows: list[Row] = []
         self.memory: dict[str, float] = {}
         self.kept: dict[tuple[str, ...], ServerProcess] = {}  # --quick: runtime servers by flags, until the end
@@ -283,8 +289,10 @@ class Bench:
 
     def runtime(self, name: str, workers: int, *args: str) -> ServerProcess:
         port = free_port()
+        # On the Triton backend, the models Triton serves.
+        model_dir = self.triton_dir if "triton" in args else self.model_dir
         argv = runtime_argv(
-            "serve", "--port", str(port), "--workers", str(workers), "--model-dir", str(self.model_dir), *args
+            "serve", "--port", str(port), "--workers", str(workers), "--model-dir", str(model_dir), *args
         )
         return self.start(argv, port, name, env={"RUNTIME_ACCESS_LOG": "false", "AZUREML_LOG_LEVEL": "WARNING"})
 
@@ -338,16 +346,26 @@ class Bench:
         self.log(f"{workload.name}: {system} (workers {workers or '-'})")
         self.rows.append(Row(workload.name, system, workers, self.sweep(target)))
 
+    def triton_repository(self) -> Path:
+        """Every model, or with --quick a repository of QUICK_TRITON_MODELS alone."""
+        if not self.args.quick:
+            return self.model_dir
+        root = self.work / "triton-models"
+        for name in QUICK_TRITON_MODELS:
+            shutil.copytree(self.model_dir / "triton" / name, root / "triton" / name)
+        return root
+
     def run(self) -> None:
         args = self.args
         build_models(self.model_dir, small=args.quick)
+        self.triton_dir = self.triton_repository()
         azml_python = azmlinfsrv_bench_python()
         settings = Settings.from_env()
         try:
             binary = find_tritonserver(settings.tritonserver_path, Path(settings.triton_home))
         except Exception:
             binary = install(Path(settings.triton_home))
-        triton = ManagedTriton(str(self.model_dir), binary, supervise=False)
+        triton = ManagedTriton(str(self.triton_dir), binary, supervise=False)
         triton.start()
         try:
             for workload in workloads(self.model_dir):
