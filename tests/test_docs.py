@@ -2,7 +2,8 @@
 
 Each README's ``console`` blocks run as one bash script in a copy of the repository (the examples write
 their models beside themselves), with this venv first on PATH; see tests/support/markdown.py for the
-convention and the one substitution (the port).
+convention, the one substitution (the port) and the server that README.md and the DenseNet README write
+alike (README.md's script starts it, the DenseNet README's commands of steps 2 and 3 go to it).
 """
 
 from __future__ import annotations
@@ -10,11 +11,20 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.markdown import console_commands, missing_output, outcomes, script
+from tests.support.markdown import (
+    SharedServers,
+    console_commands,
+    missing_output,
+    outcomes,
+    run_script,
+    script,
+    shared_servers,
+)
 from tests.support.servers import BIN, REPO, free_port
 
 READMES = ["README.md", "examples/densenet_onnx/README.md", "examples/bidaf_onnx/README.md"]
@@ -33,6 +43,14 @@ def repository_copy(target: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServers]:
+    """The server commands several READMEs write alike, started once; stopped at the end of the module."""
+    servers = shared_servers([REPO / r for r in READMES], tmp_path_factory.mktemp("shared"), free_port)
+    yield servers
+    servers.stop()
+
+
 def test_console_blocks_are_found() -> None:
     """The extraction itself: the commands and outputs the READMEs show, servers marked as such."""
     commands = console_commands(REPO / "examples/bidaf_onnx/README.md")
@@ -49,6 +67,26 @@ def test_console_blocks_are_found() -> None:
     ]
 
 
+def test_a_shared_server_is_started_once_on_its_own_port(tmp_path: Path) -> None:
+    """README.md's script starts the server the DenseNet README writes alike and keeps it; the DenseNet README's
+    script sends steps 2 and 3 to it, on its port, and is back on its own port after their `kill $!`."""
+    servers = shared_servers([REPO / r for r in READMES], tmp_path, iter([6001]).__next__)
+    (serve,) = servers.servers
+    assert serve.startswith("runtime serve --entry examples/densenet_onnx/score_densenet.py ")
+    first = script(console_commands(REPO / "README.md"), 7001, servers.servers)
+    assert f"{serve[:-1].rstrip()} > server-1.log 2>&1 &" in first and "export SERVER_PORT=6001" in first
+    assert f"echo $! > {tmp_path / 'shared-0.pid'}\nstand_in &" in first
+    assert first.endswith(f"@@DONE\nwait $(cat {tmp_path / 'shared-0.pid'})\n")
+    (tmp_path / "shared-0.pid").write_text(str(os.getpid()))  # a live process: the server runs
+    later = script(console_commands(REPO / "examples/densenet_onnx/README.md"), 7002, servers.servers)
+    assert f"{serve[:-1].rstrip()} > " not in later and "@@DONE" not in later
+    after = later.split("export SERVER_PORT=6001\n")[1]
+    segment = after.split("export SERVER_PORT=7002")[0]  # steps 2 and 3, up to their `kill $!`
+    assert "127.0.0.1:6001/score" in segment and "127.0.0.1:7002" not in segment
+    assert 'curl -s -o /dev/null --max-time 5 "http://127.0.0.1:6001/"' in after
+    assert after.count("export SERVER_PORT=7002") == 1 and "127.0.0.1:7002/metrics" in after
+
+
 def test_missing_output_matches_ellipses_in_order() -> None:
     output = ["built model at /tmp/x/model.onnx", "wrote config", "200"]
     assert missing_output(["built model at .../model.onnx", "...", "200"], output) == []
@@ -59,7 +97,9 @@ def test_missing_output_matches_ellipses_in_order() -> None:
 @pytest.mark.slow
 @pytest.mark.external  # the DenseNet README's last step runs on a managed Triton
 @pytest.mark.parametrize("readme", READMES)
-def test_readme_commands_run_as_written(readme: str, tmp_path: Path, tritonserver_binary: Path) -> None:
+def test_readme_commands_run_as_written(
+    readme: str, tmp_path: Path, tritonserver_binary: Path, shared: SharedServers
+) -> None:
     commands = console_commands(REPO / readme)
     assert commands, f"{readme} has no console commands"
     root = repository_copy(tmp_path / "repo")
@@ -67,16 +107,8 @@ def test_readme_commands_run_as_written(readme: str, tmp_path: Path, tritonserve
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZUREML_", "RUNTIME_", "SERVER_", "TRITON"))}
     env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "SERVER_PORT": str(port)})
     env["TRITONSERVER_PATH"] = str(tritonserver_binary)
-    result = subprocess.run(
-        ["bash", "-c", script(commands, port)],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
-    )
-    for command, outcome in zip(commands, outcomes(result.stdout, len(commands)), strict=True):
+    stdout = run_script(script(commands, port, shared.servers), root, env, shared.scripts)
+    for command, outcome in zip(commands, outcomes(stdout, len(commands)), strict=True):
         shown = "\n".join(outcome.output[-40:])
         assert outcome.status == 0, f"{command.source}: `{command.text}` exited {outcome.status}:\n{shown}"
         missing = missing_output(command.expected, outcome.output)

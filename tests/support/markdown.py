@@ -9,16 +9,27 @@ in one shell, in order, so ``kill $!`` stops the last server started.
 The one change to what a user types: the port. Tests run in parallel, so the script runs with
 ``SERVER_PORT`` set to a free port (``runtime serve`` and the examples' clients read it) and
 ``127.0.0.1:5001`` in a command becomes that port.
+
+A server command that several READMEs write the same way starts once (:class:`Shared`): the first
+README that reaches it runs it as written, and its script stays alive after its last command to keep
+that server running; the later READMEs send their commands to it. From that command to the next
+``kill $!``, a script uses the shared server's own port, and that ``kill $!`` stops a stand-in that
+exits as the server does. The test stops the server at the end of the module.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DOC_PORT = "5001"
-BEGIN, END = "@@BEGIN", "@@END"
+BEGIN, END, DONE = "@@BEGIN", "@@END", "@@DONE"
 END_LINE = re.compile(rf"{END} (\d+) (\d+)$")
 
 
@@ -55,8 +66,52 @@ def console_commands(path: Path) -> list[Command]:
     return commands
 
 
-def script(commands: list[Command], port: int) -> str:
-    """A bash script that runs ``commands`` and marks where each one's output begins and ends."""
+@dataclass
+class Shared:
+    """A server command that several READMEs write the same way: its port, and the pid once a script started it."""
+
+    port: int
+    pidfile: Path
+
+    @property
+    def running(self) -> bool:
+        pid = self.pidfile.read_text().strip() if self.pidfile.is_file() else ""
+        return pid.isdigit() and Path(f"/proc/{pid}").exists()
+
+    def stop(self) -> None:
+        if self.running:
+            os.kill(int(self.pidfile.read_text()), signal.SIGTERM)
+
+
+@dataclass
+class SharedServers:
+    """The server commands several READMEs write alike, and the scripts that keep them running (:func:`run_script`)."""
+
+    servers: dict[str, Shared]
+    scripts: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+        for process in self.scripts:
+            process.wait(60)
+
+
+def shared_servers(readmes: Iterable[Path], folder: Path, free_port: Callable[[], int]) -> SharedServers:
+    """The server commands that more than one of ``readmes`` writes, each with a free port."""
+    counts: dict[str, int] = {}
+    for readme in readmes:
+        for text in {c.text for c in console_commands(readme) if c.background}:
+            counts[text] = counts.get(text, 0) + 1
+    texts = [text for text, count in counts.items() if count > 1]
+    return SharedServers({text: Shared(free_port(), folder / f"shared-{i}.pid") for i, text in enumerate(texts)})
+
+
+def script(commands: list[Command], port: int, shared: Mapping[str, Shared] | None = None) -> str:
+    """A bash script that runs ``commands`` and marks where each one's output begins and ends.
+
+    A command of ``shared`` is started unless it runs already; when this script starts it, the script
+    prints DONE after the last command and then waits for that server (:func:`run_script`)."""
     lines = [
         "set -u",
         # Stop every server this script started, whatever happens.
@@ -64,23 +119,60 @@ def script(commands: list[Command], port: int) -> str:
         "ready() {",
         "  for _ in $(seq 1 900); do",
         '    kill -0 "$1" 2>/dev/null || { echo "server exited:"; cat "$2"; return 1; }',
-        f'    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:{port}/" && return 0',
+        '    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$SERVER_PORT/" && return 0',
         "    sleep 0.2",
         "  done",
         '  echo "server not ready after 180 s:"; cat "$2"; return 1',
         "}",
+        # What `kill $!` stops in place of a shared server: it exits 0 on SIGTERM, as the server does.
+        "stand_in() { trap 'exit 0' TERM; while :; do sleep 0.2; done; }",
     ]
+    current, kept = port, []
     for index, command in enumerate(commands):
-        text = command.text.replace(f"127.0.0.1:{DOC_PORT}", f"127.0.0.1:{port}")
+        common = (shared or {}).get(command.text) if command.background else None
+        if common is not None:
+            current = common.port
+            lines.append(f"export SERVER_PORT={current}")
+        text = command.text.replace(f"127.0.0.1:{DOC_PORT}", f"127.0.0.1:{current}")
         lines.append(f"echo {BEGIN} {index}")
         if command.background:
             log = f"server-{index}.log"
-            lines.append(f"{text.rstrip()[:-1].rstrip()} > {log} 2>&1 &")
-            lines.append(f"ready $! {log}; echo {END} {index} $?")
+            if common is not None and common.running:  # an earlier README's: does it answer?
+                lines.append(f'curl -s -o /dev/null --max-time 5 "http://127.0.0.1:{current}/"; status=$?')
+            else:
+                lines.append(f"{text.rstrip()[:-1].rstrip()} > {log} 2>&1 &")
+                lines.append(f"ready $! {log}; status=$?")
+            if common is not None:
+                if not common.running:
+                    lines.append(f"echo $! > {common.pidfile}")
+                    kept.append(common.pidfile)
+                lines.append("stand_in &")
+            lines.append(f"echo {END} {index} $status")
         else:
             lines.append(text)
             lines.append(f"echo {END} {index} $?")
+        if current != port and command.text.startswith("kill $!"):
+            current = port
+            lines.append(f"export SERVER_PORT={port}")
+    if kept:
+        lines += [f"echo {DONE}", *(f"wait $(cat {pidfile})" for pidfile in kept)]
     return "\n".join(lines) + "\n"
+
+
+def run_script(text: str, cwd: Path, env: Mapping[str, str], kept: list[subprocess.Popen[bytes]]) -> str:
+    """Run a :func:`script` in bash; its output once it has finished or printed DONE (then it stays in ``kept``)."""
+    output = cwd / "script-output.txt"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(["bash", "-c", text], cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while process.poll() is None and f"\n{DONE}\n" not in output.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            process.kill()
+            break
+        time.sleep(0.1)
+    if process.poll() is None:
+        kept.append(process)
+    return output.read_text(errors="replace")
 
 
 @dataclass
