@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 SMALL = [
     "--device", "cpu", "--small", "--batches", "1,2", "--workers", "1", "--concurrency", "4",
-    "--duration", "0.2", "--warmup", "0.1", "--limit-seconds", "0.1", "--target-batch", "2",
+    "--duration", "0.3", "--warmup", "0.1", "--limit-seconds", "0.1", "--target-batch", "2",
 ]  # fmt: skip
 
 
