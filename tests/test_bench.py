@@ -42,9 +42,11 @@ def url(bench_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     own processes), which needs HTTP and /metrics, not Gunicorn or the model engine; test_benchmark_command_quick_mode
     measures ``runtime serve`` itself."""
     with served(Settings(entry_script=str(SCORE_DENSENET), model_dir=str(bench_models))) as url:
-        # The first answer (the model's first run) is slow: given here, not inside a test's short steps.
+        # The first answers (each model's first run) are slow: given here, not inside a test's short steps.
         picture = jpeg_file(tmp_path_factory.mktemp("first") / "cat.jpg").read_bytes()
         httpx.post(url + "/score", content=picture, headers={"Content-Type": "image/jpeg"}, timeout=300)
+        linear = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.0, 1.0, 2.0, 3.0]}]}
+        httpx.post(url + "/v2/models/linear/infer", json=linear, timeout=300)
         yield url
 
 
@@ -72,7 +74,7 @@ def test_bench_score_sweep_reports_json_plot_and_no_errors(url: str, tmp_path: P
             "--duration",
             "0.4",
             "--warmup",
-            "0.1",
+            "0.2",
             "--format",
             "json",
             "--output",
@@ -114,7 +116,7 @@ def test_bench_v2_model_and_counts_errors(url: str) -> None:
             "--duration",
             "0.4",
             "--warmup",
-            "0.1",
+            "0.2",
             "--format",
             "csv",
             "--quiet",
