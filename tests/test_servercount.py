@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
+from tests.support.processes import ProcessTable, process_table
 from tests.support.servercount import Key, Launch, Sampler, launches, read_argv, report, server_kind
 
 PYTEST = 100
@@ -108,3 +110,17 @@ def test_the_report_counts_by_kind_module_and_test_and_lists_every_launch() -> N
             {"kind": "tritonserver", "test": "tests/test_a.py::test_1", "argv": TRITON},
         ],
     }
+
+
+def test_the_process_table_read_again_sees_new_processes_and_drops_gone_ones() -> None:
+    table = ProcessTable()
+    before = table()
+    assert before[os.getpid()][0] == os.getppid()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert table()[child.pid] == process_table()[child.pid]  # (parent, start time), as a full read gives
+        assert table()[child.pid][0] == os.getpid()
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in table()

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 # Relative: benchmarks/suite.py loads this package from a copy.
-from .processes import below, process_table, read_proc_file
+from .processes import ProcessTable, below, read_proc_file
 
 INTERVAL_S = 0.02
 
@@ -99,11 +99,11 @@ class Sampler:
     def __init__(
         self,
         root: int,
-        table: Callable[[], Mapping[int, tuple[int, str]]] = process_table,
+        table: Callable[[], Mapping[int, tuple[int, str]]] | None = None,
         argv_of: Callable[[int], list[str] | None] = read_argv,
     ) -> None:
         self.root = root
-        self.table = table
+        self.table = table or ProcessTable()
         self.argv_of = argv_of
         self.known: dict[Key, str] = {}  # every server process seen, workers included
         self.seen: dict[Key, Launch] = {}  # the launches: (pid, start time) -> (kind, test, argv)
