@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,14 @@ from tests.support.servers import REPO, ServerPool, ServerProcess, free_port, ru
 SCRIPTS = REPO / "tests" / "scripts"
 
 StartRuntime = Callable[..., ServerProcess]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests press Ctrl-C on the servers they start (SIGINT, as a terminal sends it). A run started in the
+    background (a script's ``&``, nohup) inherits SIGINT ignored, and would pass that on to every server: with
+    a handler here, they start with SIGINT's default, as from a terminal."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
