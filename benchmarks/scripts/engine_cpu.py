@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0)
     args = parser.parse_args()
+    designs = args.designs.split(",")
+    if len(set(designs)) < len(designs):  # each design is one server, kept by name
+        parser.error(f"--designs names a design twice: {args.designs}")
     score = json.dumps({"x": [[0.1, 0.2, 0.3, 0.4]]}).encode()
     v2_body, v2_headers = bench.v2_body({"x": np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)})
     targets = {
@@ -88,7 +91,7 @@ def main() -> None:
         servers: dict[str, ServerProcess] = {}
         rows: dict[tuple[str, str], list[tuple[float, float, dict[str, float]]]] = {}
         try:
-            for design in args.designs.split(","):
+            for design in designs:
                 servers[design] = serve(design, args.workers, work / "models", work, entry)
             for _ in range(args.rounds):
                 for route in args.routes.split(","):
