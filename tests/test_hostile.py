@@ -1,4 +1,5 @@
-"""Hostile input against a real Gunicorn server: header abuse, stalled connections, bombs, malformed JSON and v2.
+"""Hostile input against a real Gunicorn server: header abuse, stalled connections, bombs, malformed JSON and v2,
+then the real-server pass of the fuzz tests (tests/test_fuzz.py holds the in-process ones).
 
 One server for the module (hook-style script, the test models, 2 s read timeouts); every test only reads.
 """
@@ -17,6 +18,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from runtime.http.body import INFLATE_FLOOR
 from runtime.serving.platforms import Device
@@ -27,6 +30,7 @@ from runtime.settings import Settings
 from tests.conftest import SCRIPTS
 from tests.support import hostile
 from tests.support.engine import worker_pids
+from tests.support.fuzz import REAL, Req, check, score_requests, v2_requests
 from tests.support.inprocess import InProcess
 from tests.support.rss import PeakRss
 from tests.support.servers import ServerProcess, start_module_server
@@ -40,6 +44,7 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    # The fuzz pass below sends bodies of a few KiB at most: the default body limit suits it and the bombs here.
     entry, timeout = str(SCRIPTS / "hostile" / "tensors.py"), str(TIMEOUT_S)
     args = ["--entry", entry, "--model-dir", str(model_repo), "--header-timeout", timeout, "--body-timeout", timeout]
     process = start_module_server(tmp_path_factory, *args)
@@ -229,12 +234,6 @@ def test_nan_and_infinity_follow_azmlinfsrv(server: ServerProcess) -> None:
     assert v2.status_code == 200 and b"Infinity" in v2.content
 
 
-def test_no_unhandled_errors_were_logged(server: ServerProcess) -> None:
-    """Runs last in the module: nothing above reached the generic 500 handler or uvicorn's."""
-    log = server.log()
-    assert "Unhandled error" not in log and "Exception in ASGI application" not in log, log[-3000:]
-
-
 def test_deep_output_of_run_is_answered_like_azmlinfsrv() -> None:
     """run() returns JSON nested 480 deep: azmlinfsrv answers 200, and so must the built-in postprocess."""
     with InProcess(Settings(entry_script=str(SCRIPTS / "hostile" / "echo_parsed.py"))) as app:
@@ -291,3 +290,25 @@ def test_hostile_input_settings_come_from_the_environment_and_flags(
     assert (flagged.max_header_count, flagged.max_header_bytes, flagged.max_url_bytes) == (5, 6, 7)
     assert (flagged.header_timeout_s, flagged.body_timeout_s, flagged.max_inflate_ratio) == (8, 9, 10)
     assert flagged.auth_keys == ("k", "from-file")
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as session:
+        yield session
+
+
+@REAL
+@given(req=st.one_of(score_requests(), v2_requests()))
+def test_real_server_fuzzed(client: httpx.Client, req: Req) -> None:
+    """The fuzz tests' requests (tests/test_fuzz.py) through httptools and the limited protocol."""
+    check(req, req.send(client))
+
+
+def test_no_unhandled_errors_were_logged(server: ServerProcess) -> None:
+    """Runs last of the tests on the server: nothing above reached the generic 500 handler or uvicorn's, no worker
+    died, and the server still answers."""
+    assert httpx.get(server.url + "/").status_code == 200
+    log = server.log()
+    assert "Unhandled error" not in log and "Exception in ASGI application" not in log, log[-3000:]
+    assert "Worker exiting" not in log and "WORKER TIMEOUT" not in log, log[-3000:]

@@ -17,11 +17,18 @@ from typing import Any
 
 import httpx
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 # Cases per in-process fuzz test (tests/test_fuzz.py); the real-server passes draw a tenth of it.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+REAL = settings(FUZZ, max_examples=max(50, EXAMPLES // 10))  # against a real server (tests/test_hostile.py)
 
 MODELS = ["linear", "strings", "types", "classifier"]
 DATATYPES = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
