@@ -1,7 +1,7 @@
 """Overload and faults against real Gunicorn workers: admission, cancellation, recycling, SIGKILL, drain, memory.
 
 Tests whose settings agree share a module server (each counts what it caused, from before to after); a test
-that needs settings of its own, or whose recycling would disturb the others, starts its own.
+that recycles or stops its server's workers comes after the others on that server.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import StartRuntime
 from tests.support.faults import FAULTS, closed_loop, kill, rss_mib, wait_for, wait_in_flight
 from tests.support.processes import children
 from tests.support.servers import ServerPool, ServerProcess
@@ -34,6 +33,11 @@ ADMISSION = ("--entry", SCORE, "--max-concurrent-requests", "4", "--max-body-byt
 ONE_THREAD = ("--entry", SCORE, "--concurrency", "1", "--max-worker-memory", "300")
 # Two workers: a SIGKILLed worker's replacement, then SIGTERM's drain (which stops it).
 TWO_WORKERS = ("--entry", SCORE, "--workers", "2", "--keepalive-max-age", "1")
+# Two workers, an async run() and a 1.5 s scoring timeout: a blocked event loop (two requests, far from
+# --max-requests), then recycling by --max-requests under load (its run() answers {} at once, as score.py's).
+ASYNC_RECYCLING = ("--entry", str(FAULTS / "async_block.py"), "--workers", "2",
+                   "--max-requests", "40", "--max-requests-jitter", "10")  # fmt: skip
+ASYNC_ENV = {"SCORING_TIMEOUT_MS": "1500"}
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +112,8 @@ def test_departed_clients_requests_are_never_computed(one_thread: ServerProcess,
     assert metric(server.url, client_closed) - before[1] == 8
 
 
-def test_async_run_blocking_the_loop_is_reported_and_timed_out(start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", str(FAULTS / "async_block.py"), env={"SCORING_TIMEOUT_MS": "1500"})
+def test_async_run_blocking_the_loop_is_reported_and_timed_out(pool: ServerPool) -> None:
+    server = pool.get(*ASYNC_RECYCLING, env=ASYNC_ENV)
     with httpx.Client(timeout=60) as client:
         started = time.monotonic()
         blocked = client.post(server.url + "/score", json={"block": 30})
@@ -155,8 +159,8 @@ def test_sigterm_drains_in_flight_requests(pool: ServerPool) -> None:
     assert server.wait_exit(30) == 0
 
 
-def test_max_requests_recycles_workers_without_losing_requests(start_runtime: StartRuntime) -> None:
-    server = start_runtime("--entry", SCORE, "--workers", "2", "--max-requests", "40", "--max-requests-jitter", "10")
+def test_max_requests_recycles_workers_without_losing_requests(pool: ServerPool) -> None:
+    server = pool.get(*ASYNC_RECYCLING, env=ASYNC_ENV)  # after the blocked-loop test: it recycles the workers
     result = asyncio.run(closed_loop(server.url + "/score", 4, 8, {}))
     pids = {pid for _, pid in result.served}
     assert len(pids) >= 4, pids  # both first workers were replaced at least once
