@@ -1,9 +1,9 @@
 """The model engine through real servers: one engine for all workers, its results, faults, traces and shutdown.
 
-Two two-worker servers for the module, each read by the tests that only read, then stopped by one test
-(``ServerPool.take``: a later test of the same flags gets a fresh server): the hook server (a worker
-SIGKILLed first, its engine SIGKILLed under load last, then SIGTERM), and the Azure ML style server
-(traces and the TorchScript models of tests/test_torchscript.py, then SIGKILL).
+One two-worker server for the module (hook style, engine_hook.py), read by the tests that only read, then a
+worker SIGKILLed, its engine SIGKILLed under load, and SIGTERM last. Azure ML style (run() calling
+runtime.infer()) through the engine, and a SIGKILLed master, are tests/test_instance_processes.py's, on its
+server.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http as triton_http
 
@@ -37,8 +35,9 @@ from tests.support.engine import (
     wait_for,
     worker_pids,
 )
+from tests.support.engine_cases import CASES, as_body, assert_equal_outputs, full_inputs, onnx_reference
 from tests.support.otlp import Collector, collector
-from tests.support.servers import ServerPool, ServerProcess, free_port, runtime_argv
+from tests.support.servers import ServerProcess, free_port, runtime_argv, start_module_server
 from tests.test_onnxruntime_backend import metric
 from tests.test_torchscript import MODULES
 
@@ -46,81 +45,6 @@ pytestmark = pytest.mark.slow
 
 HOOK = script("backend/engine_hook.py")
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
-
-RNG = np.random.default_rng(11)
-# One request per model: inputs, and the numpy dtype each travels as in JSON.
-CASES: dict[str, tuple[dict[str, np.ndarray], dict[str, str]]] = {
-    "linear": ({"x": RNG.standard_normal((3, 4)).astype(np.float32)}, {"x": "float32"}),
-    "strings": ({"text": np.array([["hello"], ["wörld"], ["world"]], dtype=object)}, {"text": "object"}),
-    "types": (
-        {"in_i64": np.array([[2**40, -3], [7, 0]], dtype=np.int64), "in_f32": np.ones((2, 2), np.float32)},
-        {"in_i64": "int64", "in_f32": "float32"},
-    ),
-}
-
-
-def full_inputs(model: str, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``types`` takes one input per datatype: zeros for those a case leaves out."""
-    if model != "types":
-        return given
-    session = ort.InferenceSession(str(session_path(model)))
-    dtypes = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(double)": np.float64,
-              "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
-              "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}  # fmt: skip
-    rows = next(iter(given.values())).shape[0]
-    return {i.name: given.get(i.name, np.zeros((rows, 2), dtypes[i.type])) for i in session.get_inputs()}
-
-
-_REPO: list[Path] = []
-
-
-def session_path(model: str) -> Path:
-    return _REPO[0] / "triton" / model / "1" / "model.onnx"
-
-
-def reference(model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """onnxruntime in this process: what the engine must return."""
-    session = ort.InferenceSession(str(session_path(model)))
-    feeds = {n: v.astype(str) if v.dtype == object else v for n, v in inputs.items()}
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
-
-
-def as_body(model: str, inputs: dict[str, np.ndarray], dtypes: dict[str, str]) -> dict[str, Any]:
-    all_dtypes = {n: dtypes.get(n, str(v.dtype)) for n, v in inputs.items()}
-    return {"model": model, "inputs": {n: v.tolist() for n, v in inputs.items()}, "dtypes": all_dtypes}
-
-
-def assert_equal_outputs(got: dict[str, Any], want: dict[str, np.ndarray]) -> None:
-    assert set(got) == set(want)
-    for name, value in want.items():
-        expected = value.astype(str) if value.dtype.kind in "OU" else value
-        assert np.array_equal(np.asarray(got[name], dtype=expected.dtype), expected), name
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _remember_repo(model_repo: Path) -> None:
-    _REPO[:] = [model_repo]
-
-
-class EnginePool(ServerPool):
-    """The module's servers by flags, each with /dev/shm as it was just before it started."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
-        self.shm_before: dict[int, set[str]] = {}  # by port
-
-    def start(self, args: Sequence[str], env: Mapping[str, str] | None) -> ServerProcess:
-        shm = dev_shm()
-        server = super().start(args, env)
-        self.shm_before[server.port] = shm
-        return server
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnginePool]:
-    with EnginePool(tmp_path_factory.mktemp("engine")) as servers:
-        yield servers
 
 
 @pytest.fixture(scope="module")
@@ -140,88 +64,61 @@ def engine_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def spans() -> Iterator[Collector]:
-    """Where the Azure ML style server's worker and engine send their OpenTelemetry spans."""
+    """Where the server's workers and engine send their OpenTelemetry spans."""
     with collector() as received:
         yield received
 
 
-def hook_flags(model_repo: Path) -> tuple[tuple[str, ...], dict[str, str]]:
-    """Two workers, hook style, a 1 MiB arena (so that big tensors take the overflow path)."""
-    return ("--model-dir", str(model_repo), "--entry", HOOK, "--workers", "2"), {"RUNTIME_ENGINE_ARENA_MB": "1"}
+@pytest.fixture(scope="module")
+def shm_before() -> set[str]:
+    """/dev/shm just before the server starts."""
+    return dev_shm()
 
 
-def run_flags(engine_repo: Path, spans: Collector) -> tuple[tuple[str, ...], dict[str, str]]:
-    """Azure ML style, two workers: run() calls runtime.infer(), and init() does before any request; traces to
-    ``spans``, each batch 50 ms after its span ends."""
+@pytest.fixture(scope="module")
+def server(
+    engine_repo: Path, spans: Collector, shm_before: set[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """Two workers, hook style; a 1 MiB arena (so that big tensors take the overflow path); traces to ``spans``,
+    each batch 50 ms after its span ends."""
     env = {
+        "RUNTIME_ENGINE_ARENA_MB": "1",
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{spans.port}",
         "OTEL_BSP_SCHEDULE_DELAY": "50",
     }
-    return ("--model-dir", str(engine_repo), "--entry", script("backend/engine_run.py"), "--workers", "2"), env
-
-
-@pytest.fixture
-def server(pool: EnginePool, model_repo: Path) -> ServerProcess:
-    args, env = hook_flags(model_repo)
-    return pool.get(*args, env=env)
-
-
-@pytest.fixture
-def run_server(pool: EnginePool, engine_repo: Path, spans: Collector) -> ServerProcess:
-    args, env = run_flags(engine_repo, spans)
-    return pool.get(*args, env=env)
-
-
-def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(server: ServerProcess) -> None:
-    # Any order: a batcher kept its last batch (views on the worker's arena) until its model's next batch,
-    # so a dead worker's arena stayed mapped; test_batching checks that no batch outlives its answer.
-    master, engine, _ = running(server)
+    process = start_module_server(tmp_path_factory, "--model-dir", str(engine_repo), "--entry", HOOK,
+                                  "--workers", "2", env=env)  # fmt: skip
     # Ready means one worker answers; on a loaded machine the other connects to the engine later.
-    wait_for(lambda: len(worker_pids(master)) == 2, 30, "two workers")
+    assert process.proc is not None
+    master = process.proc.pid
+    wait_for(lambda: both_workers_connected(master), 60, "both workers' arenas mapped")
+    yield process
+    process.stop()
+
+
+def both_workers_connected(master: int) -> bool:
+    """Two workers, and the engine maps the arena of each."""
     workers = worker_pids(master)
-
-    def arenas() -> str:
-        return " ".join(shm_mappings(engine))
-
-    wait_for(lambda: all(f"memfd:runtime-arena-{w}" in arenas() for w in workers), 30, "both arenas mapped")
-    victim = min(workers)
-    assert f"memfd:runtime-arena-{victim}" in arenas()
-    body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
-    results = asyncio.run(load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL)))
-    served = [r for r in results if isinstance(r, httpx.Response)]
-    assert {r.status_code for r in served} == {200}
-    wait_for(lambda: f"memfd:runtime-arena-{victim}" not in " ".join(shm_mappings(engine)), 10, "arena released")
-    assert one_engine(master) == engine
-    last = httpx.post(server.url + "/score", json=body, timeout=10)
-    assert last.status_code == 200 and last.json()["pid"] != victim
-
-    def replaced() -> bool:  # the tests that follow read from both workers: the replacement connected
-        now = worker_pids(master)
-        return len(now) == 2 and all(f"memfd:runtime-arena-{w}" in arenas() for w in now)
-
-    wait_for(replaced, 30, "the replacement worker's arena mapped")
+    arenas = " ".join(shm_mappings(one_engine(master)))
+    return len(workers) == 2 and all(f"memfd:runtime-arena-{w}" in arenas for w in workers)
 
 
 @pytest.mark.parametrize("model", sorted(CASES))
-@pytest.mark.parametrize("style", ["hook", "run"])
-def test_results_equal_in_process_onnxruntime(
-    server: ServerProcess, run_server: ServerProcess, model: str, style: str
-) -> None:
+def test_results_equal_in_process_onnxruntime(server: ServerProcess, model_repo: Path, model: str) -> None:
     given, dtypes = CASES[model]
-    inputs = full_inputs(model, given)
-    url = server.url if style == "hook" else run_server.url
-    response = httpx.post(url + "/score", json=as_body(model, inputs, dtypes), timeout=30)
+    inputs = full_inputs(model_repo, model, given)
+    response = httpx.post(server.url + "/score", json=as_body(model, inputs, dtypes), timeout=30)
     assert response.status_code == 200, response.text
-    assert_equal_outputs(response.json()["outputs"], reference(model, inputs))
+    assert_equal_outputs(response.json()["outputs"], onnx_reference(model_repo, model, inputs))
 
 
 @pytest.mark.parametrize("model", sorted(CASES))
-def test_v2_results_equal_in_process_onnxruntime(server: ServerProcess, model: str) -> None:
-    inputs = full_inputs(model, CASES[model][0])
+def test_v2_results_equal_in_process_onnxruntime(server: ServerProcess, model_repo: Path, model: str) -> None:
+    inputs = full_inputs(model_repo, model, CASES[model][0])
     client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
     result = client.infer(model, v2_inputs(inputs))
-    want = reference(model, inputs)
+    want = onnx_reference(model_repo, model, inputs)
     got = {n: result.as_numpy(n) for n in want}
     assert_equal_outputs({n: [x.decode() if isinstance(x, bytes) else x for x in v.ravel()] for n, v in got.items()},
                          {n: v.ravel() for n, v in want.items()})  # fmt: skip
@@ -288,26 +185,25 @@ def running(server: ServerProcess) -> tuple[int, int, set[int]]:
     return master, one_engine(master), worker_pids(master)
 
 
-def test_kind_auto_serves_on_the_cpu(engine_repo: Path, run_server: ServerProcess) -> None:
+def test_kind_auto_serves_on_the_cpu(engine_repo: Path, server: ServerProcess) -> None:
     check = subprocess.run(runtime_argv("check", "--model-dir", str(engine_repo)), capture_output=True, text=True)
     assert check.returncode == 0 and "instances: 2 (2 x CPU)" in check.stdout
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
-    response = httpx.post(run_server.url + "/v2/models/auto_model/infer", json=body)
+    response = httpx.post(server.url + "/v2/models/auto_model/infer", json=body)
     assert response.status_code == 200
-    assert "instances: 2 x CPU" in run_server.log()
+    assert "instances: 2 x CPU" in server.log()
 
 
 @pytest.mark.parametrize("name", list(MODULES))
-def test_torchscript_served_equals_module_in_process(run_server: ServerProcess, name: str) -> None:
-    test_torchscript.served_equals_module_in_process(run_server, name)
+def test_torchscript_served_equals_module_in_process(server: ServerProcess, name: str) -> None:
+    test_torchscript.served_equals_module_in_process(server, name)
 
 
-def test_torchscript_concurrent_requests_batch_and_each_row_is_right(run_server: ServerProcess) -> None:
-    test_torchscript.concurrent_requests_batch_and_each_row_is_right(run_server)
+def test_torchscript_concurrent_requests_batch_and_each_row_is_right(server: ServerProcess) -> None:
+    test_torchscript.concurrent_requests_batch_and_each_row_is_right(server)
 
 
-def test_engine_spans_continue_the_request_trace(run_server: ServerProcess, spans: Collector) -> None:
-    server = run_server
+def test_engine_spans_continue_the_request_trace(server: ServerProcess, spans: Collector) -> None:
     for n in range(3):
         traceparent = f"00-{TRACE_ID[:-1]}{n}-b7ad6b716920333{n}-01"
         body = as_body("linear", {"x": np.array([[1, 2, 3, 4]], np.float32)}, {"x": "float32"})
@@ -336,7 +232,33 @@ def test_engine_spans_continue_the_request_trace(run_server: ServerProcess, span
     assert not problems(), (problems(), spans.spans, server.log()[-2000:])
 
 
-# The servers stop last: the tests above only read from them (the first killed a worker of its own).
+# The server's faults and its stop come last: the tests above only read from it (the spans test reads the
+# spans of every request they made, which a killed worker would leave unsent).
+
+
+def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(server: ServerProcess) -> None:
+    # Any order: a batcher kept its last batch (views on the worker's arena) until its model's next batch,
+    # so a dead worker's arena stayed mapped; test_batching checks that no batch outlives its answer.
+    master, engine, _ = running(server)
+
+    def arenas() -> str:
+        return " ".join(shm_mappings(engine))
+
+    wait_for(lambda: both_workers_connected(master), 30, "both arenas mapped")
+    workers = worker_pids(master)
+    victim = min(workers)
+    assert f"memfd:runtime-arena-{victim}" in arenas()
+    body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
+    results = asyncio.run(load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL)))
+    served = [r for r in results if isinstance(r, httpx.Response)]
+    assert {r.status_code for r in served} == {200}
+    wait_for(lambda: f"memfd:runtime-arena-{victim}" not in " ".join(shm_mappings(engine)), 10, "arena released")
+    assert one_engine(master) == engine
+    last = httpx.post(server.url + "/score", json=body, timeout=10)
+    assert last.status_code == 200 and last.json()["pid"] != victim
+
+    # The tests that follow read from both workers: the replacement connected.
+    wait_for(lambda: both_workers_connected(master), 30, "the replacement worker's arena mapped")
 
 
 def test_engine_killed_under_load_gives_503_then_recovers(server: ServerProcess) -> None:
@@ -365,27 +287,19 @@ def test_engine_killed_under_load_gives_503_then_recovers(server: ServerProcess)
     assert "restarting it" in server.log()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_stopping_the_server_leaves_no_engine_and_no_shared_memory(
-    pool: EnginePool, model_repo: Path, engine_repo: Path, spans: Collector, sig: signal.Signals
-) -> None:
-    # SIGTERM stops the module's hook server, SIGKILL the Azure ML style one.
-    args, env = hook_flags(model_repo) if sig == signal.SIGTERM else run_flags(engine_repo, spans)
-    server = pool.take(*args, env=env)
-    shm_before = pool.shm_before[server.port]
+def test_sigterm_leaves_no_engine_and_no_shared_memory(server: ServerProcess, shm_before: set[str]) -> None:
+    """Stops the module's server. (SIGKILL of a master: tests/test_instance_processes.py.)"""
     assert server.proc is not None
     master = server.proc.pid
     engine = one_engine(master)
     wait_for(lambda: len(worker_pids(master)) == 2, 30, "two workers")
     workers = worker_pids(master)
     body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
-    results = asyncio.run(load(server.url + "/score", lambda _: body, 3, 8, lambda: os.kill(master, sig)))
-    if sig == signal.SIGTERM:
-        # Draining: what was in flight is answered; later requests find the port closed.
-        answered = [r for r in results if isinstance(r, httpx.Response)]
-        assert answered and {r.status_code for r in answered} == {200}
-    code = server.wait_exit(60)
-    assert sig != signal.SIGTERM or code == 0  # a clean exit
+    results = asyncio.run(load(server.url + "/score", lambda _: body, 3, 8, lambda: os.kill(master, signal.SIGTERM)))
+    # Draining: what was in flight is answered; later requests find the port closed.
+    answered = [r for r in results if isinstance(r, httpx.Response)]
+    assert answered and {r.status_code for r in answered} == {200}
+    assert server.wait_exit(60) == 0  # a clean exit
     wait_for(lambda: not Path(f"/proc/{engine}").exists() or comm(engine) != "runtime-engine", 30, "engine exit")
     for pid in workers:
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 30, f"worker {pid} exit")  # type: ignore[misc]

@@ -1,6 +1,7 @@
 """Instance processes (RUNTIME_INSTANCE_PROCESSES=on): each model instance runs in a ``runtime-inst`` process
 of the engine, fed from the workers' arenas. One server for the module (two workers, TorchScript and ONNX
-models), stopped by the last test."""
+models, Azure ML style: engine_run.py's run() calls runtime.infer(), and init() does before any request),
+stopped by the last test with SIGKILL of its master."""
 
 from __future__ import annotations
 
@@ -12,27 +13,28 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests import test_torchscript
+from tests.conftest import script
 from tests.support import torch_models
 from tests.support.engine import comm, dev_shm, instance_pids, load, one_engine, v2_inputs, wait_for, worker_pids
+from tests.support.engine_cases import CASES, as_body, assert_equal_outputs, full_inputs, onnx_reference
 from tests.support.processes import children
 from tests.support.servers import ServerProcess, free_port, runtime_argv
 from tests.test_torchscript import MODULES, in_process, sample
 
 pytestmark = pytest.mark.slow
 
-ONNX_MODELS = ("linear", "strings")
+ONNX_MODELS = ("linear", "strings", "types")
 MODELS = (*MODULES, *ONNX_MODELS)
 
 
 @pytest.fixture(scope="module")
 def repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The TorchScript test models, and two ONNX ones (FP32 and BYTES) from the shared repository."""
+    """The TorchScript test models, and three ONNX ones (FP32, BYTES, every datatype) from the shared repository."""
     root = tmp_path_factory.mktemp("instances")
     torch_models.write_repository(root / "triton")
     for name in ONNX_MODELS:
@@ -48,7 +50,8 @@ def shm_before() -> set[str]:
 @pytest.fixture(scope="module")
 def server(repo: Path, shm_before: set[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     port = free_port()
-    argv = runtime_argv("serve", "--port", str(port), "--model-dir", str(repo), "--workers", "2")
+    entry = script("backend/engine_run.py")
+    argv = runtime_argv("serve", "--port", str(port), "--model-dir", str(repo), "--entry", entry, "--workers", "2")
     log = tmp_path_factory.mktemp("instances-server") / "runtime.log"
     # A 1 MiB arena: the 2,000-row request below does not fit and takes the engine's overflow region.
     env = {"RUNTIME_INSTANCE_PROCESSES": "on", "RUNTIME_ENGINE_ARENA_MB": "1"}
@@ -68,13 +71,6 @@ def infer(server: ServerProcess, model: str, inputs: dict[str, np.ndarray]) -> d
     outputs = {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
     client.close()
     return outputs
-
-
-def onnx_reference(repo: Path, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(repo / "triton" / model / "1" / "model.onnx"))
-    feeds = {n: v.astype(str) if v.dtype == object else v for n, v in inputs.items()}
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 def test_every_instance_is_a_runtime_inst_process_of_the_engine(server: ServerProcess) -> None:
@@ -108,6 +104,16 @@ def test_bytes_and_onnx_results_equal_onnxruntime_in_process(server: ServerProce
             np.testing.assert_array_equal(got[name], value)
     x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
     np.testing.assert_array_equal(infer(server, "linear", {"x": x})["y"], onnx_reference(repo, "linear", {"x": x})["y"])
+
+
+@pytest.mark.parametrize("model", sorted(CASES))
+def test_run_results_equal_in_process_onnxruntime(server: ServerProcess, repo: Path, model: str) -> None:
+    """Azure ML style: run() calling runtime.infer() (hook style: tests/test_engine.py)."""
+    given, dtypes = CASES[model]
+    inputs = full_inputs(repo, model, given)
+    response = httpx.post(server.url + "/score", json=as_body(model, inputs, dtypes), timeout=30)
+    assert response.status_code == 200, response.text
+    assert_equal_outputs(response.json()["outputs"], onnx_reference(repo, model, inputs))
 
 
 def test_a_request_larger_than_the_arena_round_trips(server: ServerProcess) -> None:
@@ -179,15 +185,21 @@ def test_a_killed_engine_takes_its_instance_processes_and_comes_back_with_new_on
 # The module's server, stopped last: the tests above only read from it (or restart an instance).
 
 
-def test_stopping_the_server_leaves_no_instance_process_and_no_shared_memory(
+def test_sigkill_leaves_no_engine_worker_instance_process_or_shared_memory(
     server: ServerProcess, shm_before: set[str]
 ) -> None:
     engine = one_engine(master(server))
     instances = instance_pids(master(server))
     assert instances
-    os.kill(master(server), signal.SIGKILL)  # the hardest stop: the master cannot tell anyone
+    wait_for(lambda: len(worker_pids(master(server))) == 2, 30, "two workers")
+    workers = worker_pids(master(server))
+    body = as_body("linear", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
+    # The hardest stop, with requests in flight: the master cannot tell anyone.
+    asyncio.run(load(server.url + "/score", lambda _: body, 3, 8, lambda: os.kill(master(server), signal.SIGKILL)))
     server.wait_exit(60)
     wait_for(lambda: comm(engine) != "runtime-engine", 30, "engine exit")
     for pid in instances:
         wait_for(lambda pid=pid: comm(pid) != "runtime-inst", 30, f"instance process {pid} exit")  # type: ignore[misc]
+    for pid in workers:
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 30, f"worker {pid} exit")  # type: ignore[misc]
     wait_for(lambda: dev_shm() <= shm_before, 15, f"/dev/shm back to what it was (new: {dev_shm() - shm_before})")

@@ -1,5 +1,5 @@
 """TorchScript models (platform pytorch_libtorch): an instance's results equal the module in-process, and
-start-up errors. Served through the model engine: tests/test_engine.py (its Azure ML style server loads them)."""
+start-up errors. Served through the model engine: tests/test_engine.py (its server loads them)."""
 
 from __future__ import annotations
 

@@ -147,11 +147,11 @@ def start_azmlinfsrv_and_runtime(
     return reference.start(wait=False), ours.start(wait=False)
 
 
-def start_module_server(tmp_path_factory: Any, *args: str) -> ServerProcess:
+def start_module_server(tmp_path_factory: Any, *args: str, env: Mapping[str, str] | None = None) -> ServerProcess:
     """``runtime serve ARGS`` on a free port, ready; for module-scoped fixtures (the caller stops it)."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    return ServerProcess(runtime_argv("serve", "--port", str(port), *args), port, log).start()
+    return ServerProcess(runtime_argv("serve", "--port", str(port), *args), port, log, env).start()
 
 
 PoolT = TypeVar("PoolT", bound="ServerPool")
