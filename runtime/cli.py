@@ -312,7 +312,7 @@ def serve_with_managed_triton(settings: Settings) -> int:
         return 2
     try:
         binary = find_tritonserver(settings.tritonserver_path, Path(settings.triton_home))
-        triton = ManagedTriton(settings.model_dir, binary)
+        triton = ManagedTriton(settings.model_dir, binary, extra_args=settings.tritonserver_args)
     except StartupError as ex:
         print(f"runtime serve: {ex}", file=sys.stderr)
         return STARTUP_EXIT_CODE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,7 @@ class Settings:
     triton_url: str = "localhost:8000"
     triton_mode: str = "remote"
     tritonserver_path: str | None = None
+    tritonserver_args: tuple[str, ...] = ()  # more flags for the managed tritonserver (tracing, logging, ...)
     # Which process sends infer to Triton: each worker, or the model engine (batching across workers first).
     triton_client: str = "worker"
     server_version_header: str = ""
@@ -221,6 +223,7 @@ class Settings:
             triton_url=env.get("TRITON_URL", "localhost:8000"),
             triton_mode=env.get("RUNTIME_TRITON_MODE", "remote"),
             tritonserver_path=env.get("TRITONSERVER_PATH") or None,
+            tritonserver_args=tuple(shlex.split(env.get("RUNTIME_TRITONSERVER_ARGS", ""))),
             triton_client=_choice(env, "RUNTIME_TRITON_CLIENT", TRITON_CLIENTS),
             server_version_header=version_header,
             max_concurrent_requests=_int(env, "MAX_CONCURRENT_REQUESTS", DEFAULT_MAX_CONCURRENT_REQUESTS),

@@ -45,6 +45,7 @@ def test_every_variable_is_read() -> None:
         "TRITON_URL": "triton:8000",
         "RUNTIME_TRITON_MODE": "managed",
         "TRITONSERVER_PATH": "/bin/tritonserver",
+        "RUNTIME_TRITONSERVER_ARGS": "--log-verbose=1 --trace-config 'opentelemetry,resource=a b'",
         "RUNTIME_TRITON_HOME": "/triton",
         "RUNTIME_TRITON_WAIT_S": "2.5",
         "HTTP_X_MS_SERVER_VERSION": "custom/1",
@@ -66,6 +67,7 @@ def test_every_variable_is_read() -> None:
         "managed",
         "/bin/tritonserver",
     )
+    assert s.tritonserver_args == ("--log-verbose=1", "--trace-config", "opentelemetry,resource=a b")
     assert (s.triton_home, s.triton_wait_s, s.server_version_header) == ("/triton", 2.5, "custom/1")
     assert (s.worker_timeout, s.graceful_timeout, s.access_log) == (0, 5, False)
     assert (s.ort_arena, s.ort_providers, s.trace_hooks) == (

@@ -1,11 +1,11 @@
 """The Triton backend against a real tritonserver: remote, managed, faults, batching, the seed's scripts, tracing,
 the reference examples.
 
-Two Tritons for the module: one the tests start themselves (the test models and the examples', tracing
-with OpenTelemetry to the module's collector), used in remote mode by apps in this process; and the managed
-one of a two-worker ``runtime serve --triton managed``, read by the tests through real Gunicorn workers,
-then stopped with SIGTERM. A Triton killed under load, and a managed master SIGKILLed, are in
-tests/test_triton_engine.py, on that module's managed server.
+One Triton for the module: the managed one of a two-worker ``runtime serve --triton managed``, serving the test
+models and the examples' and tracing with OpenTelemetry to the module's collector (RUNTIME_TRITONSERVER_ARGS).
+The tests read through the server's real Gunicorn workers, and point apps in this process at its Triton in
+remote mode; the last of them stops the server with SIGTERM. A Triton killed under load, and a managed master
+SIGKILLed, are in tests/test_triton_engine.py, on that module's managed server.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runtime import tracing
-from runtime.serving.tritonserver import ManagedTriton
 from runtime.settings import Settings
 from tests.conftest import script
 from tests.support import examples
@@ -50,19 +49,6 @@ def triton_spans() -> Iterator[Collector]:
         yield received
 
 
-class TracedTriton(ManagedTriton):
-    """tritonserver tracing every request with OpenTelemetry, to ``spans``."""
-
-    def __init__(self, model_dir: str, binary: Path, spans: Collector) -> None:
-        super().__init__(model_dir, binary, supervise=False)
-        self.spans = spans
-
-    def command(self) -> list[str]:
-        trace = ["mode=opentelemetry", "rate=1", "level=TIMESTAMPS"]
-        trace += [f"opentelemetry,url=127.0.0.1:{self.spans.port}/v1/traces", "opentelemetry,bsp_schedule_delay=50"]
-        return [*super().command(), *(arg for setting in trace for arg in ("--trace-config", setting))]
-
-
 @pytest.fixture(scope="module")
 def triton_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test models and the reference examples' models (tests/support/examples.py) in one repository."""
@@ -70,15 +56,6 @@ def triton_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     for model in (model_repo / "triton").iterdir():
         (root / "triton" / model.name).symlink_to(model)
     return root
-
-
-@pytest.fixture(scope="module")
-def remote_triton(triton_repo: Path, tritonserver_binary: Path, triton_spans: Collector) -> Iterator[ManagedTriton]:
-    """A tritonserver the test starts itself (the runtime then uses it in remote mode)."""
-    server = TracedTriton(str(triton_repo), tritonserver_binary, triton_spans)
-    server.start()
-    yield server
-    server.stop()
 
 
 def managed_flags(model_dir: Path, binary: Path, *extra: str) -> tuple[str, ...]:
@@ -91,14 +68,27 @@ def managed_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
         yield pool
 
 
-def via_triton_flags(model_repo: Path, binary: Path) -> tuple[str, ...]:
-    """Two workers, the test models, a managed Triton: read by the tests, then stopped with SIGTERM."""
-    return managed_flags(model_repo, binary, "--workers", "2")
+def via_triton_args(repo: Path, binary: Path, spans: Collector) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Two workers and a managed Triton that traces every request to ``spans``: read by the tests, then stopped
+    with SIGTERM."""
+    trace = ["mode=opentelemetry", "rate=1", "level=TIMESTAMPS"]
+    trace += [f"opentelemetry,url=127.0.0.1:{spans.port}/v1/traces", "opentelemetry,bsp_schedule_delay=50"]
+    args = " ".join(f"--trace-config {setting}" for setting in trace)
+    return managed_flags(repo, binary, "--workers", "2"), {"RUNTIME_TRITONSERVER_ARGS": args}
 
 
 @pytest.fixture
-def via_triton(managed_servers: ServerPool, model_repo: Path, tritonserver_binary: Path) -> ServerProcess:
-    return managed_servers.get(*via_triton_flags(model_repo, tritonserver_binary))
+def via_triton(
+    managed_servers: ServerPool, triton_repo: Path, tritonserver_binary: Path, triton_spans: Collector
+) -> ServerProcess:
+    flags, env = via_triton_args(triton_repo, tritonserver_binary, triton_spans)
+    return managed_servers.get(*flags, env=env)
+
+
+@pytest.fixture
+def triton_url(via_triton: ServerProcess) -> str:
+    """host:port of the module's Triton, for apps in this process in remote mode."""
+    return its_triton(via_triton)
 
 
 def test_same_answers_as_the_embedded_backend(via_triton: ServerProcess, model_repo: Path) -> None:
@@ -125,13 +115,11 @@ def test_same_answers_as_the_embedded_backend(via_triton: ServerProcess, model_r
     client.close()
 
 
-def test_remote_mode_without_entry_or_model_dir(remote_triton: ManagedTriton) -> None:
+def test_remote_mode_without_entry_or_model_dir(triton_url: str) -> None:
     """`runtime serve --backend triton --triton-url URL`: Triton's models (from its repository index) over v2.
 
     The command's own parser and checks accept it; the app it would serve runs in this process."""
-    settings = settings_of(
-        "serve", "--backend", "triton", "--triton-url", remote_triton.url, "--port", str(free_port())
-    )
+    settings = settings_of("serve", "--backend", "triton", "--triton-url", triton_url, "--port", str(free_port()))
     with served(settings) as url:
         index = httpx.post(url + "/v2/repository/index").json()
         assert {e["name"] for e in index} >= {"linear", "strings", "classifier", "sleepy"}
@@ -156,8 +144,8 @@ def test_bad_input_is_400_with_a_message(via_triton: ServerProcess) -> None:
     assert v2.status_code == 400 and "expecting TYPE_FP32" in v2.json()["error"]
 
 
-def test_seed_style_script_with_tritonhttpclient(remote_triton: ManagedTriton) -> None:
-    settings = {"entry_script": script("triton/seed_score.py"), "backend": "triton", "triton_url": remote_triton.url}
+def test_seed_style_script_with_tritonhttpclient(triton_url: str) -> None:
+    settings = {"entry_script": script("triton/seed_score.py"), "backend": "triton", "triton_url": triton_url}
     with captured_logs() as log, app_client(**settings) as server:
         response = server.post("/score", content=json.dumps([1, 5, 2, 3, 0]))
     # The script's own client lives in this process now: closed, so that Triton's shutdown does not wait on it.
@@ -183,13 +171,13 @@ def test_dynamic_batching_in_triton_across_two_workers(via_triton: ServerProcess
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
 
-def test_triton_continues_the_trace(remote_triton: ManagedTriton, triton_spans: Collector) -> None:
+def test_triton_continues_the_trace(triton_url: str, triton_spans: Collector) -> None:
     """Triton, tracing with OpenTelemetry, makes its request span a child of the runtime's ``triton infer``."""
     exported = InMemorySpanExporter()
     settings = {
         "entry_script": script("backend/hook_linear.py"),
         "backend": "triton",
-        "triton_url": remote_triton.url,
+        "triton_url": triton_url,
         "otel_traces_exporter": ("console",),
     }
     try:
@@ -215,28 +203,24 @@ def test_triton_continues_the_trace(remote_triton: ManagedTriton, triton_spans: 
 
 
 # The reference examples on Triton (on the embedded backend: tests/test_examples.py), through apps in this
-# process. Their idle connections are closed before the module's Triton stops: ``apps`` is set up after it.
+# process. Their idle connections are closed before the module's Triton stops (by the managed-mode test).
 
 
 @pytest.mark.parametrize("script", ["score_densenet.py", "score_densenet_aml.py"])
-def test_densenet_end_to_end(remote_triton: ManagedTriton, apps: AppPool, triton_repo: Path, script: str) -> None:
-    server = examples.serve(apps, examples.DENSENET / script, triton_repo, remote_triton.url)
+def test_densenet_end_to_end(triton_url: str, apps: AppPool, triton_repo: Path, script: str) -> None:
+    server = examples.serve(apps, examples.DENSENET / script, triton_repo, triton_url)
     examples.check_densenet(server, triton_repo, script)
 
 
-def test_densenet_concurrent_requests_are_batched(
-    remote_triton: ManagedTriton, apps: AppPool, triton_repo: Path
-) -> None:
+def test_densenet_concurrent_requests_are_batched(triton_url: str, apps: AppPool, triton_repo: Path) -> None:
     """Batches show in the app's /metrics, from Triton's statistics (added to this process's registry, where
     other tests' requests add batches of one at most: they send one request at a time)."""
-    examples.check_batched(
-        examples.serve(apps, examples.DENSENET / "score_densenet.py", triton_repo, remote_triton.url)
-    )
+    examples.check_batched(examples.serve(apps, examples.DENSENET / "score_densenet.py", triton_repo, triton_url))
 
 
 @pytest.mark.parametrize("script", ["score_bidaf.py", "score_bidaf_aml.py"])
-def test_bidaf_end_to_end(remote_triton: ManagedTriton, apps: AppPool, triton_repo: Path, script: str) -> None:
-    examples.check_bidaf(examples.serve(apps, examples.BIDAF / script, triton_repo, remote_triton.url), triton_repo)
+def test_bidaf_end_to_end(triton_url: str, apps: AppPool, triton_repo: Path, script: str) -> None:
+    examples.check_bidaf(examples.serve(apps, examples.BIDAF / script, triton_repo, triton_url), triton_repo)
 
 
 def test_startup_waits_for_triton_within_a_bound() -> None:
@@ -247,9 +231,11 @@ def test_startup_waits_for_triton_within_a_bound() -> None:
 
 
 def test_managed_mode_starts_serves_and_stops_cleanly(
-    managed_servers: ServerPool, model_repo: Path, tritonserver_binary: Path
+    managed_servers: ServerPool, triton_repo: Path, tritonserver_binary: Path, triton_spans: Collector, apps: AppPool
 ) -> None:
-    server = managed_servers.take(*via_triton_flags(model_repo, tritonserver_binary))  # stopped here
+    flags, env = via_triton_args(triton_repo, tritonserver_binary, triton_spans)
+    server = managed_servers.take(*flags, env=env)  # stopped here
+    apps.close()  # the apps above, pointed at its Triton: their idle connections go first
     response = httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]})
     assert response.status_code == 200
     np.testing.assert_allclose(

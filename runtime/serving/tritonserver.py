@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,9 +179,16 @@ class ManagedTriton(SupervisedProcess):
     label = "tritonserver"
 
     def __init__(
-        self, model_dir: str, binary: Path, port: int | None = None, wait_s: float = 120, supervise: bool = True
+        self,
+        model_dir: str,
+        binary: Path,
+        port: int | None = None,
+        wait_s: float = 120,
+        supervise: bool = True,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.model_dir = model_dir
+        self.extra_args = tuple(extra_args)  # RUNTIME_TRITONSERVER_ARGS, after the runtime's own flags
         self.work = Path(tempfile.mkdtemp(prefix="runtime-triton-"))
         self.launch = prepare_launch(binary, self.work)
         self.http_port = port or free_port()
@@ -213,7 +221,7 @@ class ManagedTriton(SupervisedProcess):
         ]
         if self.launch.backend_dir is not None:
             cmd.append(f"--backend-directory={self.launch.backend_dir}")
-        return cmd
+        return [*cmd, *self.extra_args]
 
     def _spawn(self) -> None:
         logger.info("Starting %s", " ".join(self.command()))
