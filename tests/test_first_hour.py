@@ -302,7 +302,7 @@ def test_ctrl_c_just_after_managed_triton_is_ready_stops_it_at_once(
     class Triton:
         url = "127.0.0.1:1"
 
-        def __init__(self, model_dir: str, binary: Path) -> None:
+        def __init__(self, model_dir: str, binary: Path, extra_args: tuple[str, ...] = ()) -> None:
             pass
 
         def start(self) -> None:
