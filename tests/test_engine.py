@@ -35,7 +35,14 @@ from tests.support.engine import (
     wait_for,
     worker_pids,
 )
-from tests.support.engine_cases import CASES, as_body, assert_equal_outputs, full_inputs, onnx_reference
+from tests.support.engine_cases import (
+    CASES,
+    as_body,
+    assert_equal_outputs,
+    assert_score_equals_onnxruntime,
+    full_inputs,
+    onnx_reference,
+)
 from tests.support.otlp import Collector, collector
 from tests.support.servers import ServerProcess, free_port, runtime_argv, start_module_server
 from tests.test_onnxruntime_backend import metric
@@ -106,11 +113,7 @@ def both_workers_connected(master: int) -> bool:
 
 @pytest.mark.parametrize("model", sorted(CASES))
 def test_results_equal_in_process_onnxruntime(server: ServerProcess, model_repo: Path, model: str) -> None:
-    given, dtypes = CASES[model]
-    inputs = full_inputs(model_repo, model, given)
-    response = httpx.post(server.url + "/score", json=as_body(model, inputs, dtypes), timeout=30)
-    assert response.status_code == 200, response.text
-    assert_equal_outputs(response.json()["outputs"], onnx_reference(model_repo, model, inputs))
+    assert_score_equals_onnxruntime(server.url, model_repo, model)
 
 
 @pytest.mark.parametrize("model", sorted(CASES))

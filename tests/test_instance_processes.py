@@ -21,7 +21,7 @@ from tests import test_torchscript
 from tests.conftest import script
 from tests.support import torch_models
 from tests.support.engine import comm, dev_shm, instance_pids, load, one_engine, v2_inputs, wait_for, worker_pids
-from tests.support.engine_cases import CASES, as_body, assert_equal_outputs, full_inputs, onnx_reference
+from tests.support.engine_cases import CASES, as_body, assert_score_equals_onnxruntime, onnx_reference
 from tests.support.processes import children
 from tests.support.servers import ServerProcess, free_port, runtime_argv
 from tests.test_torchscript import MODULES, in_process, sample
@@ -109,11 +109,7 @@ def test_bytes_and_onnx_results_equal_onnxruntime_in_process(server: ServerProce
 @pytest.mark.parametrize("model", sorted(CASES))
 def test_run_results_equal_in_process_onnxruntime(server: ServerProcess, repo: Path, model: str) -> None:
     """Azure ML style: run() calling runtime.infer() (hook style: tests/test_engine.py)."""
-    given, dtypes = CASES[model]
-    inputs = full_inputs(repo, model, given)
-    response = httpx.post(server.url + "/score", json=as_body(model, inputs, dtypes), timeout=30)
-    assert response.status_code == 200, response.text
-    assert_equal_outputs(response.json()["outputs"], onnx_reference(repo, model, inputs))
+    assert_score_equals_onnxruntime(server.url, repo, model)
 
 
 def test_a_request_larger_than_the_arena_round_trips(server: ServerProcess) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 
@@ -55,3 +56,12 @@ def assert_equal_outputs(got: dict[str, Any], want: dict[str, np.ndarray]) -> No
     for name, value in want.items():
         expected = value.astype(str) if value.dtype.kind in "OU" else value
         assert np.array_equal(np.asarray(got[name], dtype=expected.dtype), expected), name
+
+
+def assert_score_equals_onnxruntime(url: str, repo: Path, model: str) -> None:
+    """POST /score at ``url`` with ``model``'s case: the outputs equal onnxruntime's in this process."""
+    given, dtypes = CASES[model]
+    inputs = full_inputs(repo, model, given)
+    response = httpx.post(url + "/score", json=as_body(model, inputs, dtypes), timeout=30)
+    assert response.status_code == 200, response.text
+    assert_equal_outputs(response.json()["outputs"], onnx_reference(repo, model, inputs))
