@@ -1,9 +1,9 @@
 """The model engine through real servers: one engine for all workers, its results, faults, traces and shutdown.
 
-One two-worker server for the module (hook style, engine_hook.py), read by the tests that only read, then a
-worker SIGKILLed, its engine SIGKILLed under load, and SIGTERM last. Azure ML style (run() calling
-runtime.infer()) through the engine, and a SIGKILLed master, are tests/test_instance_processes.py's, on its
-server.
+One two-worker server for the module (hook style, engine_hook.py), read by the tests that only read, a
+worker SIGKILLed first, its engine SIGKILLed under load last, then SIGTERM. Azure ML style (run() calling
+runtime.infer()) through the engine, its traces, and a SIGKILLed master are tests/test_instance_processes.py's,
+on its server.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,7 +42,6 @@ from tests.support.engine_cases import (
     full_inputs,
     onnx_reference,
 )
-from tests.support.otlp import Collector, collector
 from tests.support.servers import ServerProcess, free_port, runtime_argv, start_module_server
 from tests.test_onnxruntime_backend import metric
 from tests.test_torchscript import MODULES
@@ -51,7 +49,6 @@ from tests.test_torchscript import MODULES
 pytestmark = pytest.mark.slow
 
 HOOK = script("backend/engine_hook.py")
-TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +67,6 @@ def engine_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="module")
-def spans() -> Iterator[Collector]:
-    """Where the server's workers and engine send their OpenTelemetry spans."""
-    with collector() as received:
-        yield received
-
-
-@pytest.fixture(scope="module")
 def shm_before() -> set[str]:
     """/dev/shm just before the server starts."""
     return dev_shm()
@@ -84,16 +74,10 @@ def shm_before() -> set[str]:
 
 @pytest.fixture(scope="module")
 def server(
-    engine_repo: Path, spans: Collector, shm_before: set[str], tmp_path_factory: pytest.TempPathFactory
+    engine_repo: Path, shm_before: set[str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    """Two workers, hook style; a 1 MiB arena (so that big tensors take the overflow path); traces to ``spans``,
-    each batch 50 ms after its span ends."""
-    env = {
-        "RUNTIME_ENGINE_ARENA_MB": "1",
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{spans.port}",
-        "OTEL_BSP_SCHEDULE_DELAY": "50",
-    }
+    """Two workers, hook style; a 1 MiB arena (so that big tensors take the overflow path)."""
+    env = {"RUNTIME_ENGINE_ARENA_MB": "1"}
     process = start_module_server(tmp_path_factory, "--model-dir", str(engine_repo), "--entry", HOOK,
                                   "--workers", "2", env=env)  # fmt: skip
     # Ready means one worker answers; on a loaded machine the other connects to the engine later.
@@ -109,6 +93,31 @@ def both_workers_connected(master: int) -> bool:
     workers = worker_pids(master)
     arenas = " ".join(shm_mappings(one_engine(master)))
     return len(workers) == 2 and all(f"memfd:runtime-arena-{w}" in arenas for w in workers)
+
+
+def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(server: ServerProcess) -> None:
+    # Any order: a batcher kept its last batch (views on the worker's arena) until its model's next batch,
+    # so a dead worker's arena stayed mapped; test_batching checks that no batch outlives its answer.
+    master, engine, _ = running(server)
+
+    def arenas() -> str:
+        return " ".join(shm_mappings(engine))
+
+    wait_for(lambda: both_workers_connected(master), 30, "both arenas mapped")
+    workers = worker_pids(master)
+    victim = min(workers)
+    assert f"memfd:runtime-arena-{victim}" in arenas()
+    body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
+    results = asyncio.run(load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL)))
+    served = [r for r in results if isinstance(r, httpx.Response)]
+    assert {r.status_code for r in served} == {200}
+    wait_for(lambda: f"memfd:runtime-arena-{victim}" not in " ".join(shm_mappings(engine)), 10, "arena released")
+    assert one_engine(master) == engine
+    last = httpx.post(server.url + "/score", json=body, timeout=10)
+    assert last.status_code == 200 and last.json()["pid"] != victim
+
+    # The tests that follow read from both workers: the replacement connected.
+    wait_for(lambda: both_workers_connected(master), 30, "the replacement worker's arena mapped")
 
 
 @pytest.mark.parametrize("model", sorted(CASES))
@@ -206,62 +215,7 @@ def test_torchscript_concurrent_requests_batch_and_each_row_is_right(server: Ser
     test_torchscript.concurrent_requests_batch_and_each_row_is_right(server)
 
 
-def test_engine_spans_continue_the_request_trace(server: ServerProcess, spans: Collector) -> None:
-    for n in range(3):
-        traceparent = f"00-{TRACE_ID[:-1]}{n}-b7ad6b716920333{n}-01"
-        body = as_body("linear", {"x": np.array([[1, 2, 3, 4]], np.float32)}, {"x": "float32"})
-        response = httpx.post(server.url + "/score", json=body, headers={"traceparent": traceparent}, timeout=30)
-        assert response.status_code == 200, response.text
-    traces = {f"{TRACE_ID[:-1]}{n}" for n in range(3)}
-
-    def problems() -> list[object]:
-        """The span names missing a trace, then the engine's spans without their worker's infer span as parent:
-        of every request this server answered, of any model (the tests above read from it too)."""
-        missing = [
-            n
-            for n in ("POST /score", "infer linear", "queue", "batch")
-            if not {s.trace_id for s in spans.named(n)} >= traces
-        ]
-        infers = {s.span_id: s.trace_id for s in spans.spans if s.name.startswith("infer ")}
-        # Made in the engine process, under the worker's infer span of the same request.
-        unparented = [
-            s for s in spans.named("queue") + spans.named("batch") if infers.get(s.parent_span_id) != s.trace_id
-        ]
-        return [*missing, *unparented]
-
-    deadline = time.monotonic() + 10  # worker and engine each send a batch of spans 50 ms after a span ends
-    while problems() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not problems(), (problems(), spans.spans, server.log()[-2000:])
-
-
-# The server's faults and its stop come last: the tests above only read from it (the spans test reads the
-# spans of every request they made, which a killed worker would leave unsent).
-
-
-def test_killed_worker_leaves_no_shared_memory_and_others_keep_serving(server: ServerProcess) -> None:
-    # Any order: a batcher kept its last batch (views on the worker's arena) until its model's next batch,
-    # so a dead worker's arena stayed mapped; test_batching checks that no batch outlives its answer.
-    master, engine, _ = running(server)
-
-    def arenas() -> str:
-        return " ".join(shm_mappings(engine))
-
-    wait_for(lambda: both_workers_connected(master), 30, "both arenas mapped")
-    workers = worker_pids(master)
-    victim = min(workers)
-    assert f"memfd:runtime-arena-{victim}" in arenas()
-    body = as_body("sleepy", {"x": np.ones((1, 4), np.float32)}, {"x": "float32"})
-    results = asyncio.run(load(server.url + "/score", lambda _: body, 6, 16, lambda: os.kill(victim, signal.SIGKILL)))
-    served = [r for r in results if isinstance(r, httpx.Response)]
-    assert {r.status_code for r in served} == {200}
-    wait_for(lambda: f"memfd:runtime-arena-{victim}" not in " ".join(shm_mappings(engine)), 10, "arena released")
-    assert one_engine(master) == engine
-    last = httpx.post(server.url + "/score", json=body, timeout=10)
-    assert last.status_code == 200 and last.json()["pid"] != victim
-
-    # The tests that follow read from both workers: the replacement connected.
-    wait_for(lambda: both_workers_connected(master), 30, "the replacement worker's arena mapped")
+# The server stops last: the tests above only read from it (the first killed a worker of its own).
 
 
 def test_engine_killed_under_load_gives_503_then_recovers(server: ServerProcess) -> None:

@@ -1,13 +1,14 @@
 """Instance processes (RUNTIME_INSTANCE_PROCESSES=on): each model instance runs in a ``runtime-inst`` process
 of the engine, fed from the workers' arenas. One server for the module (two workers, TorchScript and ONNX
-models, Azure ML style: engine_run.py's run() calls runtime.infer(), and init() does before any request),
-stopped by the last test with SIGKILL of its master."""
+models, Azure ML style: engine_run.py's run() calls runtime.infer(), and init() does before any request; traces
+to the module's collector), stopped by the last test with SIGKILL of its master."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tests.conftest import script
 from tests.support import torch_models
 from tests.support.engine import comm, dev_shm, instance_pids, load, one_engine, v2_inputs, wait_for, worker_pids
 from tests.support.engine_cases import CASES, as_body, assert_score_equals_onnxruntime, onnx_reference
+from tests.support.otlp import Collector, collector
 from tests.support.processes import children
 from tests.support.servers import ServerProcess, free_port, runtime_argv
 from tests.test_torchscript import MODULES, in_process, sample
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 ONNX_MODELS = ("linear", "strings", "types")
 MODELS = (*MODULES, *ONNX_MODELS)
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +51,29 @@ def shm_before() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path, shm_before: set[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def spans() -> Iterator[Collector]:
+    """Where the server's workers and engine send their OpenTelemetry spans."""
+    with collector() as received:
+        yield received
+
+
+@pytest.fixture(scope="module")
+def server(
+    repo: Path, shm_before: set[str], spans: Collector, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     port = free_port()
     entry = script("backend/engine_run.py")
     argv = runtime_argv("serve", "--port", str(port), "--model-dir", str(repo), "--entry", entry, "--workers", "2")
     log = tmp_path_factory.mktemp("instances-server") / "runtime.log"
-    # A 1 MiB arena: the 2,000-row request below does not fit and takes the engine's overflow region.
-    env = {"RUNTIME_INSTANCE_PROCESSES": "on", "RUNTIME_ENGINE_ARENA_MB": "1"}
+    # A 1 MiB arena: the 2,000-row request below does not fit and takes the engine's overflow region. Traces go to
+    # ``spans``, each batch 50 ms after its span ends.
+    env = {
+        "RUNTIME_INSTANCE_PROCESSES": "on",
+        "RUNTIME_ENGINE_ARENA_MB": "1",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{spans.port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
     proc = ServerProcess(argv, port, log, env=env).start()
     yield proc
     proc.stop()
@@ -127,6 +146,35 @@ def test_concurrent_requests_batch_and_each_row_is_right(server: ServerProcess) 
     # The TorchScript suite's check (48 rows at once, each answered right, batches larger than 1), here with
     # each batch's outputs written by the instance process into the rooms the workers reserved.
     test_torchscript.test_concurrent_requests_batch_and_each_row_is_right(server)
+
+
+def test_engine_spans_continue_the_request_trace(server: ServerProcess, spans: Collector) -> None:
+    for n in range(3):
+        traceparent = f"00-{TRACE_ID[:-1]}{n}-b7ad6b716920333{n}-01"
+        body = as_body("linear", {"x": np.array([[1, 2, 3, 4]], np.float32)}, {"x": "float32"})
+        response = httpx.post(server.url + "/score", json=body, headers={"traceparent": traceparent}, timeout=30)
+        assert response.status_code == 200, response.text
+    traces = {f"{TRACE_ID[:-1]}{n}" for n in range(3)}
+
+    def problems() -> list[object]:
+        """The span names missing a trace, then the engine's spans without their worker's infer span as parent:
+        of every request this server answered, of any model (the tests above read from it too)."""
+        missing = [
+            n
+            for n in ("POST /score", "infer linear", "queue", "batch")
+            if not {s.trace_id for s in spans.named(n)} >= traces
+        ]
+        infers = {s.span_id: s.trace_id for s in spans.spans if s.name.startswith("infer ")}
+        # Made in the engine process, under the worker's infer span of the same request.
+        unparented = [
+            s for s in spans.named("queue") + spans.named("batch") if infers.get(s.parent_span_id) != s.trace_id
+        ]
+        return [*missing, *unparented]
+
+    deadline = time.monotonic() + 10  # worker and engine each send a batch of spans 50 ms after a span ends
+    while problems() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not problems(), (problems(), spans.spans, server.log()[-2000:])
 
 
 def test_a_killed_instance_process_gives_503s_then_is_restarted(server: ServerProcess) -> None:
