@@ -58,6 +58,21 @@ def test_a_child_that_execs_a_server_later_counts_once_and_a_reused_pid_again() 
     assert count({200: (PYTEST, "9")}, {200: SERVE}, known) == {(200, "9"): "runtime"}  # a new process, same pid
 
 
+def test_a_fork_of_a_server_that_execs_another_server_is_a_launch_and_its_forks_are_not() -> None:
+    """runtime serve's master restarts its managed tritonserver: a fork of the master (read as ``runtime serve``
+    before its exec) becomes tritonserver, whose forks for its python-backend stubs read as tritonserver until
+    they exec the stub. One launch, whichever of these moments the samples catch."""
+    known: dict[Key, str] = {}
+    assert count({200: (PYTEST, "1")}, {200: SERVE}, known) == {(200, "1"): "runtime"}
+    forked = {200: (PYTEST, "1"), 203: (200, "3")}
+    assert count(forked, {200: SERVE, 203: SERVE}, known) == {}  # before its exec: the master's
+    stub_fork = {**forked, 204: (203, "4")}
+    assert count(stub_fork, {200: SERVE, 203: TRITON, 204: TRITON}, known) == {(203, "3"): "tritonserver"}
+    stub = ["/backends/python/triton_python_backend_stub", "model.py"]
+    assert count(stub_fork, {200: SERVE, 203: TRITON, 204: stub}, known) == {}
+    assert count(stub_fork, {200: SERVE, 203: [], 204: stub}, known) == {}  # exiting: still the same server
+
+
 def test_servers_outside_pytest_are_not_counted() -> None:
     table = {200: (PYTEST, "1"), 300: (1, "1"), 301: (300, "2")}
     argv = {200: ["bash", "-c", "runtime serve &"], 300: SERVE, 301: TRITON}

@@ -58,11 +58,13 @@ def launches(
 ) -> dict[Key, str]:
     """The server launches in ``table`` (pid -> (parent, start time)) below ``root`` not in ``known`` yet.
 
-    ``known`` remembers every server process seen so far, and this adds the new ones to it. A process
-    whose parent is a server of the same kind belongs to that server (Gunicorn's workers are forks of the
-    master, with its command line). The parent's kind comes from ``known`` when it was seen before: a
+    ``known`` remembers every server process seen so far (by kind), and this adds the new ones to it. A
+    process whose parent is a server of the same kind belongs to that server (Gunicorn's workers are forks
+    of the master, with its command line). The parent's kind comes from ``known`` when it was seen before: a
     master just killed is a zombie whose command line reads empty, while its workers, about to follow
-    it, still show it as their parent and still read as ``runtime serve``.
+    it, still show it as their parent and still read as ``runtime serve``. Such a fork is read again while it
+    belongs to its parent: the master's fork that runs a managed tritonserver reads as ``runtime serve``
+    until its exec, and as a launch of tritonserver after it (whose own forks then belong to it).
     """
     parents = {pid: parent for pid, (parent, _) in table.items()}
     kinds: dict[int, str] = {}
@@ -75,10 +77,18 @@ def launches(
             kind = server_kind(argv) if argv else None
         if kind is not None:
             kinds[pid] = kind
+    for pid, kind in list(kinds.items()):
+        if kinds.get(parents[pid]) == kind and (argv := argv_of(pid)):  # empty: exiting, keep what it was
+            now = server_kind(argv)
+            if now is None:
+                del kinds[pid]  # it exec'd something else (Triton's python-backend stub)
+                known.pop((pid, table[pid][1]), None)
+            elif now != kind:
+                kinds[pid] = now
     new: dict[Key, str] = {}
     for pid, kind in kinds.items():
         key = (pid, table[pid][1])
-        if key in known:
+        if known.get(key) == kind:
             continue
         known[key] = kind
         if kinds.get(parents[pid]) != kind:
