@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 from starlette.datastructures import Headers
 
-from runtime.http.middleware.request_ids import RequestIds, parse_ids
+from runtime.http.middleware.request_ids import RequestIds, id_headers, new_request_id, parse_ids
 
 
 def ids(**headers: str) -> RequestIds:
@@ -31,3 +33,19 @@ def test_over_long_ids_are_the_431_message() -> None:
         parse_ids(Headers(headers={"x-ms-client-request-id": "c" * 101}))
         == "x-ms-request-id and x-ms-client-request-id must not exceed 100 characters"
     )
+
+
+def test_generated_ids_are_distinct_version_4_uuids() -> None:
+    generated = [new_request_id() for _ in range(2000)]
+    assert len(set(generated)) == len(generated)
+    for text in generated:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text  # lower-case hex, 8-4-4-4-12
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_id_headers_reads_the_first_of_each_name_as_headers_does() -> None:
+    raw = [(b"x-request-id", b"first"), (b"traceid", b"t"), (b"x-request-id", b"second"), (b"other", b"o")]
+    found = id_headers({"headers": raw})
+    assert found == {"x-request-id": "first", "traceid": "t"}
+    assert found["x-request-id"] == Headers(raw=raw)["x-request-id"]

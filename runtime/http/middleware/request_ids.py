@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+import random
+from collections.abc import Mapping
 from typing import Any
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.http.responses import INTERNAL_ERROR
@@ -21,6 +21,11 @@ from runtime.logs import REQUEST_ID
 logger = logging.getLogger("runtime.headers")
 
 HEADER_LIMIT = 100
+# The request headers this middleware reads, as the server gives their names (lower case).
+_ID_HEADERS = {name.encode(): name for name in ("x-request-id", "x-ms-request-id", "x-ms-client-request-id", "traceid")}
+# A version 4 UUID: the version nibble and the RFC 4122 variant bits over 128 random bits.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 class RequestIds:
@@ -32,9 +37,28 @@ class RequestIds:
         self.client_request_id = client
 
 
-def parse_ids(headers: Headers) -> RequestIds | str:
+def new_request_id() -> str:
+    """``str(uuid.uuid4())``, from the random module (no getrandom system call, no UUID object): 3.5 µs, not 12.
+
+    An id names a request in logs; it is not a secret. ``random`` is reseeded in every forked worker.
+    """
+    digits = "%032x" % (random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def id_headers(scope: Scope) -> dict[str, str]:
+    """The request's id headers, in one pass over its header list (the first of a repeated name, as Headers)."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        key = _ID_HEADERS.get(name)
+        if key is not None and key not in found:
+            found[key] = value.decode("latin-1")
+    return found
+
+
+def parse_ids(headers: Mapping[str, str]) -> RequestIds | str:
     """The ids for a request, or the 431 message when one is too long."""
-    request_id = headers.get("x-request-id") or str(uuid.uuid4())
+    request_id = headers.get("x-request-id") or new_request_id()
     if len(request_id) > HEADER_LIMIT:
         return f"x-request-id must not exceed {HEADER_LIMIT} characters"
     legacy = headers.get("x-ms-request-id", "")
@@ -57,7 +81,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
+        headers = id_headers(scope)
         ids = parse_ids(headers)
         extra: list[tuple[bytes, bytes]] = []
         if self.server_version:
