@@ -29,6 +29,8 @@ MAX_FDS = 32  # per frame, and per sendmsg when frames are joined
 MAX_META = 16 * 1024 * 1024
 _ANCILLARY = socket.CMSG_SPACE(MAX_FDS * 4)
 _NONE: list[int] = []  # shared, never mutated: frames without descriptors
+# A plain int: socket.MSG_CTRUNC is an IntFlag member, and ``flags & socket.MSG_CTRUNC`` built one per read (3 µs).
+_CTRUNC = int(socket.MSG_CTRUNC)
 
 Meta = dict[str, Any]
 OnFrame = Callable[[int, Meta, list[int]], None]
@@ -149,7 +151,7 @@ class Channel:
                 self.close()
                 return
             self._buffer += self._scratch[:size]
-            if flags & socket.MSG_CTRUNC:
+            if flags & _CTRUNC:
                 logger.error("Control frame lost file descriptors (MSG_CTRUNC); closing the connection")
                 self.close()
                 return
