@@ -365,6 +365,20 @@ def test_gpu_instance_asks_onnxruntime_for_cuda_on_its_device(
     assert seen == [[("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"], ["CPUExecutionProvider"]]
 
 
+def test_cpu_instance_runs_the_compiled_session_with_the_same_results(tmp_path: Path, model_repo: Path) -> None:
+    instance = onnx_platform.OnnxPlatform().load(
+        config_with(tmp_path, model_repo, "{ kind: KIND_CPU }"), "1", Device("cpu"), threads=1
+    )
+    assert instance._compiled is not None  # InferenceSession.run's checks skipped on the CPU provider alone
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    outputs = instance.run({"x": x})
+    expected = linear_reference(x)
+    assert list(outputs) == ["y", "norm"]
+    for name, value in outputs.items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-6)
+        np.testing.assert_array_equal(value, instance.session.run([name], {"x": x})[0])
+
+
 def test_onnx_platform_says_what_is_missing_for_a_gpu() -> None:
     platform = onnx_platform.OnnxPlatform()
     if "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():
