@@ -13,7 +13,7 @@ import zlib
 from starlette.requests import Request
 
 from runtime.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from runtime.http.requests import read_body
+from runtime.http.requests import first_header, read_body
 
 # zlib window bits: gzip's header and trailer, or zlib's (what HTTP calls deflate).
 WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -90,7 +90,7 @@ def decoder_for(encoding: str | None, limit: int, ratio: int) -> Decoder | None:
 
 async def read_decoded_body(request: Request, limit: int, ratio: int) -> bytes:
     """The body, decoded per its Content-Encoding; 413 when the sent or the decoded bytes exceed ``limit``."""
-    decoder = decoder_for(request.headers.get("content-encoding"), limit, ratio)
+    decoder = decoder_for(first_header(request, b"content-encoding"), limit, ratio)
     if decoder is None:
         return await read_body(request, limit)
     declared = request.headers.get("content-length", "")

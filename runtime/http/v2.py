@@ -20,7 +20,7 @@ from runtime.dataplane import CLASSIFICATION, OUTPUTS, REQUEST_ID
 from runtime.errors import Overloaded, ServingError
 from runtime.http.body import read_decoded_body
 from runtime.http.health import not_ready_reason
-from runtime.http.requests import state_of
+from runtime.http.requests import first_header, state_of
 from runtime.http.responses import overloaded
 from runtime.http.v2codec import RequestedOutput, decode_infer_request, encode_outputs
 from runtime.serving.datatypes import HEADER_LENGTH
@@ -30,6 +30,7 @@ EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "sched
 # Request parameters of the schedule-policy extension, handed to the backend's queue.
 SCHEDULE_PARAMETERS = ("priority", "timeout")
 logger = logging.getLogger("runtime.v2")
+HEADER_NAME = HEADER_LENGTH.lower().encode("latin-1")
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -119,7 +120,7 @@ async def model_infer(request: Request) -> Response:
     model, version = _model_version(request)
     state = state_of(request)
     body = await read_decoded_body(request, state.settings.max_body_bytes, state.settings.max_inflate_ratio)
-    decoded = decode_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
+    decoded = decode_infer_request(body, first_header(request, HEADER_NAME))
     config = state.plane.resolve(model, version)
     requested = decoded.outputs or [RequestedOutput(t.name, decoded.binary_output) for t in config.outputs]
     REQUEST_ID.set(decoded.id or request.scope["state"]["request_ids"].request_id)
