@@ -130,11 +130,18 @@ class _Watched:
         self.body_done = False
         self.responded = False
         self.client_left = False
-        self.gone = asyncio.Event()
+        self._gone: asyncio.Event | None = None  # made when first needed: most requests never need it
         self.task = asyncio.current_task()
         self.watcher: asyncio.Task[None] | None = None
         self._watch_later: asyncio.TimerHandle | None = None
         self.connection: ConnectionWatch | None = scope.get("extensions", {}).get(CONNECTION_WATCH)
+
+    @property
+    def gone(self) -> asyncio.Event:
+        """Set when the client is gone."""
+        if self._gone is None:
+            self._gone = asyncio.Event()
+        return self._gone
 
     async def run(self, route: str) -> int:
         """Serve the request; return the chunked-body bytes it reserved (for the caller to release)."""
