@@ -101,3 +101,12 @@ def test_any_startup_exception_hands_print_back(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(MemoryError, match="not a StartupError"):
         asyncio.run(start())
     assert builtins.print is original
+
+
+def test_scoring_routes_are_tried_first_and_the_summary_keeps_the_declared_order() -> None:
+    app = app_module.create_app(Settings())
+    first = ["/score", "/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"]
+    assert [route.path for route in app.routes[:3]] == first  # Starlette matches in this order
+    assert len(app.routes) == 17
+    routes = app_module.startup._routes(app_module._scoring_first(app.routes[::-1]))
+    assert routes.startswith("GET/POST /score, GET /metrics")  # _scoring_first moves only the scoring routes
