@@ -242,8 +242,9 @@ class ModelRunner:
         start = 0
         while start < len(requests):
             first = requests[start]
-            kind, sizes = signature(first), [_batch_size(first)]
+            sizes = [_batch_size(first)]
             end = start + 1
+            kind = signature(first) if end < len(requests) else None  # a request alone joins nothing
             while end < len(requests) and sum(sizes) + _batch_size(requests[end]) <= limit:
                 if signature(requests[end]) != kind:
                     break
