@@ -112,3 +112,43 @@ def test_misspelled_plugin_hook_names_the_known_hooks() -> None:
         manager(script("core/echo.py"), script("core/misspelled_plugin.py"))
     assert "unknown hook 'postprocesss'" in str(raised.value)
     assert "Known hooks: infer, init, model_config" in str(raised.value)
+
+
+def test_request_path_hooks_call_a_sole_implementation_directly_and_pluggy_otherwise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from runtime.hookspecs import hookimpl
+
+    calls: list[tuple[str, object]] = []
+
+    class Backend:
+        @hookimpl
+        def model_config(self, model: str) -> object:  # a subset of the spec's arguments, as pluggy allows
+            calls.append(("backend", model))
+            return None if model == "other" else f"config of {model}"
+
+    class Second:
+        @hookimpl
+        def model_config(self, model: str, version: str | None) -> object:
+            calls.append(("second", (model, version)))
+            return f"second {model}"
+
+    pm = PluginManager()
+    pm.register(Backend(), "backend")
+    assert pm.model_config("m", "1") == "config of m"
+    assert pm.model_config("other", None) is None
+    assert pm._sole["model_config"] is not None  # called without pluggy's dispatch
+    pm.register(Second(), "second")  # registered later: runs first, and every call goes through pluggy again
+    assert pm.model_config("m", "1") == "second m"
+    assert pm.model_config("other", None) == "second other"
+    assert pm._sole["model_config"] is None
+    pm.unregister(name="second")
+    assert pm.model_config("m", None) == "config of m" and pm._sole["model_config"] is not None
+    second = [("second", ("m", "1")), ("second", ("other", None))]
+    assert calls == [("backend", "m"), ("backend", "other"), *second, ("backend", "m")]
+    traced = PluginManager(trace=True)
+    traced.register(Backend(), "backend")
+    with caplog.at_level(logging.INFO, logger="runtime.hooks"):
+        assert traced.model_config("m", None) == "config of m"
+    assert traced._sole["model_config"] is None
+    assert "hook model_config(model, version): backend" in caplog.text
