@@ -62,10 +62,13 @@ class ConnectionWatch:
     ``receive`` to notice a disconnect (a timer, a task and a resume_reading per request).
     """
 
-    __slots__ = ("callbacks",)
+    __slots__ = ("callbacks", "loop")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.callbacks: set[Callable[[], None]] = set()
+        # The connection's loop, for asyncio.current_task(loop): without it, get_running_loop() makes a
+        # getpid system call on Python 3.11.
+        self.loop = loop
 
     def lost(self) -> None:
         callbacks, self.callbacks = self.callbacks, set()
@@ -155,7 +158,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_count = 0
         self._timer: asyncio.TimerHandle | None = None
-        self.watch = ConnectionWatch()
+        self.watch = ConnectionWatch(self.loop)
 
     # Timers: one at a time, for the headers of the current request or the idle gap in its body.
     def _arm(self, seconds: float, what: str) -> None:

@@ -131,10 +131,10 @@ class _Watched:
         self.responded = False
         self.client_left = False
         self._gone: asyncio.Event | None = None  # made when first needed: most requests never need it
-        self.task = asyncio.current_task()
         self.watcher: asyncio.Task[None] | None = None
         self._watch_later: asyncio.TimerHandle | None = None
         self.connection: ConnectionWatch | None = scope.get("extensions", {}).get(CONNECTION_WATCH)
+        self.task = asyncio.current_task(self.connection.loop if self.connection is not None else None)
 
     @property
     def gone(self) -> asyncio.Event:
