@@ -7,7 +7,6 @@ functions take and return bytes, dicts and arrays, and raise
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,7 +239,7 @@ def encode_outputs(outputs: list[tuple[str, np.ndarray, bool]], header: dict[str
         else:
             entry["data"] = array.reshape(-1).tolist()
         encoded.append(entry)
-    json_part = json.dumps({**header, "outputs": encoded}).encode("utf-8")
+    json_part = safejson.dumps({**header, "outputs": encoded}).encode("utf-8")
     if not chunks:
         return json_part, None
     return json_part + b"".join(chunks), len(json_part)
