@@ -225,3 +225,18 @@ def test_repository_only_server_has_no_score(app: httpx.Client) -> None:
     response = app.post("/score", json={})
     assert response.status_code == 404
     assert "no entry script" in response.json()["message"]
+
+
+def test_infer_route_errors_outside_the_data_plane(app: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """v2 infer is its route's ASGI app (no request_response wrapper): Starlette's handlers still answer."""
+    wrong_method = app.get("/v2/models/linear/infer")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+    assert wrong_method.headers["allow"] == "POST"
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("runtime.http.v2.decode_infer_request", broken)
+    failed = infer_raw(app, "linear", tensor_json())
+    assert failed.status_code == 500
+    assert failed.headers["x-request-id"]  # answered inside the request-id middleware, as before

@@ -14,6 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from runtime import __version__
 from runtime.dataplane import CLASSIFICATION, OUTPUTS, REQUEST_ID
@@ -140,12 +141,31 @@ async def model_infer(request: Request) -> Response:
     return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
 
 
+class AsgiHandler:
+    """A ``request -> response`` handler as its route's ASGI app, for the hot path (v2 infer).
+
+    Starlette wraps a function endpoint in ``request_response``: two closures a request and a wrapper
+    around each send, for exception handling that the ExceptionMiddleware around the router does as
+    well, with the same handlers and the same scope.
+    """
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handler(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+
 def routes() -> list[Route]:
     model = "/v2/models/{model}"
+    infer_app = AsgiHandler(model_infer)
     versioned = "/v2/models/{model}/versions/{version}"
     return [
         # First: Starlette tries routes in order, and infer is the hot path (the paths do not overlap).
-        *(Route(f"{base}/infer", model_infer, methods=["POST"]) for base in (model, versioned)),
+        *(Route(f"{base}/infer", infer_app, methods=["POST"], name="model_infer") for base in (model, versioned)),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
