@@ -10,22 +10,22 @@ from __future__ import annotations
 
 LONGEST_FIRST = (
     "test_docs.py",
-    "test_gpu_check.py",
     "test_bench.py",
-    "test_fuzz.py",
-    "test_azureml_conformance.py",
-    "test_instance_units.py",
-    "test_triton_backend.py",
-    "test_engine.py",
-    "test_triton_engine.py",
     "test_instance_processes.py",
+    "test_engine.py",
+    "test_gpu_check.py",
+    "test_triton_engine.py",
+    "test_faults.py",
+    "test_azureml_conformance.py",
+    "test_fuzz.py",
+    "test_triton_backend.py",
+    "test_instance_units.py",
+    "test_hostile.py",
+    "test_onnxruntime_backend.py",
     "test_pictures.py",
     "test_examples.py",
-    "test_onnxruntime_backend.py",
-    "test_faults.py",
-    "test_torchscript.py",
-    "test_hostile.py",
     "test_plots.py",
+    "test_torchscript.py",
 )
 _RANK = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
 
