@@ -167,6 +167,21 @@ def test_max_requests_recycles_workers_without_losing_requests(pool: ServerPool)
     assert set(result.statuses) == {200} and not result.errors, (result.statuses, result.errors)
 
 
+def test_sigint_to_the_master_alone_stops_every_worker_at_once(pool: ServerPool) -> None:
+    """`kill -INT <master>` (a supervisor's stop signal), not a terminal's Ctrl-C to the whole group: Gunicorn
+    asks its workers to quit with SIGQUIT, and they stop at once instead of at the master's SIGKILL 30 s later."""
+    server = pool.take(*ASYNC_RECYCLING, env=ASYNC_ENV)  # stopped here, after its recycling test
+    assert server.proc is not None
+    workers = children(server.proc.pid)
+    assert len(workers) == 2 and httpx.post(server.url + "/score", json={}, timeout=10).status_code == 200
+    started = time.monotonic()
+    server.send_signal(signal.SIGINT)
+    assert server.wait_exit(25) == 130  # the CLI's Ctrl-C status
+    assert time.monotonic() - started < 10
+    assert "was sent SIGKILL" not in server.log()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
 def test_memory_is_recycled_past_max_worker_memory(one_thread: ServerProcess) -> None:
     server = one_thread
     recycled_before = server.log().count("exceeds --max-worker-memory 300 MiB")

@@ -53,6 +53,14 @@ class RuntimeWorker(UvicornWorker):  # type: ignore[misc]
         logging.getLogger("gunicorn.error").addFilter(_not_double_close)
         super().init_process()
 
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # Gunicorn's quick shutdown (SIGINT or SIGQUIT to the master alone: `kill -INT`, a supervisor) reaches a
+        # worker as SIGQUIT, which UvicornWorker only notes: uvicorn served on until the master's SIGKILL after
+        # graceful_timeout (30 s, logged as "Perhaps out of memory?"). Stop as Ctrl-C in a terminal stops it.
+        super().handle_exit(sig, frame)
+        for server in _servers:
+            server.should_exit = True
+
     async def _serve(self) -> None:
         # UvicornWorker._serve, keeping the server so that a recycling worker can stop accepting.
         self.config.app = self.wsgi
