@@ -86,6 +86,13 @@ TRITON_CLIENTS = ("worker", "engine")
 INSTANCE_PROCESS_MODES = ("auto", "on", "off")
 
 
+def _shell_words(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(env.get(name, "")))
+    except ValueError as ex:
+        raise ValueError(f"{name} is split as a shell splits a command line: {ex}") from None
+
+
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, "").strip().lower() or choices[0]
     if value not in choices:
@@ -223,7 +230,7 @@ class Settings:
             triton_url=env.get("TRITON_URL", "localhost:8000"),
             triton_mode=env.get("RUNTIME_TRITON_MODE", "remote"),
             tritonserver_path=env.get("TRITONSERVER_PATH") or None,
-            tritonserver_args=tuple(shlex.split(env.get("RUNTIME_TRITONSERVER_ARGS", ""))),
+            tritonserver_args=_shell_words(env, "RUNTIME_TRITONSERVER_ARGS"),
             triton_client=_choice(env, "RUNTIME_TRITON_CLIENT", TRITON_CLIENTS),
             server_version_header=version_header,
             max_concurrent_requests=_int(env, "MAX_CONCURRENT_REQUESTS", DEFAULT_MAX_CONCURRENT_REQUESTS),

@@ -3,7 +3,9 @@
 One two-worker server for the module (hook style, engine_hook.py), read by the tests that only read, a
 worker SIGKILLed first, its engine SIGKILLed under load last, then SIGTERM. Azure ML style (run() calling
 runtime.infer()) through the engine, its traces, and a SIGKILLed master are tests/test_instance_processes.py's,
-on its server.
+on its server, where the instances run in processes of their own: the worker's side, the engine's queue and
+batch spans and its death with the master are the same code either way; what differs (the instance's side)
+is tested here with the instances in the engine.
 """
 
 from __future__ import annotations

@@ -377,6 +377,9 @@ def test_cpu_instance_runs_the_compiled_session_with_the_same_results(tmp_path: 
     for name, value in outputs.items():
         np.testing.assert_allclose(value, expected[name], rtol=1e-6)
         np.testing.assert_array_equal(value, instance.session.run([name], {"x": x})[0])
+    instance.close()
+    with pytest.raises(AttributeError):  # the session is released, the compiled one with it
+        instance.run({"x": x})
 
 
 def test_onnx_platform_says_what_is_missing_for_a_gpu() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import uuid
 
 from starlette.datastructures import Headers
@@ -42,6 +44,28 @@ def test_generated_ids_are_distinct_version_4_uuids() -> None:
         parsed = uuid.UUID(text)
         assert str(parsed) == text  # lower-case hex, 8-4-4-4-12
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_ids_do_not_follow_a_seeded_random_module_nor_repeat_across_forked_workers() -> None:
+    """score.py may call random.seed() in init(): every worker would then draw the same ids from the module."""
+    random.seed(42)
+    first = random.random()
+    random.seed(42)
+    new_request_id()
+    assert random.random() == first  # an id takes nothing from the script's random stream
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker forked after the same seeding
+        random.seed(42)
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    random.seed(42)
+    here = new_request_id()
+    os.waitpid(pid, 0)
+    there = os.read(read, 64).decode()
+    os.close(read)
+    assert uuid.UUID(there).version == 4 and there != here
 
 
 def test_id_headers_reads_the_first_of_each_name_as_headers_does() -> None:

@@ -114,6 +114,11 @@ def test_cli_flags_win_and_paths_become_absolute(tmp_path: Path) -> None:
     assert s.plugins[0] == "first" and Path(s.plugins[1]).is_absolute()
 
 
+def test_tritonserver_args_that_no_shell_could_split_name_the_setting() -> None:
+    with pytest.raises(ValueError, match=r"RUNTIME_TRITONSERVER_ARGS is split as a shell .*: No closing quotation"):
+        Settings.from_env({"RUNTIME_TRITONSERVER_ARGS": '--log-verbose "1'})
+
+
 def test_triton_client_is_the_worker_unless_the_engine_is_asked_for() -> None:
     from tests.support.cli import settings_of
 

@@ -112,6 +112,7 @@ class OnnxInstance:
         return dict(zip(self._outputs, results, strict=True))
 
     def close(self) -> None:
+        self._compiled = None  # it holds the session too
         del self.session
 
 
