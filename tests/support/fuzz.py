@@ -221,7 +221,10 @@ def valid_inputs(draw: st.DrawFn, model: str) -> list[tuple[dict[str, Any], byte
             out.append((entry, b""))
             continue
         if datatype == "BYTES":
-            raw = b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in values)
+            # A BYTES element is any bytes: lone surrogates (which ANY_TEXT draws) pass as the bytes Python would
+            # write for them, not valid UTF-8, as a hostile client could send.
+            encoded = [v.encode("utf-8", "surrogatepass") for v in values]
+            raw = b"".join(len(e).to_bytes(4, "little") + e for e in encoded)
         else:
             raw = np.asarray(values, dtype=NUMPY[datatype]).tobytes()
         entry["parameters"] = {"binary_data_size": len(raw)}
