@@ -245,8 +245,11 @@ def test_managed_mode_starts_serves_and_stops_cleanly(
     assert server.proc is not None
     family = descendants(server.proc.pid)
     assert len(family) >= 3  # a worker, tritonserver and its python-backend stubs
+    regions = sorted(Path("/dev/shm").glob(f"runtime-triton-{server.proc.pid}-*"))
+    assert regions  # the python backend's shared memory, named for this server
     assert server.stop() == 0
     assert not wait_gone(family, 30)
+    assert not [r for r in regions if r.exists()]
 
 
 def test_triton_queue_rejections_are_load_shedding_not_outages() -> None:

@@ -1,11 +1,15 @@
-"""What the runtime makes of Triton's output: its log lines' levels, and its statistics as metrics."""
+"""What the runtime makes of Triton's output: its log lines' levels, its statistics as metrics, and the shared
+memory a managed tritonserver leaves behind."""
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import pytest
 
+from runtime.serving import tritonserver
 from runtime.serving.tritonserver import triton_log_level
 from runtime.serving.tritonstats import prometheus_text
 
@@ -66,3 +70,23 @@ def test_statistics_become_the_batch_size_histogram() -> None:
 
 def test_no_models_no_samples() -> None:
     assert "runtime_batch_size_bucket" not in prometheus_text({"model_stats": []}).decode()
+
+
+def test_a_managed_tritons_shared_memory_is_removed_after_it_and_when_its_runtime_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed tritonserver cannot unlink its python backend's regions: the runtime does, by their prefix."""
+    monkeypatch.setattr(tritonserver, "SHM_DIR", str(tmp_path))
+    dead = 2**22 + 1  # above any pid this machine hands out (pid_max is at most 2**22)
+    mine = tmp_path / f"runtime-triton-{os.getpid()}-8000-a"
+    other = tmp_path / f"runtime-triton-{os.getpid()}-9000-b"  # a second managed server of this runtime
+    stale = tmp_path / f"runtime-triton-{dead}-8000-c"
+    foreign = tmp_path / "triton_python_backend_shm_region_d"  # a Triton the runtime did not start
+    for path in (mine, other, stale, foreign):
+        path.write_bytes(b"")
+    tritonserver.remove_stale_regions()
+    assert not stale.exists() and mine.exists() and other.exists() and foreign.exists()
+    server = tritonserver.ManagedTriton.__new__(tritonserver.ManagedTriton)
+    server.shm_prefix = f"runtime-triton-{os.getpid()}-8000-"
+    server._after_exit()
+    assert not mine.exists() and other.exists() and foreign.exists()

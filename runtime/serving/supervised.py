@@ -64,6 +64,7 @@ class SupervisedProcess:
             if self._stopping.is_set():
                 return
             _kill_group(self.proc.pid)
+            self._after_exit()
             self.restarts += 1
             logger.error(
                 "%s (pid %d) exited with code %s; restarting it in %.1f s", self.label, self.proc.pid, code, delay
@@ -92,6 +93,10 @@ class SupervisedProcess:
                 proc.kill()
                 proc.wait(10)
         _kill_group(proc.pid)
+        self._after_exit()
+
+    def _after_exit(self) -> None:
+        """Clean up what the process left behind once it and its group are gone (subclasses)."""
 
 
 def _kill_group(pgid: int) -> None:
