@@ -93,13 +93,6 @@ async def read_decoded_body(request: Request, limit: int, ratio: int) -> bytes:
     decoder = decoder_for(first_header(request, b"content-encoding"), limit, ratio)
     if decoder is None:
         return await read_body(request, limit)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body of {int(declared)} bytes exceeds the limit of {limit} bytes.")
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:  # empty deflate blocks decode to nothing: bound the sent bytes too
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        decoder.feed(chunk)
+    # The sent bytes are bounded too: empty deflate blocks decode to nothing.
+    await read_body(request, limit, decoder.feed)
     return decoder.finish()

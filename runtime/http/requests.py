@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import ClientDisconnect, Request
@@ -51,12 +52,16 @@ def first_header(request: Request, name: bytes) -> str | None:
     return None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or 413 as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(request: Request, limit: int, feed: Callable[[bytes], None] | None = None) -> bytes:
+    """The whole body, or 413 as soon as the bytes sent are known to exceed ``limit``.
+
+    With ``feed``, each chunk goes to it instead (a decoder), and the result is empty.
+    """
     declared = first_header(request, b"content-length") or ""
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body of {int(declared)} bytes exceeds the limit of {limit} bytes.")
     chunks: list[bytes] = []
+    consume = chunks.append if feed is None else feed
     size = 0
     # request.stream()'s loop without its async generator (which the event loop registers and finalizes).
     receive = request.receive
@@ -67,7 +72,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-            chunks.append(chunk)
+            consume(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
         elif message["type"] == "http.disconnect":
