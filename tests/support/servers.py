@@ -114,12 +114,6 @@ def stop_all(servers: Iterable[ServerProcess]) -> None:
         server.stop()
 
 
-def repository_server(model_dir: Path, log: Path) -> ServerProcess:
-    """``runtime serve --model-dir`` alone (v2 endpoints only) on a free port; call ``start()``."""
-    port = free_port()
-    return ServerProcess(runtime_argv("serve", "--port", str(port), "--model-dir", str(model_dir)), port, log)
-
-
 def runtime_argv(*args: str) -> list[str]:
     return [str(BIN / "runtime"), *args]
 
