@@ -249,10 +249,26 @@ def batch_span(name: str, parents: Sequence[Any], attributes: dict[str, Any]) ->
     """The span of one batch execution: a child of the first request in it, linked to every request."""
     if _tracer is None or not any(p is not None for p in parents):
         return _NOOP
+    return _tracer.start_as_current_span(name, context=parents[0], links=_links(parents), attributes=attributes)
+
+
+def start_batch_span(name: str, parents: Sequence[Any], attributes: dict[str, Any]) -> Any:
+    """:func:`batch_span` for a batch whose pieces run in several tasks: not made current; end it with
+    :func:`end_span`. None when off."""
+    if _tracer is None or not any(p is not None for p in parents):
+        return None
+    return _tracer.start_span(name, context=parents[0], links=_links(parents), attributes=attributes)
+
+
+def end_span(span: Any) -> None:
+    if span is not None:
+        span.end()
+
+
+def _links(parents: Sequence[Any]) -> list[Any]:
     from opentelemetry import trace
 
-    links = [trace.Link(trace.get_current_span(p).get_span_context()) for p in parents if p is not None]
-    return _tracer.start_as_current_span(name, context=parents[0], links=links, attributes=attributes)
+    return [trace.Link(trace.get_current_span(p).get_span_context()) for p in parents if p is not None]
 
 
 def server_span(method: str, headers: dict[str, str], attributes: dict[str, Any]) -> Any:

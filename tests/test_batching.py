@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from typing import Any
 
@@ -164,8 +165,9 @@ def test_a_sharded_instance_runs_a_batch_as_concurrent_shards_of_whole_requests(
         first = batcher.submit({"x": np.full((1, 2), -1, dtype=np.float32)})  # runs alone: one request, one shard
         await asyncio.sleep(0.01)
         assert not batcher.idle
-        # Queued meanwhile: one batch of 12, in 8 pieces (4 per shard) of whole requests, 2 running at a time,
-        # each shard taking the next piece when done; 99 poisons only its piece.
+        # Queued meanwhile: one batch of 12, in 8 pieces (4 per shard) of whole requests, starting on the free
+        # shard, 2 running at a time once the first request is done, each shard taking the next piece when done
+        # with one; 99 poisons only its piece.
         futures = [batcher.submit({"x": np.full((1, 2), v, dtype=np.float32)}) for v in values]
         results = list(await asyncio.gather(first, *futures, return_exceptions=True))
         await asyncio.sleep(0.01)  # the batch's task finishes
@@ -183,6 +185,40 @@ def test_a_sharded_instance_runs_a_batch_as_concurrent_shards_of_whole_requests(
             result = results[index]
             assert isinstance(result, dict)
             np.testing.assert_array_equal(result["y"], np.full((1, 2), value * 2, dtype=np.float32))
+
+
+def test_a_sharded_instance_starts_the_next_batch_on_a_shard_that_has_no_piece_left() -> None:
+    """A shard idle beside one that finishes a batch's last piece takes the next batch at once (on a machine of
+    many cores, a batch's tail would otherwise leave all but one of them waiting)."""
+    finished: list[int] = []
+
+    async def execute(instance: int, parts: list[Tensors]) -> Tensors:
+        x = join(parts)["x"]
+        await asyncio.sleep(0.3 if (x == 0).any() else 0.01)  # the piece holding request 0 is slow
+        return {"y": x * 2}
+
+    stats: list[BatchStats] = []
+    batcher = DynamicBatcher(execute, instances=1, max_batch_size=16, on_batch=stats.append, shards=lambda i: 2)
+
+    async def scenario() -> None:
+        batcher.start()
+
+        async def request(value: int) -> None:
+            result = await batcher.submit({"x": np.full((1, 1), value, dtype=np.float32)})
+            assert result["y"].tolist() == [[value * 2]]
+            finished.append(value)
+
+        first = [asyncio.ensure_future(request(v)) for v in (0, 1)]  # one batch, two pieces, one per shard
+        await asyncio.sleep(0.05)  # the fast piece is done; its shard is free while the slow one runs
+        started = time.perf_counter()
+        await request(2)
+        assert time.perf_counter() - started < 0.2  # it did not wait for the slow piece
+        await asyncio.gather(*first)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert finished == [2, 0, 1]  # a batch's answers go out together, when its last piece is done
+    assert [(s.batch_size, s.requests) for s in stats] == [(1, 1), (2, 2)]
 
 
 def test_queue_delay_waits_for_more_requests() -> None:

@@ -1,15 +1,16 @@
-"""Server CPU per request of the tiny model or BiDAF hook style, split by process role, for servers that take turns.
+"""Server CPU per request (tiny model, or BiDAF or DenseNet hook style) by process role, for servers taking turns.
 
     python benchmarks/scripts/engine_cpu.py [--workers 1] [--concurrency 32] [--rounds 3]
     python benchmarks/scripts/engine_cpu.py --workload bidaf
+    python benchmarks/scripts/engine_cpu.py --workload densenet --workers 2 --duration 10
     git worktree add /tmp/before <commit>
     python benchmarks/scripts/engine_cpu.py --designs process,process@/tmp/before,worker
 
 A design is ``process`` (the engine), ``worker`` (the per-worker design), or either followed by
 ``@CHECKOUT``: that server runs the code of another checkout (its ``PYTHONPATH``), so a change and
 the code before it are measured side by side, under the same background load. Per design and
-route: req/s, p50 and the CPU microseconds per request of the workers and of the engine (user and
-system time over the step, warm-up included), medians over the rounds. On a shared machine the
+route: req/s, p50, the mean batch and the CPU microseconds per request of the workers and of the
+engine (user and system time over the step, warm-up included), medians over the rounds. On a shared machine the
 throughput moves with the load; the CPU per request moves much less.
 """
 
@@ -28,7 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.run import CONTEXT, EXAMPLES, QUERY, SCRIPTS, load_example  # noqa: E402
+from benchmarks.engine import batches  # noqa: E402
+from benchmarks.run import CONTEXT, EXAMPLES, QUERY, SCRIPTS, jpeg_bytes, load_example  # noqa: E402
 from runtime.tools import bench  # noqa: E402
 from tests.support import models  # noqa: E402
 from tests.support.processes import comm, cpu_seconds, descendants  # noqa: E402
@@ -61,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--designs", default="process,worker")
     parser.add_argument("--routes", default="/score,/v2")
-    parser.add_argument("--workload", choices=("tiny", "bidaf"), default="tiny")
+    parser.add_argument("--workload", choices=("tiny", "bidaf", "densenet"), default="tiny")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
@@ -82,14 +84,20 @@ def main() -> None:
         qa = json.dumps({"context": CONTEXT, "query": QUERY}).encode()
         targets = {"/score": ("/score", qa, {"Content-Type": "application/json"})}
         args.routes = "/score"
+    if args.workload == "densenet":  # a JPEG in, through examples/densenet_onnx's hooks
+        entry = EXAMPLES / "densenet_onnx" / "score_densenet.py"
+        targets = {"/score": ("/score", jpeg_bytes(), {"Content-Type": "image/jpeg"})}
+        args.routes = "/score"
     with tempfile.TemporaryDirectory(prefix="engine-cpu-") as tmp:
         work = Path(tmp)
         models.make_linear(work / "models" / "triton" / "tiny" / "1" / "model.onnx")
         (work / "models" / "triton" / "tiny" / "config.pbtxt").write_text("max_batch_size: 64\ndynamic_batching { }\n")
         if args.workload == "bidaf":
             load_example(EXAMPLES / "bidaf_onnx" / "make_model.py").main(["--out", str(work / "models")])
+        if args.workload == "densenet":
+            load_example(EXAMPLES / "densenet_onnx" / "make_model.py").main(["--out", str(work / "models")])
         servers: dict[str, ServerProcess] = {}
-        rows: dict[tuple[str, str], list[tuple[float, float, dict[str, float]]]] = {}
+        rows: dict[tuple[str, str], list[tuple[float, float, dict[str, float], float]]] = {}
         try:
             for design in designs:
                 servers[design] = serve(design, args.workers, work / "models", work, entry)
@@ -98,12 +106,14 @@ def main() -> None:
                     path, body, headers = targets[route]
                     for design, server in servers.items():
                         target = bench.Target(server.url + path, lambda body=body: body, headers)
-                        before = roles(server)
+                        before, batched = roles(server), batches(server)
                         step = asyncio.run(bench.run_step(target, args.concurrency, args.duration, WARMUP_S))
-                        after = roles(server)
+                        after, batched_after = roles(server), batches(server)
+                        mean_batch = (batched_after[0] - batched[0]) / max(batched_after[1] - batched[1], 1)
                         requests = max(step.requests * (1 + WARMUP_S / args.duration), 1)
                         cpu = {k: (after[k] - before[k]) * 1e6 / requests for k in after}
-                        rows.setdefault((route, design), []).append((step.throughput, step.latency_ms["p50"], cpu))
+                        row = (step.throughput, step.latency_ms["p50"], cpu, mean_batch)
+                        rows.setdefault((route, design), []).append(row)
         finally:
             for server in servers.values():
                 server.stop()
@@ -112,8 +122,9 @@ def main() -> None:
         rate = statistics.median(s[0] for s in steps)
         p50 = statistics.median(s[1] for s in steps)
         cpu = {k: statistics.median(s[2][k] for s in steps) for k in steps[0][2]}
+        batch = statistics.median(s[3] for s in steps)
         print(
-            f"{route:6} {design:30} {rate:7.0f} req/s  p50 {p50:6.2f} ms  CPU/request: "
+            f"{route:6} {design:30} {rate:7.1f} req/s  p50 {p50:6.2f} ms  batch {batch:5.2f}  CPU/request: "
             f"workers {cpu['workers']:5.0f} us, engine {cpu['engine']:4.0f} us",
             flush=True,
         )

@@ -33,7 +33,7 @@ Tensors = dict[str, np.ndarray]
 # It may also return the outputs of each request apart (an instance process writes them where each goes).
 Execute = Callable[[int, list[Tensors]], Awaitable["Tensors | list[Tensors]"]]
 Signature = tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]
-# How many shards an instance runs a batch of whole requests as, concurrently (1: the batch runs as one).
+# How many shards an instance runs batches of whole requests on, concurrently (1: one batch at a time, whole).
 Shards = Callable[[int], int]
 # A sharded batch is cut into this many pieces per shard (of whole requests), which the shards take in turn.
 CHUNKS_PER_SHARD = 4
@@ -112,6 +112,34 @@ class BatchStats:
 _OBJECT = np.dtype(object)
 
 
+@dataclass(eq=False)
+class _Job:
+    """A batch on a sharded instance: pieces of whole requests that its shards take; answered when all are done."""
+
+    batch: list[Pending]
+    groups: list[tuple[int, int]]
+    started: float
+    previous: asyncio.Future[None] | None
+    done: asyncio.Future[None]
+    span: Any
+    results: list[tuple[Tensors | list[Tensors] | None, BaseException | None]] = field(default_factory=list)
+    remaining: int = 0
+
+    def __post_init__(self) -> None:
+        self.results = [(None, None)] * len(self.groups)
+        self.remaining = len(self.groups)
+
+
+@dataclass
+class _Lane:
+    """The shards of one instance: pieces waiting for a shard, shards running, and whether the batcher has
+    the instance (it gets it back as soon as a shard has nothing left to take)."""
+
+    pieces: collections.deque[tuple[_Job, int]] = field(default_factory=collections.deque)
+    running: int = 0
+    held: bool = False
+
+
 def join(parts: list[Tensors]) -> Tensors:
     """One batch from the requests' inputs, along the batch dimension (no copy for a batch of one)."""
     if len(parts) == 1:
@@ -177,7 +205,7 @@ class DynamicBatcher:
     ) -> None:
         """``schedule``: Triton's queue policy; ``name``: the model, for error messages; ``on_queue``: called
         with the number of queued requests whenever it changes (the pending-request gauge); ``shards``: per
-        instance, how many concurrent executions a batch of several requests is split into (1 when absent);
+        instance, how many concurrent executions it runs batches on (1 when absent; see :meth:`_run_sharded`);
         ``inline``: true while ``execute`` returns without suspending (no task is made for the batch then)."""
         self._execute = execute
         self._max_batch_size = max(1, max_batch_size)
@@ -201,6 +229,7 @@ class DynamicBatcher:
         self._previous_done: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._lanes: dict[int, _Lane] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="dynamic-batcher")
@@ -417,6 +446,10 @@ class DynamicBatcher:
         previous = self._previous_done
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._previous_done = done if self._preserve_ordering else None
+        shards = self._shards(instance) if self._shards is not None else 1
+        if shards > 1:
+            self._run_sharded(instance, shards, batch, previous, done)
+            return
         if self._inline is not None and self._inline() and previous is None:
             await self._run(instance, batch, previous, done, handoff=False)  # does not suspend: no task
             return
@@ -434,32 +467,14 @@ class DynamicBatcher:
     ) -> None:
         """``handoff``: yield to the batcher before answering (a batch that ran on the loop has none to wait for)."""
         started = time.perf_counter()
-        shards = self._shards(instance) if self._shards is not None and len(batch) > 1 else 1
-        # A sharded batch runs as pieces of whole requests (CHUNKS_PER_SHARD per shard), each shard taking the
-        # next piece when it is done with one: a shard that gets less CPU (other processes, the workers'
-        # preprocessing) leaves the other no idle wait at the batch's end, as an even split in halves did.
-        chunks = min(len(batch), shards * CHUNKS_PER_SHARD)
-        groups = split_requests([p.size for p in batch], chunks) if shards > 1 else [(0, len(batch))]
-        results: list[tuple[Tensors | list[Tensors] | None, BaseException | None]] = [(None, None)] * len(groups)
+        outputs: Tensors | list[Tensors] | None = None
+        error: BaseException | None = None
         try:
             tracing.record_queue([p.trace for p in batch], [p.enqueued for p in batch], started)
             with tracing.batch_span("batch", [p.trace for p in batch], {"batch.requests": len(batch)}):
-                if len(groups) == 1:
-                    results[0] = (await self._execute(instance, [p.inputs for p in batch]), None)
-                else:
-                    waiting = collections.deque(enumerate(groups))
-
-                    async def shard() -> None:
-                        while waiting:
-                            index, (a, b) = waiting.popleft()
-                            try:
-                                results[index] = (await self._execute(instance, [p.inputs for p in batch[a:b]]), None)
-                            except Exception as ex:
-                                results[index] = (None, ex)
-
-                    await asyncio.gather(*(shard() for _ in range(min(shards, len(groups)))))
+                outputs = await self._execute(instance, [p.inputs for p in batch])
         except Exception as ex:
-            results = [(None, ex)] * len(groups)
+            error = ex
         finally:
             self._free_instances.append(instance)
             self._instance_ready.release()
@@ -470,8 +485,74 @@ class DynamicBatcher:
             await asyncio.sleep(0)
         if previous is not None:
             await asyncio.shield(previous)
-        for (a, b), (outputs, error) in zip(groups, results, strict=True):
-            self._resolve(batch[a:b], outputs, error)
+        self._resolve(batch, outputs, error)
+        self._answered(batch, started, compute, done)
+
+    def _run_sharded(
+        self,
+        instance: int,
+        shards: int,
+        batch: list[Pending],
+        previous: asyncio.Future[None] | None,
+        done: asyncio.Future[None],
+    ) -> None:
+        """Run a batch on an instance's shards: concurrent single-threaded executions of the same session.
+
+        The batch is cut into pieces of whole requests (CHUNKS_PER_SHARD per shard), which the shards take in
+        turn, so a shard that gets less CPU (other processes, the workers' preprocessing) does not hold the
+        others up. A shard with no piece left gives the instance back to the batcher at once: the next batch
+        forms and starts on it while the other shards finish this one's last pieces, and joins them when they
+        are done. Requests queued meanwhile then never wait beside an idle core.
+        """
+        started = time.perf_counter()
+        traces = [p.trace for p in batch]
+        tracing.record_queue(traces, [p.enqueued for p in batch], started)
+        span = tracing.start_batch_span("batch", traces, {"batch.requests": len(batch)})
+        groups = split_requests([p.size for p in batch], min(len(batch), shards * CHUNKS_PER_SHARD))
+        job = _Job(batch, groups, started, previous, done, span)
+        lane = self._lanes.setdefault(instance, _Lane())
+        lane.pieces.extend((job, index) for index in range(len(groups)))
+        lane.held = True
+        for _ in range(shards - lane.running):  # a shard that finds nothing gives the instance back
+            lane.running += 1
+            task = asyncio.get_running_loop().create_task(self._shard(instance, lane))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _shard(self, instance: int, lane: _Lane) -> None:
+        try:
+            while lane.pieces:
+                job, index = lane.pieces.popleft()
+                a, b = job.groups[index]
+                try:
+                    job.results[index] = (await self._execute(instance, [p.inputs for p in job.batch[a:b]]), None)
+                except Exception as ex:
+                    job.results[index] = (None, ex)
+                job.remaining -= 1
+                if not job.remaining:
+                    self._job_done(job)
+        finally:
+            lane.running -= 1
+            if lane.held:
+                lane.held = False
+                self._free_instances.append(instance)
+                self._instance_ready.release()
+
+    def _job_done(self, job: _Job) -> None:
+        compute = time.perf_counter() - job.started
+        tracing.end_span(job.span)
+
+        def answer(_: object = None) -> None:
+            for (a, b), (outputs, error) in zip(job.groups, job.results, strict=True):
+                self._resolve(job.batch[a:b], outputs, error)
+            self._answered(job.batch, job.started, compute, job.done)
+
+        if job.previous is not None and not job.previous.done():
+            job.previous.add_done_callback(answer)  # preserve_ordering: after the batch before it
+        else:
+            answer()
+
+    def _answered(self, batch: list[Pending], started: float, compute: float, done: asyncio.Future[None]) -> None:
         done.set_result(None)
         if self._on_batch is not None:
             self._on_batch(
