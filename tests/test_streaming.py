@@ -120,7 +120,8 @@ def test_disconnect_closes_the_generator(stream_server: tuple[str, Path, list[st
         assert first.startswith(b"chunk 0;")
     # Leaving the block closed the connection; the generator got GeneratorExit (its finally wrote the marker).
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not marker.exists():
+    # The marker exists once opened, before its line is written: wait for the line.
+    while time.monotonic() < deadline and not (marker.exists() and marker.read_text()):
         time.sleep(0.05)
     assert marker.read_text() == "closed\n"
     # The worker goes on serving.
