@@ -541,15 +541,18 @@ def report(
         "* ratios are at concurrency 32 against the limit and against azmlinfsrv with the same worker count",
         "* the model engine against the per-worker design (`--engine worker`), in one run: "
         "[benchmarks-engine.md](benchmarks-engine.md) (`python -m benchmarks.engine`)",
+        "* the Triton backend with the engine as Triton's client (`--triton-client engine`) against the workers "
+        "calling Triton (the default), in one run: [benchmarks-triton-engine.md](benchmarks-triton-engine.md) "
+        "(`python -m benchmarks.triton_engine`)",
         "* this code against commit 505bb0e (before the package restructure), served side by side: "
         "[benchmarks-baseline.md](benchmarks-baseline.md) (`python -m benchmarks.baseline`); the test suite's "
         "wall time and servers against 505bb0e's: [benchmarks-suite.md](benchmarks-suite.md) "
         "(`python -m benchmarks.suite`)",
         "",
     ]
-    usage = HERE / "usage.md"
-    if usage.is_file():
-        lines += [usage.read_text().rstrip(), ""]
+    for included in ("targets.md", "usage.md"):  # hand-written sections
+        if (HERE / included).is_file():
+            lines += [(HERE / included).read_text().rstrip(), ""]
     for workload in dict.fromkeys(r.workload for r in rows):
         group = [r for r in rows if r.workload == workload]
         limit = next((r.steps[0]["throughput"] for r in group if r.system == "limit"), 0.0)
