@@ -24,7 +24,6 @@ import tritonclient.http as triton_http
 
 from tests import test_torchscript
 from tests.conftest import script
-from tests.support import torch_models
 from tests.support.cli import run_cli
 from tests.support.engine import (
     comm,
@@ -64,6 +63,8 @@ def engine_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     (root / "auto_model" / "1").mkdir(parents=True)
     (root / "auto_model" / "1" / "model.onnx").symlink_to(model_repo / "triton" / "linear" / "1" / "model.onnx")
     (root / "auto_model" / "config.pbtxt").write_text("instance_group [{ count: 2 kind: KIND_AUTO }]\n")
+    from tests.support import torch_models  # imports torch: only where it is used
+
     torch_models.write_repository(root)  # TorchScript served through the engine
     return root.parent
 

@@ -20,7 +20,6 @@ from tritonclient.utils import InferenceServerException
 
 from tests import test_torchscript
 from tests.conftest import script
-from tests.support import torch_models
 from tests.support.engine import comm, dev_shm, instance_pids, load, one_engine, v2_inputs, wait_for, worker_pids
 from tests.support.engine_cases import CASES, as_body, assert_score_equals_onnxruntime, onnx_reference
 from tests.support.otlp import Collector, collector
@@ -39,6 +38,8 @@ TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 def repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The TorchScript test models, and three ONNX ones (FP32, BYTES, every datatype) from the shared repository."""
     root = tmp_path_factory.mktemp("instances")
+    from tests.support import torch_models  # imports torch: only where it is used
+
     torch_models.write_repository(root / "triton")
     for name in ONNX_MODELS:
         (root / "triton" / name).symlink_to(model_repo / "triton" / name)

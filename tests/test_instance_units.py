@@ -36,7 +36,6 @@ from runtime.serving.engine.remote import (
 from runtime.serving.platforms import Device
 from runtime.serving.repository import load_model
 from runtime.settings import Settings
-from tests.support import torch_models
 from tests.support.engine import comm, wait_for
 from tests.test_torchscript import in_process
 
@@ -79,6 +78,8 @@ def test_a_cancel_waits_while_an_instance_process_holds_the_request() -> None:
 
 @pytest.fixture(scope="module")
 def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteInstance]:
+    from tests.support import torch_models  # imports torch: only where it is used
+
     repo = torch_models.write_repository(tmp_path_factory.mktemp("units") / "triton")
     config = load_model(repo / "t_linear")
     remote = RemoteInstance(config, "1", Device("cpu"), 1)
@@ -388,6 +389,8 @@ def _children() -> set[int]:
 
 @pytest.mark.parametrize(("mode", "shown"), [("on", ", 1 in instance processes (runtime-inst)"), ("auto", "")])
 def test_runtime_check_says_which_instances_run_in_processes(tmp_path: Path, mode: str, shown: str) -> None:
+    from tests.support import torch_models  # imports torch: only where it is used
+
     torch_models.write_repository(tmp_path / "triton")
     out = io.StringIO()
     assert check_repository(str(tmp_path), out, mode) == 0

@@ -11,27 +11,24 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 import tritonclient.http as triton
 
 from runtime.errors import StartupError
 from runtime.serving.platforms import Device, platform_for
 from runtime.serving.repository import ModelConfig, load_repository
-from tests.support import torch_models
 from tests.support.cli import run_cli
 from tests.support.servers import ServerProcess, free_port, runtime_argv
 from tests.test_onnxruntime_backend import metric
 
-MODULES = {
-    "t_linear": torch_models.Linear(),
-    "t_pair": torch_models.Pair(),
-    "t_pair_unbatched": torch_models.Pair(),
-    "t_named": torch_models.Named(),
-}
+# The models of tests.support.torch_models.write_repository. That module imports torch (2 s of CPU), so test
+# modules import it where they use it: pytest-xdist's processes each import every test module to collect.
+MODULES = ("t_linear", "t_pair", "t_pair_unbatched", "t_named")
 
 
 @pytest.fixture(scope="module")
 def torch_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.support import torch_models
+
     return torch_models.write_repository(tmp_path_factory.mktemp("torch") / "triton").parent
 
 
@@ -50,8 +47,12 @@ def sample(name: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def in_process(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What the module computes when called directly."""
+    import torch
+
+    from tests.support import torch_models
+
     with torch.no_grad():
-        result = MODULES[name](*(torch.from_numpy(v) for v in inputs.values()))
+        result = torch_models.build(name)(*(torch.from_numpy(v) for v in inputs.values()))
     if name == "t_linear":
         return {"OUTPUT__0": result.numpy()}
     if name == "t_named":
@@ -138,6 +139,8 @@ def test_runtime_check_shows_torchscript_models(torch_repo: Path) -> None:
 def linear_model(tmp_path: Path, config: str, content: bytes | None = None) -> Path:
     folder = tmp_path / "m"
     if content is None:
+        from tests.support import torch_models
+
         torch_models.save(torch_models.Linear(), folder / "1" / "model.pt")
     else:
         (folder / "1").mkdir(parents=True)
@@ -185,6 +188,10 @@ def test_a_file_that_is_not_torchscript_is_a_startup_error(tmp_path: Path, kind:
     if kind == "garbage":
         content = b"not a model"
     else:  # torch.save of weights: a zip, but no TorchScript code in it
+        import torch
+
+        from tests.support import torch_models
+
         path = tmp_path / "weights.pt"
         torch.save(torch_models.Linear().state_dict(), path)
         content = path.read_bytes()
@@ -225,6 +232,8 @@ def test_serve_without_torch_exits_at_startup_with_the_install_command(
 
 
 def test_a_gpu_instance_without_a_usable_gpu_is_a_startup_error_saying_why(tmp_path: Path) -> None:
+    import torch
+
     config = configs(linear_model(tmp_path, LINEAR))["m"]
     platform = platform_for(config)
     assert platform.gpu_count() == 0  # the CPU build CI installs
@@ -239,6 +248,8 @@ def test_a_gpu_instance_without_a_usable_gpu_is_a_startup_error_saying_why(tmp_p
 def test_disable_optimized_execution_is_read_as_triton_reads_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parameter: str, optimized: bool
 ) -> None:
+    import torch
+
     extra = f'parameters: {{ key: "DISABLE_OPTIMIZED_EXECUTION" value: {{ string_value: "{parameter}" }} }}\n'
     config = configs(linear_model(tmp_path, LINEAR + (extra if parameter else "")))["m"]
     instance = platform_for(config).load(config, "1", Device("cpu"), 1)

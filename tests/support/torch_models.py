@@ -37,6 +37,11 @@ class Named(torch.nn.Module):
         return {"double": x * 2, "negative": -x}
 
 
+def build(name: str) -> torch.nn.Module:
+    """The module a model of :func:`write_repository` is made from."""
+    return {"t_linear": Linear, "t_pair": Pair, "t_pair_unbatched": Pair, "t_named": Named}[name]()
+
+
 def save(module: torch.nn.Module, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.script(module).save(str(path))
