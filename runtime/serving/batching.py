@@ -512,12 +512,19 @@ class DynamicBatcher:
         job = _Job(batch, groups, started, previous, done, span)
         lane = self._lanes.setdefault(instance, _Lane())
         lane.pieces.extend((job, index) for index in range(len(groups)))
-        lane.held = True
-        for _ in range(shards - lane.running):  # a shard that finds nothing gives the instance back
+        idle = shards - lane.running
+        # A task per piece that an idle shard can take now, not per shard (a batch of one on 16 shards made 15
+        # tasks that found nothing, about 80 us of the event loop's time a batch).
+        for _ in range(min(idle, len(groups))):
             lane.running += 1
             task = asyncio.get_running_loop().create_task(self._shard(instance, lane))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+        if idle > len(groups):  # a shard stays idle: the next batch may start on it at once
+            self._free_instances.append(instance)
+            self._instance_ready.release()
+        else:  # the first shard that finds no piece left gives the instance back
+            lane.held = True
 
     async def _shard(self, instance: int, lane: _Lane) -> None:
         try:
