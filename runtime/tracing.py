@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("runtime.tracing")
 
-_NOOP = contextlib.nullcontext()
+NOOP: contextlib.AbstractContextManager[None] = contextlib.nullcontext()  # a span when off
 _tracer: Tracer | None = None
 _provider: TracerProvider | None = None
 # Log records to Application Insights: the handler on the "runtime" logger and its provider.
@@ -184,14 +184,14 @@ def current_ids() -> tuple[str, str] | None:
 def span(name: str, attributes: dict[str, Any] | None = None) -> contextlib.AbstractContextManager[Any]:
     """A child span of the current one, current inside the ``with``."""
     if _tracer is None:
-        return _NOOP
+        return NOOP
     return _tracer.start_as_current_span(name, attributes=attributes)
 
 
 def client_span(name: str, attributes: dict[str, Any] | None = None) -> contextlib.AbstractContextManager[Any]:
     """A span for a call to another service (Triton); :func:`inject` inside it carries it on."""
     if _tracer is None:
-        return _NOOP
+        return NOOP
     from opentelemetry.trace import SpanKind
 
     return _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
@@ -248,7 +248,7 @@ def record_queue(parents: Iterable[Any], enqueued: Iterable[float], started: flo
 def batch_span(name: str, parents: Sequence[Any], attributes: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
     """The span of one batch execution: a child of the first request in it, linked to every request."""
     if _tracer is None or not any(p is not None for p in parents):
-        return _NOOP
+        return NOOP
     return _tracer.start_as_current_span(name, context=parents[0], links=_links(parents), attributes=attributes)
 
 

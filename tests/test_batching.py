@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import weakref
 from typing import Any
@@ -250,6 +251,38 @@ def test_a_batch_on_a_sharded_instance_makes_a_task_per_piece_not_per_shard() ->
     asyncio.run(scenario())
     assert model.batches == [1] * 20
     assert created == 20  # one shard task a batch
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_failed_batch_or_piece_does_not_keep_its_requests_alive(shards: int) -> None:
+    """The error of a failed execution, kept by its requests' futures, must not hold the frame that caught it
+    and through it the batch (every piece's inputs, views on the workers' shared memory in the engine, and
+    outputs) in a reference cycle that only the garbage collector frees."""
+    model = ShardedModel(delay=0.001, fail_on=3)
+    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=16, shards=lambda instance: shards)
+
+    async def scenario() -> list[weakref.ref[np.ndarray]]:
+        batcher.start()
+        arrays = [np.full((1, 2), v, dtype=np.float32) for v in range(8)]
+        alive = [weakref.ref(a) for a in arrays]
+        futures = [batcher.submit({"x": a}) for a in arrays]
+        del arrays
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        # One batch of 8: whole, or in 8 pieces of one request (3 then fails only its own)
+        expected = [True] * 8 if shards == 1 else [v == 3 for v in range(8)]
+        assert [isinstance(r, ValueError) for r in results] == expected
+        alive += [weakref.ref(r["y"]) for r in results if isinstance(r, dict)]
+        del futures, results
+        await asyncio.sleep(0.01)
+        await batcher.stop()
+        return alive
+
+    gc.disable()
+    try:
+        alive = asyncio.run(scenario())
+        assert [ref() is None for ref in alive] == [True] * len(alive)
+    finally:
+        gc.enable()
 
 
 def test_queue_delay_waits_for_more_requests() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import time
@@ -471,9 +472,9 @@ class DynamicBatcher:
         error: BaseException | None = None
         try:
             tracing.record_queue([p.trace for p in batch], [p.enqueued for p in batch], started)
-            with tracing.batch_span("batch", [p.trace for p in batch], {"batch.requests": len(batch)}):
-                outputs = await self._execute(instance, [p.inputs for p in batch])
-        except Exception as ex:
+            span = tracing.batch_span("batch", [p.trace for p in batch], {"batch.requests": len(batch)})
+            outputs, error = await self._attempt(instance, [p.inputs for p in batch], span)
+        except Exception as ex:  # tracing's own
             error = ex
         finally:
             self._free_instances.append(instance)
@@ -531,10 +532,7 @@ class DynamicBatcher:
             while lane.pieces:
                 job, index = lane.pieces.popleft()
                 a, b = job.groups[index]
-                try:
-                    job.results[index] = (await self._execute(instance, [p.inputs for p in job.batch[a:b]]), None)
-                except Exception as ex:
-                    job.results[index] = (None, ex)
+                job.results[index] = await self._attempt(instance, [p.inputs for p in job.batch[a:b]])
                 job.remaining -= 1
                 if not job.remaining:
                     self._job_done(job)
@@ -544,6 +542,19 @@ class DynamicBatcher:
                 lane.held = False
                 self._free_instances.append(instance)
                 self._instance_ready.release()
+
+    async def _attempt(
+        self, instance: int, parts: list[Tensors], span: contextlib.AbstractContextManager[Any] = tracing.NOOP
+    ) -> tuple[Tensors | list[Tensors] | None, BaseException | None]:
+        """Execute; the outputs, or the error (``span`` records it, as the batch's span)."""
+        # Caught here, in a frame that holds only the inputs: an error's traceback holds the frame that catches
+        # it, and a frame holding the batch (whose futures get the error) made a cycle that kept every request's
+        # inputs and outputs, views on the workers' shared memory in the engine, until the garbage collector ran.
+        try:
+            with span:
+                return await self._execute(instance, parts), None
+        except Exception as ex:
+            return None, ex
 
     def _job_done(self, job: _Job) -> None:
         compute = time.perf_counter() - job.started
