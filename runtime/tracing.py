@@ -260,9 +260,16 @@ def start_batch_span(name: str, parents: Sequence[Any], attributes: dict[str, An
     return _tracer.start_span(name, context=parents[0], links=_links(parents), attributes=attributes)
 
 
-def end_span(span: Any) -> None:
-    if span is not None:
-        span.end()
+def end_span(span: Any, error: BaseException | None = None) -> None:
+    """End a span of :func:`start_batch_span`; ``error`` is recorded as :func:`batch_span` records one."""
+    if span is None:
+        return
+    if error is not None:
+        from opentelemetry.trace import Status, StatusCode
+
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    span.end()
 
 
 def _links(parents: Sequence[Any]) -> list[Any]:

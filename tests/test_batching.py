@@ -10,7 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
+from runtime import tracing
 from runtime.errors import Overloaded
 from runtime.serving.batching import (
     DELAY,
@@ -22,6 +27,7 @@ from runtime.serving.batching import (
     join,
     split_requests,
 )
+from runtime.settings import Settings
 
 
 class FakeModel:
@@ -283,6 +289,37 @@ def test_a_failed_batch_or_piece_does_not_keep_its_requests_alive(shards: int) -
         assert [ref() is None for ref in alive] == [True] * len(alive)
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_batch_span_is_a_child_of_its_first_request_linked_to_all_and_marks_a_failure(shards: int) -> None:
+    model = ShardedModel(delay=0.001, fail_on=3)
+    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=16, shards=lambda instance: shards)
+    exporter = InMemorySpanExporter()
+
+    async def scenario() -> list[int]:
+        assert tracing.setup(Settings(otel_traces_exporter=("console",)))
+        tracing.add_processor(SimpleSpanProcessor(exporter))
+        requester = TracerProvider().get_tracer("client")  # the requests' spans, whose context each submit keeps
+        batcher.start()
+        futures, ids = [], []
+        for value in range(4):  # one batch (in pieces of one request when sharded); 3 fails
+            with requester.start_as_current_span(f"request {value}") as span:
+                ids.append(span.get_span_context().span_id)
+                futures.append(batcher.submit({"x": np.full((1, 2), value, dtype=np.float32)}))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert [isinstance(r, ValueError) for r in results] == [shards == 1] * 3 + [True]
+        await batcher.stop()
+        return ids
+
+    try:
+        ids = asyncio.run(scenario())
+        (batch,) = [s for s in exporter.get_finished_spans() if s.name == "batch"]
+    finally:
+        tracing.shutdown()
+    assert batch.parent is not None and batch.parent.span_id == ids[0]
+    assert [link.context.span_id for link in batch.links] == ids
+    assert batch.status.status_code == StatusCode.ERROR and "poisoned row" in (batch.status.description or "")
 
 
 def test_queue_delay_waits_for_more_requests() -> None:

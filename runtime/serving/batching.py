@@ -558,7 +558,7 @@ class DynamicBatcher:
 
     def _job_done(self, job: _Job) -> None:
         compute = time.perf_counter() - job.started
-        tracing.end_span(job.span)
+        tracing.end_span(job.span, next((error for _, error in job.results if error is not None), None))
 
         def answer(_: object = None) -> None:
             for (a, b), (outputs, error) in zip(job.groups, job.results, strict=True):
