@@ -228,6 +228,31 @@ def test_a_sharded_instance_starts_the_next_batch_on_a_shard_that_has_no_piece_l
     assert [(s.batch_size, s.requests) for s in stats] == [(1, 1), (2, 2)]
 
 
+def test_the_next_batch_goes_to_an_idle_instance_before_one_whose_shards_finish_the_last() -> None:
+    """An instance given back while a shard still runs its batch's last piece offers fewer shards than an idle one."""
+    ran: list[tuple[int, int]] = []
+
+    async def execute(instance: int, parts: list[Tensors]) -> Tensors:
+        x = join(parts)["x"]
+        ran.append((instance, int(x[0, 0])))
+        await asyncio.sleep(0.3 if (x == 0).any() else 0.01)  # the piece holding request 0 is slow
+        return {"y": x * 2}
+
+    batcher = DynamicBatcher(execute, instances=2, max_batch_size=16, shards=lambda instance: 2)
+
+    async def scenario() -> None:
+        batcher.start()
+        first = [batcher.submit({"x": np.full((1, 1), v, dtype=np.float32)}) for v in (0, 1)]  # two pieces
+        await asyncio.sleep(0.05)  # the fast piece is done; its instance is back, a shard still busy
+        await asyncio.gather(*(batcher.submit({"x": np.full((1, 1), v, dtype=np.float32)}) for v in range(10, 14)))
+        await asyncio.gather(*first)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    first_instance = ran[0][0]
+    assert {instance for instance, value in ran if value >= 10} == {1 - first_instance}
+
+
 def test_a_batch_on_a_sharded_instance_makes_a_task_per_piece_not_per_shard() -> None:
     """A batch of one request on a 16-shard instance (the engine on 16 cores, light load) starts one shard: a task
     per idle shard, each finding nothing to do, cost the engine's event loop about 80 us a batch."""

@@ -522,8 +522,7 @@ class DynamicBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
         if idle > len(groups):  # a shard stays idle: the next batch may start on it at once
-            self._free_instances.append(instance)
-            self._instance_ready.release()
+            self._give_back(instance, lane)
         else:  # the first shard that finds no piece left gives the instance back
             lane.held = True
 
@@ -540,8 +539,16 @@ class DynamicBatcher:
             lane.running -= 1
             if lane.held:
                 lane.held = False
-                self._free_instances.append(instance)
-                self._instance_ready.release()
+                self._give_back(instance, lane)
+
+    def _give_back(self, instance: int, lane: _Lane) -> None:
+        """The batcher's next batch may start on ``instance``; after any instance none of whose shards is busy
+        (``_dispatch`` takes the last free one), which has more shards to offer it."""
+        if lane.running:
+            self._free_instances.insert(0, instance)
+        else:
+            self._free_instances.append(instance)
+        self._instance_ready.release()
 
     async def _attempt(
         self, instance: int, parts: list[Tensors], span: contextlib.AbstractContextManager[Any] = tracing.NOOP
