@@ -253,6 +253,27 @@ def test_the_next_batch_goes_to_an_idle_instance_before_one_whose_shards_finish_
     assert {instance for instance, value in ran if value >= 10} == {1 - first_instance}
 
 
+def test_a_piece_whose_requests_were_all_cancelled_while_it_waited_is_not_run() -> None:
+    """As a batch leaves out requests cancelled before it runs, a piece does (the engine frees a cancelled
+    request's shared memory at once: a piece run later would read what the worker wrote there since)."""
+    model = ShardedModel(delay=0.05)
+    batcher = DynamicBatcher(model.execute, instances=1, max_batch_size=16, shards=lambda instance: 2)
+
+    async def scenario() -> list[Tensors | BaseException]:
+        batcher.start()
+        futures = [batcher.submit({"x": np.full((1, 2), v, dtype=np.float32)}) for v in range(4)]
+        await asyncio.sleep(0.01)  # one batch, 4 pieces of one request: two run, two wait
+        futures[3].cancel()
+        results = list(await asyncio.gather(*futures, return_exceptions=True))
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert isinstance(results[3], asyncio.CancelledError)
+    assert all(isinstance(r, dict) for r in results[:3])
+    assert model.batches == [1, 1, 1]  # request 3's piece never ran
+
+
 def test_a_batch_on_a_sharded_instance_makes_a_task_per_piece_not_per_shard() -> None:
     """A batch of one request on a 16-shard instance (the engine on 16 cores, light load) starts one shard: a task
     per idle shard, each finding nothing to do, cost the engine's event loop about 80 us a batch."""

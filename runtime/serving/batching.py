@@ -531,7 +531,10 @@ class DynamicBatcher:
             while lane.pieces:
                 job, index = lane.pieces.popleft()
                 a, b = job.groups[index]
-                job.results[index] = await self._attempt(instance, [p.inputs for p in job.batch[a:b]])
+                # Skipped when every request in it was cancelled while it waited, as _dispatch leaves them out
+                # (the engine frees a cancelled request's shared memory at once).
+                if not all(p.future.done() for p in job.batch[a:b]):
+                    job.results[index] = await self._attempt(instance, [p.inputs for p in job.batch[a:b]])
                 job.remaining -= 1
                 if not job.remaining:
                     self._job_done(job)
