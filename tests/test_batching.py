@@ -228,6 +228,38 @@ def test_a_sharded_instance_starts_the_next_batch_on_a_shard_that_has_no_piece_l
     assert [(s.batch_size, s.requests) for s in stats] == [(1, 1), (2, 2)]
 
 
+def test_with_preserve_ordering_the_next_batch_runs_beside_the_last_pieces_but_answers_after_them() -> None:
+    events: list[str] = []
+
+    async def execute(instance: int, parts: list[Tensors]) -> Tensors:
+        x = join(parts)["x"]
+        events.append(f"run {int(x[0, 0])}")
+        await asyncio.sleep(0.3 if (x == 0).any() else 0.01)  # the piece holding request 0 is slow
+        return {"y": x * 2}
+
+    stats: list[BatchStats] = []
+    batcher = DynamicBatcher(
+        execute, instances=1, max_batch_size=16, preserve_ordering=True, on_batch=stats.append, shards=lambda i: 2
+    )
+
+    async def scenario() -> None:
+        batcher.start()
+
+        async def request(value: int) -> None:
+            result = await batcher.submit({"x": np.full((1, 1), value, dtype=np.float32)})
+            assert result["y"].tolist() == [[value * 2]]
+            events.append(f"answer {value}")
+
+        first = [asyncio.ensure_future(request(v)) for v in (0, 1)]  # one batch, two pieces, one per shard
+        await asyncio.sleep(0.05)  # the fast piece is done; its shard is free while the slow one runs
+        await asyncio.gather(request(2), *first)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert events == ["run 0", "run 1", "run 2", "answer 0", "answer 1", "answer 2"]
+    assert [(s.batch_size, s.requests) for s in stats] == [(2, 2), (1, 1)]  # on_batch in order too
+
+
 def test_the_next_batch_goes_to_an_idle_instance_before_one_whose_shards_finish_the_last() -> None:
     """An instance given back while a shard still runs its batch's last piece offers fewer shards than an idle one."""
     ran: list[tuple[int, int]] = []
