@@ -133,8 +133,8 @@ class _Job:
 
 @dataclass
 class _Lane:
-    """The shards of one instance: pieces waiting for a shard, shards running, and whether the batcher has
-    the instance (it gets it back as soon as a shard has nothing left to take)."""
+    """The shards of one instance: pieces waiting for a shard, shards running, and whether they hold the
+    instance (the first of them to find no piece left gives it back to the batcher)."""
 
     pieces: collections.deque[tuple[_Job, int]] = field(default_factory=collections.deque)
     running: int = 0
@@ -501,9 +501,10 @@ class DynamicBatcher:
 
         The batch is cut into pieces of whole requests (CHUNKS_PER_SHARD per shard), which the shards take in
         turn, so a shard that gets less CPU (other processes, the workers' preprocessing) does not hold the
-        others up. A shard with no piece left gives the instance back to the batcher at once: the next batch
-        forms and starts on it while the other shards finish this one's last pieces, and joins them when they
-        are done. Requests queued meanwhile then never wait beside an idle core.
+        others up. A shard with no piece left gives the instance back to the batcher at once (a batch of fewer
+        pieces than idle shards, as it starts): the next batch forms and starts on it while the other shards
+        finish this one's last pieces, and joins them when they are done. Requests queued meanwhile then never
+        wait beside an idle core.
         """
         started = time.perf_counter()
         traces = [p.trace for p in batch]
