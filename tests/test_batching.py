@@ -217,6 +217,7 @@ def test_a_sharded_instance_starts_the_next_batch_on_a_shard_that_has_no_piece_l
 
         first = [asyncio.ensure_future(request(v)) for v in (0, 1)]  # one batch, two pieces, one per shard
         await asyncio.sleep(0.05)  # the fast piece is done; its shard is free while the slow one runs
+        assert not batcher.idle  # the batcher has the instance back, but a shard still runs (the engine's run_now)
         started = time.perf_counter()
         await request(2)
         assert time.perf_counter() - started < 0.2  # it did not wait for the slow piece
