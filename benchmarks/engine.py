@@ -390,7 +390,9 @@ def main() -> None:
         if args.merge and output.with_suffix(".json").is_file():
             previous = json.loads(output.with_suffix(".json").read_text())
             run.results.update({k: v for k, v in previous.items() if k in run.results})
-            command = f"{previous.get('command', '').strip()}; {command}"
+            # The same command again replaces the parts it ran: listed once, last.
+            earlier = [c.strip() for c in previous.get("command", "").split(";")]
+            command = "; ".join([*(c for c in earlier if c and c != command.strip()), command])
         run.build()
         for part in args.parts.split(","):
             run.results[part] = [] if part != "memory" else {}
