@@ -261,6 +261,42 @@ def test_with_preserve_ordering_the_next_batch_runs_beside_the_last_pieces_but_a
     assert [(s.batch_size, s.requests) for s in stats] == [(2, 2), (1, 1)]  # on_batch in order too
 
 
+def test_a_sharded_instance_whose_shard_count_changes_between_batches_never_runs_more_than_its_shards() -> None:
+    """The engine's runner says 1 shard while its model runs on the event loop, its threads' count otherwise:
+    a batch run whole may start beside a shard still running the last piece of a sharded one, and the next
+    sharded batch adds only the shards that are free."""
+
+    class Model(ShardedModel):
+        async def execute(self, instance: int, parts: list[Tensors]) -> Tensors:
+            self.delay = 0.3 if (join(parts)["x"] == 0).any() else 0.01  # the piece holding request 0 is slow
+            return await super().execute(instance, parts)
+
+    model = Model(delay=0)
+    count = {"shards": 2}
+    stats: list[BatchStats] = []
+    batcher = DynamicBatcher(
+        model.execute, instances=1, max_batch_size=16, on_batch=stats.append, shards=lambda i: count["shards"]
+    )
+
+    async def scenario() -> None:
+        batcher.start()
+        first = [batcher.submit(row(v)) for v in (0, 1)]  # sharded: two pieces
+        await asyncio.sleep(0.05)  # the instance is back; a shard runs the slow piece
+        count["shards"] = 1
+        assert (await batcher.submit(row(2)))["y"].tolist() == [[4, 4]]  # whole, beside the slow piece
+        count["shards"] = 2
+        rest = await asyncio.gather(*(batcher.submit(row(v)) for v in range(3, 9)))  # sharded again
+        assert [r["y"][0, 0] for r in rest] == [2 * v for v in range(3, 9)]
+        assert [r["y"][0, 0] for r in await asyncio.gather(*first)] == [0, 2]
+        await asyncio.sleep(0.01)
+        assert batcher.idle
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert model.most == 2
+    assert sorted((s.batch_size, s.requests) for s in stats) == [(1, 1), (2, 2), (6, 6)]
+
+
 def test_the_next_batch_goes_to_an_idle_instance_before_one_whose_shards_finish_the_last() -> None:
     """An instance given back while a shard still runs its batch's last piece offers fewer shards than an idle one."""
     ran: list[tuple[int, int]] = []
