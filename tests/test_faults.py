@@ -92,17 +92,17 @@ def test_departed_clients_requests_are_never_computed(one_thread: ServerProcess,
 
     async def scenario() -> int:
         async with httpx.AsyncClient(timeout=30) as client:
-            staying = asyncio.ensure_future(client.post(server.url + "/score", json={"id": "stay", "sleep": 1.5}))
-            await asyncio.sleep(0.3)  # the one thread is busy: what follows queues
-
-            async def leave(i: int) -> None:
-                try:
-                    await client.post(server.url + "/score", json={"id": f"left-{i}"}, timeout=0.3)
-                except httpx.TimeoutException:
-                    return
-                raise AssertionError("expected the client to give up first")
-
-            await asyncio.gather(*(leave(i) for i in range(8)))
+            staying = asyncio.ensure_future(client.post(server.url + "/score", json={"id": "stay", "sleep": 2.5}))
+            assert await asyncio.to_thread(wait_in_flight, server.url, 1)  # the one thread is busy: what follows queues
+            posts = [client.post(server.url + "/score", json={"id": f"left-{i}"}) for i in range(8)]
+            leaving = [asyncio.ensure_future(post) for post in posts]
+            # The clients leave once the server holds all 8 (under load, a fixed wait had some leave before
+            # their request arrived): cancelling a request closes its connection.
+            assert await asyncio.to_thread(wait_in_flight, server.url, 9, 10)
+            assert not any(task.done() for task in leaving), "expected the clients to leave before an answer"
+            for task in leaving:
+                task.cancel()
+            await asyncio.gather(*leaving, return_exceptions=True)
             return (await staying).status_code
 
     assert asyncio.run(scenario()) == 200
