@@ -33,7 +33,7 @@ def _stat(pid: int) -> tuple[int, str] | None:
 class ProcessTable:
     """:func:`process_table` read again and again: only the processes new since the last read are read.
 
-    The server counter (servercount.py) reads the table every 20 ms in each xdist process; reading every
+    The server counter (servercount.py) reads the table every 100 ms in each xdist process; reading every
     process's stat each time cost the suite about 40 CPU-seconds, which its timing then counted. A pid is
     not reused within one interval (the kernel hands pids out in turn), so a known pid is the same process.
     """
