@@ -14,6 +14,7 @@ import tritonclient.http as triton_http
 
 from runtime.serving.engine.client import EngineClient
 from runtime.serving.engine.process import serve
+from runtime.serving.tritonserver import SHM_PREFIX
 from tests.support.processes import alive, comm, descendants
 
 ENGINE_COMM = "runtime-engine"
@@ -55,9 +56,14 @@ def shm_mappings(pid: int) -> list[str]:
     return sorted({line.split(maxsplit=5)[-1] for line in maps.splitlines() if "memfd:runtime-" in line})
 
 
+# The python-backend regions of Triton servers that other tests or jobs may run meanwhile: a managed server's
+# (named for its runtime) and any other's (Triton's default name).
+TRITON_SHM = (SHM_PREFIX, "triton_python_backend_shm")
+
+
 def dev_shm() -> set[str]:
-    """/dev/shm, less the python-backend regions of Triton servers other tests or jobs may run meanwhile."""
-    return {p.name for p in Path("/dev/shm").iterdir() if not p.name.startswith("triton_python_backend_shm")}
+    """/dev/shm, less the regions of Triton servers (:data:`TRITON_SHM`)."""
+    return {p.name for p in Path("/dev/shm").iterdir() if not p.name.startswith(TRITON_SHM)}
 
 
 async def load(
