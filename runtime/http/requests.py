@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Scope
 
 from runtime.api import Binding
 from runtime.azureml.entry import EntryScript
@@ -39,17 +40,23 @@ def state_of(request: Request) -> AppState:
     return state
 
 
-def first_header(request: Request, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> bytes | None:
     """A request header's first value, ``name`` in lower case as the server gives names.
 
     One pass over the scope's list: ``request.headers`` builds a Headers object, and each of its lookups
     lower-cases and encodes the name again.
     """
-    for key, value in request.scope["headers"]:
+    for key, value in scope["headers"]:
         if key == name:
-            text: str = value.decode("latin-1")
-            return text
+            found: bytes = value
+            return found
     return None
+
+
+def first_header(request: Request, name: bytes) -> str | None:
+    """:func:`header` of a request, as text."""
+    value = header(request.scope, name)
+    return None if value is None else value.decode("latin-1")
 
 
 async def read_body(request: Request, limit: int, feed: Callable[[bytes], None] | None = None) -> bytes:
@@ -57,7 +64,7 @@ async def read_body(request: Request, limit: int, feed: Callable[[bytes], None] 
 
     With ``feed``, each chunk goes to it instead (a decoder), and the result is empty.
     """
-    declared = first_header(request, b"content-length") or ""
+    declared = header(request.scope, b"content-length") or b""
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body of {int(declared)} bytes exceeds the limit of {limit} bytes.")
     chunks: list[bytes] = []

@@ -26,6 +26,7 @@ from runtime.errors import Overloaded
 from runtime.http.health import WorkerHealth
 from runtime.http.middleware.keepalive import closing
 from runtime.http.protocol import CONNECTION_WATCH, ConnectionWatch
+from runtime.http.requests import header
 
 logger = logging.getLogger("runtime.admission")
 
@@ -219,10 +220,8 @@ def _header_names(scope: Scope) -> set[bytes]:
 
 
 def _content_length(scope: Scope) -> int:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else 0
-    return 0
+    declared = header(scope, b"content-length")
+    return int(declared) if declared is not None and declared.isdigit() else 0
 
 
 async def _refuse(send: Send, route: str, status: int, reason: str, message: str) -> None:
