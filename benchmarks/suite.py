@@ -65,6 +65,14 @@ def prepare(commit: str) -> Path:
     return clone
 
 
+def prune(keep: set[str]) -> None:
+    """Remove the clones of earlier runs' commits: 1.5 GB each, one per HEAD measured."""
+    if WORK.is_dir():
+        for clone in WORK.iterdir():
+            if clone.name not in keep:
+                shutil.rmtree(clone, ignore_errors=True)
+
+
 def _environment() -> dict[str, str]:
     """Both sides share this checkout's reference-server venvs (as CI's are made once, before pytest)."""
     env = {**os.environ, "RUNTIME_VENVS": os.environ.get("RUNTIME_VENVS", str(REPO / ".cache" / "venvs"))}
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest on both sides (a quick check)")
     args = parser.parse_args(argv)
     sides = {"baseline": git("rev-parse", args.baseline), "HEAD": git("rev-parse", args.head)}
+    prune(keep={commit[:12] for commit in sides.values()})
     clones = {side: prepare(commit) for side, commit in sides.items()}
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="suite-bench-") as tmp:

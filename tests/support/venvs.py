@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,9 @@ from tests.support.servers import REPO
 AZMLINFSRV_REQUIREMENTS = ["azureml-inference-server-http==1.5.1", "inference-schema"]
 # The benchmark's azmlinfsrv runs the examples' helpers, which import this checkout's runtime.
 AZMLINFSRV_BENCH_REQUIREMENTS = [*AZMLINFSRV_REQUIREMENTS, "onnxruntime", "Pillow", "nltk", "-e", str(REPO)]
+
+
+CHECKOUT_FILE = ".checkout"  # in a bench venv: the checkout it serves
 
 
 def venv_root() -> Path:
@@ -44,7 +48,19 @@ def ensure_venv(name: str, requirements: list[str]) -> Path:
 def azmlinfsrv_bench_python() -> Path:
     """The benchmark's azmlinfsrv venv: one per checkout, so clones sharing ``$RUNTIME_VENVS`` keep theirs."""
     checkout = hashlib.sha256(str(REPO).encode()).hexdigest()[:8]
-    return ensure_venv(f"azmlinfsrv-bench-{checkout}", AZMLINFSRV_BENCH_REQUIREMENTS)
+    prune_bench_venvs()
+    python = ensure_venv(f"azmlinfsrv-bench-{checkout}", AZMLINFSRV_BENCH_REQUIREMENTS)
+    (python.parent.parent / CHECKOUT_FILE).write_text(str(REPO))
+    return python
+
+
+def prune_bench_venvs() -> None:
+    """Remove the bench venvs of checkouts that are gone (400 MB each; throwaway clones leave them behind)."""
+    root = venv_root()
+    for marker in root.glob(f"azmlinfsrv-bench-*/{CHECKOUT_FILE}"):
+        if not Path(marker.read_text()).is_dir():
+            shutil.rmtree(marker.parent, ignore_errors=True)
+            marker.parent.with_suffix(".lock").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
