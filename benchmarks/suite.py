@@ -4,11 +4,12 @@
     python -m benchmarks.suite --baseline REF --rounds 2
 
 Each side is a clean clone at its commit with a venv of its own (``pip install -e '.[test]'``,
-made once under ``.cache/suite-bench``), running its README's test command, ``python -m pytest``,
-with the server counter (tests/support/servercount.py) loaded from outside the clone so that both
-sides are counted the same way. Reported per side: tests passed, wall time, CPU seconds of pytest
-and everything below it, servers started. Reference servers come from the shared venvs
-(``$RUNTIME_VENVS``) and ``runtime triton install``, prepared before any clock starts.
+made once under ``.cache/suite-bench``, where clones of other commits are removed), running its
+README's test command, ``python -m pytest``, with the server counter (tests/support/servercount.py)
+loaded from outside the clone so that both sides are counted the same way. Reported per side: tests
+passed, wall time, CPU seconds of pytest and everything below it, servers started. Reference servers
+come from the shared venvs (``$RUNTIME_VENVS``) and ``runtime triton install``, prepared before any
+clock starts.
 """
 
 from __future__ import annotations
