@@ -178,6 +178,52 @@ def test_client_and_engine_in_one_loop(model_repo: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_request_cancelled_as_its_answer_arrives_frees_its_chunk_and_descriptors(model_repo: Path) -> None:
+    """A client that leaves (or a timeout) in the turn of the loop that brings the engine's answer: the chunk
+    goes back to the arena and the descriptors that came with the answer (outputs in a region of their own)
+    are closed, as they are for a request cancelled earlier."""
+
+    async def main() -> None:
+        engine, stop, client = await engine_on_this_loop(model_repo)
+        config = load_model(model_repo / "triton" / "linear")
+        x = np.ones((2, 4), np.float32)
+        alloc = client._alloc
+
+        def full_arena(_: int) -> int | None:
+            return None
+
+        for overflow in (False, True):  # lazily opened descriptors are open before counting
+            client._alloc = full_arena if overflow else alloc  # type: ignore[method-assign]
+            await client.infer(config, "1", {"x": x})
+        gc.collect()
+        full, descriptors = client._allocator.free_bytes, len(os.listdir("/proc/self/fd"))
+        assert client._channel is not None
+        channel = client._channel
+        on_frame = channel._on_frame
+        leaving: list[asyncio.Future[Any]] = []
+
+        def answered_as_the_client_leaves(rid: int, meta: dict[str, Any], fds: list[int]) -> None:
+            on_frame(rid, meta, fds)
+            for task in leaving:
+                task.cancel()
+
+        channel._on_frame = answered_as_the_client_leaves
+        for overflow in (False, True) * 3:  # outputs in the arena's chunk; in a region the answer brings
+            client._alloc = full_arena if overflow else alloc  # type: ignore[method-assign]
+            leaving[:] = [asyncio.ensure_future(client.infer(config, "1", {"x": x}))]
+            with pytest.raises(asyncio.CancelledError):
+                await leaving[0]
+        await asyncio.sleep(0.1)
+        gc.collect()
+        assert client._allocator.free_bytes == full
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+        stop.set()
+        await engine
+        await client.close()
+
+    asyncio.run(main())
+
+
 def test_requests_in_one_read_for_a_fast_model_run_as_one_batch_each_with_its_own_outputs(
     model_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -202,3 +202,8 @@ class Channel:
 def _close_quietly(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
+
+
+def close_all(fds: Iterable[int]) -> None:
+    for fd in fds:
+        _close_quietly(fd)

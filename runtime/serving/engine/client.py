@@ -9,7 +9,6 @@ flight and new ones fail with a 503 that names it, and the client reconnects wit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import math
@@ -36,7 +35,7 @@ from runtime.serving.engine.arena import (
     transport_strings,
     write_tensors,
 )
-from runtime.serving.engine.channel import Channel, ChannelClosed, Meta, socket_address
+from runtime.serving.engine.channel import Channel, ChannelClosed, Meta, close_all, socket_address
 from runtime.serving.model_config import mc
 from runtime.serving.repository import ModelConfig, model_config_from_proto
 from runtime.serving.runner import NO_SCHEDULE, Schedule
@@ -201,8 +200,7 @@ class EngineClient:
             return
         request = self._requests.pop(rid, None)
         if request is None or request.abandoned:
-            for fd in fds:
-                os.close(fd)
+            close_all(fds)
             if request is not None:
                 self._release(request.offset, request.size)
             return
@@ -287,10 +285,15 @@ class EngineClient:
         try:
             reply = await request.future
         except asyncio.CancelledError:
-            # The engine may still write into the chunk: it is freed when the engine answers.
-            request.abandoned = True
-            if rid in self._requests and not channel.closed:
-                channel.send(rid, {"op": "cancel"})
+            if request.future.done() and not request.future.cancelled() and request.future.exception() is None:
+                # Answered in the same turn of the loop as the cancel (a client that left, a timeout): no answer
+                # is coming to free the chunk, nor anything to close the descriptors that came with this one.
+                self._release(*chunk)
+                close_all(request.future.result().get("_fds", ()))
+            else:  # the engine may still write into the chunk: it is freed when the engine answers
+                request.abandoned = True
+                if rid in self._requests and not channel.closed:
+                    channel.send(rid, {"op": "cancel"})
             raise
         if reply["op"] == "error":
             self._release(*chunk)
@@ -331,9 +334,7 @@ class EngineClient:
             extra = Region.attach(fds[0])
             extra.close_fd()
             spaces[1] = extra.view(0, extra.size)
-            for fd in fds[1:]:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            close_all(fds[1:])
         outputs = {}
         for t in reply["outputs"]:
             if t["buf"] == 0:
