@@ -31,7 +31,7 @@ from runtime.serving.engine.client import EngineUnavailable
 from runtime.serving.platforms import Device
 from runtime.serving.platforms import onnx as onnx_platform
 from runtime.serving.repository import load_model
-from runtime.serving.runner import ENGINE_INLINE_BELOW_S, ModelRunner, load_runners
+from runtime.serving.runner import ENGINE_INLINE_BELOW_S, ModelRunner, Schedule, load_runners
 from tests.support.engine import engine_on_this_loop
 from tests.support.models import linear_reference
 
@@ -217,6 +217,41 @@ def test_a_request_cancelled_as_its_answer_arrives_frees_its_chunk_and_descripto
         gc.collect()
         assert client._allocator.free_bytes == full
         assert len(os.listdir("/proc/self/fd")) == descriptors
+        stop.set()
+        await engine
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_that_cannot_be_sent_frees_its_chunk_and_region(model_repo: Path) -> None:
+    """A request whose frame cannot be encoded (a priority past 64 bits, which the data plane refuses first)
+    fails alone: its chunk, or the region of its own that a full arena gives it, is not held forever."""
+
+    async def main() -> None:
+        engine, stop, client = await engine_on_this_loop(model_repo)
+        config = load_model(model_repo / "triton" / "linear")
+        x = np.ones((2, 4), np.float32)
+        alloc = client._alloc
+
+        def full_arena(_: int) -> int | None:
+            return None
+
+        for overflow in (False, True):  # lazily opened descriptors are open before counting
+            client._alloc = full_arena if overflow else alloc  # type: ignore[method-assign]
+            await client.infer(config, "1", {"x": x})
+        gc.collect()
+        full, descriptors = client._allocator.free_bytes, len(os.listdir("/proc/self/fd"))
+        for overflow in (False, True) * 2:
+            client._alloc = full_arena if overflow else alloc  # type: ignore[method-assign]
+            with pytest.raises(TypeError):
+                await client.infer(config, "1", {"x": x}, Schedule(priority=2**70))
+        assert client._requests == {}
+        assert client._allocator.free_bytes == full
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+        client._alloc = alloc  # type: ignore[method-assign]
+        outputs = await client.infer(config, "1", {"x": x})  # the connection serves on
+        np.testing.assert_allclose(outputs["y"], linear_reference(x)["y"], rtol=1e-6)
         stop.set()
         await engine
         await client.close()

@@ -73,16 +73,19 @@ class Channel:
     def send(self, rid: int, meta: Meta, fds: Sequence[int] = (), give: bool = False) -> None:
         """Queue a frame; frames queued in one turn of the event loop leave in one ``sendmsg``.
 
-        With ``give``, the channel closes ``fds`` once they are sent (or the connection closes).
+        With ``give``, the channel closes ``fds`` once they are sent (or the connection closes, or the frame
+        cannot be sent at all).
         """
-        if self.closed:
+        try:
+            if self.closed:
+                raise ChannelClosed("the connection is closed")
+            if len(fds) > MAX_FDS:
+                raise ValueError(f"a frame carries at most {MAX_FDS} descriptors")
+            body = orjson.dumps(meta)
+        except BaseException:
             if give:
-                for fd in fds:
-                    _close_quietly(fd)
-            raise ChannelClosed("the connection is closed")
-        if len(fds) > MAX_FDS:
-            raise ValueError(f"a frame carries at most {MAX_FDS} descriptors")
-        body = orjson.dumps(meta)
+                close_all(fds)
+            raise
         attached = list(fds) if fds else _NONE
         self._out.append((HEADER.pack(len(body), len(fds), rid) + body, attached, attached if give else _NONE))
         if self._flush_scheduled is None and not self._writing:

@@ -258,12 +258,13 @@ class EngineClient:
         else:
             space, buf, position, reserved = self._space, 0, offset, [offset + in_bytes, room]
             chunk = (offset, in_bytes + room)
-        metas = write_tensors(space, position, [(n, a, sizes[n]) for n, a in inputs.items()], buf)
         rid = next(self._ids)
         assert self._loop is not None  # set with the channel
         request = _Request(self._loop.create_future(), *chunk)
         self._requests[rid] = request
+        given = False
         try:
+            metas = write_tensors(space, position, [(n, a, sizes[n]) for n, a in inputs.items()], buf)
             meta: Meta = {"op": "infer", "model": config.name, "version": version}
             meta.update(inputs=metas, reserved=reserved)
             if schedule.deadline is not None:  # time.monotonic(), one clock for every process
@@ -274,14 +275,20 @@ class EngineClient:
                 meta["request_id"] = request_id  # for the engine's log
             if trace := tracing.inject({}):
                 meta["trace"] = trace  # the engine's queue and batch spans join the request's trace
+            given = True  # the channel closes the region's descriptor from here on, sent or not
             channel.send(rid, meta, fds, give=True)
-        except ChannelClosed:
+        except BaseException as ex:
+            # Nothing was sent: no answer will free the chunk.
             self._requests.pop(rid, None)
             self._release(*chunk)
-            raise EngineUnavailable("it is restarting") from None
+            if overflow is not None and not given:
+                overflow.close_fd()
+            if isinstance(ex, ChannelClosed):
+                raise EngineUnavailable("it is restarting") from None
+            raise
         finally:
             if overflow is not None:
-                overflow.fd = -1  # the channel closes it once sent
+                overflow.fd = -1  # closed by the channel (or above)
         try:
             reply = await request.future
         except asyncio.CancelledError:
