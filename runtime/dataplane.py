@@ -31,6 +31,7 @@ REQUEST_ID = logs.REQUEST_ID
 # When the caller stops waiting (time.monotonic() seconds): the scoring timeout as a deadline that the
 # queue, the batch and the call to Triton honour. Thread-pool calls inherit it, like REQUEST_ID.
 DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+UINT64_MAX = 2**64 - 1
 
 
 def schedule_parameters(parameters: Mapping[str, Any]) -> tuple[int, int]:
@@ -38,8 +39,9 @@ def schedule_parameters(parameters: Mapping[str, Any]) -> tuple[int, int]:
     values = []
     for name in ("priority", "timeout"):
         value = parameters.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise BadRequest(f"parameter '{name}' must be a non-negative integer, got {value!r}")
+        # Triton's uint64: a larger value could not cross to the model engine (or Triton) at all.
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= UINT64_MAX:
+            raise BadRequest(f"parameter '{name}' must be an integer from 0 to {UINT64_MAX}, got {value!r}")
         values.append(value)
     return values[0], values[1]
 

@@ -140,6 +140,10 @@ def tensor_json(name: str = "x", shape: list[int] | None = None, datatype: str =
     return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}).encode()
 
 
+def with_parameters(**parameters: object) -> bytes:
+    return json.dumps({**json.loads(tensor_json()), "parameters": parameters}).encode()
+
+
 @pytest.mark.parametrize(
     ("model", "body", "headers", "status", "message"),
     [
@@ -158,6 +162,15 @@ def tensor_json(name: str = "x", shape: list[int] | None = None, datatype: str =
             "unexpected datatype TYPE_FP64 for inference input 'x', expecting TYPE_FP32",
         ),
         ("linear", tensor_json(name="z"), None, 400, "unexpected inference input 'z' for model 'linear'"),
+        ("linear", with_parameters(priority=2**64), None, 400, "parameter 'priority' must be an integer from 0 to"),
+        ("linear", with_parameters(timeout=2**70), None, 400, "parameter 'timeout' must be an integer from 0 to"),
+        (
+            "linear",
+            json.dumps({"inputs": [json.loads(tensor_json())["inputs"][0]] * 2}).encode(),
+            None,
+            400,
+            "input 'x' appears more than once in the request",
+        ),
         ("linear", json.dumps({"inputs": []}).encode(), None, 400, "non-empty 'inputs' list"),
         (
             "linear",

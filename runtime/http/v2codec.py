@@ -172,6 +172,8 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise BadRequest("each input must be an object with a 'name'")
         name = raw["name"]
+        if name in inputs:  # as Triton: the model would otherwise run on whichever came last
+            raise BadRequest(f"input '{name}' appears more than once in the request")
         datatype = raw.get("datatype")
         shape = raw.get("shape")
         if not isinstance(datatype, str) or datatype not in WIRE_TO_NUMPY:
