@@ -562,6 +562,28 @@ def test_queue_timeout_rejects_and_the_request_is_not_computed() -> None:
     assert model.batches == [1]
 
 
+def test_a_request_put_back_behind_a_batch_of_another_shape_still_times_out() -> None:
+    """A request that a forming batch passes over (another shape, or no room left) goes back to the queue with its
+    queue timeout and its deadline still armed."""
+    policy = SchedulePolicy(QueuePolicy(default_timeout_us=50_000))
+    model, batcher = single_instance(0.3, max_batch_size=4, schedule=policy, name="m")
+
+    async def scenario() -> list[Tensors | BaseException]:
+        batcher.start()
+        first = batcher.submit(row())
+        wide = batcher.submit({"x": np.ones((1, 3), dtype=np.float32)})  # passed over by first's batch
+        late = batcher.submit({"x": np.ones((1, 3), dtype=np.float32)}, deadline=time.monotonic() + 0.05)
+        results = await asyncio.gather(first, wide, late, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    first, wide, late = asyncio.run(scenario())
+    assert isinstance(first, dict)
+    assert isinstance(wide, Overloaded) and "timed out in the queue of model 'm'" in str(wide)
+    assert isinstance(late, Overloaded)
+    assert model.batches == [1]
+
+
 def test_timeout_override_only_when_allowed() -> None:
     async def outcome(allow: bool) -> bool:
         policy = SchedulePolicy(QueuePolicy(allow_timeout_override=allow))

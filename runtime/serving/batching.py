@@ -87,6 +87,7 @@ class Pending:
     delayed: bool = False
     queued: bool = True
     timer: asyncio.TimerHandle | None = None
+    expiry: tuple[float, str] | None = None  # when (the loop's clock) its timer fires, and the action it takes
     trace: Any = field(default_factory=tracing.capture)  # the requester's trace context (None: tracing off)
     tag: object = None
 
@@ -298,15 +299,21 @@ class DynamicBatcher:
         ) / 1e6
         expire_at = now + timeout_s if timeout_s > 0 else None
         if deadline is not None and (expire_at is None or deadline <= expire_at):
-            pending.timer = loop.call_at(deadline, self._expire, pending, REJECT)
+            pending.expiry = (deadline, REJECT)
         elif expire_at is not None:
-            pending.timer = loop.call_at(expire_at, self._expire, pending, policy.timeout_action)
+            pending.expiry = (expire_at, policy.timeout_action)
+        self._arm(pending)
         future.add_done_callback(lambda _: self._dropped(pending))
         level.queue.append(pending)
         level.count += 1
         self._queue_changed(1)
         self._arrived.set()
         return future
+
+    def _arm(self, pending: Pending) -> None:
+        if pending.expiry is not None and not pending.delayed:
+            when, action = pending.expiry
+            pending.timer = asyncio.get_running_loop().call_at(when, self._expire, pending, action)
 
     def _level(self, pending: Pending) -> _Level:
         return self._levels[pending.level - 1] if self._schedule.priority_levels > 0 else self._levels[0]
@@ -373,6 +380,7 @@ class DynamicBatcher:
             level = self._level(pending)
             (level.delayed if pending.delayed else level.queue).appendleft(pending)
             pending.queued = True
+            self._arm(pending)  # _pop disarmed it
             level.count += 1
             self._queue_changed(1)
 
