@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from runtime import tracing
-from runtime.errors import Overloaded
+from runtime.errors import Overloaded, ServiceUnavailable
 from runtime.serving.batching import (
     DELAY,
     BatchStats,
@@ -452,6 +452,24 @@ def test_queue_delay_waits_for_more_requests() -> None:
 
     asyncio.run(trickle())
     assert model.batches == [4]
+
+
+def test_stop_answers_the_requests_of_a_batch_still_forming() -> None:
+    """Requests taken into a batch that waits for more (max_queue_delay) are answered with a 503 by stop(), as the
+    queued ones are, not left waiting forever."""
+    model, batcher = single_instance(0.01, max_batch_size=4, max_queue_delay_us=10_000_000)
+
+    async def scenario() -> list[Tensors | BaseException]:
+        batcher.start()
+        forming = [batcher.submit(row(v)) for v in (1, 2)]
+        await asyncio.sleep(0.05)  # both in a batch that waits for 2 more
+        await batcher.stop()
+        return list(await asyncio.wait_for(asyncio.gather(*forming, return_exceptions=True), 1))
+
+    results = asyncio.run(scenario())
+    assert [type(r) for r in results] == [ServiceUnavailable] * 2
+    assert all("shutting down" in str(r) for r in results)
+    assert model.batches == []
 
 
 def test_preferred_batch_size_closes_the_batch() -> None:

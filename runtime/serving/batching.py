@@ -414,20 +414,24 @@ class DynamicBatcher:
         batch, size = [first], first.size
         deadline = time.perf_counter() + self._delay
         skipped: list[Pending] = []
-        while size < self._max_batch_size:
-            if self._preferred and size in self._preferred and not self._depth:
-                break
-            nxt = await self._next_request(deadline if self._delay > 0 else time.perf_counter())
-            if nxt is None:
-                break
-            if nxt.signature != first.signature:
-                skipped.append(nxt)  # other shapes wait for a batch of their own, in order
-                continue
-            if size + nxt.size > self._max_batch_size:
-                skipped.append(nxt)
-                break
-            batch.append(nxt)
-            size += nxt.size
+        try:
+            while size < self._max_batch_size:
+                if self._preferred and size in self._preferred and not self._depth:
+                    break
+                nxt = await self._next_request(deadline if self._delay > 0 else time.perf_counter())
+                if nxt is None:
+                    break
+                if nxt.signature != first.signature:
+                    skipped.append(nxt)  # other shapes wait for a batch of their own, in order
+                    continue
+                if size + nxt.size > self._max_batch_size:
+                    skipped.append(nxt)
+                    break
+                batch.append(nxt)
+                size += nxt.size
+        except BaseException:  # stop() while waiting for more: back in the queue, which it answers
+            self._put_back(sorted([*batch, *skipped], key=lambda p: p.enqueued))
+            raise
         self._put_back(skipped)
         if self._depth:
             self._arrived.set()
