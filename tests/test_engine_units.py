@@ -136,6 +136,32 @@ def test_frames_carry_file_descriptors_and_survive_split_reads() -> None:
     asyncio.run(main())
 
 
+def test_a_frame_whose_handler_fails_leaves_the_others_handled_once() -> None:
+    async def main() -> None:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        received: list[int] = []
+        done = asyncio.Event()
+
+        def on_frame(rid: int, meta: dict[str, Any], fds: list[int]) -> None:
+            received.append(rid)
+            if rid == 2:
+                raise RuntimeError("a handler's bug")
+            if rid == 4:
+                done.set()
+
+        sender = Channel(left, lambda *_: None, lambda: None)
+        receiver = Channel(right, on_frame, lambda: None)
+        for rid in (1, 2, 3):  # one write, one read
+            sender.send(rid, {"op": "x"})
+        await asyncio.sleep(0.05)
+        assert received == [1, 2, 3]  # 3 at once, not when more bytes come
+        sender.send(4, {"op": "x"})
+        await asyncio.wait_for(done.wait(), 10)
+        assert received == [1, 2, 3, 4] and not receiver.closed  # 1 and 2 not again
+
+    asyncio.run(main())
+
+
 def test_client_and_engine_in_one_loop(model_repo: Path) -> None:
     """Outputs are views on the worker's arena, its chunk is reused once they are gone; cancelled requests
     free theirs; a lost engine gives EngineUnavailable."""
@@ -178,13 +204,18 @@ def test_client_and_engine_in_one_loop(model_repo: Path) -> None:
     asyncio.run(main())
 
 
-def test_a_request_cancelled_as_its_answer_arrives_frees_its_chunk_and_descriptors(model_repo: Path) -> None:
-    """A client that leaves (or a timeout) in the turn of the loop that brings the engine's answer: the chunk
-    goes back to the arena and the descriptors that came with the answer (outputs in a region of their own)
-    are closed, as they are for a request cancelled earlier."""
+@pytest.mark.parametrize("cancelled_first", [False, True])
+def test_a_request_cancelled_as_its_answer_arrives_frees_its_chunk_and_descriptors(
+    model_repo: Path, cancelled_first: bool
+) -> None:
+    """A client that leaves (or a timeout) in the turn of the loop that brings the engine's answer, just before it
+    or just after: the chunk goes back to the arena and the descriptors that came with the answer (outputs in a
+    region of their own) are closed, as they are for a request cancelled earlier; the frame is handled once."""
 
     async def main() -> None:
         engine, stop, client = await engine_on_this_loop(model_repo)
+        errors: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
         config = load_model(model_repo / "triton" / "linear")
         x = np.ones((2, 4), np.float32)
         alloc = client._alloc
@@ -203,9 +234,12 @@ def test_a_request_cancelled_as_its_answer_arrives_frees_its_chunk_and_descripto
         leaving: list[asyncio.Future[Any]] = []
 
         def answered_as_the_client_leaves(rid: int, meta: dict[str, Any], fds: list[int]) -> None:
-            on_frame(rid, meta, fds)
+            if not cancelled_first:
+                on_frame(rid, meta, fds)
             for task in leaving:
                 task.cancel()
+            if cancelled_first:
+                on_frame(rid, meta, fds)
 
         channel._on_frame = answered_as_the_client_leaves
         for overflow in (False, True) * 3:  # outputs in the arena's chunk; in a region the answer brings
@@ -217,6 +251,7 @@ def test_a_request_cancelled_as_its_answer_arrives_frees_its_chunk_and_descripto
         gc.collect()
         assert client._allocator.free_bytes == full
         assert len(os.listdir("/proc/self/fd")) == descriptors
+        assert errors == []
         stop.set()
         await engine
         await client.close()

@@ -177,7 +177,12 @@ class Channel:
             meta = orjson.loads(memoryview(buffer)[position + HEADER.size : end])
             fds = [self._fds.popleft() for _ in range(min(nfds, len(self._fds)))]
             position = end
-            self._on_frame(rid, meta, fds)
+            try:
+                self._on_frame(rid, meta, fds)
+            except Exception:
+                # One frame's failure is its own: the frames after it are handled now (not when more bytes come,
+                # if ever), and the frames before it are not handled again on the next read.
+                logger.exception("Control frame %d (%r) could not be handled", rid, meta.get("op"))
             if self.closed:
                 return
         del buffer[:position]

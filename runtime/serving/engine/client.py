@@ -199,7 +199,8 @@ class EngineClient:
                 self._welcome.set_result(meta)
             return
         request = self._requests.pop(rid, None)
-        if request is None or request.abandoned:
+        # Done already: cancelled by a client that left in this turn of the loop, before infer() could mark it.
+        if request is None or request.abandoned or request.future.done():
             close_all(fds)
             if request is not None:
                 self._release(request.offset, request.size)
