@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,62 @@ def test_a_request_cancelled_as_its_answer_arrives_frees_its_chunk_and_descripto
                 await leaving[0]
         await asyncio.sleep(0.1)
         gc.collect()
+        assert client._allocator.free_bytes == full
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+        assert errors == []
+        stop.set()
+        await engine
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_clients_that_leave_at_any_moment_get_right_answers_or_leave_nothing_behind(model_repo: Path) -> None:
+    """Requests for batched, unbatched and string models, a third cancelled at a random moment (before they are
+    sent, while queued or running, as the answer arrives): the others get their own outputs, and in the end the
+    arena is whole, no descriptor is left open and no request waits."""
+    rng = random.Random(1)
+
+    async def main() -> None:
+        engine, stop, client = await engine_on_this_loop(model_repo)
+        errors: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        names = ["linear", "sleepy", "strings", "sleepy_unbatched"]
+        configs = {name: load_model(model_repo / "triton" / name) for name in names}
+
+        def inputs(name: str) -> dict[str, np.ndarray]:
+            rows = rng.randint(1, 4)
+            if name == "strings":  # some wider than the room left for their outputs: a region of their own
+                return {"text": np.array([[b"w" * rng.randint(0, 3000)] for _ in range(rows)], dtype=object)}
+            return {"x": np.random.default_rng(rng.randint(0, 1000)).standard_normal((rows, 4)).astype(np.float32)}
+
+        async def one() -> None:
+            name = rng.choice(names)
+            given = inputs(name)
+            task = asyncio.ensure_future(client.infer(configs[name], "1", given))
+            if rng.random() < 0.3:
+                await asyncio.sleep(rng.random() * 0.02)
+                task.cancel()
+            elif rng.random() < 0.15:
+                for _ in range(rng.randint(0, 5)):
+                    await asyncio.sleep(0)
+                task.cancel()
+            (outputs,) = await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(rng.random() * 0.01)  # others take the chunks freed meanwhile
+            if name == "linear" and isinstance(outputs, dict):
+                np.testing.assert_allclose(outputs["y"], linear_reference(given["x"])["y"], rtol=1e-5)
+            if name == "strings" and isinstance(outputs, dict):
+                assert outputs["echo"].tolist() == given["text"].tolist()
+
+        for name in names:  # lazily opened descriptors are open before counting
+            await client.infer(configs[name], "1", inputs(name))
+        gc.collect()
+        full, descriptors = client._allocator.free_bytes, len(os.listdir("/proc/self/fd"))
+        for _ in range(8):
+            await asyncio.gather(*(one() for _ in range(60)))
+        await asyncio.sleep(0.3)  # the engine answers the last cancels
+        gc.collect()
+        assert client._requests == {} and client._chunks == {}
         assert client._allocator.free_bytes == full
         assert len(os.listdir("/proc/self/fd")) == descriptors
         assert errors == []
