@@ -564,6 +564,29 @@ def test_cancelled_requests_never_join_a_batch() -> None:
     assert depths[-1] == 0 and max(depths) == 6
 
 
+def test_a_request_cancelled_or_timed_out_in_the_queue_lets_its_inputs_go_at_once() -> None:
+    """Its entry waits in the queue for the next batch to pop it, which an idle model may not form for long; its
+    inputs (in the engine, views on the shared memory of a worker that may have left) are not kept meanwhile."""
+    policy = SchedulePolicy(QueuePolicy(default_timeout_us=20_000))
+    model, batcher = single_instance(0.3, max_batch_size=4, schedule=policy)
+
+    async def scenario() -> None:
+        first = await _held(batcher, model)
+        arrays = [np.ones((1, 2), dtype=np.float32) for _ in range(2)]
+        alive = [weakref.ref(a) for a in arrays]
+        left, timed_out = (batcher.submit({"x": a}) for a in arrays)
+        del arrays
+        left.cancel()
+        await asyncio.gather(left, timed_out, return_exceptions=True)
+        assert timed_out.exception() is not None
+        assert [ref() is None for ref in alive] == [True, True]  # while the first batch still runs
+        await first
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert model.batches == [1]
+
+
 def test_queue_timeout_rejects_and_the_request_is_not_computed() -> None:
     policy = SchedulePolicy(QueuePolicy(default_timeout_us=50_000))
     model, batcher = single_instance(0.3, max_batch_size=4, schedule=policy, name="m")

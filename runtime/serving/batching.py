@@ -330,10 +330,13 @@ class DynamicBatcher:
         if not pending.queued:
             return
         pending.queued = False
+        # It stays in the deque until popped, maybe long (an idle model): its inputs, in the engine views on the
+        # shared memory of a worker that may be gone, are let go now.
+        pending.inputs = {}
         level = self._level(pending)
         level.count -= 1
         self._queue_changed(-1)
-        # Cancelled entries stay in the deque until popped; compact it so that their inputs are freed.
+        # Compact the deque too, so that many cancelled entries do not pile up.
         for queue in (level.queue, level.delayed):
             if len(queue) > 2 * level.count + 64:
                 live = [p for p in queue if p.queued]
