@@ -4,6 +4,7 @@ instance-group placement (with a pretend GPU platform) and the CUDA provider cho
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 import random
@@ -309,6 +310,48 @@ def test_clients_that_leave_at_any_moment_get_right_answers_or_leave_nothing_beh
         assert client._allocator.free_bytes == full
         assert len(os.listdir("/proc/self/fd")) == descriptors
         assert errors == []
+        stop.set()
+        await engine
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_outputs_the_engine_cannot_allocate_room_for_are_a_503_on_either_path(
+    model_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outputs that need a region of their own when the engine is out of descriptors (or memory): a retryable 503
+    for that request, through the batcher or run at once on the engine's loop (where no answer came: a hang)."""
+    create = Region.create
+
+    def out_of_descriptors(name: str, size: int) -> Region:
+        if name.startswith("runtime-out"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return create(name, size)
+
+    async def main() -> None:
+        engine, stop, client = await engine_on_this_loop(model_repo)
+        config = load_model(model_repo / "triton" / "linear")
+        x = np.ones((1, 4), np.float32)
+        alloc = client._alloc
+
+        def full_arena(_: int) -> int | None:
+            return None  # inputs in a region of their own: no room reserved for the outputs
+
+        for warm in (False, True):
+            if warm:  # measured as a model of microseconds: it then runs on the engine's loop
+                for _ in range(120):
+                    await client.infer(config, "1", {"x": x})
+            client._alloc = full_arena  # type: ignore[method-assign]
+            monkeypatch.setattr(Region, "create", out_of_descriptors)
+            with pytest.raises(ServingError) as error:
+                await asyncio.wait_for(client.infer(config, "1", {"x": x}), 10)
+            assert error.value.status_code == 503
+            assert "cannot allocate shared memory for the outputs (Too many open files)" in error.value.message
+            monkeypatch.setattr(Region, "create", create)
+            client._alloc = alloc  # type: ignore[method-assign]
+        outputs = await client.infer(config, "1", {"x": x})  # the engine serves on
+        np.testing.assert_allclose(outputs["y"], linear_reference(x)["y"], rtol=1e-6)
         stop.set()
         await engine
         await client.close()

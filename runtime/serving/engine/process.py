@@ -31,7 +31,7 @@ from functools import partial
 import numpy as np
 
 from runtime import metrics, tracing
-from runtime.errors import STARTUP_EXIT_CODE, ServingError, StartupError
+from runtime.errors import STARTUP_EXIT_CODE, ServiceUnavailable, ServingError, StartupError
 from runtime.prctl import name_and_tie_to_parent
 from runtime.serving.batching import BatchStats, Tensors
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
@@ -216,10 +216,13 @@ class WorkerConnection:
 
     def _answer(self, runner: ModelRunner, held: list[_Now], results: list[Tensors | InferenceFailed]) -> None:
         for request, result in zip(held, results, strict=True):
-            if isinstance(result, InferenceFailed):
-                self.failed(request.rid, request.meta, result)
-            else:
-                self.reply(request.rid, runner, result, request.meta["reserved"])
+            try:  # every request gets an answer, whatever happens to the one before it
+                if isinstance(result, InferenceFailed):
+                    self.failed(request.rid, request.meta, result)
+                else:
+                    self.reply(request.rid, runner, result, request.meta["reserved"])
+            except Exception as ex:
+                self.failed(request.rid, request.meta, ex)
             _close_all(request.fds)  # mappings of them stay valid while arrays use them
         self.channel.flush()  # before the runner records the metrics: the worker is waiting
 
@@ -288,7 +291,12 @@ class WorkerConnection:
             space, buf = self.arena, 0
         else:
             # Outputs larger than the worker could foresee (BYTES, dynamic shapes): a region of their own.
-            region = Region.create(f"runtime-out-{self.pid}", sum(align(s) for s in sizes))
+            try:
+                region = Region.create(f"runtime-out-{self.pid}", sum(align(s) for s in sizes))
+            except OSError as ex:  # out of descriptors or memory: this request fails, retryable, the engine serves on
+                raise ServiceUnavailable(
+                    f"the model engine cannot allocate shared memory for the outputs ({ex.strerror}); retry shortly"
+                ) from None
             space, buf, offset = region.view(0, region.size), 1, 0
             fds.append(region.fd)
         metas = write_tensors(space, offset, [(n, a, s) for (n, a), s in zip(tensors, sizes, strict=True)], buf)
