@@ -9,6 +9,7 @@ import gc
 import os
 import random
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -317,17 +318,21 @@ def test_clients_that_leave_at_any_moment_get_right_answers_or_leave_nothing_beh
     asyncio.run(main())
 
 
-def test_outputs_the_engine_cannot_allocate_room_for_are_a_503_on_either_path(
+def test_shared_memory_that_cannot_be_allocated_is_a_503_for_inputs_and_for_outputs_on_either_path(
     model_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Outputs that need a region of their own when the engine is out of descriptors (or memory): a retryable 503
-    for that request, through the batcher or run at once on the engine's loop (where no answer came: a hang)."""
+    """Inputs or outputs that need a region of their own when the worker or the engine is out of descriptors (or
+    memory): a retryable 503 for that request, through the batcher or run at once on the engine's loop (where no
+    answer came: a hang)."""
     create = Region.create
 
-    def out_of_descriptors(name: str, size: int) -> Region:
-        if name.startswith("runtime-out"):
-            raise OSError(errno.EMFILE, "Too many open files")
-        return create(name, size)
+    def out_of_descriptors(prefix: str) -> Callable[[str, int], Region]:
+        def region(name: str, size: int) -> Region:
+            if name.startswith(prefix):
+                raise OSError(errno.EMFILE, "Too many open files")
+            return create(name, size)
+
+        return region
 
     async def main() -> None:
         engine, stop, client = await engine_on_this_loop(model_repo)
@@ -338,12 +343,19 @@ def test_outputs_the_engine_cannot_allocate_room_for_are_a_503_on_either_path(
         def full_arena(_: int) -> int | None:
             return None  # inputs in a region of their own: no room reserved for the outputs
 
+        monkeypatch.setattr(Region, "create", out_of_descriptors("runtime-in"))
+        client._alloc = full_arena  # type: ignore[method-assign]
+        with pytest.raises(ServingError) as error:  # the worker's own region for the inputs
+            await client.infer(config, "1", {"x": x})
+        assert error.value.status_code == 503
+        assert "cannot allocate shared memory for the request's inputs (Too many open files)" in error.value.message
+        monkeypatch.setattr(Region, "create", create)
         for warm in (False, True):
             if warm:  # measured as a model of microseconds: it then runs on the engine's loop
                 for _ in range(120):
                     await client.infer(config, "1", {"x": x})
             client._alloc = full_arena  # type: ignore[method-assign]
-            monkeypatch.setattr(Region, "create", out_of_descriptors)
+            monkeypatch.setattr(Region, "create", out_of_descriptors("runtime-out"))
             with pytest.raises(ServingError) as error:
                 await asyncio.wait_for(client.infer(config, "1", {"x": x}), 10)
             assert error.value.status_code == 503

@@ -252,7 +252,12 @@ class EngineClient:
         overflow: Region | None = None
         if offset is None:
             # The arena is full (or the request is larger than it): this request gets a region of its own.
-            overflow = Region.create(f"runtime-in-{os.getpid()}", in_bytes)
+            try:
+                overflow = Region.create(f"runtime-in-{os.getpid()}", in_bytes)
+            except OSError as ex:  # out of descriptors or memory: this request fails, retryable
+                raise ServiceUnavailable(
+                    f"this worker cannot allocate shared memory for the request's inputs ({ex.strerror}); retry shortly"
+                ) from None
             space, buf, position, reserved = overflow.view(0, overflow.size), 1, 0, [0, 0]
             fds.append(overflow.fd)
             chunk = (-1, 0)
