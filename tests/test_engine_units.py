@@ -35,7 +35,14 @@ from runtime.serving.platforms import Device
 from runtime.serving.platforms import onnx as onnx_platform
 from runtime.serving.repository import load_model
 from runtime.serving.runner import ENGINE_INLINE_BELOW_S, ModelRunner, Schedule, load_runners
-from tests.support.engine import engine_on_this_loop
+from tests.support.engine import (
+    arena_baseline,
+    assert_released,
+    engine_on_this_loop,
+    fill_arena,
+    open_descriptors,
+    shut_down,
+)
 from tests.support.models import linear_reference
 
 
@@ -221,16 +228,7 @@ def test_a_request_cancelled_as_its_answer_arrives_frees_its_chunk_and_descripto
         asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
         config = load_model(model_repo / "triton" / "linear")
         x = np.ones((2, 4), np.float32)
-        alloc = client._alloc
-
-        def full_arena(_: int) -> int | None:
-            return None
-
-        for overflow in (False, True):  # lazily opened descriptors are open before counting
-            client._alloc = full_arena if overflow else alloc  # type: ignore[method-assign]
-            await client.infer(config, "1", {"x": x})
-        gc.collect()
-        full, descriptors = client._allocator.free_bytes, len(os.listdir("/proc/self/fd"))
+        baseline = await arena_baseline(client, config, {"x": x})
         assert client._channel is not None
         channel = client._channel
         on_frame = channel._on_frame
@@ -246,18 +244,14 @@ def test_a_request_cancelled_as_its_answer_arrives_frees_its_chunk_and_descripto
 
         channel._on_frame = answered_as_the_client_leaves
         for overflow in (False, True) * 3:  # outputs in the arena's chunk; in a region the answer brings
-            client._alloc = full_arena if overflow else alloc  # type: ignore[method-assign]
+            fill_arena(client, overflow)
             leaving[:] = [asyncio.ensure_future(client.infer(config, "1", {"x": x}))]
             with pytest.raises(asyncio.CancelledError):
                 await leaving[0]
         await asyncio.sleep(0.1)
-        gc.collect()
-        assert client._allocator.free_bytes == full
-        assert len(os.listdir("/proc/self/fd")) == descriptors
+        assert_released(client, baseline)
         assert errors == []
-        stop.set()
-        await engine
-        await client.close()
+        await shut_down(engine, stop, client)
 
     asyncio.run(main())
 
@@ -302,18 +296,14 @@ def test_clients_that_leave_at_any_moment_get_right_answers_or_leave_nothing_beh
         for name in names:  # lazily opened descriptors are open before counting
             await client.infer(configs[name], "1", inputs(name))
         gc.collect()
-        full, descriptors = client._allocator.free_bytes, len(os.listdir("/proc/self/fd"))
+        baseline = client._allocator.free_bytes, open_descriptors()
         for _ in range(8):
             await asyncio.gather(*(one() for _ in range(60)))
         await asyncio.sleep(0.3)  # the engine answers the last cancels
-        gc.collect()
-        assert client._requests == {} and client._chunks == {}
-        assert client._allocator.free_bytes == full
-        assert len(os.listdir("/proc/self/fd")) == descriptors
+        assert_released(client, baseline)
+        assert client._chunks == {}
         assert errors == []
-        stop.set()
-        await engine
-        await client.close()
+        await shut_down(engine, stop, client)
 
     asyncio.run(main())
 
@@ -338,13 +328,8 @@ def test_shared_memory_that_cannot_be_allocated_is_a_503_for_inputs_and_for_outp
         engine, stop, client = await engine_on_this_loop(model_repo)
         config = load_model(model_repo / "triton" / "linear")
         x = np.ones((1, 4), np.float32)
-        alloc = client._alloc
-
-        def full_arena(_: int) -> int | None:
-            return None  # inputs in a region of their own: no room reserved for the outputs
-
         monkeypatch.setattr(Region, "create", out_of_descriptors("runtime-in"))
-        client._alloc = full_arena  # type: ignore[method-assign]
+        fill_arena(client, True)  # inputs in a region of their own: no room reserved for the outputs
         with pytest.raises(ServingError) as error:  # the worker's own region for the inputs
             await client.infer(config, "1", {"x": x})
         assert error.value.status_code == 503
@@ -354,19 +339,17 @@ def test_shared_memory_that_cannot_be_allocated_is_a_503_for_inputs_and_for_outp
             if warm:  # measured as a model of microseconds: it then runs on the engine's loop
                 for _ in range(120):
                     await client.infer(config, "1", {"x": x})
-            client._alloc = full_arena  # type: ignore[method-assign]
+            fill_arena(client, True)
             monkeypatch.setattr(Region, "create", out_of_descriptors("runtime-out"))
             with pytest.raises(ServingError) as error:
                 await asyncio.wait_for(client.infer(config, "1", {"x": x}), 10)
             assert error.value.status_code == 503
             assert "cannot allocate shared memory for the outputs (Too many open files)" in error.value.message
             monkeypatch.setattr(Region, "create", create)
-            client._alloc = alloc  # type: ignore[method-assign]
+            fill_arena(client, False)
         outputs = await client.infer(config, "1", {"x": x})  # the engine serves on
         np.testing.assert_allclose(outputs["y"], linear_reference(x)["y"], rtol=1e-6)
-        stop.set()
-        await engine
-        await client.close()
+        await shut_down(engine, stop, client)
 
     asyncio.run(main())
 
@@ -379,29 +362,16 @@ def test_a_request_that_cannot_be_sent_frees_its_chunk_and_region(model_repo: Pa
         engine, stop, client = await engine_on_this_loop(model_repo)
         config = load_model(model_repo / "triton" / "linear")
         x = np.ones((2, 4), np.float32)
-        alloc = client._alloc
-
-        def full_arena(_: int) -> int | None:
-            return None
-
-        for overflow in (False, True):  # lazily opened descriptors are open before counting
-            client._alloc = full_arena if overflow else alloc  # type: ignore[method-assign]
-            await client.infer(config, "1", {"x": x})
-        gc.collect()
-        full, descriptors = client._allocator.free_bytes, len(os.listdir("/proc/self/fd"))
+        baseline = await arena_baseline(client, config, {"x": x})
         for overflow in (False, True) * 2:
-            client._alloc = full_arena if overflow else alloc  # type: ignore[method-assign]
+            fill_arena(client, overflow)
             with pytest.raises(TypeError):
                 await client.infer(config, "1", {"x": x}, Schedule(priority=2**70))
-        assert client._requests == {}
-        assert client._allocator.free_bytes == full
-        assert len(os.listdir("/proc/self/fd")) == descriptors
-        client._alloc = alloc  # type: ignore[method-assign]
+        assert_released(client, baseline)
+        fill_arena(client, False)
         outputs = await client.infer(config, "1", {"x": x})  # the connection serves on
         np.testing.assert_allclose(outputs["y"], linear_reference(x)["y"], rtol=1e-6)
-        stop.set()
-        await engine
-        await client.close()
+        await shut_down(engine, stop, client)
 
     asyncio.run(main())
 

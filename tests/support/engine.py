@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -14,6 +16,7 @@ import tritonclient.http as triton_http
 
 from runtime.serving.engine.client import EngineClient
 from runtime.serving.engine.process import serve
+from runtime.serving.repository import ModelConfig
 from runtime.serving.tritonserver import SHM_PREFIX
 from tests.support.processes import alive, comm, descendants
 
@@ -111,3 +114,47 @@ async def engine_on_this_loop(model_dir: Path) -> tuple[asyncio.Task[None], asyn
     client = EngineClient(address, 1 << 20)
     await client.connect(60)
     return engine, stop, client
+
+
+async def shut_down(engine: asyncio.Task[None], stop: asyncio.Event, client: EngineClient) -> None:
+    """Stop an :func:`engine_on_this_loop` and close its client."""
+    stop.set()
+    await engine
+    await client.close()
+
+
+def _no_room(_: int) -> int | None:
+    return None
+
+
+def fill_arena(client: EngineClient, full: bool) -> None:
+    """Have ``client`` find its arena full (each request's inputs then go in a region of their own), or not."""
+    if full:
+        setattr(client, "_alloc", _no_room)  # noqa: B010 (a method replaced on the instance)
+    else:
+        vars(client).pop("_alloc", None)
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def arena_baseline(
+    client: EngineClient, config: ModelConfig, inputs: Mapping[str, np.ndarray]
+) -> tuple[int, int]:
+    """The arena's free bytes and this process's open descriptors once a request has run each way (in the arena, in
+    a region of its own), so that what is opened once and kept is open."""
+    for full in (False, True):
+        fill_arena(client, full)
+        await client.infer(config, "1", inputs)
+    fill_arena(client, False)
+    gc.collect()
+    return client._allocator.free_bytes, open_descriptors()
+
+
+def assert_released(client: EngineClient, baseline: tuple[int, int]) -> None:
+    """Nothing of the requests since ``baseline`` (:func:`arena_baseline`) is held: no request waits for an answer,
+    the arena is whole and no descriptor is left open."""
+    gc.collect()
+    assert client._requests == {}
+    assert (client._allocator.free_bytes, open_descriptors()) == baseline
