@@ -117,6 +117,27 @@ def test_a_slow_body_that_keeps_sending_is_not_cut(server: ServerProcess) -> Non
     assert answer.startswith(b"HTTP/1.1 200"), answer
 
 
+def test_a_body_refused_unread_on_a_connection_being_closed_still_gets_its_answer(server: ServerProcess) -> None:
+    """A keep-alive connection older than --keepalive-max-age is answered with ``Connection: close``. When
+    that answer refuses a body the client is still sending (here a 413 from its Content-Length), the server
+    lingers: the client gets the 413, not a connection reset."""
+    limit = Settings().max_body_bytes
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(Settings().keepalive_max_age_s + 0.2)
+        sock.sendall(f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: {2 * limit}\r\n\r\n".encode())
+        chunk = b"x" * (64 << 10)
+        for _ in range(64):  # 4 MiB more, as a client that writes its whole body before it reads
+            sock.sendall(chunk)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"connection: close" in head.lower(), head
+    assert json.loads(body) == {"message": f"Request body of {2 * limit} bytes exceeds the limit of {limit} bytes."}
+
+
 def test_client_abort_is_not_an_error(server: ServerProcess) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")

@@ -1,10 +1,14 @@
-"""runtime.http.protocol.CoalescingTransport: a response's headers leave with its body, in one write."""
+"""runtime.http.protocol.CoalescingTransport: a response's headers leave with its body, in one write; a close while
+the request still arrives lingers."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
+
+from runtime.http import protocol
 from runtime.http.protocol import COALESCE_MAX_BYTES, CoalescingTransport
 
 
@@ -81,3 +85,75 @@ def test_the_rest_of_the_transport_is_the_wrapped_one() -> None:
         return transport.get_extra_info("peername"), transport.is_closing()
 
     assert asyncio.run(run()) == (("127.0.0.1", 1), False)
+
+
+class HalfClosable(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.eof = False
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+
+def test_a_close_while_the_request_arrives_lingers_until_the_client_stops_sending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(protocol, "LINGER_IDLE_S", 0.05)
+
+    async def run() -> list[tuple[bool, bool, bool]]:
+        raw = HalfClosable()
+        transport = CoalescingTransport(raw, asyncio.get_running_loop(), lambda: True)  # type: ignore[arg-type]
+        transport.write(b"HTTP/1.1 413 Content Too Large\r\nconnection: close\r\n\r\n{}")
+        transport.close()
+        states = [(raw.eof, raw.closed, transport.is_closing())]
+        for _ in range(3):  # the client goes on sending: each chunk restarts the idle timer
+            await asyncio.sleep(0.03)
+            transport.discarded()
+        states.append((raw.eof, raw.closed, transport.is_closing()))
+        await asyncio.sleep(0.1)
+        states.append((raw.eof, raw.closed, transport.is_closing()))
+        assert raw.writes == [b"HTTP/1.1 413 Content Too Large\r\nconnection: close\r\n\r\n{}"]
+        return states
+
+    assert asyncio.run(run()) == [(True, False, True), (True, False, True), (True, True, True)]
+
+
+def test_lingering_ends_after_its_total_even_while_bytes_come(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "LINGER_TOTAL_S", 0.05)
+
+    async def run() -> bool:
+        raw = HalfClosable()
+        transport = CoalescingTransport(raw, asyncio.get_running_loop(), lambda: True)  # type: ignore[arg-type]
+        transport.close()
+        for _ in range(5):
+            await asyncio.sleep(0.02)
+            transport.discarded()
+        return raw.closed
+
+    assert asyncio.run(run())
+
+
+def test_a_close_between_requests_is_immediate() -> None:
+    async def run() -> tuple[bool, bool]:
+        raw = HalfClosable()
+        transport = CoalescingTransport(raw, asyncio.get_running_loop(), lambda: False)  # type: ignore[arg-type]
+        transport.close()
+        return raw.eof, raw.closed
+
+    assert asyncio.run(run()) == (False, True)
+
+
+def test_a_stopping_worker_ends_the_linger_at_once() -> None:
+    async def run() -> tuple[bool, bool]:
+        raw = HalfClosable()
+        transport = CoalescingTransport(raw, asyncio.get_running_loop(), lambda: True)  # type: ignore[arg-type]
+        transport.close()
+        lingering = not raw.closed
+        transport.end_linger()
+        return lingering, raw.closed
+
+    assert asyncio.run(run()) == (True, True)

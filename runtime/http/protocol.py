@@ -53,6 +53,12 @@ class Limits:
 CONNECTION_WATCH = "runtime.connection_watch"
 # A first body chunk up to this size is joined to the held header block; a bigger one is not copied for that.
 COALESCE_MAX_BYTES = 64 << 10
+# A connection closed while its request is still arriving (a body refused unread, then ``Connection: close``)
+# lingers, as nginx's does: closed at once, the kernel would answer the client's next bytes with a reset, and
+# the client would lose the response it has not read yet. It stops writing, discards what comes, and closes
+# when the client does, after LINGER_IDLE_S without a byte, or after LINGER_TOTAL_S in all.
+LINGER_IDLE_S = 5.0
+LINGER_TOTAL_S = 10.0
 
 
 class ConnectionWatch:
@@ -104,15 +110,36 @@ class CoalescingTransport:
     the client, which reads the headers and waits again (a third of a worker's CPU per tiny request,
     and about 0.05 ms at c=1). A write that starts a response is held until the next write or the end
     of this turn of the event loop (a streamed body's headers still leave at once), or a close.
+
+    ``arriving`` says whether the request is still arriving: then :meth:`close` lingers (see LINGER_IDLE_S).
     """
 
-    __slots__ = ("_flush", "_held", "_loop", "_transport")
+    __slots__ = (
+        "_arriving",
+        "_flush",
+        "_held",
+        "_last_byte",
+        "_linger_until",
+        "_loop",
+        "_timer",
+        "_transport",
+        "lingering",
+    )
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        arriving: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._transport = transport
         self._loop = loop
         self._held = b""
         self._flush: asyncio.Handle | None = None
+        self._arriving = arriving
+        self.lingering = False
+        self._linger_until = self._last_byte = 0.0
+        self._timer: asyncio.Handle | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._flush is not None:
@@ -139,10 +166,45 @@ class CoalescingTransport:
         if self._flush is not None:
             self._flush.cancel()
             self._send_held()
+        if self.lingering:
+            return
+        if self._transport.is_closing() or not self._arriving() or not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self.lingering = True
+        self._transport.write_eof()  # after what is buffered: the client reads the whole response, then EOF
+        now = self._loop.time()
+        self._linger_until, self._last_byte = now + LINGER_TOTAL_S, now
+        self._timer = self._loop.call_later(min(LINGER_IDLE_S, LINGER_TOTAL_S), self._linger_due)
+
+    def discarded(self) -> None:
+        """Bytes came while lingering (and were dropped)."""
+        self._last_byte = self._loop.time()
+
+    def _linger_due(self) -> None:
+        # Decided after this turn's reads: a server that was too busy to read is not a client that went quiet.
+        self._timer = self._loop.call_soon(self._linger_decide)
+
+    def _linger_decide(self) -> None:
+        now = self._loop.time()
+        due = min(self._last_byte + LINGER_IDLE_S, self._linger_until)
+        if now >= due:
+            self.end_linger()
+        else:
+            self._timer = self._loop.call_later(due - now, self._linger_due)
+
+    def end_linger(self) -> None:
+        self.lost()
         self._transport.close()
 
+    def lost(self) -> None:
+        """The connection is gone: no linger timer outlives it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def is_closing(self) -> bool:
-        return self._transport.is_closing()
+        return self.lingering or self._transport.is_closing()
 
     def __getattr__(self, name: str) -> Any:  # the rest of asyncio.Transport, as it is
         return getattr(self._transport, name)
@@ -187,15 +249,30 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+        self.coalescing = CoalescingTransport(transport, self.loop, self._arriving)
+        self.transport = self.coalescing  # type: ignore[assignment]
         self._arm(self.limits.header_timeout_s, "headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.coalescing.lost()
         super().connection_lost(exc)  # marks the request disconnected first: its receive() says so
         self.watch.lost()
 
+    def shutdown(self) -> None:
+        if self.coalescing.lingering:  # the worker is stopping: the rest of a refused request is not waited for
+            self.coalescing.end_linger()
+            return
+        super().shutdown()
+
+    def _arriving(self) -> bool:
+        """Whether the current request has bytes still to come: its body, or the rest of its headers."""
+        return self._in_body or (self._in_headers and self._header_bytes > 0)
+
     def data_received(self, data: bytes) -> None:
+        if self.coalescing.lingering:
+            self.coalescing.discarded()  # the rest of a request already answered (and closed)
+            return
         if self._in_headers:
             if self._header_bytes > self.limits.header_section_bytes:
                 # Bytes the parser holds before calling on_header: refuse before a huge field is buffered.
