@@ -14,6 +14,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,10 +69,11 @@ class ConnectionWatch:
     ``receive`` to notice a disconnect (a timer, a task and a resume_reading per request).
     """
 
-    __slots__ = ("callbacks", "loop")
+    __slots__ = ("callbacks", "loop", "opened")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.callbacks: set[Callable[[], None]] = set()
+        self.opened = time.monotonic()  # the connection's age, for --keepalive-max-age
         # The connection's loop, for asyncio.current_task(loop): without it, get_running_loop() makes a
         # getpid system call on Python 3.11.
         self.loop = loop

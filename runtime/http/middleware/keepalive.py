@@ -14,6 +14,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtime.http.protocol import CONNECTION_WATCH, ConnectionWatch
+
 MAX_TRACKED = 65536
 
 
@@ -21,7 +23,8 @@ class ConnectionAgeMiddleware:
     def __init__(self, app: ASGIApp, max_age_s: float) -> None:
         self.app = app
         self.max_age_s = max_age_s
-        # (client address, port) -> when the connection was first seen; one entry per open connection.
+        # Under another server than ours (no ConnectionWatch to tell a connection's age): (client address,
+        # port) -> when the connection was first seen, one entry per connection.
         self._first_seen: collections.OrderedDict[tuple[str, int], float] = collections.OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -29,16 +32,19 @@ class ConnectionAgeMiddleware:
         if not client or self.max_age_s <= 0:
             await self.app(scope, receive, send)
             return
-        key = (client[0], client[1])
         now = time.monotonic()
-        first = self._first_seen.setdefault(key, now)
-        if now - first < self.max_age_s:
-            if len(self._first_seen) > MAX_TRACKED:
+        watch: ConnectionWatch | None = scope.get("extensions", {}).get(CONNECTION_WATCH)
+        if watch is not None:
+            # The connection's own clock: a new connection from a port an old one used is new.
+            old = now - watch.opened >= self.max_age_s
+        else:
+            key = (client[0], client[1])
+            old = now - self._first_seen.setdefault(key, now) >= self.max_age_s
+            if old:
+                del self._first_seen[key]
+            elif len(self._first_seen) > MAX_TRACKED:
                 self._first_seen.popitem(last=False)
-            await self.app(scope, receive, send)
-            return
-        del self._first_seen[key]
-        await self.app(scope, receive, closing(send))
+        await self.app(scope, receive, closing(send) if old else send)
 
 
 def closing(send: Send) -> Send:
