@@ -263,3 +263,35 @@ def test_disable_optimized_execution_is_read_as_triton_reads_it(
     monkeypatch.setattr(torch.jit, "optimized_execution", spy)
     instance.run({"INPUT__0": np.ones((1, 4), np.float32)})
     assert seen == [optimized]
+
+
+@pytest.mark.parametrize("processes", ["off", "on"])
+def test_a_batch_answered_with_too_few_rows_fails_every_request_instead_of_emptying_some(
+    tmp_path: Path, processes: str
+) -> None:
+    # A batching model must answer a row per input row: split() handed the requests after the first empty outputs.
+    import torch
+
+    from runtime.serving.runner import InferenceFailed, load_runners
+    from tests.support import torch_models
+
+    class FirstRow(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:1] * 2
+
+    config = LINEAR.replace("dims: [3]", "dims: [4]") + "dynamic_batching { max_queue_delay_microseconds: 300000 }\n"
+    torch_models.add(tmp_path, "m", FirstRow(), config)
+
+    async def scenario() -> list[BaseException | dict[str, np.ndarray]]:
+        (runner,) = load_runners(str(tmp_path), processes=processes)
+        runner.start()
+        try:
+            futures = [runner.submit({"INPUT__0": np.full((1, 4), i, np.float32)}) for i in range(3)]
+            return await asyncio.gather(*futures, return_exceptions=True)
+        finally:
+            await runner.stop()
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, InferenceFailed) and r.status_code == 500 for r in results), results
+    detail = results[0].detail  # type: ignore[union-attr]
+    assert "model 'm' returned 1 row(s) of output 'OUTPUT__0' for a batch of 3 rows" in detail

@@ -149,6 +149,18 @@ def join(parts: list[Tensors]) -> Tensors:
     return {name: _concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
+def check_rows(outputs: Tensors, rows: int, model: str) -> None:
+    """A batching model's outputs hold a row per input row, at least, as Triton checks before it splits a batch:
+    with fewer, :func:`split` would hand the batch's later requests empty outputs (ValueError)."""
+    for name, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] < rows:
+            got = "a scalar" if value.ndim == 0 else f"{value.shape[0]} row(s)"
+            raise ValueError(
+                f"model '{model}' returned {got} of output '{name}' for a batch of {rows} rows: a model with "
+                "max_batch_size > 0 must return every output with the batch as its first dimension, a row per input row"
+            )
+
+
 def split(outputs: Tensors | list[Tensors], sizes: list[int]) -> list[Tensors]:
     """Each request's outputs from its batch's: :func:`join` undone (views, no copy). A list (an instance
     that answered per request) is already split."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from runtime import metrics, tracing
 from runtime.errors import ServingError
 from runtime.serving import instances as groups
-from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors, join, signature, split
+from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors, check_rows, join, signature, split
 from runtime.serving.engine.remote import InstanceLost, RemoteInstance, applies
 from runtime.serving.platforms import Instance, load_instance, platform_for
 from runtime.serving.repository import ModelConfig, load_repository
@@ -151,7 +151,7 @@ class ModelRunner:
         inputs = join(parts)
         self._executions += 1
         if self._executions % TIMED_EVERY and self._runs_inline():
-            return target.run(inputs)
+            return self._checked(target.run(inputs), inputs)
         # A single-threaded session (a sharded instance) is timed by this thread's CPU: on a busy machine its
         # wall time also counts preemptions and, in the pool, waits for the GIL, and those would send a model
         # of microseconds to the pool (where the GIL waits keep it). Sessions with threads of their own:
@@ -160,6 +160,11 @@ class ModelRunner:
         started = clock()
         outputs = target.run(inputs)
         self._compute_s += (clock() - started - self._compute_s) * EWMA_WEIGHT
+        return self._checked(outputs, inputs)
+
+    def _checked(self, outputs: Tensors, inputs: Tensors) -> Tensors:
+        if self.config.max_batch_size > 0:
+            check_rows(outputs, _batch_size(inputs), self.config.name)
         return outputs
 
     async def _execute(self, instance: int, parts: list[Tensors]) -> Tensors | list[Tensors]:

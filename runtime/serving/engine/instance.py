@@ -41,7 +41,7 @@ import orjson
 
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.prctl import name_and_tie_to_parent
-from runtime.serving.batching import join
+from runtime.serving.batching import check_rows, join
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
 from runtime.serving.tensors import to_bytes_array
 
@@ -105,9 +105,15 @@ def name_process(parent: int) -> None:
 
 class InstanceServer:
     def __init__(
-        self, sock: socket.socket, instance: Any, batched: bool, strings: frozenset[str] = frozenset()
+        self,
+        sock: socket.socket,
+        instance: Any,
+        batched: bool,
+        strings: frozenset[str] = frozenset(),
+        name: str = "model",
     ) -> None:
         self.sock = sock
+        self.name = name  # the model's, for errors
         self.instance = instance
         self.batched = batched
         # Outputs declared BYTES are converted here, as the engine would: a number placed in the reply room
@@ -157,7 +163,10 @@ class InstanceServer:
                 raw = self.regions[t["region"]][t["offset"] : t["offset"] + t["nbytes"]]
                 inputs[t["name"]] = read_tensor(raw, t["datatype"], tuple(t["shape"]))
             parts.append(inputs)
-        outputs = self.instance.run(join(parts))
+        inputs = join(parts)
+        outputs = self.instance.run(inputs)
+        if self.batched:
+            check_rows(outputs, int(next(iter(inputs.values())).shape[0]), self.name)
         answers: list[Meta] = []
         spill: list[tuple[int, list[tuple[str, np.ndarray, int]]]] = []
         start = 0
@@ -226,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return STARTUP_EXIT_CODE
     send(sock, {"op": "ready", "pid": os.getpid()})
     strings = frozenset(t.name for t in config.outputs if t.datatype == "BYTES")
-    InstanceServer(sock, instance, config.max_batch_size > 0, strings).serve()
+    InstanceServer(sock, instance, config.max_batch_size > 0, strings, config.name).serve()
     instance.close()
     return 0
 
