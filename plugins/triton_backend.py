@@ -31,7 +31,7 @@ from runtime.serving.engine.client import EngineClient, config_from_engine
 from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
 from runtime.serving.runner import Schedule
 from runtime.serving.tensors import cast
-from runtime.serving.tritoncall import CONNECTION_ERRORS, TritonServer, infer_inputs, triton_error
+from runtime.serving.tritoncall import CONNECTION_ERRORS, TritonServer, infer_inputs, read_outputs, triton_error
 from runtime.serving.tritonstats import prometheus_text
 
 __all__ = ["TritonBackend", "triton_error"]
@@ -131,7 +131,7 @@ class TritonBackend:
                 # /score bounds our own wait).
                 deadline=DEADLINE.get(),
             )
-            return {name: result.as_numpy(name) for name in names}
+            return read_outputs(result, names, self.url, config.name)
         except BaseException as ex:
             error = ex
             raise

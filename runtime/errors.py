@@ -85,6 +85,12 @@ class ServiceUnavailable(ServingError):
     status_code = 503
 
 
+class BadGateway(ServingError):
+    """A server the runtime calls (Triton) answered with a response the runtime cannot read."""
+
+    status_code = 502
+
+
 class Overloaded(ServingError):
     """Load shed on purpose: a full queue, a queue timeout, the concurrency or body-bytes limit.
 

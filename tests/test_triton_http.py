@@ -10,14 +10,18 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.http as triton_http
 
-from runtime.errors import BadRequest, Overloaded, ServiceUnavailable
+from runtime.errors import BadGateway, BadRequest, Overloaded, ServiceUnavailable, ServingError
 from runtime.http.v2codec import decode_infer_request, encode_outputs
 from runtime.serving.datatypes import HEADER_LENGTH
 from runtime.serving.engine.tritonhttp import TritonHttp
+from runtime.serving.model_config import mc
+from runtime.serving.tritoncall import TritonServer, infer_inputs, read_outputs
 
 Answer = Callable[[bytes, str | None], tuple[int, bytes, int | None]]
 
@@ -131,3 +135,62 @@ def test_nothing_listening_is_the_503_that_names_triton() -> None:
         assert str(raised.value).startswith(f"Triton Inference Server at {url} is unavailable: ")
 
     asyncio.run(scenario())
+
+
+def answer(status: int, header: object, data: bytes = b"") -> Answer:
+    """A fixed answer: ``header`` as JSON (bytes as they are), then ``data`` (binary outputs)."""
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return lambda body, length: (status, head + data, len(head) if data else None)
+
+
+def output(shape: list[int], size: int) -> dict[str, object]:
+    return {"outputs": [{"name": "y", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": size}}]}
+
+
+# What a remote Triton, or a proxy in front of it, may answer that is not a v2 response the runtime can read.
+ODD_ANSWERS = [
+    ("an empty 503", answer(503, b""), ServiceUnavailable, "is unavailable"),
+    ("a proxy's 502 page", answer(502, b"<html>Bad Gateway</html>"), ServiceUnavailable, "is unavailable"),
+    ("a proxy's 500 page", answer(500, b"<html>oops</html>"), ServingError, "failed to run the request"),
+    ("a 200 that is not JSON", answer(200, b"garbage"), BadGateway, "cannot read"),
+    ("no outputs", answer(200, {"model_name": "m"}), BadGateway, "cannot read"),
+    ("an output without its requested name", answer(200, {"outputs": []}), BadGateway, "cannot read"),
+    ("fewer bytes than announced", answer(200, output([1, 2], 8), b"\0" * 4), BadGateway, "cannot read"),
+    ("a shape its bytes do not fill", answer(200, output([1, 5], 8), b"\0" * 8), BadGateway, "cannot read"),
+]
+
+
+@pytest.mark.parametrize(("case", "reply", "kind", "text"), ODD_ANSWERS, ids=[c[0] for c in ODD_ANSWERS])
+def test_an_answer_that_is_not_tritons_is_a_typed_error_naming_triton_in_both_clients(
+    case: str, reply: Answer, kind: type[ServingError], text: str
+) -> None:
+    """The engine's client and the workers' (tritonclient) alike: 503 for an outage page, 502 for a 200 that
+    cannot be read; never an exception of the runtime's own (a 500 saying nothing)."""
+    from runtime.serving.repository import ModelConfig, TensorSpec
+
+    x = np.ones((1, 2), np.float32)
+    config = ModelConfig("m", Path("m"), 4, [TensorSpec("x", "FP32", (2,))], [], ["1"], None, 1, "", mc.ModelConfig())
+
+    async def scenario() -> list[BaseException]:
+        async with fake_triton(reply) as (url, _):
+            http = TritonHttp(url, 10)
+            server = TritonServer(url, 1, 10)
+            errors: list[BaseException] = []
+            try:
+                await http.infer("m", "1", {"x": ("FP32", [x])}, ["y"])
+            except Exception as ex:
+                errors.append(ex)
+            try:
+                wanted = [triton_http.InferRequestedOutput("y", binary_data=True)]
+                result = await server.infer("m", "1", infer_inputs(config, {"x": x}), wanted)
+                read_outputs(result, ["y"], url, "m")
+            except Exception as ex:
+                errors.append(ex)
+            await http.close()
+            await server.close()
+            return errors
+
+    for error in asyncio.run(scenario()):
+        assert type(error) is kind, f"{case}: {error!r}"
+        assert text in str(error) and "Triton Inference Server at 127.0.0.1:" in str(error), str(error)
+        assert error.status_code in (502, 503) if kind is not ServingError else error.status_code == 500

@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
 
 from runtime import tracing
-from runtime.errors import BadRequest, NotFound, Overloaded, ServiceUnavailable, ServingError, StartupError
+from runtime.errors import BadGateway, BadRequest, NotFound, Overloaded, ServiceUnavailable, ServingError, StartupError
 from runtime.serving.model_config import mc
 from runtime.serving.repository import ModelConfig, model_config_from_proto
 
@@ -65,6 +65,27 @@ def triton_error(ex: InferenceServerException, url: str) -> ServingError:
         status_code=500,
         detail=message,
     )
+
+
+def unreadable(url: str, model: str, why: BaseException | str) -> BadGateway:
+    """A 200 from Triton that is no v2 answer the runtime can read (a proxy, another server, a version apart)."""
+    return BadGateway(
+        f"Triton Inference Server at {url} answered a request of model '{model}' with a response the runtime "
+        "cannot read; the server log has the details",
+        detail=why if isinstance(why, str) else f"{type(why).__name__}: {why}",
+    )
+
+
+def read_outputs(result: Any, names: Sequence[str], url: str, model: str) -> dict[str, np.ndarray]:
+    """The outputs ``names`` of tritonclient's InferResult, or :func:`unreadable`."""
+    try:
+        outputs = {name: result.as_numpy(name) for name in names}
+    except (ValueError, KeyError, TypeError) as ex:
+        raise unreadable(url, model, ex) from ex
+    missing = [name for name, value in outputs.items() if value is None]
+    if missing:
+        raise unreadable(url, model, f"the answer lacks output(s) {', '.join(missing)}")
+    return outputs
 
 
 def infer_inputs(config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> list[triton_http.InferInput]:
@@ -198,4 +219,6 @@ class TritonServer:
                 raise ServiceUnavailable(
                     f"Triton Inference Server at {self.url} is unavailable: {type(ex).__name__}: {ex}"
                 ) from ex
+            except (ValueError, KeyError, TypeError) as ex:  # tritonclient reading a 200 it cannot parse
+                raise unreadable(self.url, model, ex) from ex
         raise AssertionError("unreachable: the second attempt returns or raises")

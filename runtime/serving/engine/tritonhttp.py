@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from runtime.errors import ServiceUnavailable
 from runtime.serving.datatypes import HEADER_LENGTH, serialize_bytes
 from runtime.serving.engine.arena import read_tensor
-from runtime.serving.tritoncall import triton_error
+from runtime.serving.tritoncall import triton_error, unreadable
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 HEADER_END = b"\r\n\r\n"
@@ -81,7 +81,7 @@ class TritonHttp:
                 self._idle.append(connection)
             else:
                 connection[1].close()
-            return _outputs(status, body, header_length, self.url)
+            return _outputs(status, body, header_length, self.url, model, outputs)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
 
@@ -144,16 +144,36 @@ async def _exchange(connection: Connection, request: list[bytes | memoryview]) -
     return status, keep, body, int(length) if length is not None else None
 
 
-def _outputs(status: int, body: bytes, header_length: int | None, url: str) -> dict[str, np.ndarray]:
-    header = json.loads(body[:header_length] if header_length is not None else body)
+def _outputs(
+    status: int, body: bytes, header_length: int | None, url: str, model: str, wanted: Sequence[str]
+) -> dict[str, np.ndarray]:
     if status != 200:
-        message = header.get("error", "") if isinstance(header, dict) else ""
-        raise triton_error(InferenceServerException(message or f"HTTP {status}", status=str(status)), url)
-    raw = np.frombuffer(body, np.uint8)
-    offset = header_length or 0
-    outputs = {}
-    for tensor in header["outputs"]:
-        size = int(tensor["parameters"]["binary_data_size"])
-        outputs[tensor["name"]] = read_tensor(raw[offset : offset + size], tensor["datatype"], tuple(tensor["shape"]))
-        offset += size
+        message = _error_message(body, header_length) or f"HTTP {status}"
+        raise triton_error(InferenceServerException(message, status=str(status)), url)
+    try:
+        header = json.loads(body[:header_length] if header_length is not None else body)
+        raw = np.frombuffer(body, np.uint8)
+        offset = header_length or 0
+        outputs = {}
+        for tensor in header["outputs"]:
+            size = int(tensor["parameters"]["binary_data_size"])
+            if offset + size > len(raw):
+                raise ValueError(f"output {tensor['name']!r} announces {size} bytes past the end of the answer")
+            shape = tuple(tensor["shape"])
+            outputs[tensor["name"]] = read_tensor(raw[offset : offset + size], tensor["datatype"], shape)
+            offset += size
+    except (ValueError, KeyError, TypeError) as ex:  # a 200 that is no v2 answer (a proxy, another server)
+        raise unreadable(url, model, ex) from ex
+    missing = [name for name in wanted if name not in outputs]
+    if missing:
+        raise unreadable(url, model, f"the answer lacks output(s) {', '.join(missing)}")
     return outputs
+
+
+def _error_message(body: bytes, header_length: int | None) -> str:
+    """Triton's ``{"error": ...}``; a body that is not (a proxy's page) is described, not relayed."""
+    try:
+        header = json.loads(body[:header_length] if header_length is not None else body)
+    except ValueError:
+        return f"an answer that is not Triton's ({len(body)} bytes)" if body else ""
+    return str(header.get("error", "")) if isinstance(header, dict) else ""
