@@ -90,6 +90,13 @@ def test_label_file(tmp_path: Path) -> None:
     assert load_repository(tmp_path)[0].output("y").labels == ("cat", "dog", "bird")  # type: ignore[union-attr]
 
 
+def warmup(name: str, data_type: str, dims: str, batch: int = 1, data: str = "zero_data: true") -> str:
+    """The linear model's config with one warm-up sample of one input."""
+    value = f"data_type: {data_type} dims: {dims} {data}"
+    sample = f'name: "w" batch_size: {batch} inputs {{ key: "{name}" value {{ {value} }} }}'
+    return f"max_batch_size: 4\nmodel_warmup [{{ {sample} }}]"
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -128,6 +135,20 @@ def test_label_file(tmp_path: Path) -> None:
         ),
         ("version_policy: { specific: { versions: [3] } }", "asks for versions [3]"),
         ("max_batch_size: 4\ndynamic_batching { preferred_batch_size: [8] }", "preferred_batch_size must not exceed"),
+        # model_warmup fails the load, as Triton's warm-up requests would (it ran them and crashed with a traceback).
+        (warmup("nope", "TYPE_FP32", "[4]"), "model_warmup 'w' input 'nope' is not an input of the model (it has x)"),
+        (warmup("x", "TYPE_FP32", "[7]"), "model_warmup 'w' input 'x' has dims [7], but the input has dims [4]"),
+        (warmup("x", "TYPE_FP32", "[-1]"), "model_warmup 'w' input 'x' has dims [-1]: give every size (no -1)"),
+        (
+            warmup("x", "TYPE_INT64", "[4]"),
+            "model_warmup 'w' input 'x' has data_type TYPE_INT64, but the input is TYPE_FP32",
+        ),
+        (warmup("x", "TYPE_FP32", "[4]", batch=64), "model_warmup 'w' has batch_size 64, more than max_batch_size 4"),
+        (warmup("x", "TYPE_FP32", "[4]", data='input_data_file: "nope"'), "model_warmup 'w' input 'x': cannot read "),
+        (
+            'max_batch_size: 4\nmodel_warmup [{ name: "w" batch_size: 1 }]',
+            "model_warmup 'w' gives no value for input 'x'",
+        ),
     ],
 )
 def test_invalid_repository_names_file_and_cause(tmp_path: Path, config: str, message: str) -> None:

@@ -397,6 +397,9 @@ def load_model(model_path: Path) -> ModelConfig:
         model_filename=filename,
         proto=config,
     )
+    from runtime.serving.warmup import check_warmup  # (it reads ModelConfig from here)
+
+    check_warmup(result)
     if platform == TORCH_PLATFORM:
         from runtime.serving.platforms.torchscript import check_model
 
