@@ -223,3 +223,18 @@ def test_every_version_is_checked(tmp_path: Path) -> None:
     onnx.save(old, str(tmp_path / "linear" / "1" / "model.onnx"))
     with pytest.raises(RepositoryError, match=r"linear/1/model\.onnx has \[5\] without the batch dimension"):
         load_repository(tmp_path)
+
+
+@pytest.mark.parametrize("file", ["config.pbtxt", "labels.txt"])
+def test_a_file_that_is_not_utf8_is_a_repository_error_naming_it(tmp_path: Path, file: str) -> None:
+    config = 'output [{ name: "y" data_type: TYPE_FP32 dims: [3] label_filename: "labels.txt" }]\n'
+    linear_repo(tmp_path, config)
+    (tmp_path / "linear" / "labels.txt").write_text("a\nb\nc\n")
+    (tmp_path / "linear" / file).write_bytes(
+        b"# caf\xe9 (Latin-1)\n" + (config.encode() if file == "config.pbtxt" else b"")
+    )
+    with pytest.raises(RepositoryError) as info:
+        load_repository(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'linear' / file}: not UTF-8 text (byte 0xe9 at offset 5): save it as UTF-8"
+    )

@@ -175,9 +175,19 @@ def looks_like_repository(model_dir: str | os.PathLike[str]) -> bool:
     return False
 
 
+def read_text(path: Path) -> str:
+    """A repository's text file (config.pbtxt, labels): UTF-8, as Triton reads it, or a RepositoryError saying so."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as ex:
+        raise RepositoryError(
+            f"{path}: not UTF-8 text (byte 0x{ex.object[ex.start]:02x} at offset {ex.start}): save it as UTF-8"
+        ) from None
+
+
 def _parse_config(path: Path) -> tuple[mc.ModelConfig, bool]:
     """The parsed config and whether it sets max_batch_size explicitly (proto3 cannot tell 0 from unset)."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     config = mc.ModelConfig()
     try:
         text_format.Parse(text, config)
@@ -330,7 +340,7 @@ def _declared_spec(
         label_path = model_path / tensor.label_filename
         if not label_path.is_file():
             raise RepositoryError(f"{model_path / 'config.pbtxt'}: label_filename {label_path} does not exist")
-        labels = tuple(label_path.read_text(encoding="utf-8").splitlines())
+        labels = tuple(read_text(label_path).splitlines())
     return TensorSpec(tensor.name, datatype, dims, reshape, labels)
 
 
@@ -508,7 +518,7 @@ def model_config_from_proto(proto: mc.ModelConfig, versions: list[str], path: Pa
         if path is not None and isinstance(tensor, mc.ModelOutput) and tensor.label_filename:
             label_path = path / tensor.label_filename
             if label_path.is_file():
-                labels = tuple(label_path.read_text(encoding="utf-8").splitlines())
+                labels = tuple(read_text(label_path).splitlines())
         return TensorSpec(
             tensor.name,
             config_to_wire(mc.DataType.Name(tensor.data_type)),
