@@ -28,7 +28,7 @@ from runtime.errors import UnknownModel
 from runtime.hookspecs import hookimpl
 from runtime.metrics import failure_reason
 from runtime.serving.engine.client import EngineClient, config_from_engine
-from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
+from runtime.serving.repository import ModelConfig, looks_like_repository, triton_model_names
 from runtime.serving.runner import Schedule
 from runtime.serving.tensors import cast
 from runtime.serving.tritoncall import CONNECTION_ERRORS, TritonServer, infer_inputs, read_outputs, triton_error
@@ -86,7 +86,7 @@ class TritonBackend:
         """The models score.py relies on: the repository's, when --model-dir names one (else Triton's index)."""
         model_dir = context.settings.model_dir
         if model_dir and looks_like_repository(model_dir):
-            return [config.name for config in load_repository(model_dir)]
+            return triton_model_names(model_dir)
         return None
 
     async def _server_ready(self) -> bool:

@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 
 from runtime.errors import StartupError
-from runtime.serving.repository import load_repository, looks_like_repository, repository_root
+from runtime.serving.repository import load_repository, looks_like_repository, repository_root, triton_model_names
 
 
 class PreflightError(StartupError):
@@ -42,8 +42,12 @@ def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
     if not os.path.isdir(model_dir):
         raise PreflightError(f"model directory {model_dir} is a file, not a folder")
     if looks_like_repository(model_dir):
-        # As strict as Triton, before any worker starts: names, datatypes, dims against each model file.
-        load_repository(model_dir)
+        # As strict as Triton, before any worker starts: names, datatypes, dims against each model file. For
+        # Triton, models of its other backends (python, TensorRT) too: their configs parsed, the rest its own.
+        if backend == "triton":
+            triton_model_names(model_dir)
+        else:
+            load_repository(model_dir)
         # The graphs read for the check are garbage now; give their heap back before Gunicorn forks, or
         # every worker's RSS would carry it.
         with contextlib.suppress(OSError, AttributeError):

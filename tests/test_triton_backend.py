@@ -264,3 +264,22 @@ def test_triton_queue_rejections_are_load_shedding_not_outages() -> None:
     assert isinstance(full, Overloaded) and isinstance(timed_out, Overloaded)
     assert "rejected the request: Exceeds maximum queue size" in full.message
     assert isinstance(down, ServiceUnavailable) and not isinstance(down, Overloaded)
+
+
+@pytest.mark.parametrize("client", ["worker", "engine"])
+def test_managed_triton_serves_a_python_backend_model_beside_onnx(
+    managed_servers: ServerPool, tritonserver_binary: Path, tmp_path: Path, client: str
+) -> None:
+    """A repository holding a model only Triton serves (its python backend): refused at start-up before, as a
+    platform the embedded backend does not serve ("use --backend triton", which it was)."""
+    from tests.test_triton_repository import mixed_repository
+
+    repo = mixed_repository(tmp_path / "repo")
+    server = managed_servers.take(*managed_flags(repo, tritonserver_binary, "--triton-client", client))
+    x = [1.5, -2.0, 3.0, 4.0]
+    body = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": x}]}
+    response = httpx.post(f"{server.url}/v2/models/echo/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == x
+    assert httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]}).status_code == 200  # the ONNX model too
+    assert server.stop() == 0

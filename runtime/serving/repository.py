@@ -34,6 +34,12 @@ from runtime.serving.platform_names import (
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
 DEFAULT_FILENAMES = {ONNX_PLATFORM: "model.onnx", TORCH_PLATFORM: "model.pt"}
 BACKENDS = {ONNX_PLATFORM: ONNX_BACKEND, TORCH_PLATFORM: TORCH_BACKEND}
+# The backends of Triton's other platforms (a config may name the platform alone).
+TRITON_PLATFORM_BACKENDS = {
+    "tensorrt_plan": "tensorrt",
+    "tensorflow_graphdef": "tensorflow",
+    "tensorflow_savedmodel": "tensorflow",
+}
 # Fields of ModelConfig that protobuf's JSON mapping writes as strings (64-bit ints); Triton writes numbers.
 _INT64_KEYS = {
     "dims",
@@ -545,11 +551,42 @@ def model_config_from_proto(proto: mc.ModelConfig, versions: list[str], path: Pa
     )
 
 
-def load_repository(model_dir: str | os.PathLike[str]) -> list[ModelConfig]:
+def model_paths(model_dir: str | os.PathLike[str]) -> list[Path]:
+    """The repository's model folders, by name; a RepositoryError when there are none."""
     root = repository_root(model_dir)
     if not root.is_dir():
         raise RepositoryError(f"Model repository {root} does not exist or is not a folder")
-    models = [load_model(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    if not models:
+    paths = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    if not paths:
         raise RepositoryError(f"Model repository {root} holds no models (expected {root}/<model>/1/model.onnx)")
-    return models
+    return paths
+
+
+def load_repository(model_dir: str | os.PathLike[str]) -> list[ModelConfig]:
+    return [load_model(p) for p in model_paths(model_dir)]
+
+
+def triton_backend_of(model_path: Path) -> str | None:
+    """The Triton backend a model folder needs when the embedded backend does not serve it (python, tensorrt,
+    ...); None for ONNX and TorchScript models. Its config.pbtxt is parsed (a RepositoryError names the line)."""
+    config_file = model_path / "config.pbtxt"
+    if not config_file.is_file():
+        return None  # an ONNX model whose config Triton completes (TorchScript ones need one: load_model says so)
+    config, _ = _parse_config(config_file)
+    if platform_name(config.platform, config.backend) is not None:
+        return None
+    if config.name and config.name != model_path.name:
+        raise RepositoryError(f"{config_file}: name {config.name!r} does not match the folder name {model_path.name!r}")
+    return str(config.backend or TRITON_PLATFORM_BACKENDS.get(config.platform, config.platform))
+
+
+def triton_model_names(model_dir: str | os.PathLike[str]) -> list[str]:
+    """The models a Triton server serves from the repository, checked before it starts: ONNX and TorchScript
+    models as strictly as :func:`load_repository` checks them; the others' (python, TensorRT) config.pbtxt
+    parsed, the rest is Triton's to check."""
+    names = []
+    for path in model_paths(model_dir):
+        if triton_backend_of(path) is None:
+            load_model(path)
+        names.append(path.name)
+    return names

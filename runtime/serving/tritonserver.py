@@ -25,13 +25,14 @@ import sys
 import tempfile
 import threading
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import StartupError
 from runtime.prctl import tie_to_parent
-from runtime.serving.repository import load_repository, repository_root
+from runtime.serving.platform_names import ONNX_PLATFORM
+from runtime.serving.repository import load_model, model_paths, repository_root, triton_backend_of
 from runtime.serving.supervised import SupervisedProcess
 
 logger = logging.getLogger("runtime.tritonserver")
@@ -110,14 +111,30 @@ def prepare_launch(binary: Path, work: Path) -> Launch:
     return Launch(binary, env, backends, (backends / "onnxruntime").is_dir())
 
 
-def stage_repository(model_dir: str, stage: Path) -> Path:
-    """A repository in which every ONNX model is served by the python backend running onnxruntime."""
+def stage_repository(model_dir: str, stage: Path, backends: Collection[str] | None = None) -> Path:
+    """A repository in which every ONNX model is served by the python backend running onnxruntime; the models
+    of other backends (python, pytorch, ...) are linked as they are. ``backends``: the server's, when known (a
+    model that needs another is a StartupError)."""
     from runtime.serving.model_config import mc
 
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
-    for config in load_repository(model_dir):
+    for path in model_paths(model_dir):
+        backend = triton_backend_of(path)
+        config = load_model(path) if backend is None else None
+        if config is not None and config.proto.platform != ONNX_PLATFORM:
+            backend = config.proto.backend
+        if backend is not None:
+            if backends is not None and backend not in backends:
+                raise StartupError(
+                    f"model {path.name!r} needs Triton's {backend} backend, which the managed tritonserver lacks "
+                    f"(it has: {', '.join(sorted(backends)) or 'none'}); give --tritonserver a Triton that has it, "
+                    "or run one and give its address with --triton-url"
+                )
+            (stage / path.name).symlink_to(path.resolve(), target_is_directory=True)
+            continue
+        assert config is not None
         target = stage / config.name
         target.mkdir()
         proto = mc.ModelConfig()
@@ -216,7 +233,8 @@ class ManagedTriton(SupervisedProcess):
         if self.launch.has_onnxruntime:
             self.repository = repository_root(model_dir)
         else:
-            self.repository = stage_repository(model_dir, self.work / "repository")
+            backends = None if self.launch.backend_dir is None else {p.name for p in self.launch.backend_dir.iterdir()}
+            self.repository = stage_repository(model_dir, self.work / "repository", backends)
 
     @property
     def url(self) -> str:

@@ -20,7 +20,7 @@ from runtime.errors import ServingError
 from runtime.serving.batching import BatchStats, Tensors
 from runtime.serving.engine.tritonhttp import TritonHttp
 from runtime.serving.platforms import Device, Instance
-from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository
+from runtime.serving.repository import ModelConfig, looks_like_repository, triton_model_names
 from runtime.serving.runner import ModelRunner
 from runtime.serving.tritoncall import TritonServer
 
@@ -92,7 +92,7 @@ async def load_triton_runners(
 ) -> list[ModelRunner]:
     """A runner per version of every model Triton serves for ``model_dir`` (else of its repository index),
     once Triton and they are ready (a StartupError after ``wait_s``). ``timeout_s`` bounds one request."""
-    names = [c.name for c in load_repository(model_dir)] if model_dir and looks_like_repository(model_dir) else None
+    names = triton_model_names(model_dir) if model_dir and looks_like_repository(model_dir) else None
     server = TritonServer(url, conn_limit=1, conn_timeout=timeout_s)
     try:
         configs = await server.wait_for_models(names, wait_s)
