@@ -283,3 +283,43 @@ def test_managed_triton_serves_a_python_backend_model_beside_onnx(
     assert response.json()["outputs"][0]["data"] == x
     assert httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]}).status_code == 200  # the ONNX model too
     assert server.stop() == 0
+
+
+def test_waiting_for_a_model_triton_failed_to_load_says_why(tritonserver_binary: Path, tmp_path: Path) -> None:
+    """A remote Triton that runs on without a model it could not load: the wait said "it answers, but is not
+    ready yet" for RUNTIME_TRITON_WAIT_S (120 s by default), then the same; Triton's index has the reason."""
+    from runtime.errors import StartupError
+    from runtime.serving.tritoncall import TritonServer
+    from runtime.serving.tritonserver import ManagedTriton
+    from tests.test_triton_repository import mixed_repository
+
+    repo = mixed_repository(tmp_path / "repo")
+    (repo / "echo" / "1" / "model.py").write_text("raise RuntimeError('no weights in /models/echo')\n")
+    triton = ManagedTriton(str(repo), tritonserver_binary, supervise=False, extra_args=["--exit-on-error=false"])
+    triton._spawn()  # not start(): that waits for a ready server, and this one never is
+
+    def loaded() -> bool:
+        try:
+            index = httpx.post(f"http://{triton.url}/v2/repository/index", timeout=2).json()
+        except httpx.HTTPError:
+            return False
+        return {entry.get("state") for entry in index} == {"READY", "UNAVAILABLE"}
+
+    async def wait(names: list[str] | None) -> str:
+        server = TritonServer(triton.url, 1, 5)
+        try:
+            with pytest.raises(StartupError) as info:
+                await server.wait_for_models(names, 0.5)
+            return str(info.value)
+        finally:
+            await server.close()
+
+    try:
+        triton._wait_for(loaded, 60, 0.2)
+        for names in (None, ["echo"]):
+            message = asyncio.run(wait(names))
+            assert "model 'echo' version 1 is UNAVAILABLE: " in message, message
+            assert "RuntimeError: no weights in /models/echo" in message
+            assert "linear" not in message  # it is ready
+    finally:
+        triton.stop()

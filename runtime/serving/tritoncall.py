@@ -159,19 +159,36 @@ class TritonServer:
                 next_report = now + WAIT_REPORT_S
             await asyncio.sleep(0.25)
 
-    async def _probe(self, call: Awaitable[bool]) -> str | None:
+    async def _probe(self, call: Awaitable[bool], model: str | None = None) -> str | None:
         try:
-            return None if await call else "it answers, but is not ready yet"
+            if await call:
+                return None
         except InferenceServerException as ex:
             return ex.message() or str(ex)
         except CONNECTION_ERRORS as ex:
             return connection_reason(ex)
+        return "it answers, but is not ready yet" + await self._unready_models(model)
+
+    async def _unready_models(self, model: str | None) -> str:
+        """The models (or ``model``) Triton's index lists as not ready, with its reason: one it could not load
+        keeps a server that runs on (``--exit-on-error=false``) not ready for good."""
+        try:
+            index = await self.client.get_model_repository_index()
+        except (InferenceServerException, *CONNECTION_ERRORS):
+            return ""
+        states = [
+            f"model '{entry.get('name')}' version {entry.get('version', '')} is {entry.get('state')}"
+            + (f": {entry['reason'].strip().splitlines()[0]}" if str(entry.get("reason", "")).strip() else "")
+            for entry in index
+            if entry.get("state", "READY") != "READY" and model in (None, entry.get("name"))
+        ]
+        return f" ({'; '.join(states)})" if states else ""
 
     async def server_reason(self) -> str | None:
         return await self._probe(self.client.is_server_ready())
 
     async def model_reason(self, name: str, version: str = "") -> str | None:
-        return await self._probe(self.client.is_model_ready(name, version))
+        return await self._probe(self.client.is_model_ready(name, version), name)
 
     # -- serving ----------------------------------------------------------------------------------
 
