@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
 
 from runtime.errors import BadGateway, BadRequest, Overloaded, ServiceUnavailable, ServingError
 from runtime.http.v2codec import decode_infer_request, encode_outputs
 from runtime.serving.datatypes import HEADER_LENGTH
 from runtime.serving.engine.tritonhttp import TritonHttp
 from runtime.serving.model_config import mc
-from runtime.serving.tritoncall import TritonServer, infer_inputs, read_outputs
+from runtime.serving.tritoncall import TritonServer, infer_inputs, read_outputs, triton_error
 
 Answer = Callable[[bytes, str | None], tuple[int, bytes, int | None]]
 
@@ -194,3 +195,25 @@ def test_an_answer_that_is_not_tritons_is_a_typed_error_naming_triton_in_both_cl
         assert type(error) is kind, f"{case}: {error!r}"
         assert text in str(error) and "Triton Inference Server at 127.0.0.1:" in str(error), str(error)
         assert error.status_code in (502, 503) if kind is not ServingError else error.status_code == 500
+
+
+def test_a_model_triton_unloaded_since_start_up_is_a_503_in_both_clients_not_a_404() -> None:
+    """The runtime lists the model (its index, its metadata): Triton's 404 (the worker's unversioned request; the
+    engine's names the version and got a 503) means Triton stopped serving it, which a retry may outlast."""
+    message = "Request for unknown model: 'm' has no available versions"
+
+    async def scenario() -> BaseException:
+        async with fake_triton(error(404, message)) as (url, _):
+            http = TritonHttp(url, 10)
+            with pytest.raises(ServiceUnavailable) as raised:
+                await http.infer("m", "1", {"x": ("FP32", [np.ones((1, 2), np.float32)])}, ["y"])
+            await http.close()
+            return raised.value
+
+    for error_ in (
+        asyncio.run(scenario()),
+        triton_error(InferenceServerException(message, status="404"), "t:8000", "m"),
+    ):
+        assert type(error_) is ServiceUnavailable and error_.status_code == 503
+        assert "does not serve model 'm' now (it did when the runtime started; see its log): " in str(error_)
+        assert str(error_).endswith(message)

@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
 
 from runtime import tracing
-from runtime.errors import BadGateway, BadRequest, NotFound, Overloaded, ServiceUnavailable, ServingError, StartupError
+from runtime.errors import BadGateway, BadRequest, Overloaded, ServiceUnavailable, ServingError, StartupError
 from runtime.serving.model_config import mc
 from runtime.serving.repository import ModelConfig, model_config_from_proto
 
@@ -47,7 +47,9 @@ def connection_reason(ex: BaseException) -> str:
     return f"cannot connect: {ex}"
 
 
-def triton_error(ex: InferenceServerException, url: str) -> ServingError:
+def triton_error(ex: InferenceServerException, url: str, model: str = "") -> ServingError:
+    """Triton's error answer to an inference of ``model``, one the runtime serves (an unknown model or version is
+    the data plane's 404 before Triton is asked)."""
     status = ex.status()
     message = ex.message() or str(ex)
     code = int(status) if status and str(status).isdigit() else 0
@@ -55,8 +57,12 @@ def triton_error(ex: InferenceServerException, url: str) -> ServingError:
         return Overloaded(f"Triton Inference Server at {url} rejected the request: {message}")
     if code == 400:
         return BadRequest(message)
-    if code == 404:
-        return NotFound(message)
+    if code == 404:  # Triton stopped serving it (unloaded, or a Triton restarted without it): a retry may outlast that
+        what = f"model '{model}'" if model else "the model"
+        return ServiceUnavailable(
+            f"Triton Inference Server at {url} does not serve {what} now (it did when the runtime started; see "
+            f"its log): {message}"
+        )
     if code in (0, 502, 503, 504):
         return ServiceUnavailable(f"Triton Inference Server at {url} is unavailable: {message}")
     # Triton relays its backends' messages (onnxruntime's name source files): the log gets them, the client not.
@@ -231,7 +237,7 @@ class TritonServer:
                 if attempt:
                     raise ServiceUnavailable(f"Triton Inference Server at {self.url} is unavailable: {ex}") from ex
             except InferenceServerException as ex:
-                raise triton_error(ex, self.url) from ex
+                raise triton_error(ex, self.url, model) from ex
             except CONNECTION_ERRORS as ex:
                 raise ServiceUnavailable(
                     f"Triton Inference Server at {self.url} is unavailable: {type(ex).__name__}: {ex}"

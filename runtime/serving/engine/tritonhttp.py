@@ -149,7 +149,7 @@ def _outputs(
 ) -> dict[str, np.ndarray]:
     if status != 200:
         message = _error_message(body, header_length) or f"HTTP {status}"
-        raise triton_error(InferenceServerException(message, status=str(status)), url)
+        raise triton_error(InferenceServerException(message, status=str(status)), url, model)
     try:
         header = json.loads(body[:header_length] if header_length is not None else body)
         raw = np.frombuffer(body, np.uint8)
