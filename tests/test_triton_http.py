@@ -22,6 +22,7 @@ from runtime.http.v2codec import decode_infer_request, encode_outputs
 from runtime.serving.datatypes import HEADER_LENGTH
 from runtime.serving.engine.tritonhttp import TritonHttp
 from runtime.serving.model_config import mc
+from runtime.serving.repository import ModelConfig, TensorSpec
 from runtime.serving.tritoncall import TritonServer, infer_inputs, read_outputs, triton_error
 
 Answer = Callable[[bytes, str | None], tuple[int, bytes, int | None]]
@@ -138,6 +139,10 @@ def test_nothing_listening_is_the_503_that_names_triton() -> None:
     asyncio.run(scenario())
 
 
+# Model 'm' as a Triton serves it: one FP32 input 'x' of dims [2].
+M = ModelConfig("m", Path("m"), 4, [TensorSpec("x", "FP32", (2,))], [], ["1"], None, 1, "", mc.ModelConfig())
+
+
 def answer(status: int, header: object, data: bytes = b"") -> Answer:
     """A fixed answer: ``header`` as JSON (bytes as they are), then ``data`` (binary outputs)."""
     head = header if isinstance(header, bytes) else json.dumps(header).encode()
@@ -167,10 +172,7 @@ def test_an_answer_that_is_not_tritons_is_a_typed_error_naming_triton_in_both_cl
 ) -> None:
     """The engine's client and the workers' (tritonclient) alike: 503 for an outage page, 502 for a 200 that
     cannot be read; never an exception of the runtime's own (a 500 saying nothing)."""
-    from runtime.serving.repository import ModelConfig, TensorSpec
-
     x = np.ones((1, 2), np.float32)
-    config = ModelConfig("m", Path("m"), 4, [TensorSpec("x", "FP32", (2,))], [], ["1"], None, 1, "", mc.ModelConfig())
 
     async def scenario() -> list[BaseException]:
         async with fake_triton(reply) as (url, _):
@@ -183,7 +185,7 @@ def test_an_answer_that_is_not_tritons_is_a_typed_error_naming_triton_in_both_cl
                 errors.append(ex)
             try:
                 wanted = [triton_http.InferRequestedOutput("y", binary_data=True)]
-                result = await server.infer("m", "1", infer_inputs(config, {"x": x}), wanted)
+                result = await server.infer("m", "1", infer_inputs(M, {"x": x}), wanted)
                 read_outputs(result, ["y"], url, "m")
             except Exception as ex:
                 errors.append(ex)
@@ -217,3 +219,71 @@ def test_a_model_triton_unloaded_since_start_up_is_a_503_in_both_clients_not_a_4
         assert type(error_) is ServiceUnavailable and error_.status_code == 503
         assert "does not serve model 'm' now (it did when the runtime started; see its log): " in str(error_)
         assert str(error_).endswith(message)
+
+
+# What Triton's gRPC port (HTTP/2) sends an HTTP/1.1 client first: a SETTINGS frame.
+HTTP2_SETTINGS = b"\x00\x00\x18\x04\x00\x00\x00\x00\x00\x00\x04\x00@\x00\x00\x00\x05\x00@\x00\x00\x00\x06\x00\x00@\x00"
+
+
+@asynccontextmanager
+async def raw_server(reply: bytes) -> AsyncIterator[str]:
+    """A server that reads a request's head, writes ``reply`` as it is and closes; yields its host:port."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def unavailable_in_both_clients(url: str) -> list[ServiceUnavailable]:
+    """One request through the workers' client (tritonclient) and one through the engine's: their 503s."""
+    triton, http = TritonServer(url, 1, 5), TritonHttp(url, 5)
+    x = np.ones((1, 2), np.float32)
+    errors: list[ServiceUnavailable] = []
+    try:
+        for call in (
+            triton.infer("m", "1", infer_inputs(M, {"x": x}), []),
+            http.infer("m", "1", {"x": ("FP32", [x])}, []),
+        ):
+            with pytest.raises(ServiceUnavailable) as raised:
+                await call
+            errors.append(raised.value)
+    finally:
+        await triton.close()
+        await http.close()
+    return errors
+
+
+def test_an_address_that_does_not_speak_http_1_is_a_startup_error_and_a_503_naming_the_likely_mistake() -> None:
+    """--triton-url at Triton's gRPC port (8001 where HTTP is 8000), or at anything else: start-up crashed with
+    aiohttp's ClientResponseError (not a StartupError), the workers' requests were 500s, and the engine's an
+    IndexError's 500."""
+    from runtime.errors import StartupError
+
+    async def scenario() -> list[Exception]:
+        async with raw_server(HTTP2_SETTINGS + b"\r\n\r\n") as url:
+            triton = TritonServer(url, 1, 5)
+            with pytest.raises(StartupError) as started:
+                await triton.wait_for_models(None, 0.3)
+            await triton.close()
+            return [started.value, *await unavailable_in_both_clients(url)]
+
+    for error_ in asyncio.run(scenario()):
+        assert "does not answer HTTP/1.1" in str(error_), str(error_)
+        assert "Triton's HTTP port (8000 unless --http-port changed it; 8001 is its gRPC port)" in str(error_)
+
+
+def test_an_answer_cut_off_mid_body_is_the_503_of_a_triton_gone_in_both_clients() -> None:
+    """A Triton killed while it answers (or a connection lost): the workers' aiohttp ClientPayloadError was a 500."""
+
+    async def scenario() -> list[ServiceUnavailable]:
+        async with raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b'{"outputs"') as url:
+            return await unavailable_in_both_clients(url)
+
+    for error_ in asyncio.run(scenario()):
+        assert error_.status_code == 503 and "is unavailable: " in str(error_), str(error_)

@@ -31,8 +31,18 @@ logger = logging.getLogger("runtime.triton")
 
 # Triton's messages when its queue policy sheds a request (queue full, timed out in the queue).
 TRITON_REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
-CONNECTION_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, ConnectionError)
+# (ClientPayloadError: an answer cut off mid-body, by a Triton killed or a connection lost meanwhile.)
+CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, ConnectionError)
 WAIT_REPORT_S = 5.0
+# An answer that is not HTTP/1.1 (Triton's gRPC port speaks HTTP/2) or not parseable as such: aiohttp says why.
+NOT_HTTP = aiohttp.ClientResponseError
+NOT_HTTP_HINT = "Is that Triton's HTTP port (8000 unless --http-port changed it; 8001 is its gRPC port)?"
+
+
+def not_http(ex: BaseException) -> str:
+    """An aiohttp failure to read an HTTP/1.1 answer, in words, with the likely mistake."""
+    first = str(getattr(ex, "message", "") or ex).strip().splitlines()
+    return f"it does not answer HTTP/1.1 ({first[0] if first else type(ex).__name__}). {NOT_HTTP_HINT}"
 
 
 def connection_reason(ex: BaseException) -> str:
@@ -173,6 +183,8 @@ class TritonServer:
             return ex.message() or str(ex)
         except CONNECTION_ERRORS as ex:
             return connection_reason(ex)
+        except NOT_HTTP as ex:
+            return not_http(ex)
         return "it answers, but is not ready yet" + await self._unready_models(model)
 
     async def _unready_models(self, model: str | None) -> str:
@@ -241,6 +253,10 @@ class TritonServer:
             except CONNECTION_ERRORS as ex:
                 raise ServiceUnavailable(
                     f"Triton Inference Server at {self.url} is unavailable: {type(ex).__name__}: {ex}"
+                ) from ex
+            except NOT_HTTP as ex:
+                raise ServiceUnavailable(
+                    f"Triton Inference Server at {self.url} is unavailable: {not_http(ex)}"
                 ) from ex
             except (ValueError, KeyError, TypeError) as ex:  # tritonclient reading a 200 it cannot parse
                 raise unreadable(self.url, model, ex) from ex

@@ -22,9 +22,15 @@ from tritonclient.utils import InferenceServerException
 from runtime.errors import ServiceUnavailable
 from runtime.serving.datatypes import HEADER_LENGTH, serialize_bytes
 from runtime.serving.engine.arena import read_tensor
-from runtime.serving.tritoncall import triton_error, unreadable
+from runtime.serving.tritoncall import NOT_HTTP_HINT, triton_error, unreadable
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class NotHttp(ValueError):
+    """An answer whose status line is not HTTP/1.x (another protocol at that port)."""
+
+
 HEADER_END = b"\r\n\r\n"
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -65,14 +71,13 @@ class TritonHttp:
                 raise ServiceUnavailable(
                     f"Triton Inference Server at {self.url} is unavailable: no answer in {self.timeout_s:.0f} s"
                 ) from ex
-            except (OSError, asyncio.IncompleteReadError, ValueError) as ex:
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as ex:
                 if connection is not None:
                     connection[1].close()
                 if reused and attempt == 0:
                     continue  # a kept connection to a Triton that restarted, or closed it: once more on a new one
-                raise ServiceUnavailable(
-                    f"Triton Inference Server at {self.url} is unavailable: {type(ex).__name__}: {ex}"
-                ) from ex
+                reason = str(ex) if isinstance(ex, NotHttp) else f"{type(ex).__name__}: {ex}"
+                raise ServiceUnavailable(f"Triton Inference Server at {self.url} is unavailable: {reason}") from ex
             except BaseException:
                 if connection is not None:
                     connection[1].close()  # cancelled halfway: the connection's state is unknown
@@ -124,7 +129,10 @@ async def _exchange(connection: Connection, request: list[bytes | memoryview]) -
     if len(head) > MAX_HEAD_BYTES:
         raise ValueError("response head too large")
     lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
+    words = lines[0].split(" ", 2)
+    if len(words) < 2 or not words[0].startswith("HTTP/1.") or not words[1].isdigit():
+        raise NotHttp(f"it does not answer HTTP/1.1 ({lines[0][:40]!r}). {NOT_HTTP_HINT}")
+    status = int(words[1])
     fields: dict[str, str] = {}
     for line in lines[1:]:
         key, sep, value = line.partition(":")
