@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from runtime.errors import StartupError
 from runtime.serving import tritonserver
 from runtime.serving.tritonserver import triton_log_level
 from runtime.serving.tritonstats import prometheus_text
@@ -90,3 +92,35 @@ def test_a_managed_tritons_shared_memory_is_removed_after_it_and_when_its_runtim
     server.shm_prefix = f"runtime-triton-{os.getpid()}-8000-"
     server._after_exit()
     assert not mine.exists() and other.exists() and foreign.exists()
+
+
+def test_work_folders_of_runtimes_gone_are_removed_and_a_start_that_fails_leaves_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its copy of the backends and the staged repository (1.5 MB and more): a SIGKILLed runtime left them in /tmp
+    for good (a test run's crash test alone left one a run)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = 2**22 + 1
+    stale = tmp_path / f"runtime-triton-{dead}-abc"
+    alive = tmp_path / f"runtime-triton-{os.getpid()}-def"
+    other = tmp_path / "runtime-triton-x1y2z3"  # not named for a runtime: not the runtime's to remove
+    for path in (stale, alive, other):
+        (path / "backends").mkdir(parents=True)
+    (tmp_path / "repo" / "linear").mkdir(parents=True)
+    (tmp_path / "repo" / "linear" / "config.pbtxt").write_text("bogus: 1")  # a repository that cannot be staged
+    with pytest.raises(StartupError):
+        tritonserver.ManagedTriton(str(tmp_path / "repo"), Path("/nowhere/tritonserver"))
+    assert not stale.exists() and alive.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.glob("runtime-triton-*")) == sorted(p.name for p in (alive, other))
+
+
+def test_a_managed_tritons_work_folder_is_named_for_its_runtime(tmp_path: Path) -> None:
+    from tests.support import models
+
+    models.make_linear(tmp_path / "linear" / "1" / "model.onnx")
+    server = tritonserver.ManagedTriton(str(tmp_path), Path("/nowhere/tritonserver"))
+    try:
+        assert server.work.name.startswith(f"runtime-triton-{os.getpid()}-")
+    finally:
+        server.stop()
+    assert not server.work.exists()

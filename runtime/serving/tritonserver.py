@@ -196,12 +196,21 @@ SHM_DIR = "/dev/shm"
 SHM_PREFIX = "runtime-triton-"  # then the runtime's pid: regions of a server whose runtime is gone are stale
 
 
+def _stale(path: Path) -> bool:
+    """Whether ``path`` is named for a runtime process (``runtime-triton-<pid>-...``) that is gone."""
+    pid = path.name[len(SHM_PREFIX) :].split("-", 1)[0]
+    return pid.isdigit() and not Path(f"/proc/{pid}").exists()
+
+
 def remove_stale_regions() -> None:
-    """Remove the python-backend regions of managed servers whose runtime process is gone (a SIGKILLed master)."""
+    """Remove the python-backend regions of managed servers whose runtime process is gone (a SIGKILLed master),
+    and their work folders (a copy of the backends, the staged repository)."""
     for region in Path(SHM_DIR).glob(f"{SHM_PREFIX}*"):
-        pid = region.name[len(SHM_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if _stale(region) and not region.is_dir():  # (TMPDIR may be /dev/shm: work folders are below)
             region.unlink(missing_ok=True)
+    for work in Path(tempfile.gettempdir()).glob(f"{SHM_PREFIX}*"):
+        if work.is_dir() and _stale(work):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 class ManagedTriton(SupervisedProcess):
@@ -218,8 +227,6 @@ class ManagedTriton(SupervisedProcess):
     ) -> None:
         self.model_dir = model_dir
         self.extra_args = tuple(extra_args)  # RUNTIME_TRITONSERVER_ARGS, after the runtime's own flags
-        self.work = Path(tempfile.mkdtemp(prefix="runtime-triton-"))
-        self.launch = prepare_launch(binary, self.work)
         self.http_port = port or free_port()
         self.grpc_port = free_port()
         self.metrics_port = free_port()
@@ -230,11 +237,19 @@ class ManagedTriton(SupervisedProcess):
         self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}-{self.http_port}-"
         remove_stale_regions()
         super().__init__()
-        if self.launch.has_onnxruntime:
-            self.repository = repository_root(model_dir)
-        else:
-            backends = None if self.launch.backend_dir is None else {p.name for p in self.launch.backend_dir.iterdir()}
-            self.repository = stage_repository(model_dir, self.work / "repository", backends)
+        # Named for this runtime too: one that is killed cannot remove its copy of the backends and staging.
+        self.work = Path(tempfile.mkdtemp(prefix=f"{SHM_PREFIX}{os.getpid()}-"))
+        try:
+            self.launch = prepare_launch(binary, self.work)
+            if self.launch.has_onnxruntime:
+                self.repository = repository_root(model_dir)
+            else:
+                backend_dir = self.launch.backend_dir
+                backends = None if backend_dir is None else {p.name for p in backend_dir.iterdir()}
+                self.repository = stage_repository(model_dir, self.work / "repository", backends)
+        except BaseException:
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise
 
     @property
     def url(self) -> str:
