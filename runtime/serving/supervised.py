@@ -75,7 +75,7 @@ class SupervisedProcess:
                 self._spawn()
                 self.wait_ready()
                 delay = self.restart_delay
-            except StartupError as ex:
+            except (StartupError, OSError) as ex:  # OSError: a fork out of memory or processes; tried again later
                 logger.error("Restarting %s failed: %s", self.label, ex)
                 delay = min(max(delay * 2, 0.5), 30)
 
