@@ -295,3 +295,28 @@ def test_a_batch_answered_with_too_few_rows_fails_every_request_instead_of_empty
     assert all(isinstance(r, InferenceFailed) and r.status_code == 500 for r in results), results
     detail = results[0].detail  # type: ignore[union-attr]
     assert "model 'm' returned 1 row(s) of output 'OUTPUT__0' for a batch of 3 rows" in detail
+
+
+def test_a_model_that_fails_its_warm_up_is_a_startup_error_naming_the_sample_and_the_failure(tmp_path: Path) -> None:
+    """As Triton fails the load: the library's exception escaped load_runners, and the engine died of a traceback."""
+    import torch
+
+    from runtime.serving.runner import load_runners
+    from tests.support import torch_models
+
+    class Refuses(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if bool((x == 0).all()):
+                raise ValueError("all-zero input: no weights were loaded")
+            return x
+
+    zeros = '{ key: "INPUT__0" value { data_type: TYPE_FP32 dims: [4] zero_data: true } }'
+    warmup = f'model_warmup [{{ name: "zeros" batch_size: 2 inputs {zeros} }}]\n'
+    torch_models.add(tmp_path, "m", Refuses(), LINEAR.replace("dims: [3]", "dims: [4]") + warmup)
+    with pytest.raises(StartupError) as info:
+        load_runners(str(tmp_path))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'm' / 'config.pbtxt'}: model 'm' failed its model_warmup 'zeros': "), (
+        message
+    )
+    assert "all-zero input: no weights were loaded" in message

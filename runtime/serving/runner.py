@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from runtime import metrics, tracing
-from runtime.errors import ServingError
+from runtime.errors import ServingError, StartupError
 from runtime.serving import instances as groups
 from runtime.serving.batching import BatchStats, DynamicBatcher, Tensors, check_rows, join, signature, split
 from runtime.serving.engine.remote import InstanceLost, RemoteInstance, applies
@@ -291,7 +291,14 @@ class ModelRunner:
         for sample in warmup_samples(self.config):
             for instance in self.instances:
                 for _ in range(sample.count):
-                    instance.run(sample.inputs)
+                    try:
+                        instance.run(sample.inputs)
+                    except Exception as ex:  # as Triton, the load fails; a TorchScript error's cause is its last line
+                        lines = str(ex).strip().splitlines() or [type(ex).__name__]
+                        raise StartupError(
+                            f"{self.config.path / 'config.pbtxt'}: model '{self.config.name}' failed its model_warmup "
+                            f"'{sample.name}': {lines[-1].strip()}"
+                        ) from ex
             logger.info("Model %s warmed up with %s (x%d)", self.config.name, sample.name, sample.count)
 
 
