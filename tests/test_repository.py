@@ -238,3 +238,12 @@ def test_a_file_that_is_not_utf8_is_a_repository_error_naming_it(tmp_path: Path,
     assert str(info.value) == (
         f"{tmp_path / 'linear' / file}: not UTF-8 text (byte 0xe9 at offset 5): save it as UTF-8"
     )
+
+
+def test_a_folder_named_with_a_non_ascii_digit_is_not_a_version(tmp_path: Path) -> None:
+    """'²'.isdigit() is True, int('²') a ValueError: the repository failed to load with a traceback."""
+    linear_repo(tmp_path)
+    (tmp_path / "linear" / "²").mkdir()
+    (tmp_path / "linear" / "٣").mkdir()  # int() reads it as 3, a folder that is not there
+    (config,) = load_repository(tmp_path)
+    assert config.versions == ["1"]

@@ -162,6 +162,11 @@ def repository_root(model_dir: str | os.PathLike[str]) -> Path:
     return root / "triton" if (root / "triton").is_dir() else root
 
 
+def _version_name(name: str) -> bool:
+    """A version folder's name: ASCII digits ('²' and '٣' are digits to str.isdigit, and not to int())."""
+    return name.isascii() and name.isdigit()
+
+
 def looks_like_repository(model_dir: str | os.PathLike[str]) -> bool:
     """Whether ``model_dir`` holds a model repository (an Azure ML model folder may hold anything else)."""
     root = Path(model_dir)
@@ -175,7 +180,8 @@ def looks_like_repository(model_dir: str | os.PathLike[str]) -> bool:
         if (model / "config.pbtxt").is_file():
             return True
         if any(
-            v.is_dir() and v.name.isdigit() and (any(v.glob("*.onnx")) or any(v.glob("*.pt"))) for v in model.iterdir()
+            v.is_dir() and _version_name(v.name) and (any(v.glob("*.onnx")) or any(v.glob("*.pt")))
+            for v in model.iterdir()
         ):
             return True
     return False
@@ -368,7 +374,7 @@ def load_model(model_path: Path) -> ModelConfig:
     if not config_file.is_file() and any(model_path.glob("[0-9]*/model.pt")):
         platform = TORCH_PLATFORM  # so that the error says a TorchScript model needs a config
     filename = config.default_model_filename or DEFAULT_FILENAMES[platform]
-    available = sorted(int(p.name) for p in model_path.iterdir() if p.is_dir() and p.name.isdigit())
+    available = sorted(int(p.name) for p in model_path.iterdir() if p.is_dir() and _version_name(p.name))
     available = [v for v in available if (model_path / str(v) / filename).is_file()]
     if not available:
         raise RepositoryError(f"{model_path}: no version folder holds {filename} (expected {model_path}/1/{filename})")
