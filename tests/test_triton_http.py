@@ -7,6 +7,7 @@ tests check against tritonclient), and can answer an error or close a kept conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -240,9 +241,9 @@ async def raw_server(reply: bytes) -> AsyncIterator[str]:
         yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
-async def unavailable_in_both_clients(url: str) -> list[ServiceUnavailable]:
+async def unavailable_in_both_clients(url: str, timeout_s: float = 5) -> list[ServiceUnavailable]:
     """One request through the workers' client (tritonclient) and one through the engine's: their 503s."""
-    triton, http = TritonServer(url, 1, 5), TritonHttp(url, 5)
+    triton, http = TritonServer(url, 1, timeout_s), TritonHttp(url, timeout_s)
     x = np.ones((1, 2), np.float32)
     errors: list[ServiceUnavailable] = []
     try:
@@ -287,3 +288,19 @@ def test_an_answer_cut_off_mid_body_is_the_503_of_a_triton_gone_in_both_clients(
 
     for error_ in asyncio.run(scenario()):
         assert error_.status_code == 503 and "is unavailable: " in str(error_), str(error_)
+
+
+def test_a_triton_that_does_not_answer_in_time_is_the_same_503_naming_the_wait_in_both_clients() -> None:
+    """The workers' message ended in 'TimeoutError: ' (an empty exception), the engine's said 'no answer in 1 s'."""
+
+    async def scenario() -> list[ServiceUnavailable]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await reader.readexactly(1 << 20)  # reads, never answers; ends when the client gives up
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        async with server:
+            return await unavailable_in_both_clients(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", timeout_s=1)
+
+    for error_ in asyncio.run(scenario()):
+        assert str(error_).endswith(" is unavailable: no answer in 1 s (SCORING_TIMEOUT_MS)"), str(error_)

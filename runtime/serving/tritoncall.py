@@ -39,6 +39,11 @@ NOT_HTTP = aiohttp.ClientResponseError
 NOT_HTTP_HINT = "Is that Triton's HTTP port (8000 unless --http-port changed it; 8001 is its gRPC port)?"
 
 
+def no_answer(timeout_s: float) -> str:
+    """A request to Triton that timed out, in words: the limit, and the setting that sets it."""
+    return f"no answer in {timeout_s:g} s (SCORING_TIMEOUT_MS)"
+
+
 def not_http(ex: BaseException) -> str:
     """An aiohttp failure to read an HTTP/1.1 answer, in words, with the likely mistake."""
     first = str(getattr(ex, "message", "") or ex).strip().splitlines()
@@ -122,6 +127,7 @@ class TritonServer:
 
     def __init__(self, url: str, conn_limit: int, conn_timeout: float) -> None:
         self.url = url
+        self.timeout_s = conn_timeout  # a whole request's (aiohttp's total timeout)
         self.client = triton_aio.InferenceServerClient(url, conn_limit=conn_limit, conn_timeout=conn_timeout)
 
     async def close(self) -> None:
@@ -250,6 +256,10 @@ class TritonServer:
                     raise ServiceUnavailable(f"Triton Inference Server at {self.url} is unavailable: {ex}") from ex
             except InferenceServerException as ex:
                 raise triton_error(ex, self.url, model) from ex
+            except asyncio.TimeoutError as ex:  # (an empty exception: its message said nothing)
+                raise ServiceUnavailable(
+                    f"Triton Inference Server at {self.url} is unavailable: {no_answer(self.timeout_s)}"
+                ) from ex
             except CONNECTION_ERRORS as ex:
                 raise ServiceUnavailable(
                     f"Triton Inference Server at {self.url} is unavailable: {type(ex).__name__}: {ex}"

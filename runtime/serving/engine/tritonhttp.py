@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from runtime.errors import ServiceUnavailable
 from runtime.serving.datatypes import HEADER_LENGTH, serialize_bytes
 from runtime.serving.engine.arena import read_tensor
-from runtime.serving.tritoncall import NOT_HTTP_HINT, triton_error, unreadable
+from runtime.serving.tritoncall import NOT_HTTP_HINT, no_answer, triton_error, unreadable
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -69,7 +69,7 @@ class TritonHttp:
                 if connection is not None:
                     connection[1].close()
                 raise ServiceUnavailable(
-                    f"Triton Inference Server at {self.url} is unavailable: no answer in {self.timeout_s:.0f} s"
+                    f"Triton Inference Server at {self.url} is unavailable: {no_answer(self.timeout_s)}"
                 ) from ex
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as ex:
                 if connection is not None:
