@@ -247,3 +247,35 @@ def test_a_folder_named_with_a_non_ascii_digit_is_not_a_version(tmp_path: Path) 
     (tmp_path / "linear" / "٣").mkdir()  # int() reads it as 3, a folder that is not there
     (config,) = load_repository(tmp_path)
     assert config.versions == ["1"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("bfloat16", "input 'x' is of type BFLOAT16, which the runtime does not serve (it serves BOOL, UINT8,"),
+        ("sequence", "output 'y' is a sequence, not a tensor: the runtime serves models whose inputs and outputs"),
+    ],
+)
+def test_an_onnx_model_with_a_tensor_the_runtime_cannot_carry_is_a_repository_error(
+    tmp_path: Path, kind: str, message: str
+) -> None:
+    """A bfloat16 input (numpy has no such type) or a sequence output (sklearn-onnx's ZipMap, sequences of maps):
+    start-up and runtime check crashed with a ValueError or a KeyError 0."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if kind == "bfloat16":
+        x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["N", 2])
+        y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["N", 2])
+        node = helper.make_node("Identity", ["x"], ["y"])
+    else:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+        y = helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, None)
+        node = helper.make_node("SequenceConstruct", ["x"], ["y"])
+    path = tmp_path / "m" / "1" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    graph = helper.make_graph([node], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(RepositoryError) as info:
+        load_repository(tmp_path)
+    assert str(info.value).startswith(f"{path}: {message}"), str(info.value)

@@ -283,19 +283,34 @@ def _onnx_io(path: Path) -> tuple[list[GraphTensor], list[GraphTensor]]:
         raise RepositoryError(f"{path}: not a readable ONNX model: {ex}") from None
     initializers = {i.name for i in model.graph.initializer}
 
-    def describe(value: onnx.ValueInfoProto) -> GraphTensor:
+    def describe(value: onnx.ValueInfoProto, role: str) -> GraphTensor:
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":  # sklearn-onnx's ZipMap: a sequence of maps
+            what = (kind or "untyped value").removesuffix("_type")
+            raise RepositoryError(
+                f"{path}: {role} {value.name!r} is a {what}, not a tensor: the runtime serves models whose inputs "
+                "and outputs are tensors (an sklearn-onnx classifier: convert it with options={'zipmap': False})"
+            )
         tensor = value.type.tensor_type
         if tensor.elem_type == onnx.TensorProto.STRING:
             datatype = "BYTES"
         else:
-            from runtime.serving.datatypes import numpy_to_wire
+            from runtime.serving.datatypes import WIRE_TO_NUMPY, numpy_to_wire
 
-            datatype = numpy_to_wire(np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
+            try:
+                datatype = numpy_to_wire(np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
+            except (KeyError, TypeError, ValueError):  # bfloat16, float8 (numpy has neither), undefined
+                known = tensor.elem_type in onnx.TensorProto.DataType.values()
+                name = onnx.TensorProto.DataType.Name(tensor.elem_type) if known else f"number {tensor.elem_type}"
+                raise RepositoryError(
+                    f"{path}: {role} {value.name!r} is of type {name}, which the runtime does not serve (it serves "
+                    f"{', '.join(WIRE_TO_NUMPY)})"
+                ) from None
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
         return GraphTensor(value.name, datatype, shape)
 
-    inputs = [describe(v) for v in model.graph.input if v.name not in initializers]
-    outputs = [describe(v) for v in model.graph.output]
+    inputs = [describe(v, "input") for v in model.graph.input if v.name not in initializers]
+    outputs = [describe(v, "output") for v in model.graph.output]
     return inputs, outputs
 
 
