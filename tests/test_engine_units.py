@@ -289,7 +289,8 @@ def test_clients_that_leave_at_any_moment_get_right_answers_or_leave_nothing_beh
             (outputs,) = await asyncio.gather(task, return_exceptions=True)
             await asyncio.sleep(rng.random() * 0.01)  # others take the chunks freed meanwhile
             if name == "linear" and isinstance(outputs, dict):
-                np.testing.assert_allclose(outputs["y"], linear_reference(given["x"])["y"], rtol=1e-5)
+                # atol: a sum near zero differs in its last bits with the batch it ran in.
+                np.testing.assert_allclose(outputs["y"], linear_reference(given["x"])["y"], rtol=1e-5, atol=1e-6)
             if name == "strings" and isinstance(outputs, dict):
                 assert outputs["echo"].tolist() == given["text"].tolist()
 
