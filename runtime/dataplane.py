@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from runtime import logs, tracing
-from runtime.errors import BadRequest, UnknownModel
+from runtime.errors import BadRequest, UnknownModel, UnsupportedDatatype
 from runtime.manager import PluginManager
 from runtime.serving.repository import ModelConfig
 from runtime.serving.tensors import classify, validate_inputs
@@ -88,6 +88,8 @@ class DataPlane:
         exact_datatypes: bool = False,
     ) -> dict[str, np.ndarray]:
         """Check ``inputs`` against ``config``, run the model, return the wanted outputs (classified if asked)."""
+        if config.uncarried is not None:
+            raise UnsupportedDatatype(config.name, *config.uncarried)
         validate_inputs(config, inputs, exact_datatypes)
         params = _with_request_id(parameters)
         requested: Sequence[str] | None = params.get(OUTPUTS)

@@ -91,6 +91,19 @@ class BadGateway(ServingError):
     status_code = 502
 
 
+class UnsupportedDatatype(ServingError):
+    """A model whose tensor has a datatype the runtime cannot carry: numpy has no such type (BF16)."""
+
+    status_code = 501
+
+    def __init__(self, model: str, tensor: str, datatype: str) -> None:
+        super().__init__(
+            f"model '{model}' {tensor} has datatype {datatype}, which this runtime cannot carry (numpy has no "
+            f"{datatype} type); change the model's config.pbtxt to a type numpy has (FP32, FP16) or call Triton "
+            "directly"
+        )
+
+
 class Overloaded(ServingError):
     """Load shed on purpose: a full queue, a queue timeout, the concurrency or body-bytes limit.
 

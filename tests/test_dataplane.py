@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,10 +10,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
 import runtime
-from runtime.dataplane import CLASSIFICATION, OUTPUTS
-from runtime.errors import BadRequest, NoBackend, UnknownModel
+from runtime.dataplane import CLASSIFICATION, OUTPUTS, DataPlane
+from runtime.errors import BadRequest, NoBackend, UnknownModel, UnsupportedDatatype
+from runtime.manager import PluginManager
+from runtime.serving.model_config import mc
+from runtime.serving.repository import model_config_from_proto
 from tests.conftest import script
 from tests.support.inprocess import app_client
 
@@ -88,3 +93,15 @@ def test_two_apps_in_one_process_each_reach_their_own_models(model_repo: Path, t
             response = linear.post("/score", json={"x": [1, 2, 3, 4]})
             assert response.status_code == 200, response.text
             assert len(response.json()["y"]) == 3
+
+
+def test_a_model_with_a_datatype_numpy_lacks_is_a_501_naming_the_tensor() -> None:
+    """Triton serves BF16; numpy has no such type, so the runtime refuses those requests by name, not with a 500."""
+    text = """name: "bf" max_batch_size: 0
+        input [{name: "x" data_type: TYPE_FP32 dims: [2]}] output [{name: "y" data_type: TYPE_BF16 dims: [2]}]"""
+    config = model_config_from_proto(text_format.Parse(text, mc.ModelConfig()), ["1"], Path("/nowhere/bf"))
+    plane = DataPlane(PluginManager())  # its backends are never reached
+    with pytest.raises(UnsupportedDatatype) as raised:
+        asyncio.run(plane.run(config, None, {"x": np.zeros(2, np.float32)}))
+    assert raised.value.status_code == 501
+    assert raised.value.message.startswith("model 'bf' output 'y' has datatype BF16, which this runtime cannot carry")

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.routing import Route
 
+from runtime.errors import UnsupportedDatatype
+
 if TYPE_CHECKING:
     from runtime.manager import PluginManager
     from runtime.serving.repository import ModelConfig
@@ -115,6 +117,8 @@ def summary(settings: Settings, pm: PluginManager, routes: list[Any]) -> str:
         lines.append(
             f"  model {name}: versions {', '.join(config.versions)}; {_batching(config)}; instances {instances}"
         )
+        if config.uncarried is not None:
+            lines.append(f"    its requests are refused (501): {UnsupportedDatatype(name, *config.uncarried).message}")
     if not names:
         lines.append("  models:       none (score.py's init() loads what it needs)")
     lines.append(f"  routes:       {_routes(routes)}")

@@ -11,6 +11,7 @@ Triton: their names are checked against forward()'s signature.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from google.protobuf import json_format, text_format
 
 from runtime.errors import StartupError
 from runtime.serving.batching import QueuePolicy, SchedulePolicy
-from runtime.serving.datatypes import config_to_wire, wire_to_config
+from runtime.serving.datatypes import WIRE_TO_NUMPY, config_to_wire, wire_to_config
 from runtime.serving.model_config import mc
 from runtime.serving.platform_names import (
     ONNX_BACKEND,
@@ -119,6 +120,15 @@ class ModelConfig:
     @property
     def latest_version(self) -> str:
         return self.versions[-1]
+
+    @functools.cached_property
+    def uncarried(self) -> tuple[str, str] | None:
+        """("input 'x'", "BF16") for the first tensor whose datatype numpy lacks; None when all are carried."""
+        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
+            for spec in specs:
+                if spec.datatype not in WIRE_TO_NUMPY:
+                    return f"{kind} '{spec.name}'", spec.datatype
+        return None
 
     def model_file(self, version: str) -> Path:
         return self.path / version / self.model_filename
