@@ -361,8 +361,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"serve": cmd_serve, "check": cmd_check, "triton": cmd_triton, "bench": cmd_bench}
     try:
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except KeyboardInterrupt:
         # Ctrl-C is how people stop a server or a benchmark: no traceback (128 + SIGINT, as shells report it).
         print(f"runtime {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `runtime check ... | head`: the reader has what it wanted. Quiet, as `cat` is (128 + SIGPIPE);
+        # stdout goes to /dev/null so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
