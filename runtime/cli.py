@@ -146,9 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from runtime.preflight import check_model_dir_is_a_folder
     from runtime.serving.check import check_repository
     from runtime.settings import Settings
 
+    try:
+        check_model_dir_is_a_folder(args.model_dir)  # the words `runtime serve` has for a misspelt path
+    except StartupError as ex:
+        print(f"error: {ex}")  # where check_repository reports the repository's errors
+        return 1
     return check_repository(args.model_dir, sys.stdout, Settings.from_env().instance_processes)
 
 

@@ -31,9 +31,8 @@ def check_entry(path: str) -> None:
         raise PreflightError(f"entry script {path} does not exist")
 
 
-def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
-    """A model directory must exist; a repository in it must load; without an entry script it must hold
-    something to serve. Raises PreflightError, or the repository's RepositoryError (both StartupErrors)."""
+def check_model_dir_is_a_folder(model_dir: str) -> None:
+    """A missing model directory names the folders beside it (a misspelling is the likely cause)."""
     if not os.path.exists(model_dir):
         parent = Path(model_dir).parent
         near = sorted(p.name for p in parent.iterdir() if p.is_dir())[:8] if parent.is_dir() else []
@@ -41,6 +40,12 @@ def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
         raise PreflightError(f"model directory {model_dir} does not exist{hint}")
     if not os.path.isdir(model_dir):
         raise PreflightError(f"model directory {model_dir} is a file, not a folder")
+
+
+def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
+    """A model directory must exist; a repository in it must load; without an entry script it must hold
+    something to serve. Raises PreflightError, or the repository's RepositoryError (both StartupErrors)."""
+    check_model_dir_is_a_folder(model_dir)
     if looks_like_repository(model_dir):
         # As strict as Triton, before any worker starts: names, datatypes, dims against each model file. For
         # Triton, models of its other backends (python, TensorRT) too: their configs parsed, the rest its own.

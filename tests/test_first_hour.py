@@ -87,6 +87,17 @@ def test_misspelled_model_dir_is_a_startup_error(tmp_path: Path) -> None:
     assert f"model directory {tmp_path / 'model'} does not exist ({tmp_path} holds: models)" in result.stderr
 
 
+def test_check_words_a_misspelled_or_file_model_dir_as_serve_does(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "score.py").write_text("def run(data): return data\n")
+    missing = run("check", "--model-dir", str(tmp_path / "model"))
+    assert missing.returncode == 1
+    assert f"error: model directory {tmp_path / 'model'} does not exist ({tmp_path} holds: models)" in missing.stdout
+    a_file = run("check", "--model-dir", str(tmp_path / "score.py"))
+    assert a_file.returncode == 1
+    assert f"error: model directory {tmp_path / 'score.py'} is a file, not a folder" in a_file.stdout
+
+
 def test_model_dir_with_nothing_to_serve(tmp_path: Path) -> None:
     (tmp_path / "model.pkl").write_bytes(b"pickle")
     result = run("serve", "--model-dir", str(tmp_path))
