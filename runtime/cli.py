@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="show how the models of a repository will be served")
     check.add_argument("--model-dir", required=True, help="the model directory (holding triton/ or models)")
+    for commands in (sub, triton_sub):
+        # What usage shows already; argparse would name the dest ("triton_command") when none is given.
+        commands.metavar = "{" + ",".join(commands.choices) + "}"
     return parser
 
 

@@ -72,6 +72,13 @@ def test_misspelled_subcommand_gets_did_you_mean() -> None:
     assert "invalid choice: 'serv'" in result.stderr and "(did you mean serve?)" in result.stderr
 
 
+@pytest.mark.parametrize(("args", "choices"), [((), "{serve,triton,bench,check}"), (("triton",), "{install}")])
+def test_a_missing_subcommand_names_the_choices(args: tuple[str, ...], choices: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr.endswith(f"error: the following arguments are required: {choices}\n"), result.stderr
+
+
 def test_folder_as_entry_names_the_scripts_inside(tmp_path: Path) -> None:
     (tmp_path / "score.py").write_text("def init(): pass\ndef run(data): return data\n")
     result = run("serve", "--entry", str(tmp_path))
