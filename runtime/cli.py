@@ -39,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-dir", help="the model directory (env AZUREML_MODEL_DIR)")
     serve.add_argument("--host", help="address to bind (env RUNTIME_HOST; default 127.0.0.1)")
     serve.add_argument("--port", type=port, help="port to bind (env SERVER_PORT; default 5001)")
-    serve.add_argument("--workers", type=positive, help="Gunicorn worker processes (env WORKER_COUNT)")
+    serve.add_argument("--workers", type=positive, help="Gunicorn worker processes (env WORKER_COUNT; 1)")
     serve.add_argument(
         "--concurrency", type=positive, help="requests in flight per worker (env RUNTIME_CONCURRENCY; 32)"
     )
-    serve.add_argument("--timeout-ms", type=positive, help="scoring timeout (env SCORING_TIMEOUT_MS)")
+    serve.add_argument("--timeout-ms", type=positive, help="scoring timeout (env SCORING_TIMEOUT_MS; 3600000)")
     serve.add_argument(
         "--max-body-bytes", type=positive, help="largest request body (env RUNTIME_MAX_BODY_BYTES; 100 MiB)"
     )
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--triton",
         choices=["remote", "managed"],
-        help="remote: use the Triton at --triton-url; managed: start one for --model-dir (env RUNTIME_TRITON_MODE)",
+        help="remote: use the Triton at --triton-url; managed: start one for --model-dir "
+        "(env RUNTIME_TRITON_MODE; remote)",
     )
     serve.add_argument(
         "--engine",

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from runtime.settings import Settings
 from tests.conftest import StartRuntime, script
 from tests.support import models
 from tests.support.cli import Result, settings_of
@@ -77,6 +78,17 @@ def test_a_missing_subcommand_names_the_choices(args: tuple[str, ...], choices: 
     result = run(*args)
     assert result.returncode == 2
     assert result.stderr.endswith(f"error: the following arguments are required: {choices}\n"), result.stderr
+
+
+def test_serve_help_names_the_defaults_a_newcomer_asks_about() -> None:
+    """How many workers, how long a request may take, which Triton: --help says, as docs/settings.md does."""
+    result = run("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    defaults = Settings.from_env({})
+    assert f"Gunicorn worker processes (env WORKER_COUNT; {defaults.workers})" in text
+    assert f"scoring timeout (env SCORING_TIMEOUT_MS; {defaults.timeout_ms})" in text
+    assert f"(env RUNTIME_TRITON_MODE; {defaults.triton_mode})" in text
 
 
 def test_folder_as_entry_names_the_scripts_inside(tmp_path: Path) -> None:
@@ -244,7 +256,6 @@ def test_summary_names_gpu_instances_and_where_they_run(tmp_path: Path) -> None:
 
     from runtime.http.startup import _instances, summary
     from runtime.serving.repository import load_repository
-    from runtime.settings import Settings
 
     models.make_linear(tmp_path / "linear" / "1" / "model.onnx")
     (tmp_path / "linear" / "config.pbtxt").write_text(
@@ -290,7 +301,6 @@ def test_ctrl_c_that_stops_gunicorns_master_reaches_the_cli_as_a_keyboard_interr
     """Gunicorn's master exits 0 on SIGINT: the CLI must still see a Ctrl-C, to stop a managed Triton at once
     (not with its 30 s grace) and exit 130. SIGTERM stays a clean exit."""
     from runtime.http import server
-    from runtime.settings import Settings
 
     def run(arbiter: server._Arbiter) -> None:  # Arbiter.run with the signal already arrived
         arbiter.pid = os.getpid()
@@ -335,7 +345,6 @@ def test_ctrl_c_just_after_managed_triton_is_ready_stops_it_at_once(
     monkeypatch.setattr(tritonserver, "ManagedTriton", Triton)
     monkeypatch.setattr(tritonserver, "find_tritonserver", lambda path, home: tmp_path / "tritonserver")
     monkeypatch.setattr(server, "serve", interrupted)
-    from runtime.settings import Settings
 
     settings = dataclasses.replace(Settings.from_env(), model_dir=str(tmp_path), backend="triton")
     with pytest.raises(KeyboardInterrupt):
