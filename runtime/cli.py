@@ -235,6 +235,22 @@ def export_for_scripts(settings: Settings) -> None:
         os.environ["AZUREML_ENTRY_SCRIPT"] = settings.entry_script
 
 
+# Flags that only the Triton backend reads (--triton-url is not one: score.py's own tritonhttpclient uses it).
+TRITON_ONLY_FLAGS = ("--triton", "--triton-client", "--tritonserver")
+
+
+def triton_flags_without_triton(args: argparse.Namespace, backend: str) -> str | None:
+    """``--triton managed`` on the embedded backend would be ignored: the server would not be on Triton."""
+    given = [(flag, getattr(args, flag[2:].replace("-", "_"), None)) for flag in TRITON_ONLY_FLAGS]
+    named = [f"{flag} {value}" for flag, value in given if value is not None]
+    if not named or backend == "triton":
+        return None
+    return (
+        f"{', '.join(named)}: only the Triton backend reads {'it' if len(named) == 1 else 'them'}, and the backend "
+        f"is {backend}; add --backend triton (or set RUNTIME_BACKEND=triton)"
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from runtime.serving.engine.supervisor import ADDRESS_ENV
 
@@ -246,6 +262,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"runtime serve: {ex}", file=sys.stderr)
         return 2
     problem = check_log_level(settings.log_level, "AZUREML_LOG_LEVEL")
+    if problem:
+        print(f"runtime serve: {problem}", file=sys.stderr)
+        return 2
+    problem = triton_flags_without_triton(args, settings.backend)
     if problem:
         print(f"runtime serve: {problem}", file=sys.stderr)
         return 2

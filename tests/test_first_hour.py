@@ -67,6 +67,21 @@ def test_usage_mistakes_exit_2_with_the_reason(args: list[str], env: dict[str, s
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--triton", "managed"], "--triton managed: only the Triton backend reads it"),
+        (["--triton-client", "engine", "--tritonserver", "/opt/t"], "--triton-client engine, --tritonserver /opt/t:"),
+    ],
+)
+def test_triton_flags_on_the_embedded_backend_are_a_usage_mistake(args: list[str], named: str) -> None:
+    """Without --backend triton they would be ignored, and the user would believe the server is on Triton."""
+    result = run("serve", "--entry", ECHO, *args)
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr
+    assert "and the backend is onnxruntime; add --backend triton (or set RUNTIME_BACKEND=triton)" in result.stderr
+
+
 def test_misspelled_subcommand_gets_did_you_mean() -> None:
     result = run("serv")
     assert result.returncode == 2
