@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 import socket
+import traceback
 from pathlib import Path
 
 from runtime.errors import StartupError
@@ -29,6 +30,13 @@ def check_entry(path: str) -> None:
         raise PreflightError(f"--entry {path} is a folder, not a script: give the score.py file inside it{found}")
     if not os.path.isfile(path):
         raise PreflightError(f"entry script {path} does not exist")
+    if path.endswith(".py"):
+        try:
+            # A typo found now, not after Triton or the model engine started and a worker failed to boot.
+            compile(Path(path).read_bytes(), path, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as ex:
+            where = "".join(traceback.format_exception_only(ex)).rstrip()
+            raise PreflightError(f"entry script {path} does not compile:\n{where}") from None
 
 
 def check_model_dir_is_a_folder(model_dir: str) -> None:

@@ -106,6 +106,16 @@ def test_serve_help_names_the_defaults_a_newcomer_asks_about() -> None:
     assert f"(env RUNTIME_TRITON_MODE; {defaults.triton_mode})" in text
 
 
+def test_a_syntax_error_in_the_entry_script_is_found_before_anything_starts(tmp_path: Path) -> None:
+    """Not after a managed Triton or the model engine has started and a worker failed to boot."""
+    entry = tmp_path / "score.py"
+    entry.write_text("def init():\n    pass\n\ndef run(data:\n    return data\n")
+    result = run("serve", "--entry", str(entry), "--backend", "triton", "--triton", "managed", "--model-dir", ".")
+    assert result.returncode == 3, result.stderr
+    assert f'runtime serve: entry script {entry} does not compile:\n  File "{entry}", line 4' in result.stderr
+    assert "SyntaxError: '(' was never closed" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_folder_as_entry_names_the_scripts_inside(tmp_path: Path) -> None:
     (tmp_path / "score.py").write_text("def init(): pass\ndef run(data): return data\n")
     result = run("serve", "--entry", str(tmp_path))
