@@ -82,6 +82,17 @@ def test_triton_flags_on_the_embedded_backend_are_a_usage_mistake(args: list[str
     assert "and the backend is onnxruntime; add --backend triton (or set RUNTIME_BACKEND=triton)" in result.stderr
 
 
+def test_a_usage_mistake_is_not_buried_under_every_flag() -> None:
+    result = run("serve", "--entry", ECHO, "--workers", "0")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "usage: runtime serve [options] (runtime serve --help lists them)\n"
+        "runtime serve: error: argument --workers: must be a positive integer, got 0\n"
+    )
+    short = run("check")  # a usage of a few lines is still shown
+    assert short.stderr.startswith("usage: runtime check [-h] --model-dir MODEL_DIR\n"), short.stderr
+
+
 def test_misspelled_subcommand_gets_did_you_mean() -> None:
     result = run("serv")
     assert result.returncode == 2
