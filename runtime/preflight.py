@@ -10,13 +10,22 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import socket
 import traceback
 from pathlib import Path
 
 from runtime.errors import StartupError
-from runtime.serving.repository import load_repository, looks_like_repository, repository_root, triton_model_names
+from runtime.serving.repository import (
+    inside_a_repository,
+    load_repository,
+    looks_like_repository,
+    repository_root,
+    triton_model_names,
+)
+
+logger = logging.getLogger("runtime.preflight")
 
 
 class PreflightError(StartupError):
@@ -66,6 +75,11 @@ def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         return
+    misplaced = inside_a_repository(model_dir)
+    if misplaced and not has_entry:
+        raise PreflightError(f"model directory {misplaced}")
+    if misplaced:  # score.py may read that folder itself, as in Azure ML; but its models will not be served
+        logger.warning("model directory %s; the backend serves no models from this one", misplaced)
     if has_entry or backend == "triton":
         return
     raise PreflightError(

@@ -153,6 +153,27 @@ def test_check_words_a_misspelled_or_file_model_dir_as_serve_does(tmp_path: Path
     assert f"error: model directory {tmp_path / 'score.py'} is a file, not a folder" in a_file.stdout
 
 
+@pytest.mark.parametrize("inner", ["triton/linear", "triton/linear/1"])
+def test_a_models_folder_given_as_the_model_dir_names_the_repository(tmp_path: Path, inner: str) -> None:
+    """Triton users name the model's folder; the runtime serves a repository (the folder above)."""
+    densenet_like_repo(tmp_path, "[4]")
+    said = f"{tmp_path / inner} is inside the model repository {tmp_path / 'triton'}: give --model-dir {tmp_path}"
+    served = run("serve", "--model-dir", str(tmp_path / inner))
+    assert served.returncode == 3 and f"runtime serve: model directory {said}\n" == served.stderr
+    checked = run("check", "--model-dir", str(tmp_path / inner))
+    assert checked.returncode == 1 and checked.stdout == f"error: {said}\n"
+    # With score.py it serves, as Azure ML would (score.py may read the folder itself); the log warns.
+    assert settings_of("serve", "--entry", ECHO, "--model-dir", str(tmp_path / inner)).model_dir == str(
+        tmp_path / inner
+    )
+
+
+def test_an_azure_ml_version_folder_is_not_taken_for_a_triton_one(tmp_path: Path) -> None:
+    models.make_linear(tmp_path / "mymodel" / "3" / "model.onnx")  # AZUREML_MODEL_DIR=.../azureml-models/mymodel/3
+    checked = run("check", "--model-dir", str(tmp_path / "mymodel" / "3"))
+    assert checked.returncode == 0 and "an Azure ML model folder, not a model repository" in checked.stdout
+
+
 def test_model_dir_with_nothing_to_serve(tmp_path: Path) -> None:
     (tmp_path / "model.pkl").write_bytes(b"pickle")
     result = run("serve", "--model-dir", str(tmp_path))
