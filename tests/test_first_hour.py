@@ -28,7 +28,7 @@ from tests.conftest import StartRuntime, script
 from tests.support import models
 from tests.support.cli import Result, settings_of
 from tests.support.cli import run_cli as run
-from tests.support.inprocess import served, startup_failure
+from tests.support.inprocess import app_client, captured_logs, served, startup_failure
 from tests.support.servers import free_port
 
 ECHO = script("core/echo.py")
@@ -172,6 +172,20 @@ def test_an_azure_ml_version_folder_is_not_taken_for_a_triton_one(tmp_path: Path
     models.make_linear(tmp_path / "mymodel" / "3" / "model.onnx")  # AZUREML_MODEL_DIR=.../azureml-models/mymodel/3
     checked = run("check", "--model-dir", str(tmp_path / "mymodel" / "3"))
     assert checked.returncode == 0 and "an Azure ML model folder, not a model repository" in checked.stdout
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ("backend/hook_linear.py", "  models:       none, and score.py has no run(): its requests go to a model the"),
+        ("core/echo.py", "  models:       none (score.py's init() loads what it needs)"),
+    ],
+)
+def test_summary_warns_a_hook_style_script_served_without_models(entry: str, said: str) -> None:
+    """Hook style (no run()) without --model-dir: every /score would be a 404; the summary says why first."""
+    with captured_logs() as lines, app_client(entry_script=script(entry)):
+        pass
+    assert said in "\n".join(lines)
 
 
 def test_model_dir_with_nothing_to_serve(tmp_path: Path) -> None:
