@@ -320,6 +320,27 @@ def test_ctrl_c_while_managed_triton_loads(
     assert not alive(children), "tritonserver outlived the runtime"
 
 
+@pytest.mark.slow
+@pytest.mark.external
+def test_ctrl_c_to_a_serving_managed_triton_master_stops_without_a_restart(
+    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+) -> None:
+    """`kill -INT` to the master of a server that serves: the worker unwinding through the master's code left
+    Triton alone only once the owner check was there (it stopped it, the supervisor restarted it, and the
+    worker hung until Gunicorn's SIGKILL after 30 s)."""
+    server = start_runtime(
+        "--entry", ECHO, "--model-dir", str(model_repo), "--backend", "triton", "--triton", "managed",
+        "--tritonserver", str(tritonserver_binary),
+    )  # fmt: skip
+    assert server.proc is not None
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.wait_exit(60) == 130
+    log = server.log()
+    assert time.monotonic() - started < 15, log[-2000:]
+    assert "restarting it" not in log and "SIGKILL" not in log and "Traceback" not in log
+
+
 def test_summary_names_gpu_instances_and_where_they_run(tmp_path: Path) -> None:
     """A config asking for GPU instances says so, and the backend line says that one engine runs them
     (KIND_GPU runs on onnxruntime's CUDA provider, or the server does not start: tests/test_engine.py)."""
