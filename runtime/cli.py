@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from runtime import __version__
@@ -251,7 +254,35 @@ def triton_flags_without_triton(args: argparse.Namespace, backend: str) -> str |
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM before Gunicorn takes it over: unwound as Ctrl-C is, so that what was started is stopped."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` until Gunicorn's master installs its own handler: a managed Triton or
+    the model engine may be starting, and the default action left their work (a staged repository in /tmp)
+    behind, with no word said. The main thread only (signal handlers); the previous handler is put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    with sigterm_unwinds():
+        return serve_command(args)
+
+
+def serve_command(args: argparse.Namespace) -> int:
     from runtime.serving.engine.supervisor import ADDRESS_ENV
 
     # Only an engine this command starts is the workers' engine (not one inherited from a parent server).
@@ -394,8 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = commands[args.command](args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return code
-    except KeyboardInterrupt:
-        # Ctrl-C is how people stop a server or a benchmark: no traceback (128 + SIGINT, as shells report it).
+    except KeyboardInterrupt as ex:
+        # Ctrl-C is how people stop a server or a benchmark: no traceback (128 + the signal, as shells report it).
+        if isinstance(ex, Terminated):
+            print(f"runtime {args.command}: terminated (SIGTERM)", file=sys.stderr)
+            return 143
         print(f"runtime {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import socket
 import time
@@ -339,6 +340,30 @@ def test_ctrl_c_to_a_serving_managed_triton_master_stops_without_a_restart(
     log = server.log()
     assert time.monotonic() - started < 15, log[-2000:]
     assert "restarting it" not in log and "SIGKILL" not in log and "Traceback" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.external
+def test_sigterm_while_managed_triton_loads_stops_it_and_removes_its_files(
+    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+) -> None:
+    """SIGTERM (a supervisor, `docker stop`) before Gunicorn runs: the default action killed the command where it
+    stood, said nothing and left the staged repository in /tmp."""
+    server = start_runtime(
+        "--model-dir", str(model_repo), "--backend", "triton", "--triton", "managed",
+        "--tritonserver", str(tritonserver_binary), wait=False,
+    )  # fmt: skip
+    assert server.proc is not None
+    deadline = time.monotonic() + 60
+    while "[tritonserver]" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    staged = re.search(r"--model-repository=(\S+)", server.log())
+    assert staged, server.log()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(30) == 143
+    log = server.log()
+    assert "runtime serve: terminated (SIGTERM)" in log and "Traceback" not in log
+    assert not Path(staged.group(1)).exists(), f"{staged.group(1)} left behind"
 
 
 def test_summary_names_gpu_instances_and_where_they_run(tmp_path: Path) -> None:
