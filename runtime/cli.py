@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from runtime import __version__
@@ -39,11 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-dir", help="the model directory (env AZUREML_MODEL_DIR)")
     serve.add_argument("--host", help="address to bind (env RUNTIME_HOST; default 127.0.0.1)")
     serve.add_argument("--port", type=port, help="port to bind (env SERVER_PORT; default 5001)")
-    serve.add_argument("--workers", type=positive, help="Gunicorn worker processes (env WORKER_COUNT)")
+    serve.add_argument("--workers", type=positive, help="Gunicorn worker processes (env WORKER_COUNT; 1)")
     serve.add_argument(
         "--concurrency", type=positive, help="requests in flight per worker (env RUNTIME_CONCURRENCY; 32)"
     )
-    serve.add_argument("--timeout-ms", type=positive, help="scoring timeout (env SCORING_TIMEOUT_MS)")
+    serve.add_argument("--timeout-ms", type=positive, help="scoring timeout (env SCORING_TIMEOUT_MS; 3600000)")
     serve.add_argument(
         "--max-body-bytes", type=positive, help="largest request body (env RUNTIME_MAX_BODY_BYTES; 100 MiB)"
     )
@@ -100,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--triton",
         choices=["remote", "managed"],
-        help="remote: use the Triton at --triton-url; managed: start one for --model-dir (env RUNTIME_TRITON_MODE)",
+        help="remote: use the Triton at --triton-url; managed: start one for --model-dir "
+        "(env RUNTIME_TRITON_MODE; remote)",
     )
     serve.add_argument(
         "--engine",
@@ -142,13 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="show how the models of a repository will be served")
     check.add_argument("--model-dir", required=True, help="the model directory (holding triton/ or models)")
+    for commands in (sub, triton_sub):
+        # What usage shows already; argparse would name the dest ("triton_command") when none is given.
+        commands.metavar = "{" + ",".join(commands.choices) + "}"
     return parser
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from runtime.preflight import check_model_dir_is_a_folder
     from runtime.serving.check import check_repository
     from runtime.settings import Settings
 
+    try:
+        check_model_dir_is_a_folder(args.model_dir)  # the words `runtime serve` has for a misspelt path
+    except StartupError as ex:
+        print(f"error: {ex}")  # where check_repository reports the repository's errors
+        return 1
     return check_repository(args.model_dir, sys.stdout, Settings.from_env().instance_processes)
 
 
@@ -225,7 +238,51 @@ def export_for_scripts(settings: Settings) -> None:
         os.environ["AZUREML_ENTRY_SCRIPT"] = settings.entry_script
 
 
+# Flags that only the Triton backend reads (--triton-url is not one: score.py's own tritonhttpclient uses it).
+TRITON_ONLY_FLAGS = ("--triton", "--triton-client", "--tritonserver")
+
+
+def triton_flags_without_triton(args: argparse.Namespace, backend: str) -> str | None:
+    """``--triton managed`` on the embedded backend would be ignored: the server would not be on Triton."""
+    given = [(flag, getattr(args, flag[2:].replace("-", "_"), None)) for flag in TRITON_ONLY_FLAGS]
+    named = [f"{flag} {value}" for flag, value in given if value is not None]
+    if not named or backend == "triton":
+        return None
+    return (
+        f"{', '.join(named)}: only the Triton backend reads {'it' if len(named) == 1 else 'them'}, and the backend "
+        f"is {backend}; add --backend triton (or set RUNTIME_BACKEND=triton)"
+    )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM before Gunicorn takes it over: unwound as Ctrl-C is, so that what was started is stopped."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` until Gunicorn's master installs its own handler: a managed Triton or
+    the model engine may be starting, and the default action left their work (a staged repository in /tmp)
+    behind, with no word said. The main thread only (signal handlers); the previous handler is put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    with sigterm_unwinds():
+        return serve_command(args)
+
+
+def serve_command(args: argparse.Namespace) -> int:
     from runtime.serving.engine.supervisor import ADDRESS_ENV
 
     # Only an engine this command starts is the workers' engine (not one inherited from a parent server).
@@ -236,6 +293,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"runtime serve: {ex}", file=sys.stderr)
         return 2
     problem = check_log_level(settings.log_level, "AZUREML_LOG_LEVEL")
+    if problem:
+        print(f"runtime serve: {problem}", file=sys.stderr)
+        return 2
+    problem = triton_flags_without_triton(args, settings.backend)
     if problem:
         print(f"runtime serve: {problem}", file=sys.stderr)
         return 2
@@ -361,8 +422,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"serve": cmd_serve, "check": cmd_check, "triton": cmd_triton, "bench": cmd_bench}
     try:
-        return commands[args.command](args)
-    except KeyboardInterrupt:
-        # Ctrl-C is how people stop a server or a benchmark: no traceback (128 + SIGINT, as shells report it).
+        code = commands[args.command](args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except KeyboardInterrupt as ex:
+        # Ctrl-C is how people stop a server or a benchmark: no traceback (128 + the signal, as shells report it).
+        if isinstance(ex, Terminated):
+            print(f"runtime {args.command}: terminated (SIGTERM)", file=sys.stderr)
+            return 143
         print(f"runtime {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `runtime check ... | head`: the reader has what it wanted. Quiet, as `cat` is (128 + SIGPIPE);
+        # stdout goes to /dev/null so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

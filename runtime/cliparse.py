@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+USAGE_LINES = 6  # a longer usage is left to --help when a usage mistake is reported
 
 
 def suggest(word: str, candidates: Sequence[str]) -> str:
@@ -52,8 +52,11 @@ class Parser(argparse.ArgumentParser):
             word = message.split("invalid choice: '", 1)[1].split("'", 1)[0]
             choices = [c.strip(" '") for c in message.rsplit("(choose from", 1)[-1].rstrip(")").split(",")]
             message += suggest(word, choices)
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        usage = self.format_usage()
+        if usage.count("\n") > USAGE_LINES:
+            # runtime serve's usage is 25 lines of flags: the one line that says what was wrong would scroll by.
+            usage = f"usage: {self.prog} [options] ({self.prog} --help lists them)\n"
+        self.exit(2, f"{usage}{self.prog}: error: {message}\n")
 
 
 def _integer(value: str, low: int, high: int | None, message: Callable[[str], str]) -> int:

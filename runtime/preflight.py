@@ -10,12 +10,22 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import socket
+import traceback
 from pathlib import Path
 
 from runtime.errors import StartupError
-from runtime.serving.repository import load_repository, looks_like_repository, repository_root, triton_model_names
+from runtime.serving.repository import (
+    inside_a_repository,
+    load_repository,
+    looks_like_repository,
+    repository_root,
+    triton_model_names,
+)
+
+logger = logging.getLogger("runtime.preflight")
 
 
 class PreflightError(StartupError):
@@ -29,11 +39,17 @@ def check_entry(path: str) -> None:
         raise PreflightError(f"--entry {path} is a folder, not a script: give the score.py file inside it{found}")
     if not os.path.isfile(path):
         raise PreflightError(f"entry script {path} does not exist")
+    if path.endswith(".py"):
+        try:
+            # A typo found now, not after Triton or the model engine started and a worker failed to boot.
+            compile(Path(path).read_bytes(), path, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as ex:
+            where = "".join(traceback.format_exception_only(ex)).rstrip()
+            raise PreflightError(f"entry script {path} does not compile:\n{where}") from None
 
 
-def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
-    """A model directory must exist; a repository in it must load; without an entry script it must hold
-    something to serve. Raises PreflightError, or the repository's RepositoryError (both StartupErrors)."""
+def check_model_dir_is_a_folder(model_dir: str) -> None:
+    """A missing model directory names the folders beside it (a misspelling is the likely cause)."""
     if not os.path.exists(model_dir):
         parent = Path(model_dir).parent
         near = sorted(p.name for p in parent.iterdir() if p.is_dir())[:8] if parent.is_dir() else []
@@ -41,6 +57,12 @@ def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
         raise PreflightError(f"model directory {model_dir} does not exist{hint}")
     if not os.path.isdir(model_dir):
         raise PreflightError(f"model directory {model_dir} is a file, not a folder")
+
+
+def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
+    """A model directory must exist; a repository in it must load; without an entry script it must hold
+    something to serve. Raises PreflightError, or the repository's RepositoryError (both StartupErrors)."""
+    check_model_dir_is_a_folder(model_dir)
     if looks_like_repository(model_dir):
         # As strict as Triton, before any worker starts: names, datatypes, dims against each model file. For
         # Triton, models of its other backends (python, TensorRT) too: their configs parsed, the rest its own.
@@ -53,6 +75,11 @@ def check_model_dir(model_dir: str, has_entry: bool, backend: str) -> None:
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         return
+    misplaced = inside_a_repository(model_dir)
+    if misplaced and not has_entry:
+        raise PreflightError(f"model directory {misplaced}")
+    if misplaced:  # score.py may read that folder itself, as in Azure ML; but its models will not be served
+        logger.warning("model directory %s; the backend serves no models from this one", misplaced)
     if has_entry or backend == "triton":
         return
     raise PreflightError(

@@ -32,3 +32,15 @@ def test_check_fails_on_a_bad_repository(tmp_path: Path) -> None:
     result = run_check(tmp_path)
     assert result.returncode == 1
     assert "error:" in result.stdout and "not a readable ONNX model" in result.stdout
+
+
+def test_check_piped_into_a_reader_that_stops_early_exits_quietly(model_repo: Path) -> None:
+    """`runtime check --model-dir DIR | head -3`: head closes the pipe; no BrokenPipeError traceback."""
+    process = subprocess.Popen(
+        runtime_argv("check", "--model-dir", str(model_repo)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first line
+    stderr = process.stderr.read()
+    assert process.wait(120) == 141, stderr  # 128 + SIGPIPE, as `cat` under a closed pipe
+    assert "BrokenPipeError" not in stderr and "Traceback" not in stderr, stderr

@@ -1,9 +1,11 @@
-"""The READMEs' commands, extracted from the Markdown and run exactly as written, so the docs cannot drift.
+"""The READMEs' and the tutorial's commands, extracted from the Markdown and run exactly as written, so the docs
+cannot drift.
 
 Each README's ``console`` blocks run as one bash script in a copy of the repository (the examples write
-their models beside themselves), with this venv first on PATH; see tests/support/markdown.py for the
-convention, the one substitution (the port) and the server that README.md and the DenseNet README write
-alike (README.md's script starts it, the DenseNet README's commands of steps 2 and 3 go to it).
+their models beside themselves; the tutorial's score.py is saved there first), with this venv first on
+PATH; see tests/support/markdown.py for the convention, the one substitution (the port) and the server
+that README.md and the DenseNet README write alike (README.md's script starts it, the DenseNet README's
+commands of steps 2 and 3 go to it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tests.support.markdown import (
     SharedServers,
     console_commands,
     missing_output,
+    named_files,
     outcomes,
     run_script,
     script,
@@ -27,7 +30,7 @@ from tests.support.markdown import (
 )
 from tests.support.servers import BIN, REPO, free_port
 
-READMES = ["README.md", "examples/densenet_onnx/README.md", "examples/bidaf_onnx/README.md"]
+READMES = ["README.md", "examples/densenet_onnx/README.md", "examples/bidaf_onnx/README.md", "docs/tutorial.md"]
 
 
 def repository_copy(target: Path) -> Path:
@@ -87,6 +90,15 @@ def test_a_shared_server_is_started_once_on_its_own_port(tmp_path: Path) -> None
     assert after.count("export SERVER_PORT=7002") == 1 and "127.0.0.1:7002/metrics" in after
 
 
+def test_the_tutorials_score_py_is_saved_and_served_then_stopped() -> None:
+    """docs/tutorial.md: its score.py is a file to save; its server runs in the background and is stopped."""
+    (name,) = named_files(REPO / "docs/tutorial.md")
+    assert name == "score.py" and "def run(data):" in named_files(REPO / "docs/tutorial.md")[name]
+    commands = console_commands(REPO / "docs/tutorial.md")
+    assert [c.text for c in commands if c.background] == ["runtime serve --entry score.py &"]
+    assert commands[-1].text == "kill $!; wait $!"
+
+
 def test_missing_output_matches_ellipses_in_order() -> None:
     output = ["built model at /tmp/x/model.onnx", "wrote config", "200"]
     assert missing_output(["built model at .../model.onnx", "...", "200"], output) == []
@@ -103,6 +115,8 @@ def test_readme_commands_run_as_written(
     commands = console_commands(REPO / readme)
     assert commands, f"{readme} has no console commands"
     root = repository_copy(tmp_path / "repo")
+    for name, text in named_files(REPO / readme).items():  # the files a reader saves (the tutorial's score.py)
+        (root / name).write_text(text)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZUREML_", "RUNTIME_", "SERVER_", "TRITON"))}
     env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "SERVER_PORT": str(port)})

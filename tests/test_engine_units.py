@@ -8,7 +8,9 @@ import errno
 import gc
 import os
 import random
+import signal
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from runtime.serving.platforms import Device
 from runtime.serving.platforms import onnx as onnx_platform
 from runtime.serving.repository import load_model
 from runtime.serving.runner import ENGINE_INLINE_BELOW_S, ModelRunner, Schedule, load_runners
+from runtime.serving.supervised import SupervisedProcess
 from tests.support.engine import (
     arena_baseline,
     assert_released,
@@ -617,3 +620,32 @@ def test_cpu_sessions_allocate_without_memory_patterns(model_repo: Path) -> None
             session = runner.instances[0].session  # type: ignore[attr-defined]
             assert session.get_session_options().enable_mem_pattern is False, runner.config.name
     assert onnx_platform.session_options(1, cpu=False).enable_mem_pattern is True  # GPU sessions as before
+
+
+class _Sleeper(SupervisedProcess):
+    label = "sleeper"
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+
+    def wait_ready(self) -> None:
+        pass
+
+
+def test_a_forked_child_unwinding_does_not_stop_what_its_parent_started() -> None:
+    """A Gunicorn worker that exits (Ctrl-C's quick shutdown, --max-requests) unwinds through the master's
+    `finally: triton.stop()`: only the master may stop the managed Triton (the worker's stop killed it, the
+    master's supervisor restarted it, and the worker hung until Gunicorn's SIGKILL 30 s later)."""
+    sleeper = _Sleeper()
+    sleeper._spawn()
+    assert sleeper.proc is not None
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child exits here, whatever happens
+        try:
+            sleeper._stop_process(1)
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert sleeper.proc.poll() is None, "a forked child stopped its parent's process"
+    sleeper._stop_process(5)
+    assert sleeper.proc.returncode == -signal.SIGTERM

@@ -3,7 +3,12 @@ worker's memory and /metrics are read). On a real Triton: tests/test_triton_back
 
 from __future__ import annotations
 
+import http.server
+import json
 import shutil
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,7 +33,7 @@ from tests.support.examples import (
 )
 from tests.support.inprocess import AppPool
 from tests.support.rss import PeakRss
-from tests.support.servers import ServerProcess, start_module_server
+from tests.support.servers import REPO, ServerProcess, start_module_server
 
 pytestmark = pytest.mark.slow
 
@@ -184,3 +189,36 @@ def test_make_model_writes_beside_itself(tmp_path: Path) -> None:
     load(copy / "make_model.py").main(["--small"])
     assert (copy / "models/triton/densenet_onnx/1/model.onnx").is_file()
     assert (copy / "models/triton/densenet_onnx/densenet_labels.txt").is_file()
+
+
+class _NoModel(http.server.BaseHTTPRequestHandler):
+    """What `runtime serve --entry score_densenet.py` answers without --model-dir."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"message": "No backend serves a model named 'densenet_onnx'."}).encode()
+        self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("example", ["densenet_onnx", "bidaf_onnx"])
+def test_client_says_to_add_the_model_dir_when_score_py_has_no_model(example: str) -> None:
+    """The clients' hint for a 404 was "started with --model-dir only", wrong when score.py lacks its model."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoModel)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        client = REPO / "examples" / example / "client.py"
+        result = subprocess.run([sys.executable, str(client), "--url", url], capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(
+        f"; score.py was served without its model: add --model-dir examples/{example}/models to runtime serve"
+    ), result.stderr
+    assert "--model-dir only" not in result.stderr

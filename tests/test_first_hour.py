@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import socket
 import time
@@ -23,11 +24,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from runtime.settings import Settings
 from tests.conftest import StartRuntime, script
 from tests.support import models
 from tests.support.cli import Result, settings_of
 from tests.support.cli import run_cli as run
-from tests.support.inprocess import served, startup_failure
+from tests.support.inprocess import app_client, captured_logs, served, startup_failure
 from tests.support.servers import free_port
 
 ECHO = script("core/echo.py")
@@ -66,10 +68,64 @@ def test_usage_mistakes_exit_2_with_the_reason(args: list[str], env: dict[str, s
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--triton", "managed"], "--triton managed: only the Triton backend reads it"),
+        (["--triton-client", "engine", "--tritonserver", "/opt/t"], "--triton-client engine, --tritonserver /opt/t:"),
+    ],
+)
+def test_triton_flags_on_the_embedded_backend_are_a_usage_mistake(args: list[str], named: str) -> None:
+    """Without --backend triton they would be ignored, and the user would believe the server is on Triton."""
+    result = run("serve", "--entry", ECHO, *args)
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr
+    assert "and the backend is onnxruntime; add --backend triton (or set RUNTIME_BACKEND=triton)" in result.stderr
+
+
+def test_a_usage_mistake_is_not_buried_under_every_flag() -> None:
+    result = run("serve", "--entry", ECHO, "--workers", "0")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "usage: runtime serve [options] (runtime serve --help lists them)\n"
+        "runtime serve: error: argument --workers: must be a positive integer, got 0\n"
+    )
+    short = run("check")  # a usage of a few lines is still shown
+    assert short.stderr.startswith("usage: runtime check [-h] --model-dir MODEL_DIR\n"), short.stderr
+
+
 def test_misspelled_subcommand_gets_did_you_mean() -> None:
     result = run("serv")
     assert result.returncode == 2
     assert "invalid choice: 'serv'" in result.stderr and "(did you mean serve?)" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "choices"), [((), "{serve,triton,bench,check}"), (("triton",), "{install}")])
+def test_a_missing_subcommand_names_the_choices(args: tuple[str, ...], choices: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr.endswith(f"error: the following arguments are required: {choices}\n"), result.stderr
+
+
+def test_serve_help_names_the_defaults_a_newcomer_asks_about() -> None:
+    """How many workers, how long a request may take, which Triton: --help says, as docs/settings.md does."""
+    result = run("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    defaults = Settings.from_env({})
+    assert f"Gunicorn worker processes (env WORKER_COUNT; {defaults.workers})" in text
+    assert f"scoring timeout (env SCORING_TIMEOUT_MS; {defaults.timeout_ms})" in text
+    assert f"(env RUNTIME_TRITON_MODE; {defaults.triton_mode})" in text
+
+
+def test_a_syntax_error_in_the_entry_script_is_found_before_anything_starts(tmp_path: Path) -> None:
+    """Not after a managed Triton or the model engine has started and a worker failed to boot."""
+    entry = tmp_path / "score.py"
+    entry.write_text("def init():\n    pass\n\ndef run(data:\n    return data\n")
+    result = run("serve", "--entry", str(entry), "--backend", "triton", "--triton", "managed", "--model-dir", ".")
+    assert result.returncode == 3, result.stderr
+    assert f'runtime serve: entry script {entry} does not compile:\n  File "{entry}", line 4' in result.stderr
+    assert "SyntaxError: '(' was never closed" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_folder_as_entry_names_the_scripts_inside(tmp_path: Path) -> None:
@@ -85,6 +141,52 @@ def test_misspelled_model_dir_is_a_startup_error(tmp_path: Path) -> None:
     result = run("serve", "--entry", ECHO, "--model-dir", str(tmp_path / "model"))
     assert result.returncode == 3
     assert f"model directory {tmp_path / 'model'} does not exist ({tmp_path} holds: models)" in result.stderr
+
+
+def test_check_words_a_misspelled_or_file_model_dir_as_serve_does(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "score.py").write_text("def run(data): return data\n")
+    missing = run("check", "--model-dir", str(tmp_path / "model"))
+    assert missing.returncode == 1
+    assert f"error: model directory {tmp_path / 'model'} does not exist ({tmp_path} holds: models)" in missing.stdout
+    a_file = run("check", "--model-dir", str(tmp_path / "score.py"))
+    assert a_file.returncode == 1
+    assert f"error: model directory {tmp_path / 'score.py'} is a file, not a folder" in a_file.stdout
+
+
+@pytest.mark.parametrize("inner", ["triton/linear", "triton/linear/1"])
+def test_a_models_folder_given_as_the_model_dir_names_the_repository(tmp_path: Path, inner: str) -> None:
+    """Triton users name the model's folder; the runtime serves a repository (the folder above)."""
+    densenet_like_repo(tmp_path, "[4]")
+    said = f"{tmp_path / inner} is inside the model repository {tmp_path / 'triton'}: give --model-dir {tmp_path}"
+    served = run("serve", "--model-dir", str(tmp_path / inner))
+    assert served.returncode == 3 and f"runtime serve: model directory {said}\n" == served.stderr
+    checked = run("check", "--model-dir", str(tmp_path / inner))
+    assert checked.returncode == 1 and checked.stdout == f"error: {said}\n"
+    # With score.py it serves, as Azure ML would (score.py may read the folder itself); the log warns.
+    assert settings_of("serve", "--entry", ECHO, "--model-dir", str(tmp_path / inner)).model_dir == str(
+        tmp_path / inner
+    )
+
+
+def test_an_azure_ml_version_folder_is_not_taken_for_a_triton_one(tmp_path: Path) -> None:
+    models.make_linear(tmp_path / "mymodel" / "3" / "model.onnx")  # AZUREML_MODEL_DIR=.../azureml-models/mymodel/3
+    checked = run("check", "--model-dir", str(tmp_path / "mymodel" / "3"))
+    assert checked.returncode == 0 and "an Azure ML model folder, not a model repository" in checked.stdout
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ("backend/hook_linear.py", "  models:       none, and score.py has no run(): its requests go to a model the"),
+        ("core/echo.py", "  models:       none (score.py's init() loads what it needs)"),
+    ],
+)
+def test_summary_warns_a_hook_style_script_served_without_models(entry: str, said: str) -> None:
+    """Hook style (no run()) without --model-dir: every /score would be a 404; the summary says why first."""
+    with captured_logs() as lines, app_client(entry_script=script(entry)):
+        pass
+    assert said in "\n".join(lines)
 
 
 def test_model_dir_with_nothing_to_serve(tmp_path: Path) -> None:
@@ -219,6 +321,51 @@ def test_ctrl_c_while_managed_triton_loads(
     assert not alive(children), "tritonserver outlived the runtime"
 
 
+@pytest.mark.slow
+@pytest.mark.external
+def test_ctrl_c_to_a_serving_managed_triton_master_stops_without_a_restart(
+    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+) -> None:
+    """`kill -INT` to the master of a server that serves: the worker unwinding through the master's code left
+    Triton alone only once the owner check was there (it stopped it, the supervisor restarted it, and the
+    worker hung until Gunicorn's SIGKILL after 30 s)."""
+    server = start_runtime(
+        "--entry", ECHO, "--model-dir", str(model_repo), "--backend", "triton", "--triton", "managed",
+        "--tritonserver", str(tritonserver_binary),
+    )  # fmt: skip
+    assert server.proc is not None
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.wait_exit(60) == 130
+    log = server.log()
+    assert time.monotonic() - started < 15, log[-2000:]
+    assert "restarting it" not in log and "SIGKILL" not in log and "Traceback" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.external
+def test_sigterm_while_managed_triton_loads_stops_it_and_removes_its_files(
+    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
+) -> None:
+    """SIGTERM (a supervisor, `docker stop`) before Gunicorn runs: the default action killed the command where it
+    stood, said nothing and left the staged repository in /tmp."""
+    server = start_runtime(
+        "--model-dir", str(model_repo), "--backend", "triton", "--triton", "managed",
+        "--tritonserver", str(tritonserver_binary), wait=False,
+    )  # fmt: skip
+    assert server.proc is not None
+    deadline = time.monotonic() + 60
+    while "[tritonserver]" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    staged = re.search(r"--model-repository=(\S+)", server.log())
+    assert staged, server.log()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(30) == 143
+    log = server.log()
+    assert "runtime serve: terminated (SIGTERM)" in log and "Traceback" not in log
+    assert not Path(staged.group(1)).exists(), f"{staged.group(1)} left behind"
+
+
 def test_summary_names_gpu_instances_and_where_they_run(tmp_path: Path) -> None:
     """A config asking for GPU instances says so, and the backend line says that one engine runs them
     (KIND_GPU runs on onnxruntime's CUDA provider, or the server does not start: tests/test_engine.py)."""
@@ -226,7 +373,6 @@ def test_summary_names_gpu_instances_and_where_they_run(tmp_path: Path) -> None:
 
     from runtime.http.startup import _instances, summary
     from runtime.serving.repository import load_repository
-    from runtime.settings import Settings
 
     models.make_linear(tmp_path / "linear" / "1" / "model.onnx")
     (tmp_path / "linear" / "config.pbtxt").write_text(
@@ -272,7 +418,6 @@ def test_ctrl_c_that_stops_gunicorns_master_reaches_the_cli_as_a_keyboard_interr
     """Gunicorn's master exits 0 on SIGINT: the CLI must still see a Ctrl-C, to stop a managed Triton at once
     (not with its 30 s grace) and exit 130. SIGTERM stays a clean exit."""
     from runtime.http import server
-    from runtime.settings import Settings
 
     def run(arbiter: server._Arbiter) -> None:  # Arbiter.run with the signal already arrived
         arbiter.pid = os.getpid()
@@ -317,7 +462,6 @@ def test_ctrl_c_just_after_managed_triton_is_ready_stops_it_at_once(
     monkeypatch.setattr(tritonserver, "ManagedTriton", Triton)
     monkeypatch.setattr(tritonserver, "find_tritonserver", lambda path, home: tmp_path / "tritonserver")
     monkeypatch.setattr(server, "serve", interrupted)
-    from runtime.settings import Settings
 
     settings = dataclasses.replace(Settings.from_env(), model_dir=str(tmp_path), backend="triton")
     with pytest.raises(KeyboardInterrupt):

@@ -25,6 +25,7 @@ import imagenet
 # runtime serve's port: SERVER_PORT, else 5001.
 DEFAULT_URL = f"http://127.0.0.1:{os.environ.get('SERVER_PORT', '5001')}"
 NO_ENTRY = "; a server started with --model-dir only has no /score: serve score_densenet.py (--entry) or use --v2"
+NO_MODEL = "; score.py was served without its model: add --model-dir examples/densenet_onnx/models to runtime serve"
 
 
 def synthetic_jpeg() -> bytes:
@@ -63,7 +64,9 @@ def main() -> None:
     try:
         print(json.dumps(via_v2(args.url, data) if args.v2 else via_score(args.url, data), indent=2))
     except urllib.error.HTTPError as ex:
-        sys.exit(f"{ex.url}: HTTP {ex.code} {ex.read().decode(errors='replace')}{NO_ENTRY if ex.code == 404 else ''}")
+        body = ex.read().decode(errors="replace")
+        hint = (NO_MODEL if "No backend serves a model" in body else NO_ENTRY) if ex.code == 404 else ""
+        sys.exit(f"{ex.url}: HTTP {ex.code} {body}{hint}")
     except (urllib.error.URLError, ConnectionError) as ex:
         sys.exit(f"cannot reach {args.url}: {ex} (is runtime serve running?)")
 

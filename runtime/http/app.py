@@ -132,7 +132,8 @@ def create_app(
         )
         health.started = True
         logger.info("Worker ready: entry script %s, timeout %d ms", settings.entry_path, settings.timeout_ms)
-        startup.log_summary_once(settings, state.pm, routes)
+        hook_style = state.entry is not None and state.entry.run is None
+        startup.log_summary_once(settings, state.pm, routes, hook_style)
         try:
             yield
         finally:

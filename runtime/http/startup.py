@@ -97,7 +97,8 @@ def _routes(routes: list[Any]) -> str:
     return ", ".join(own) + (f", and {v2} KServe v2 routes under /v2 (POST /v2/models/<model>/infer)" if v2 else "")
 
 
-def summary(settings: Settings, pm: PluginManager, routes: list[Any]) -> str:
+def summary(settings: Settings, pm: PluginManager, routes: list[Any], hook_style: bool = False) -> str:
+    """``hook_style``: score.py has no run(), so its requests go to a model a backend serves."""
     url = f"http://{settings.host}:{settings.port}"
     backend = _backend(settings)
     lines = [
@@ -119,17 +120,23 @@ def summary(settings: Settings, pm: PluginManager, routes: list[Any]) -> str:
         )
         if config.uncarried is not None:
             lines.append(f"    its requests are refused (501): {UnsupportedDatatype(name, *config.uncarried).message}")
-    if not names:
+    if not names and hook_style:
+        # Every /score request would be a 404 "No backend serves a model": say so before the first one.
+        lines.append(
+            "  models:       none, and score.py has no run(): its requests go to a model the backend serves, "
+            "and it serves none (give --model-dir with a model repository)"
+        )
+    elif not names:
         lines.append("  models:       none (score.py's init() loads what it needs)")
     lines.append(f"  routes:       {_routes(routes)}")
     return "\n".join(lines)
 
 
-def log_summary_once(settings: Settings, pm: PluginManager, routes: list[Any]) -> None:
+def log_summary_once(settings: Settings, pm: PluginManager, routes: list[Any], hook_style: bool = False) -> None:
     marker = settings.summary_marker
     if marker:
         try:
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return
-    logger.info("%s", summary(settings, pm, routes))
+    logger.info("%s", summary(settings, pm, routes, hook_style))

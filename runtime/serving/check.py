@@ -9,7 +9,13 @@ from runtime.errors import StartupError
 from runtime.serving import instances as instance_groups
 from runtime.serving.engine.remote import applies
 from runtime.serving.platforms import Device, load_instance, platform_for
-from runtime.serving.repository import ModelConfig, load_repository, looks_like_repository, repository_root
+from runtime.serving.repository import (
+    ModelConfig,
+    inside_a_repository,
+    load_repository,
+    looks_like_repository,
+    repository_root,
+)
 from runtime.serving.tensors import expected_shape
 
 
@@ -39,6 +45,10 @@ def describe(config: ModelConfig, devices: list[Device] | None = None, processes
 
 def check_repository(model_dir: str, out: TextIO, processes: str = "auto") -> int:
     """``processes``: RUNTIME_INSTANCE_PROCESSES, to say which instances run in processes of their own."""
+    misplaced = inside_a_repository(model_dir) if not looks_like_repository(model_dir) else None
+    if misplaced:
+        print(f"error: {misplaced}", file=out)
+        return 1
     if Path(model_dir).is_dir() and not looks_like_repository(model_dir):
         # What `runtime serve` does with such a folder: hands it to score.py, serves no models itself.
         held = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(model_dir).iterdir())

@@ -177,6 +177,18 @@ def _version_name(name: str) -> bool:
     return name.isascii() and name.isdigit()
 
 
+def inside_a_repository(model_dir: str | os.PathLike[str]) -> str | None:
+    """What to say when ``model_dir`` is one model's folder (it holds config.pbtxt), or a version folder of one:
+    Triton users name the model rather than the repository. None otherwise: an Azure ML model folder (its
+    version folder holding model.onnx, say) is read by score.py."""
+    path = Path(model_dir)
+    model = path.parent if _version_name(path.name) else path
+    if not (model / "config.pbtxt").is_file():
+        return None
+    given = model.parent.parent if model.parent.name == "triton" else model.parent  # Azure ML's <dir>/triton
+    return f"{model_dir} is inside the model repository {repository_root(given)}: give --model-dir {given}"
+
+
 def looks_like_repository(model_dir: str | os.PathLike[str]) -> bool:
     """Whether ``model_dir`` holds a model repository (an Azure ML model folder may hold anything else)."""
     root = Path(model_dir)

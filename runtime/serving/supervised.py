@@ -34,6 +34,12 @@ class SupervisedProcess:
         self.restarts = 0
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._owner = os.getpid()
+
+    @property
+    def owned(self) -> bool:
+        """Whether this is the process that started it (not a child forked since, a Gunicorn worker)."""
+        return os.getpid() == self._owner
 
     def _spawn(self) -> None:
         raise NotImplementedError
@@ -80,7 +86,12 @@ class SupervisedProcess:
                 delay = min(max(delay * 2, 0.5), 30)
 
     def _stop_process(self, timeout: float) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; no restart after this."""
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; no restart after this.
+
+        Only in the process that started it: a Gunicorn worker that exits (Ctrl-C's quick shutdown, --max-requests)
+        unwinds through the master's code, and would stop the managed Triton under the master and the other workers."""
+        if not self.owned:
+            return
         self._stopping.set()
         proc = self.proc
         if proc is None:

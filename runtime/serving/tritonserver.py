@@ -321,5 +321,7 @@ class ManagedTriton(SupervisedProcess):
             return False
 
     def stop(self, grace_s: float = 30) -> None:
+        if not self.owned:  # a worker unwinding: the staged repository is the running Triton's
+            return
         self._stop_process(grace_s)
         shutil.rmtree(self.work, ignore_errors=True)

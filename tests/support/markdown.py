@@ -6,6 +6,9 @@ Convention (README.md and the examples' READMEs): in a ```console block, ``$ `` 
 log file, and waits until it answers on ``$SERVER_PORT`` before the next command. The commands run
 in one shell, in order, so ``kill $!`` stops the last server started.
 
+A ```python block whose first line is a comment naming a file (``# score.py``) is a file the reader
+saves before running the commands (docs/tutorial.md): :func:`named_files` returns them.
+
 The one change to what a user types: the port. Tests run in parallel, so the script runs with
 ``SERVER_PORT`` set to a free port (``runtime serve`` and the examples' clients read it) and
 ``127.0.0.1:5001`` in a command becomes that port.
@@ -64,6 +67,25 @@ def console_commands(path: Path) -> list[Command]:
         elif commands:
             commands[-1].expected.append(line)
     return commands
+
+
+NAMED_FILE = re.compile(r"# ([\w.-]+\.py)$")
+
+
+def named_files(path: Path) -> dict[str, str]:
+    """The ```python blocks of ``path`` that start with ``# NAME.py``: NAME.py and its text, as the reader saves it."""
+    files: dict[str, str] = {}
+    block: list[str] | None = None
+    for line in path.read_text().splitlines():
+        if block is None and line.strip() == "```python":
+            block = []
+        elif block is not None and line.startswith("```"):
+            if block and (name := NAMED_FILE.match(block[0])):
+                files[name.group(1)] = "\n".join(block) + "\n"
+            block = None
+        elif block is not None:
+            block.append(line)
+    return files
 
 
 @dataclass

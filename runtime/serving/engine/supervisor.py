@@ -57,7 +57,6 @@ class EngineSupervisor(SupervisedProcess):
         self.wait_s = wait_s
         self.drain_s = drain_s
         self.address = f"@runtime-engine-{os.getpid()}-{secrets.token_hex(4)}"
-        self._owner = os.getpid()
 
     def command(self) -> list[str]:
         return [
@@ -101,6 +100,4 @@ class EngineSupervisor(SupervisedProcess):
 
     def stop(self) -> None:
         """SIGTERM: the engine answers what is in flight, then exits (after the workers did)."""
-        if os.getpid() != self._owner:
-            return  # a worker that exits on its own (--max-requests) unwinds through the master's code
-        self._stop_process(self.drain_s + 5)
+        self._stop_process(self.drain_s + 5)  # in the master only (a worker unwinding does nothing)
