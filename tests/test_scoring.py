@@ -27,6 +27,7 @@ from tests.support.inprocess import app_client, captured_logs
 from tests.support.servers import ServerPool, ServerProcess
 
 ECHO = script("core/echo.py")
+SCRIPT_FAILED = "An unexpected error occurred in scoring script. Check the logs for more info."
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -40,6 +41,12 @@ def post(client: httpx.Client | str, body: object, **kwargs: Any) -> httpx.Respo
 def echo() -> Iterator[httpx.Client]:
     """One app serving echo.py for the tests that only read from it."""
     with app_client(entry_script=ECHO) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def unsendable() -> Iterator[httpx.Client]:
+    with app_client(entry_script=script("aml/unsendable.py")) as client:
         yield client
 
 
@@ -116,6 +123,39 @@ def test_run_exception_is_500_without_traceback(echo: httpx.Client) -> None:
     assert "secret internal detail" not in response.text
     log = "\n".join(lines)
     assert "secret internal detail that must not leak" in log and "Traceback" in log
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "status_999",
+        "status_0",
+        "newline_in_value",
+        "empty_name",
+        "space_in_name",
+        "not_latin1",
+        "starlette_status_1000",
+    ],
+)
+def test_an_answer_http_cannot_carry_is_the_scripts_500(unsendable: httpx.Client, case: str) -> None:
+    """Under uvicorn these were no answer at all (the connection dropped), or a malformed header line, or
+    (not latin-1) a 500 blaming the server; azmlinfsrv answers the script's 500 for a newline in a value."""
+    with captured_logs() as lines:
+        response = unsendable.post("/score", params={"case": case})
+    assert response.status_code == 500
+    assert response.json() == {"message": SCRIPT_FAILED}
+    assert response.headers["x-ms-run-function-failed"] == "True"
+    assert "injected" not in response.headers.get("x-a", "") and "x-b" not in response.headers
+    assert any("run() returned a response HTTP cannot carry" in line for line in lines)
+
+
+@pytest.mark.parametrize("case, status", [("no_content_with_body", 204), ("not_modified_with_body", 304)])
+def test_no_body_statuses_drop_the_scripts_body(unsendable: httpx.Client, case: str, status: int) -> None:
+    """As Werkzeug does; uvicorn refused the body (an unhandled error and a dropped connection)."""
+    response = unsendable.post("/score", params={"case": case})
+    assert response.status_code == status
+    assert response.content == b""
+    assert "content-length" not in response.headers
 
 
 def test_bad_input_gets_4xx_with_message(echo: httpx.Client) -> None:
