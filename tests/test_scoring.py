@@ -158,6 +158,19 @@ def test_no_body_statuses_drop_the_scripts_body(unsendable: httpx.Client, case: 
     assert "content-length" not in response.headers
 
 
+def test_sys_exit_in_run_is_the_scripts_500_and_the_worker_serves_on(echo: httpx.Client) -> None:
+    """SystemExit is no Exception: it passed every handler to uvicorn, whose plain-text 500 has no request ids."""
+    with captured_logs() as lines:
+        response = post(echo, {"exit": 3}, headers={"x-request-id": "exit-1"})
+    assert response.status_code == 500
+    assert response.json() == {"message": SCRIPT_FAILED}
+    assert response.headers["x-ms-run-function-failed"] == "True"
+    assert response.headers["x-request-id"] == "exit-1"
+    log = "\n".join(lines)
+    assert "run() failed for POST /score" in log and "SystemExit: 3" in log
+    assert post(echo, {"ok": True}).status_code == 200
+
+
 def test_bad_input_gets_4xx_with_message(echo: httpx.Client) -> None:
     bad_json = echo.post("/score", content=b"{not json")
     assert bad_json.status_code == 400
