@@ -346,6 +346,26 @@ def _swagger(server: httpx.Client) -> None:
     bad = server.get("/swagger.json?version=9")
     assert bad.status_code == 404
     assert bad.json() == {"message": "Swagger version [9] is not valid. Supported versions: [2, 3, 3.1]."}
+    empty = server.get("/swagger.json?version=")  # azmlinfsrv: not the default version, an invalid one
+    assert empty.status_code == 404
+    assert empty.json() == {"message": "Swagger version [] is not valid. Supported versions: [2, 3, 3.1]."}
+
+
+@pytest.mark.parametrize("path", ["/score/", "/score//", "/swagger.json/", "/v2/health/live/"])
+def test_a_trailing_slash_is_404_as_in_azmlinfsrv(echo: httpx.Client, path: str) -> None:
+    """Starlette redirected (307, no body) to the path without it."""
+    response = echo.request("POST" if path.startswith("/score") else "GET", path, json={})
+    assert response.status_code == 404
+    if not path.startswith("/v2"):  # Triton's body under /v2
+        assert response.json()["message"].startswith("The requested URL was not found on the server.")
+
+
+@pytest.mark.parametrize("path", ["//score", "///score"])
+def test_leading_slashes_are_merged_as_in_azmlinfsrv(echo: httpx.Client, path: str) -> None:
+    """A base URL ending in / joined with /score; azmlinfsrv serves it, this answered 404."""
+    url = httpx.URL("http://testserver").copy_with(raw_path=path.encode())  # as sent: httpx would merge them
+    assert echo.post(url, json={"a": 1}).json()["echo"] == {"a": 1}
+    assert echo.get(url.copy_with(raw_path=b"//")).text == "Healthy"
 
 
 def test_user_swagger_file_wins(tmp_path: Path) -> None:

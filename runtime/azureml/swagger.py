@@ -200,7 +200,7 @@ class Swagger:
         return {first: doc.pop(first), "info": info, **doc}
 
     def get(self, version: str | None) -> dict[str, Any]:
-        version = version or "2"
+        version = "2" if version is None else version  # ?version= is invalid, as in azmlinfsrv
         canonical = next((v for v, aliases in VERSIONS.items() if version in aliases), None)
         listed = ", ".join(self.supported)
         if canonical is None:

@@ -143,12 +143,15 @@ def create_app(
             tracing.shutdown()
             logs.release_print()
 
-    return Starlette(
+    app = Starlette(
         routes=_scoring_first(routes),
         middleware=middleware.stack(settings, health),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, ClientDisconnect: _client_gone, Exception: _internal_error},
     )
+    # /score/ is a 404, as in azmlinfsrv (and Triton for /v2/...): Starlette answered 307 to /score, no body.
+    app.router.redirect_slashes = False
+    return app
 
 
 def _scoring_first(routes: list[Route]) -> list[Route]:
