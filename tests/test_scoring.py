@@ -6,6 +6,7 @@ server: CLI flags, several Gunicorn workers, SIGTERM.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -371,6 +372,17 @@ def test_leading_slashes_are_merged_as_in_azmlinfsrv(echo: httpx.Client, path: s
     url = httpx.URL("http://testserver").copy_with(raw_path=path.encode())  # as sent: httpx would merge them
     assert echo.post(url, json={"a": 1}).json()["echo"] == {"a": 1}
     assert echo.get(url.copy_with(raw_path=b"//")).text == "Healthy"
+
+
+def test_app_root_and_source_directory_are_importable_as_in_azmlinfsrv() -> None:
+    """azmlinfsrv puts AML_APP_ROOT and AML_APP_ROOT/AZUREML_SOURCE_DIRECTORY on sys.path; only the script's own
+    folder was there, so this script's start-up failed with ModuleNotFoundError (exit code 3)."""
+    root = Path(script("aml/app_root/code/sub/score.py")).parents[2]
+    settings = Settings.from_env(
+        {"AML_APP_ROOT": str(root), "AZUREML_SOURCE_DIRECTORY": "code", "AZUREML_ENTRY_SCRIPT": "code/sub/score.py"}
+    )
+    with app_client(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}) as client:
+        assert post(client, {}).json() == {"app_root": "shared", "source_dir": "helpers"}
 
 
 def test_user_swagger_file_wins(tmp_path: Path) -> None:

@@ -44,7 +44,11 @@ def build_state(settings: Settings) -> AppState:
     """Load plugins and the entry script (everything but ``init``)."""
     executor = Executor(settings.concurrency)
     pm = PluginManager(Executor(settings.hook_threads), trace=settings.trace_hooks)
-    entry = load_entry_script(settings.entry_path, settings.triton_url) if settings.entry_path else None
+    entry = (
+        load_entry_script(settings.entry_path, settings.triton_url, settings.import_paths)
+        if settings.entry_path
+        else None
+    )
     pm.register_all(settings, entry)
     plane = DataPlane(pm)
     pipeline = Pipeline(pm, plane, entry, executor, settings.timeout_ms)
