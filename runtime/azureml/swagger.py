@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from runtime.errors import NotFound
+from runtime.errors import NotFound, StartupError
 from runtime.settings import Settings
 
 logger = logging.getLogger("runtime.swagger")
@@ -169,10 +169,13 @@ class Swagger:
         for name in names:
             path = os.path.join(app_root, name)
             if os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    logger.info("Loaded the user's swagger file for version %s from %s", version, path)
-                    doc: dict[str, Any] = json.load(f)
-                    return doc
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        doc: dict[str, Any] = json.load(f)
+                except (OSError, ValueError) as ex:  # azmlinfsrv does not start either
+                    raise StartupError(f"The swagger file {path} is not valid JSON: {ex}") from None
+                logger.info("Loaded the user's swagger file for version %s from %s", version, path)
+                return doc
         return None
 
     @staticmethod
