@@ -189,7 +189,7 @@ class PluginManager(pluggy.PluginManager):
             return await _resolve(result)
         except (ServingError, asyncio.CancelledError):
             raise
-        except Exception as ex:
+        except (Exception, SystemExit) as ex:  # sys.exit() in a hook fails its request, not the worker
             raise RunFailed(ex) from ex
 
     async def _each(self, name: str, on_error: Callable[[str, Exception], None], **kwargs: Any) -> None:

@@ -13,6 +13,7 @@ import bisect
 import collections
 import functools
 import os
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -265,3 +266,27 @@ def record_http(method: str, route: str, status: int, seconds: float) -> None:
     """One HTTP request by route template (bounded label values) and status."""
     _child(HTTP_REQUESTS, method, route, str(status)).inc()
     _child(HTTP_LATENCY, method, route).observe(seconds)
+
+
+# prometheus-client's files of gauges that sum or list live processes: ``gauge_livesum_<pid>.db``...
+LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
+
+
+def forget_dead_processes() -> None:
+    """Drop the live-process gauges of processes that are gone: an engine that died (and the instance processes
+    that died with it) would otherwise add its last queue depth to /metrics for as long as the server runs.
+    Gunicorn's workers are Gunicorn's (``child_exit``)."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for pid in {int(m.group(1)) for m in map(LIVE_GAUGE_FILE.fullmatch, names) if m is not None}:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, someone else's

@@ -81,7 +81,7 @@ class Pipeline:
                 outputs = await self.infer(payload)
         except (ServingError, asyncio.CancelledError):
             raise
-        except Exception as ex:
+        except (Exception, SystemExit) as ex:  # sys.exit() in run() fails its request, not the worker
             raise RunFailed(ex) from ex
         elapsed_ms = (time.perf_counter() - start) * 1000
         with tracing.span("postprocess"):

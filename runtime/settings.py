@@ -123,6 +123,7 @@ def _list(raw: str) -> tuple[str, ...]:
 class Settings:
     entry_script: str | None = None
     app_root: str = field(default_factory=os.getcwd)
+    source_dir: str | None = None  # AZUREML_SOURCE_DIRECTORY: a folder of AML_APP_ROOT that scripts import from
     model_dir: str | None = None
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -212,6 +213,7 @@ class Settings:
         return cls(
             entry_script=env.get("AZUREML_ENTRY_SCRIPT") or None,
             app_root=env.get("AML_APP_ROOT") or os.getcwd(),
+            source_dir=env.get("AZUREML_SOURCE_DIRECTORY") or None,
             model_dir=env.get("AZUREML_MODEL_DIR") or None,
             host=env.get("RUNTIME_HOST", DEFAULT_HOST),
             port=_int(env, "SERVER_PORT", DEFAULT_PORT),
@@ -290,3 +292,10 @@ class Settings:
         if not self.entry_script:
             return None
         return os.path.abspath(os.path.join(self.app_root, self.entry_script))
+
+    @property
+    def import_paths(self) -> tuple[str, ...]:
+        """Where entry scripts import from besides their own folder, as in azmlinfsrv: AML_APP_ROOT, and the
+        source directory in it."""
+        root = os.path.abspath(self.app_root)
+        return (root, os.path.join(root, self.source_dir)) if self.source_dir else (root,)

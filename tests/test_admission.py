@@ -160,6 +160,25 @@ def test_request_bodies_held_at_once_are_capped_declared_or_chunked() -> None:
         assert "max_body_bytes_in_flight" in response.json()["message"]
 
 
+def test_get_on_score_runs_the_script_so_it_is_admitted_like_post() -> None:
+    """GET /score calls run() with the query (as azmlinfsrv); it bypassed the limit: queued without bound."""
+    app = create_app(Settings(entry_script=str(FAULTS / "score.py"), max_concurrent_requests=1))
+
+    async def scenario(client: httpx.AsyncClient) -> list[httpx.Response]:
+        holding = asyncio.ensure_future(client.get("/score", params={"sleep": "0.5"}))
+        await asyncio.sleep(0.1)
+        refused = [await client.get("/score"), await client.post("/score", json={})]
+        preflight = await client.options("/score", headers={"access-control-request-method": "POST"})
+        return [await holding, preflight, *refused, await client.get("/score")]
+
+    holding, preflight, *refused, after = run(scenario, app)
+    assert holding.status_code == 200 and after.status_code == 200
+    assert preflight.status_code == 200  # a refused preflight would read as a CORS failure in the browser
+    for response in refused:
+        assert response.status_code == 429 and response.headers["retry-after"] == "1"
+        assert "max_concurrent_requests 1" in response.json()["message"]
+
+
 def test_overload_settings_come_from_the_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     from runtime.cli import build_parser, build_settings
 

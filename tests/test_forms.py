@@ -74,10 +74,15 @@ async def test_undecorated_run_still_gets_the_body() -> None:
 
 
 async def test_malformed_multipart_is_a_400() -> None:
+    # The parser refuses a boundary over 256 bytes when it is made: that escaped as the script's 500.
+    long_boundary = {"content-type": "multipart/form-data; boundary=" + "b" * 300}
     async with client(Settings(entry_script=script("aml/forms.py"))) as http:
         no_boundary = await http.post("/score", content=b"x", headers={"content-type": "multipart/form-data"})
+        too_long = await http.post("/score", content=b"x", headers=long_boundary)
     assert no_boundary.status_code == 400
     assert no_boundary.json() == {"message": "The multipart/form-data body has no boundary in its Content-Type header."}
+    assert too_long.status_code == 400
+    assert too_long.json()["message"].startswith("The multipart/form-data body cannot be parsed: Boundary length 300")
 
 
 def test_parser_limits_and_edge_cases() -> None:

@@ -6,6 +6,7 @@ server: CLI flags, several Gunicorn workers, SIGTERM.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -27,6 +28,7 @@ from tests.support.inprocess import app_client, captured_logs
 from tests.support.servers import ServerPool, ServerProcess
 
 ECHO = script("core/echo.py")
+SCRIPT_FAILED = "An unexpected error occurred in scoring script. Check the logs for more info."
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -40,6 +42,12 @@ def post(client: httpx.Client | str, body: object, **kwargs: Any) -> httpx.Respo
 def echo() -> Iterator[httpx.Client]:
     """One app serving echo.py for the tests that only read from it."""
     with app_client(entry_script=ECHO) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def unsendable() -> Iterator[httpx.Client]:
+    with app_client(entry_script=script("aml/unsendable.py")) as client:
         yield client
 
 
@@ -81,9 +89,14 @@ def test_over_long_ids_get_431(echo: httpx.Client) -> None:
     response = post(echo, {}, headers={"x-ms-client-request-id": "c" * 101})
     assert response.status_code == 431
     assert response.json() == {"message": "x-ms-request-id and x-ms-client-request-id must not exceed 100 characters"}
+    # As azmlinfsrv: the request is still named by its x-request-id (generated or given), the others left out.
+    assert UUID.match(response.headers["x-request-id"]) and "x-ms-request-id" not in response.headers
+    given = post(echo, {}, headers={"x-ms-request-id": "l" * 101, "x-request-id": "rid-431"})
+    assert given.status_code == 431 and given.headers["x-request-id"] == "rid-431"
     response = post(echo, {}, headers={"x-request-id": "r" * 101})
     assert response.status_code == 431
     assert response.json() == {"message": "x-request-id must not exceed 100 characters"}
+    assert "x-request-id" not in response.headers
 
 
 def test_oversized_body_gets_413_and_server_keeps_serving() -> None:
@@ -116,6 +129,52 @@ def test_run_exception_is_500_without_traceback(echo: httpx.Client) -> None:
     assert "secret internal detail" not in response.text
     log = "\n".join(lines)
     assert "secret internal detail that must not leak" in log and "Traceback" in log
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "status_999",
+        "status_0",
+        "newline_in_value",
+        "empty_name",
+        "space_in_name",
+        "not_latin1",
+        "starlette_status_1000",
+    ],
+)
+def test_an_answer_http_cannot_carry_is_the_scripts_500(unsendable: httpx.Client, case: str) -> None:
+    """Under uvicorn these were no answer at all (the connection dropped), or a malformed header line, or
+    (not latin-1) a 500 blaming the server; azmlinfsrv answers the script's 500 for a newline in a value."""
+    with captured_logs() as lines:
+        response = unsendable.post("/score", params={"case": case})
+    assert response.status_code == 500
+    assert response.json() == {"message": SCRIPT_FAILED}
+    assert response.headers["x-ms-run-function-failed"] == "True"
+    assert "injected" not in response.headers.get("x-a", "") and "x-b" not in response.headers
+    assert any("run() returned a response HTTP cannot carry" in line for line in lines)
+
+
+@pytest.mark.parametrize("case, status", [("no_content_with_body", 204), ("not_modified_with_body", 304)])
+def test_no_body_statuses_drop_the_scripts_body(unsendable: httpx.Client, case: str, status: int) -> None:
+    """As Werkzeug does; uvicorn refused the body (an unhandled error and a dropped connection)."""
+    response = unsendable.post("/score", params={"case": case})
+    assert response.status_code == status
+    assert response.content == b""
+    assert "content-length" not in response.headers
+
+
+def test_sys_exit_in_run_is_the_scripts_500_and_the_worker_serves_on(echo: httpx.Client) -> None:
+    """SystemExit is no Exception: it passed every handler to uvicorn, whose plain-text 500 has no request ids."""
+    with captured_logs() as lines:
+        response = post(echo, {"exit": 3}, headers={"x-request-id": "exit-1"})
+    assert response.status_code == 500
+    assert response.json() == {"message": SCRIPT_FAILED}
+    assert response.headers["x-ms-run-function-failed"] == "True"
+    assert response.headers["x-request-id"] == "exit-1"
+    log = "\n".join(lines)
+    assert "run() failed for POST /score" in log and "SystemExit: 3" in log
+    assert post(echo, {"ok": True}).status_code == 200
 
 
 def test_bad_input_gets_4xx_with_message(echo: httpx.Client) -> None:
@@ -293,6 +352,37 @@ def _swagger(server: httpx.Client) -> None:
     bad = server.get("/swagger.json?version=9")
     assert bad.status_code == 404
     assert bad.json() == {"message": "Swagger version [9] is not valid. Supported versions: [2, 3, 3.1]."}
+    empty = server.get("/swagger.json?version=")  # azmlinfsrv: not the default version, an invalid one
+    assert empty.status_code == 404
+    assert empty.json() == {"message": "Swagger version [] is not valid. Supported versions: [2, 3, 3.1]."}
+
+
+@pytest.mark.parametrize("path", ["/score/", "/score//", "/swagger.json/", "/v2/health/live/"])
+def test_a_trailing_slash_is_404_as_in_azmlinfsrv(echo: httpx.Client, path: str) -> None:
+    """Starlette redirected (307, no body) to the path without it."""
+    response = echo.request("POST" if path.startswith("/score") else "GET", path, json={})
+    assert response.status_code == 404
+    if not path.startswith("/v2"):  # Triton's body under /v2
+        assert response.json()["message"].startswith("The requested URL was not found on the server.")
+
+
+@pytest.mark.parametrize("path", ["//score", "///score"])
+def test_leading_slashes_are_merged_as_in_azmlinfsrv(echo: httpx.Client, path: str) -> None:
+    """A base URL ending in / joined with /score; azmlinfsrv serves it, this answered 404."""
+    url = httpx.URL("http://testserver").copy_with(raw_path=path.encode())  # as sent: httpx would merge them
+    assert echo.post(url, json={"a": 1}).json()["echo"] == {"a": 1}
+    assert echo.get(url.copy_with(raw_path=b"//")).text == "Healthy"
+
+
+def test_app_root_and_source_directory_are_importable_as_in_azmlinfsrv() -> None:
+    """azmlinfsrv puts AML_APP_ROOT and AML_APP_ROOT/AZUREML_SOURCE_DIRECTORY on sys.path; only the script's own
+    folder was there, so this script's start-up failed with ModuleNotFoundError (exit code 3)."""
+    root = Path(script("aml/app_root/code/sub/score.py")).parents[2]
+    settings = Settings.from_env(
+        {"AML_APP_ROOT": str(root), "AZUREML_SOURCE_DIRECTORY": "code", "AZUREML_ENTRY_SCRIPT": "code/sub/score.py"}
+    )
+    with app_client(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}) as client:
+        assert post(client, {}).json() == {"app_root": "shared", "source_dir": "helpers"}
 
 
 def test_user_swagger_file_wins(tmp_path: Path) -> None:

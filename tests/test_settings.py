@@ -30,6 +30,7 @@ def test_every_variable_is_read() -> None:
     env = {
         "AZUREML_ENTRY_SCRIPT": "score.py",
         "AML_APP_ROOT": "/app",
+        "AZUREML_SOURCE_DIRECTORY": "src",
         "AZUREML_MODEL_DIR": "/models",
         "RUNTIME_HOST": "0.0.0.0",
         "SERVER_PORT": "8080",
@@ -58,6 +59,7 @@ def test_every_variable_is_read() -> None:
     }
     s = Settings.from_env(env)
     assert (s.entry_script, s.app_root, s.model_dir, s.host, s.port) == ("score.py", "/app", "/models", "0.0.0.0", 8080)
+    assert s.source_dir == "src" and s.import_paths == ("/app", "/app/src")
     assert (s.workers, s.concurrency, s.hook_threads, s.timeout_ms, s.max_body_bytes) == (3, 4, 3, 5000, 1000)
     assert s.cors_origins == ("https://a.example", "https://b.example")
     assert s.log_level == "DEBUG" and s.plugins == ("a", "b.py")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -33,6 +34,14 @@ def test_startup_failure_names_script_function_and_cause(name: str, expected: li
     log = startup_failure(entry_script=script(name))
     for text in expected:
         assert text in log, f"{text!r} not in log:\n{log}"
+
+
+def test_a_user_swagger_file_that_is_not_json_is_a_startup_error_naming_it(tmp_path: Path) -> None:
+    """azmlinfsrv fails to start too; here the JSON error escaped as a traceback, not the start-up message."""
+    (tmp_path / "swagger3.json").write_text('{"openapi": ')
+    log = startup_failure(entry_script=script("core/echo.py"), app_root=str(tmp_path))
+    assert f"The swagger file {tmp_path / 'swagger3.json'} is not valid JSON" in log
+    assert "Expecting value: line 1 column 13" in log
 
 
 class Exited(BaseException):

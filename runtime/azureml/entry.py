@@ -60,13 +60,15 @@ class EntryScript:
         return self.run(**payload)
 
 
-def _import_script(path: str, triton_url: str) -> ModuleType:
+def _import_script(path: str, triton_url: str, import_paths: Sequence[str]) -> ModuleType:
     if not os.path.isfile(path):
         raise StartupError(f"Entry script {path} does not exist.")
     directory = os.path.dirname(path)
-    # Scripts import their sibling modules, as under azmlinfsrv (which puts AML_APP_ROOT on sys.path).
+    # Scripts import their sibling modules; and, as under azmlinfsrv (which appends them), modules of the app
+    # root and of the source directory (AML_APP_ROOT, AZUREML_SOURCE_DIRECTORY).
     if directory not in sys.path:
         sys.path.insert(0, directory)
+    sys.path.extend(p for p in dict.fromkeys(import_paths) if p not in sys.path)
     spec = importlib.util.spec_from_file_location(ENTRY_MODULE_NAME, path)
     if spec is None or spec.loader is None:
         raise StartupError(f"Entry script {path} cannot be imported (is it a .py file?).")
@@ -148,10 +150,11 @@ def _check_hooks(module: ModuleType, path: str) -> frozenset[str]:
     return frozenset(found)
 
 
-def load_entry_script(path: str, triton_url: str = "") -> EntryScript:
-    """Import score.py and check it; ``triton_url`` is where its ``tritonhttpclient`` at localhost:8000 goes."""
+def load_entry_script(path: str, triton_url: str = "", import_paths: Sequence[str] = ()) -> EntryScript:
+    """Import score.py and check it; ``triton_url`` is where its ``tritonhttpclient`` at localhost:8000 goes;
+    ``import_paths``: folders it may import from besides its own (:attr:`Settings.import_paths`)."""
     path = os.path.abspath(path)
-    module = _import_script(path, triton_url)
+    module = _import_script(path, triton_url, import_paths)
     run = getattr(module, "run", None)
     # Some Azure SDKs generate a driver module that forwards to the real script (azmlinfsrv does the same).
     driver = getattr(module, "driver_module", None)

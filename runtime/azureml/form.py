@@ -193,18 +193,18 @@ class _Multipart:
             self.fields.append((name, data.decode("utf-8", "replace")))
 
     def parse(self, body: bytes) -> tuple[MultiDict, Files]:
-        parser = MultipartParser(
-            self.boundary,
-            {
-                "on_part_begin": self._part_begin,
-                "on_part_data": self._part_data,
-                "on_part_end": self._part_end,
-                "on_header_field": self._header_field,
-                "on_header_value": self._header_value_data,
-                "on_header_end": self._header_end,
-            },
-        )
         try:
+            parser = MultipartParser(  # refuses a boundary over 256 bytes
+                self.boundary,
+                {
+                    "on_part_begin": self._part_begin,
+                    "on_part_data": self._part_data,
+                    "on_part_end": self._part_end,
+                    "on_header_field": self._header_field,
+                    "on_header_value": self._header_value_data,
+                    "on_header_end": self._header_end,
+                },
+            )
             parser.write(body)
             parser.finalize()
         except FormParserError as ex:

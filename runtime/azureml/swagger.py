@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from runtime.errors import NotFound
+from runtime.errors import NotFound, StartupError
 from runtime.settings import Settings
 
 logger = logging.getLogger("runtime.swagger")
@@ -169,10 +169,13 @@ class Swagger:
         for name in names:
             path = os.path.join(app_root, name)
             if os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    logger.info("Loaded the user's swagger file for version %s from %s", version, path)
-                    doc: dict[str, Any] = json.load(f)
-                    return doc
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        doc: dict[str, Any] = json.load(f)
+                except (OSError, ValueError) as ex:  # azmlinfsrv does not start either
+                    raise StartupError(f"The swagger file {path} is not valid JSON: {ex}") from None
+                logger.info("Loaded the user's swagger file for version %s from %s", version, path)
+                return doc
         return None
 
     @staticmethod
@@ -200,7 +203,7 @@ class Swagger:
         return {first: doc.pop(first), "info": info, **doc}
 
     def get(self, version: str | None) -> dict[str, Any]:
-        version = version or "2"
+        version = "2" if version is None else version  # ?version= is invalid, as in azmlinfsrv
         canonical = next((v for v, aliases in VERSIONS.items() if version in aliases), None)
         listed = ", ".join(self.supported)
         if canonical is None:

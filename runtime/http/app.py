@@ -44,7 +44,11 @@ def build_state(settings: Settings) -> AppState:
     """Load plugins and the entry script (everything but ``init``)."""
     executor = Executor(settings.concurrency)
     pm = PluginManager(Executor(settings.hook_threads), trace=settings.trace_hooks)
-    entry = load_entry_script(settings.entry_path, settings.triton_url) if settings.entry_path else None
+    entry = (
+        load_entry_script(settings.entry_path, settings.triton_url, settings.import_paths)
+        if settings.entry_path
+        else None
+    )
     pm.register_all(settings, entry)
     plane = DataPlane(pm)
     pipeline = Pipeline(pm, plane, entry, executor, settings.timeout_ms)
@@ -144,12 +148,15 @@ def create_app(
             tracing.shutdown()
             logs.release_print()
 
-    return Starlette(
+    app = Starlette(
         routes=_scoring_first(routes),
         middleware=middleware.stack(settings, health),
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, ClientDisconnect: _client_gone, Exception: _internal_error},
     )
+    # /score/ is a 404, as in azmlinfsrv (and Triton for /v2/...): Starlette answered 307 to /score, no body.
+    app.router.redirect_slashes = False
+    return app
 
 
 def _scoring_first(routes: list[Route]) -> list[Route]:

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from runtime.azureml.aml import AMLResponse
-from runtime.errors import Overloaded
+from runtime.errors import Overloaded, RunFailed
 from runtime.http.streaming import StreamResponse
 
 FAILED = "x-ms-run-function-failed"
 # azmlinfsrv's answer to an error nobody handled.
 INTERNAL_ERROR = "An unexpected internal error occurred. Check the logs for more info."
 EXEC_MS = "x-ms-run-fn-exec-ms"
+# RFC 9110: a header name is a token; a value has no control characters but tab. uvicorn sends what it is given
+# (an empty name: a malformed header line) or fails once the answer is under way (no answer at all).
+HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+BAD_HEADER_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def numpy_default(value: Any) -> Any:
@@ -58,6 +63,21 @@ def from_aml_response(result: AMLResponse) -> Response:
     response.headers[FAILED] = str(failed)
     for name, value in result.headers:
         response.headers.append(name, value)
+    return response
+
+
+def sendable(response: Response) -> Response:
+    """A response the script built, as HTTP carries it: :class:`RunFailed` (the script's 500) for a status or a
+    header that HTTP (uvicorn: statuses 100 to 599) cannot carry; no body for 1xx, 204 and 304, as Werkzeug."""
+    status = response.status_code
+    problem = None if 100 <= status <= 599 else f"status {status} (HTTP statuses run from 100 to 599)"
+    for name, value in response.raw_headers:
+        if not HEADER_NAME.fullmatch(name) or BAD_HEADER_VALUE.search(value):
+            problem = f"header {name.decode('latin-1')!r}: {value.decode('latin-1')!r}"
+    if problem is not None:
+        raise RunFailed(ValueError(f"run() returned a response HTTP cannot carry: {problem}"))
+    if (status < 200 or status in (204, 304)) and not isinstance(response, StreamingResponse):
+        response.body = b""
     return response
 
 

@@ -24,6 +24,7 @@ from runtime.http.responses import (
     from_foreign_response,
     json_response,
     overloaded,
+    sendable,
 )
 from runtime.http.streaming import StreamFailed, StreamResponse, is_stream
 from runtime.logs import REQUEST_ID
@@ -113,15 +114,16 @@ def run_failed_response(ex: BaseException, request: Request) -> Response:
 def to_response(result: object) -> Response:
     if isinstance(result, Response):
         result.headers.setdefault(FAILED, str(result.status_code >= 500))
-        return result
-    if isinstance(result, AMLResponse):
-        return from_aml_response(result)
+        return sendable(result)
     if is_stream(result):
         # A bare generator from run() or postprocess: text when its chunks are str (decided on the first).
         return StreamResponse(result, headers={FAILED: "False"})  # type: ignore[arg-type]
-    foreign = from_foreign_response(result)
-    if foreign is not None:
-        return foreign
+    try:
+        built = from_aml_response(result) if isinstance(result, AMLResponse) else from_foreign_response(result)
+    except UnicodeEncodeError as ex:  # a header value beyond latin-1: the script's answer, not our failure
+        raise RunFailed(ValueError(f"run() returned a response HTTP cannot carry: {ex}")) from ex
+    if built is not None:
+        return sendable(built)
     try:
         return json_response(200, result)
     except (TypeError, ValueError, RecursionError) as ex:

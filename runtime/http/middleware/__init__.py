@@ -12,6 +12,7 @@ from runtime.http.middleware.admission import Admission, AdmissionMiddleware
 from runtime.http.middleware.auth import AuthMiddleware
 from runtime.http.middleware.cors import CorsMiddleware
 from runtime.http.middleware.keepalive import ConnectionAgeMiddleware
+from runtime.http.middleware.paths import LeadingSlashesMiddleware
 from runtime.http.middleware.request_ids import RequestIdMiddleware
 from runtime.http.middleware.request_metrics import MetricsMiddleware
 from runtime.http.middleware.server_spans import TracingMiddleware
@@ -20,7 +21,9 @@ from runtime.settings import Settings
 
 def stack(settings: Settings, health: WorkerHealth) -> list[Middleware]:
     """The middleware of one app, outermost first: each sees what the ones before it answered too."""
-    middleware = [Middleware(MetricsMiddleware)]  # counts every answer, the refusals below included
+    # First: every other middleware (metrics' route labels, admission's routes) sees the path as it is served.
+    middleware = [Middleware(LeadingSlashesMiddleware)]
+    middleware.append(Middleware(MetricsMiddleware))  # counts every answer, the refusals below included
     if settings.cors_origins:
         # Outside the request ids: their 431 answers get the CORS headers too, as in azmlinfsrv.
         middleware.append(Middleware(CorsMiddleware, origins=settings.cors_origins))

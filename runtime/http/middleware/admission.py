@@ -37,12 +37,24 @@ RETRY_AFTER_S = 1
 WATCH_AFTER_S = 0.005
 
 
+# The methods of /score that reach the script: run() gets GET's query as its input, as in azmlinfsrv (HEAD is
+# GET's), and a @rawhttp run() every OPTIONS too.
+SCORE_METHODS = frozenset(("GET", "HEAD", "POST", "OPTIONS"))
+
+
 def scoring_route(scope: Scope) -> str | None:
-    """The label of an admission-controlled route, or None for routes that are always served (health...)."""
+    """The label of an admission-controlled request, or None for those always served (health, a 405...).
+
+    CORS preflights are always served: refused, the browser reports a CORS failure, and the page never sees
+    the 429 (and its Retry-After) that its request itself would get.
+    """
     path: str = scope["path"]
     if path == "/score":
-        return "/score"
-    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        method = scope["method"]
+        if method == "OPTIONS" and header(scope, b"access-control-request-method") is not None:
+            return None
+        return "/score" if method in SCORE_METHODS else None
+    if scope["method"] == "POST" and path.startswith("/v2/models/") and path.endswith("/infer"):
         return "v2"
     return None
 
@@ -96,7 +108,7 @@ class AdmissionMiddleware:
             self.health.recycle(f"it served {admission.served} requests (--max-requests)", "max_requests")
         if self.health.poisoned is not None:
             send = closing(send)  # still served, but the client reconnects to the worker that replaces this one
-        route = scoring_route(scope) if scope["method"] == "POST" else None
+        route = scoring_route(scope)
         if route is None:
             await self.app(scope, receive, send)
             return

@@ -100,6 +100,9 @@ class RequestIdMiddleware:
             # Office services trace with their own header; it is echoed on every response.
             extra.append((b"TraceId", trace_id.encode("latin-1")))
         if isinstance(ids, str):
+            request_id = headers.get("x-request-id") or new_request_id()
+            if len(request_id) <= HEADER_LIMIT:  # azmlinfsrv names the request unless its own id is the long one
+                extra.append((b"x-request-id", request_id.encode("latin-1")))
             await _send_json(send, 431, {"message": ids}, extra)
             return
         scope.setdefault("state", {})["request_ids"] = ids

@@ -98,6 +98,11 @@ class EngineSupervisor(SupervisedProcess):
                 return False
             return True
 
+    def _after_exit(self) -> None:
+        from runtime.metrics import forget_dead_processes  # prometheus-client: only once an engine died
+
+        forget_dead_processes()
+
     def stop(self) -> None:
         """SIGTERM: the engine answers what is in flight, then exits (after the workers did)."""
         self._stop_process(self.drain_s + 5)  # in the master only (a worker unwinding does nothing)

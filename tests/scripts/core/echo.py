@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import threading
 import time
 
@@ -20,6 +21,8 @@ def run(data):
     payload = json.loads(data) if data else {}
     if payload.get("fail"):
         raise RuntimeError("secret internal detail that must not leak")
+    if payload.get("exit"):
+        sys.exit(payload["exit"])
     with lock:
         in_flight += 1
         max_in_flight = max(max_in_flight, in_flight)

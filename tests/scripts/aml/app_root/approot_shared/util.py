@@ -1,0 +1,5 @@
+"""Imported from the app root (AML_APP_ROOT on sys.path, as azmlinfsrv puts it)."""
+
+
+def name():
+    return "shared"
