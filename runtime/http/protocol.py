@@ -175,6 +175,8 @@ class CoalescingTransport:
             return
         self.lingering = True
         self._transport.write_eof()  # after what is buffered: the client reads the whole response, then EOF
+        if not self._transport.is_reading():  # uvicorn paused it while the unread body piled up
+            self._transport.resume_reading()
         now = self._loop.time()
         self._linger_until, self._last_byte = now + LINGER_TOTAL_S, now
         self._timer = self._loop.call_later(min(LINGER_IDLE_S, LINGER_TOTAL_S), self._linger_due)
