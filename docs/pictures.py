@@ -366,6 +366,7 @@ def _hits(line: Sequence[Point], box: Bbox, step: float = 2.0) -> bool:
 # http/middleware/__init__.py stack(), outermost first: (module, what it answers or adds); [name]: only
 # when configured. tests/test_pictures.py checks the names and their order against stack().
 MIDDLEWARE = [
+    ("paths", ["//score is", "/score"]),
     ("request_metrics", ["counts every", "answer"]),
     ("[cors]", ["--cors-origins"]),
     ("request_ids", ["431: an id too", "long"]),
@@ -478,7 +479,7 @@ def architecture() -> Drawing:
     d.arrow((master.right, master.cy), (worker.x, master.cy), label="fork")
 
     stack = d.box(Rect(30, 170, 1540, 150), "stack", HTTP)
-    width, gap = 190, 26
+    width, gap = 168, 20
     left = stack.x + (stack.w - len(MIDDLEWARE) * width - (len(MIDDLEWARE) - 1) * gap) / 2
     cells: list[Rect] = []
     for name, notes in MIDDLEWARE:
