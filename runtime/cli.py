@@ -254,6 +254,37 @@ def triton_flags_without_triton(args: argparse.Namespace, backend: str) -> str |
     )
 
 
+def _given(args: argparse.Namespace, flag: str, value: str) -> str:
+    """How the setting behind ``flag`` came to be ``value``: the flag, its environment variable, or the default."""
+    dest = flag[2:].replace("-", "_")
+    if getattr(args, dest, None) is not None:
+        return f"{flag} {value}"
+    return f"{FLAG_ENV[dest]}={value}" if os.environ.get(FLAG_ENV[dest]) else f"{flag} {value} (the default)"
+
+
+def contradicting_triton_flags(args: argparse.Namespace, settings: Settings) -> str | None:
+    """Two Triton settings of which one would be ignored without a word (the Triton backend only)."""
+    if settings.backend != "triton":
+        return None
+    if settings.triton_client == "engine" and settings.engine == "worker":
+        return (
+            f"{_given(args, '--engine', 'worker')} and {_given(args, '--triton-client', 'engine')} contradict each "
+            "other: the Triton client in the model engine needs the engine; drop one of them"
+        )
+    mode = _given(args, "--triton", settings.triton_mode)
+    if args.tritonserver is not None and settings.triton_mode == "remote":
+        return (
+            f"--tritonserver {args.tritonserver} and {mode}: a remote Triton is not started, so the binary would "
+            "be ignored; add --triton managed, or drop --tritonserver"
+        )
+    if args.triton_url is not None and settings.triton_mode == "managed":
+        return (
+            f"--triton-url {args.triton_url} and {mode}: the managed Triton listens on a port of its own, so the "
+            "URL would be ignored; drop --triton-url, or use --triton remote"
+        )
+    return None
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM before Gunicorn takes it over: unwound as Ctrl-C is, so that what was started is stopped."""
 
@@ -296,7 +327,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if problem:
         print(f"runtime serve: {problem}", file=sys.stderr)
         return 2
-    problem = triton_flags_without_triton(args, settings.backend)
+    problem = triton_flags_without_triton(args, settings.backend) or contradicting_triton_flags(args, settings)
     if problem:
         print(f"runtime serve: {problem}", file=sys.stderr)
         return 2

@@ -83,6 +83,26 @@ def test_triton_flags_on_the_embedded_backend_are_a_usage_mistake(args: list[str
     assert "and the backend is onnxruntime; add --backend triton (or set RUNTIME_BACKEND=triton)" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--engine", "worker", "--triton-client", "engine"], {}, "--engine worker and --triton-client engine"),
+        (["--triton-client", "engine"], {"RUNTIME_ENGINE": "worker"}, "RUNTIME_ENGINE=worker and --triton-client"),
+        (["--engine", "worker"], {"RUNTIME_TRITON_CLIENT": "engine"}, "--engine worker and RUNTIME_TRITON_CLIENT="),
+        (["--tritonserver", "/opt/t"], {}, "--tritonserver /opt/t and --triton remote"),
+        (["--triton", "managed", "--triton-url", "t:8000"], {}, "--triton-url t:8000 and --triton managed"),
+    ],
+)
+def test_triton_flags_that_contradict_each_other_are_a_usage_mistake(
+    args: list[str], env: dict[str, str], named: str
+) -> None:
+    """One of the two would be ignored without a word: the engine started anyway, the tritonserver or URL unused."""
+    result = run("serve", "--entry", ECHO, "--backend", "triton", *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert f"runtime serve: {named}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_usage_mistake_is_not_buried_under_every_flag() -> None:
     result = run("serve", "--entry", ECHO, "--workers", "0")
     assert result.returncode == 2
