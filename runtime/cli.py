@@ -379,6 +379,7 @@ def serve_with_engine(settings: Settings, triton_url: str = "") -> int:
             settings.log_format,
             triton_url=triton_url,
             triton_wait_s=settings.triton_wait_s,
+            settings=settings,
         )
         try:
             engine.start()

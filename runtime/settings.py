@@ -7,13 +7,15 @@ docs/settings.md has the table; nothing else in the runtime reads os.environ.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
@@ -39,6 +41,10 @@ DEFAULT_BODY_TIMEOUT_S = 60
 DEFAULT_MAX_INFLATE_RATIO = 16
 
 N = TypeVar("N", int, float)
+
+# runtime serve hands its Settings to the processes it starts beside Gunicorn's workers (the model engine, and
+# its instance processes inherit them), whose command-line flags are not in the environment.
+HANDED_DOWN_ENV = "RUNTIME_SETTINGS"
 
 
 def _number(env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], kind: str, minimum: N) -> N:
@@ -200,11 +206,22 @@ class Settings:
     # Which model instances the engine runs in a process of their own: auto (GPU instances), on, off.
     instance_processes: str = "auto"
 
+    def child_environment(self) -> dict[str, str]:
+        """This process's environment, with these settings handed down for the child's :meth:`from_env`
+        (without the auth keys: only the workers answer requests)."""
+        handed = json.dumps(dataclasses.asdict(dataclasses.replace(self, auth_keys=())))
+        return {**os.environ, HANDED_DOWN_ENV: handed}
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings of ``env``; of this process without it: those handed down to it, else its environment."""
         from runtime import __version__
         from runtime.azureml.config import with_config_file
 
+        if env is None and (handed := os.environ.get(HANDED_DOWN_ENV)):
+            # JSON has lists where the fields hold tuples.
+            values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(handed).items()}
+            return cls(**values)
         env = with_config_file(os.environ if env is None else env)
 
         version_header = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -54,3 +55,38 @@ def test_a_killed_engines_gauges_leave_metrics_with_it(tmp_path: Path, monkeypat
         assert pending(tmp_path) == 5
     finally:
         engine.stop()
+
+
+# A stand-in engine that reports the Settings it reads as the engine and its instance processes read theirs.
+REPORTING_ENGINE = """
+import json, socket, sys, time
+from runtime.settings import Settings
+s = Settings.from_env()
+with open(sys.argv[2], "w") as report:
+    json.dump([s.timeout_ms, s.app_insights_connection_string, s.service_name, list(s.auth_keys)], report)
+listener = socket.socket(socket.AF_UNIX)
+listener.bind("\\0" + sys.argv[1][1:])
+listener.listen()
+time.sleep(600)
+"""
+
+
+def test_the_engine_reads_the_settings_of_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It read the environment only: --timeout-ms (its Triton requests' bound), --config-file and the Application
+    Insights key of the command line never reached it. Auth keys are the workers' alone."""
+    from runtime import cli
+
+    key = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    config = tmp_path / "settings.json"
+    config.write_text('{"SERVICE_NAME": "from-the-file"}')
+    report = tmp_path / "report.json"
+    argv = ["serve", "--timeout-ms", "5000", "--appinsights-instrumentation-key", key, "--config-file", str(config)]
+    settings = cli.build_settings(cli.build_parser().parse_args([*argv, "--auth-key", "secret"]), {})
+    reported: list[object] = []
+    monkeypatch.setattr(
+        EngineSupervisor, "command", lambda self: [sys.executable, "-c", REPORTING_ENGINE, self.address, str(report)]
+    )
+    monkeypatch.setattr("runtime.http.server.serve", lambda settings: reported.extend(json.loads(report.read_text())))
+    monkeypatch.chdir(tmp_path)
+    assert cli.serve_with_engine(settings, "127.0.0.1:9") == 0
+    assert reported == [5000, f"InstrumentationKey={key}", "from-the-file", []]

@@ -15,9 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from runtime.serving.engine.channel import socket_address
 from runtime.serving.supervised import SupervisedProcess
+
+if TYPE_CHECKING:
+    from runtime.settings import Settings
 
 logger = logging.getLogger("runtime.engine")
 
@@ -46,9 +50,12 @@ class EngineSupervisor(SupervisedProcess):
         drain_s: float = 30,
         triton_url: str = "",
         triton_wait_s: float = 120.0,
+        settings: Settings | None = None,
     ) -> None:
-        """``triton_url``: the engine is the client of that Triton server (``--triton-client engine``)."""
+        """``triton_url``: the engine is the client of that Triton server (``--triton-client engine``).
+        ``settings``: the server's, handed down to the engine (else it reads its environment)."""
         super().__init__()
+        self.settings = settings
         self.model_dir = model_dir
         self.triton_url = triton_url
         self.triton_wait_s = triton_wait_s
@@ -83,7 +90,8 @@ class EngineSupervisor(SupervisedProcess):
         self._supervise()
 
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen(self.command(), preexec_fn=_die_with_parent)
+        env = self.settings.child_environment() if self.settings is not None else None
+        self.proc = subprocess.Popen(self.command(), env=env, preexec_fn=_die_with_parent)
         logger.info("Started the model engine (pid %d)", self.proc.pid)
 
     def wait_ready(self) -> None:
