@@ -87,3 +87,25 @@ def test_deferred_model_metrics_are_written_alike_on_flush(monkeypatch: pytest.M
     }
     assert later == pytest.approx(now)
     assert now[("nv_inference_exec_count_total", (("version", "1"),))] == 2
+
+
+def test_http_metrics_label_unknown_methods_as_one() -> None:
+    """A method is client input (any token): each new one was a new series of the request counter and latency
+    histogram, for as long as the server ran (unbounded memory and /metrics output for a client's loop)."""
+    from prometheus_client import REGISTRY
+
+    from tests.conftest import script
+    from tests.support.inprocess import app_client
+
+    with app_client(entry_script=script("core/echo.py")) as http:
+        for method in ("BREW", "WHEN1", "WHEN2"):
+            assert http.request(method, "/score").status_code == 405
+        assert http.get("/").status_code == 200
+    methods = {
+        sample.labels["method"]
+        for family in REGISTRY.collect()
+        if family.name == "runtime_http_requests"
+        for sample in family.samples
+    }
+    assert {"GET", "OTHER"} <= methods
+    assert not methods & {"BREW", "WHEN1", "WHEN2"}

@@ -9,6 +9,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.metrics import CLIENT_CLOSED, record_http
 
+# A method is client input (any token): others are counted as one, so that a client cannot add series.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"))
+
 
 class MetricsMiddleware:
     """Counts every HTTP request by its route template (bounded label values) and status."""
@@ -51,4 +54,5 @@ class MetricsMiddleware:
             status = status or CLIENT_CLOSED
         finally:
             status = status or 500
-            record_http(scope["method"], self._route(scope), status, time.perf_counter() - started)
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            record_http(method, self._route(scope), status, time.perf_counter() - started)
