@@ -58,7 +58,8 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, process, request_id, message, exception."""
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, process, request_id, message, exception,
+    stack (``stack_info=True``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -78,6 +79,8 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
             line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
         return json.dumps(line, default=str)
 
 
