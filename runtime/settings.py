@@ -76,6 +76,15 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return _number(env, name, default, int, "an integer", minimum)
 
 
+# pydantic's integers (azmlinfsrv's settings): a whole number may be written with a zero fraction ("5000.0").
+_ZERO_FRACTION = re.compile(r"([+-]?\d[\d_]*)\.0+")
+
+
+def _pydantic_int(raw: str) -> int:
+    whole = _ZERO_FRACTION.fullmatch(raw)
+    return int(whole.group(1) if whole else raw)
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return _number(env, name, default, float, "a number", 0.0)
 
@@ -237,7 +246,7 @@ class Settings:
             workers=_int(env, "WORKER_COUNT", 1),
             concurrency=_int(env, "RUNTIME_CONCURRENCY", DEFAULT_CONCURRENCY),
             hook_threads=_int(env, "RUNTIME_HOOK_THREADS", os.cpu_count() or 1),
-            timeout_ms=_int(env, "SCORING_TIMEOUT_MS", DEFAULT_TIMEOUT_MS),
+            timeout_ms=_number(env, "SCORING_TIMEOUT_MS", DEFAULT_TIMEOUT_MS, _pydantic_int, "an integer", 1),
             max_body_bytes=_int(env, "RUNTIME_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             cors_origins=_list(env.get("AML_CORS_ORIGINS", "")),
             log_level=env.get("AZUREML_LOG_LEVEL", "INFO").upper(),

@@ -129,3 +129,15 @@ def test_triton_client_is_the_worker_unless_the_engine_is_asked_for() -> None:
     assert settings_of("serve", "--backend", "triton", "--triton-client", "worker").triton_client == "worker"
     with pytest.raises(ValueError, match="RUNTIME_TRITON_CLIENT must be one of worker, engine"):
         Settings.from_env({"RUNTIME_TRITON_CLIENT": "both"})
+
+
+def test_scoring_timeout_is_read_as_azmlinfsrv_reads_it(tmp_path: Path) -> None:
+    """azmlinfsrv (pydantic) takes a whole number written with a zero fraction, in the variable or as a JSON number
+    in its settings file; the runtime refused to start."""
+    assert Settings.from_env({"SCORING_TIMEOUT_MS": " 60000.0 "}).timeout_ms == 60000
+    config = tmp_path / "config.json"
+    config.write_text('{"SCORING_TIMEOUT_MS": 5000.0}')
+    assert Settings.from_env({"AZUREML_CONFIG_FILE": str(config)}).timeout_ms == 5000
+    for refused in ("5000.5", "5e3", "5000."):
+        with pytest.raises(ValueError, match=f"SCORING_TIMEOUT_MS must be an integer, got '{refused}'"):
+            Settings.from_env({"SCORING_TIMEOUT_MS": refused})
