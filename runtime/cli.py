@@ -16,7 +16,7 @@ from runtime import __version__
 from runtime.cliparse import Parser, check_log_level, log_level, non_negative, port, positive
 from runtime.errors import STARTUP_EXIT_CODE, StartupError
 from runtime.logs import configure
-from runtime.settings import Settings
+from runtime.settings import BACKENDS, ENGINE_MODES, TRITON_CLIENTS, TRITON_MODES, Settings
 
 # Limits on hostile input (docs/reliability.md), all positive integers.
 HOSTILE_INPUT_FLAGS = [
@@ -96,25 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", type=log_level, help="DEBUG, INFO, WARNING, ERROR or CRITICAL (env AZUREML_LOG_LEVEL; INFO)"
     )
-    serve.add_argument(
-        "--backend", choices=["onnxruntime", "triton"], help="where infer runs (env RUNTIME_BACKEND; onnxruntime)"
-    )
+    serve.add_argument("--backend", choices=BACKENDS, help="where infer runs (env RUNTIME_BACKEND; onnxruntime)")
     serve.add_argument("--triton-url", help="host:port of Triton's HTTP endpoint (env TRITON_URL; localhost:8000)")
     serve.add_argument(
         "--triton",
-        choices=["remote", "managed"],
+        choices=TRITON_MODES,
         help="remote: use the Triton at --triton-url; managed: start one for --model-dir "
         "(env RUNTIME_TRITON_MODE; remote)",
     )
     serve.add_argument(
         "--engine",
-        choices=["process", "worker"],
+        choices=ENGINE_MODES,
         help="process: one model engine shared by all workers; worker: a copy of every model per worker "
         "(env RUNTIME_ENGINE; process)",
     )
     serve.add_argument(
         "--triton-client",
-        choices=["worker", "engine"],
+        choices=TRITON_CLIENTS,
         help="which process sends infer to Triton: each worker, or the model engine, which batches across "
         "workers first (env RUNTIME_TRITON_CLIENT; worker)",
     )

@@ -96,6 +96,8 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw not in ("0", "false", "no", "off")
 
 
+BACKENDS = ("onnxruntime", "triton")
+TRITON_MODES = ("remote", "managed")
 ENGINE_MODES = ("process", "worker")
 TRITON_CLIENTS = ("worker", "engine")
 INSTANCE_PROCESS_MODES = ("auto", "on", "off")
@@ -241,7 +243,7 @@ class Settings:
             app_root=env.get("AML_APP_ROOT") or os.getcwd(),
             source_dir=env.get("AZUREML_SOURCE_DIRECTORY") or None,
             model_dir=env.get("AZUREML_MODEL_DIR") or None,
-            host=env.get("RUNTIME_HOST", DEFAULT_HOST),
+            host=env.get("RUNTIME_HOST", "").strip() or DEFAULT_HOST,  # empty: not every interface
             port=_int(env, "SERVER_PORT", DEFAULT_PORT),
             workers=_int(env, "WORKER_COUNT", 1),
             concurrency=_int(env, "RUNTIME_CONCURRENCY", DEFAULT_CONCURRENCY),
@@ -254,9 +256,9 @@ class Settings:
             service_version=env.get("SERVICE_VERSION", "1.0"),
             service_path_prefix=env.get("SERVICE_PATH_PREFIX", ""),
             plugins=_list(env.get("RUNTIME_PLUGINS", "")),
-            backend=env.get("RUNTIME_BACKEND", "onnxruntime"),
-            triton_url=env.get("TRITON_URL", "localhost:8000"),
-            triton_mode=env.get("RUNTIME_TRITON_MODE", "remote"),
+            backend=_choice(env, "RUNTIME_BACKEND", BACKENDS),
+            triton_url=env.get("TRITON_URL", "").strip() or "localhost:8000",
+            triton_mode=_choice(env, "RUNTIME_TRITON_MODE", TRITON_MODES),
             tritonserver_path=env.get("TRITONSERVER_PATH") or None,
             tritonserver_args=_shell_words(env, "RUNTIME_TRITONSERVER_ARGS"),
             triton_client=_choice(env, "RUNTIME_TRITON_CLIENT", TRITON_CLIENTS),

@@ -141,3 +141,16 @@ def test_scoring_timeout_is_read_as_azmlinfsrv_reads_it(tmp_path: Path) -> None:
     for refused in ("5000.5", "5e3", "5000."):
         with pytest.raises(ValueError, match=f"SCORING_TIMEOUT_MS must be an integer, got '{refused}'"):
             Settings.from_env({"SCORING_TIMEOUT_MS": refused})
+
+
+def test_backend_and_triton_mode_are_choices_and_empty_variables_are_defaults() -> None:
+    """RUNTIME_BACKEND=tritn and RUNTIME_TRITON_MODE=Managed were taken as given: the server started on neither
+    what was asked nor a word said; RUNTIME_HOST= (empty) bound every interface, not 127.0.0.1."""
+    with pytest.raises(ValueError, match=r"^RUNTIME_BACKEND must be one of onnxruntime, triton, got 'tritn'$"):
+        Settings.from_env({"RUNTIME_BACKEND": "tritn"})
+    with pytest.raises(ValueError, match=r"^RUNTIME_TRITON_MODE must be one of remote, managed, got 'local'$"):
+        Settings.from_env({"RUNTIME_TRITON_MODE": "local"})
+    s = Settings.from_env({"RUNTIME_BACKEND": "Triton", "RUNTIME_TRITON_MODE": "Managed"})
+    assert (s.backend, s.triton_mode) == ("triton", "managed")
+    s = Settings.from_env({"RUNTIME_HOST": "", "TRITON_URL": " ", "RUNTIME_BACKEND": ""})
+    assert (s.host, s.triton_url, s.backend) == ("127.0.0.1", "localhost:8000", "onnxruntime")
