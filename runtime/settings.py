@@ -85,6 +85,13 @@ def _pydantic_int(raw: str) -> int:
     return int(whole.group(1) if whole else raw)
 
 
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value > 65535:
+        raise ValueError(f"{name} must be a port from 1 to 65535, got {value}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return _number(env, name, default, float, "a number", 0.0)
 
@@ -244,7 +251,7 @@ class Settings:
             source_dir=env.get("AZUREML_SOURCE_DIRECTORY") or None,
             model_dir=env.get("AZUREML_MODEL_DIR") or None,
             host=env.get("RUNTIME_HOST", "").strip() or DEFAULT_HOST,  # empty: not every interface
-            port=_int(env, "SERVER_PORT", DEFAULT_PORT),
+            port=_port(env, "SERVER_PORT", DEFAULT_PORT),
             workers=_int(env, "WORKER_COUNT", 1),
             concurrency=_int(env, "RUNTIME_CONCURRENCY", DEFAULT_CONCURRENCY),
             hook_threads=_int(env, "RUNTIME_HOOK_THREADS", os.cpu_count() or 1),
@@ -280,7 +287,7 @@ class Settings:
             log_format=_choice(env, "RUNTIME_LOG_FORMAT", ("text", "json")),
             config_file=env.get("AZUREML_CONFIG_FILE") or None,
             separate_health_endpoint=env.get("SEPERATE_HEALTH_ENDPOINT") == "true",
-            health_port=_int(env, "HEALTH_PORT", DEFAULT_HEALTH_PORT),
+            health_port=_port(env, "HEALTH_PORT", DEFAULT_HEALTH_PORT),
             otel_traces_exporter=_list(env.get("OTEL_TRACES_EXPORTER", "").lower()),
             otel_exporter_otlp_protocol=(
                 env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")

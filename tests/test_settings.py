@@ -154,3 +154,11 @@ def test_backend_and_triton_mode_are_choices_and_empty_variables_are_defaults() 
     assert (s.backend, s.triton_mode) == ("triton", "managed")
     s = Settings.from_env({"RUNTIME_HOST": "", "TRITON_URL": " ", "RUNTIME_BACKEND": ""})
     assert (s.host, s.triton_url, s.backend) == ("127.0.0.1", "localhost:8000", "onnxruntime")
+
+
+@pytest.mark.parametrize(("name", "field"), [("SERVER_PORT", "port"), ("HEALTH_PORT", "health_port")])
+def test_a_port_beyond_65535_names_the_variable(name: str, field: str) -> None:
+    """SERVER_PORT=70000 passed every check, and Gunicorn's bind() stopped the server with a traceback."""
+    with pytest.raises(ValueError, match=f"^{name} must be a port from 1 to 65535, got 70000$"):
+        Settings.from_env({name: "70000"})
+    assert getattr(Settings.from_env({name: "65535"}), field) == 65535
