@@ -90,3 +90,20 @@ def test_the_engine_reads_the_settings_of_the_command_line(tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)
     assert cli.serve_with_engine(settings, "127.0.0.1:9") == 0
     assert reported == [5000, f"InstrumentationKey={key}", "from-the-file", []]
+
+
+def test_a_metrics_folder_of_the_users_forgets_the_gauges_of_a_killed_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set by the user outlives a server: the queue of one that was killed (no child_exit
+    for its processes) stayed in nv_inference_pending_request_count of every server after it."""
+    import subprocess
+
+    from runtime.http.server import metrics_dir
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    code = FAKE_ENGINE.replace("listener = ", "raise SystemExit\nlistener = ")
+    subprocess.run([sys.executable, "-c", code, "@unused"], check=True, timeout=60)
+    assert pending(tmp_path) == 5
+    with metrics_dir():
+        assert pending(tmp_path) is None

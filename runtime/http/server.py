@@ -171,9 +171,14 @@ def _child_exit(server: Any, worker: Any) -> None:
 def metrics_dir() -> Iterator[None]:
     """One folder for all processes' metric files (prometheus-client multiprocess mode), removed after.
 
-    Set up before the model engine and the workers start, so that they all write there.
+    Set up before the model engine and the workers start, so that they all write there. A folder the user
+    set is kept, less the live gauges of processes that are gone.
     """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from runtime.metrics import forget_dead_processes
+
+        # The user's folder outlives servers: one that was killed left its live gauges (queue depths) there.
+        forget_dead_processes()
         yield
         return
     path = tempfile.mkdtemp(prefix="runtime-metrics-")
