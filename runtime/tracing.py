@@ -138,17 +138,20 @@ def setup(settings: Settings) -> bool:
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "unknown_service")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": settings.service_name}))
-    provider = TracerProvider(resource=resource)
     chosen: list[SpanProcessor] = [_exporter_processor(n, settings) for n in names]
     if insights and (monitor := _azure_monitor(insights, resource)) is not None:
         chosen.append(monitor)
+        names.append("azure_monitor")
+    if not chosen:
+        return False  # Application Insights alone, without its exporter: spans would go nowhere
+    provider = TracerProvider(resource=resource)
     for processor in chosen:
         provider.add_span_processor(processor)
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         trace.set_tracer_provider(provider)  # score.py's own spans join ours
     _provider, _tracer = provider, provider.get_tracer("runtime")
     logs.trace_ids = current_ids
-    logger.info("Tracing on: exporters %s", ", ".join(names + (["azure_monitor"] if insights else [])) or "custom")
+    logger.info("Tracing on: exporters %s", ", ".join(names))
     return True
 
 

@@ -222,6 +222,23 @@ async def test_app_insights_exports_through_azure_monitor(
     assert f"{printed[0].log_record.trace_id:032x}" == TRACE_ID
 
 
+def test_app_insights_without_its_exporter_leaves_tracing_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tracing was on with no exporter at all: spans made for nobody on every request, and a log line that said
+    "Tracing on: exporters azure_monitor" right after the warning that it is not installed."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setitem(sys.modules, "azure.monitor.opentelemetry.exporter", None)
+    settings = Settings(app_insights_enabled=True, app_insights_key="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+    try:
+        assert tracing.setup(settings) is False
+        assert not tracing.enabled()
+    finally:
+        tracing.shutdown()
+    assert "Tracing on" not in caplog.text
+    assert "pip install 'scoring-runtime[azure-monitor]'" in caplog.text
+
+
 def test_inject_carries_the_current_span_on() -> None:
     assert tracing.inject({}) == {}  # off: nothing added
     assert tracing.setup(Settings(otel_traces_exporter=("console",)))
