@@ -150,17 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def env_settings(command: str) -> Settings:
+    """The environment's settings for a command other than serve: a bad variable is named (exit 2, as serve's)."""
+    try:
+        return Settings.from_env()
+    except ValueError as ex:
+        print(f"runtime {command}: {ex}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from runtime.preflight import check_model_dir_is_a_folder
     from runtime.serving.check import check_repository
-    from runtime.settings import Settings
 
+    instance_processes = env_settings("check").instance_processes
     try:
         check_model_dir_is_a_folder(args.model_dir)  # the words `runtime serve` has for a misspelt path
     except StartupError as ex:
         print(f"error: {ex}")  # where check_repository reports the repository's errors
         return 1
-    return check_repository(args.model_dir, sys.stdout, Settings.from_env().instance_processes)
+    return check_repository(args.model_dir, sys.stdout, instance_processes)
 
 
 # CLI flag -> environment variable: flags override the environment, and workers read the environment.
@@ -443,7 +452,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_triton(args: argparse.Namespace) -> int:
     from runtime.serving.tritonserver import install
 
-    binary = install(Path(args.home or Settings.from_env().triton_home))
+    binary = install(Path(args.home or env_settings("triton").triton_home))
     print(binary)
     return 0
 

@@ -44,3 +44,15 @@ def test_check_piped_into_a_reader_that_stops_early_exits_quietly(model_repo: Pa
     stderr = process.stderr.read()
     assert process.wait(120) == 141, stderr  # 128 + SIGPIPE, as `cat` under a closed pipe
     assert "BrokenPipeError" not in stderr and "Traceback" not in stderr, stderr
+
+
+def test_a_bad_variable_is_named_without_a_traceback(tmp_path: Path) -> None:
+    """runtime check (and runtime triton install) read the environment's settings: a bad value was a traceback."""
+    from tests.support.cli import run_cli
+
+    result = run_cli("check", "--model-dir", str(tmp_path), env={"RUNTIME_INSTANCE_PROCESSES": "maybe"})
+    assert result.returncode == 2
+    assert result.stderr == "runtime check: RUNTIME_INSTANCE_PROCESSES must be one of auto, on, off, got 'maybe'\n"
+    result = run_cli("triton", "install", env={"WORKER_COUNT": "two"})
+    assert result.returncode == 2
+    assert result.stderr == "runtime triton: WORKER_COUNT must be an integer, got 'two'\n"
