@@ -339,6 +339,10 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"runtime serve: {problem}", file=sys.stderr)
         return 2
     configure(settings.log_level, settings.log_format)
+    if args.config_file is not None and not os.path.isfile(args.config_file):
+        # azmlinfsrv ignores it without a word: none of its settings (an entry script it names) would apply.
+        print(f"runtime serve: --config-file {os.path.abspath(args.config_file)} does not exist", file=sys.stderr)
+        return STARTUP_EXIT_CODE
     entry = settings.entry_path
     if entry is None and not settings.model_dir and settings.backend != "triton":
         print("runtime serve: give --entry score.py and/or --model-dir DIR", file=sys.stderr)

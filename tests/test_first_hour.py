@@ -156,6 +156,14 @@ def test_folder_as_entry_names_the_scripts_inside(tmp_path: Path) -> None:
     assert "(it holds score.py)" in result.stderr and "does not exist" not in result.stderr
 
 
+def test_a_misspelt_config_file_is_a_startup_error(tmp_path: Path) -> None:
+    """--config-file naming no file was ignored without a word (as azmlinfsrv does): none of its settings applied."""
+    (tmp_path / "config.json").write_text('{"SCORING_TIMEOUT_MS": 5000}')
+    result = run("serve", "--entry", ECHO, "--config-file", str(tmp_path / "confg.json"))
+    assert result.returncode == 3, result.stderr
+    assert result.stderr == f"runtime serve: --config-file {tmp_path / 'confg.json'} does not exist\n"
+
+
 def test_misspelled_model_dir_is_a_startup_error(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     result = run("serve", "--entry", ECHO, "--model-dir", str(tmp_path / "model"))
