@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
+import fcntl
 import functools
 import os
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -28,6 +30,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.mmap_dict import MmapedDict
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -250,10 +253,11 @@ async def metrics_endpoint(request: Request) -> Response:
     for source, before in sources:
         if before:
             await source()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        body = generate_latest(registry)
+        multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+        with _files_locked(folder, exclusive=False):
+            body = generate_latest(registry)
     else:
         body = generate_latest()
     for source, before in sources:
@@ -266,6 +270,47 @@ def record_http(method: str, route: str, status: int, seconds: float) -> None:
     """One HTTP request by route template (bounded label values) and status."""
     _child(HTTP_REQUESTS, method, route, str(status)).inc()
     _child(HTTP_LATENCY, method, route).observe(seconds)
+
+
+@contextlib.contextmanager
+def _files_locked(folder: str, exclusive: bool) -> Iterator[None]:
+    """Scrapes (shared) against :func:`archive_dead_process` (exclusive): prometheus-client's collector fails on a
+    counter file removed between its listing and its read, and a scrape must not count a worker twice or not at
+    all while its values move to the archive."""
+    fd = os.open(os.path.join(folder, "archive.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def archive_dead_process(pid: int) -> None:
+    """Forget a dead process's live gauges, and fold its counters and histograms into one archive file per kind.
+
+    Every scrape reads every file: a recycled worker's files stayed for the server's life (``--max-requests``: a
+    scrape read thousands of files, on the event loop). Counters and histogram buckets are sums, so their values
+    move into ``counter_archive.db`` and ``histogram_archive.db`` and the exposition stays the same.
+    """
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return
+    multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
+    with _files_locked(folder, exclusive=True):
+        for kind in ("counter", "histogram"):
+            dead = os.path.join(folder, f"{kind}_{pid}.db")
+            try:
+                values = list(MmapedDict.read_all_values_from_file(dead))  # type: ignore[no-untyped-call]
+            except FileNotFoundError:
+                continue
+            archive = MmapedDict(os.path.join(folder, f"{kind}_archive.db"))  # type: ignore[no-untyped-call]
+            try:
+                for key, value, timestamp, _ in values:
+                    archived, _ = archive.read_value(key)  # type: ignore[no-untyped-call]
+                    archive.write_value(key, archived + value, timestamp)  # type: ignore[no-untyped-call]
+            finally:
+                archive.close()  # type: ignore[no-untyped-call]
+            os.unlink(dead)
 
 
 # prometheus-client's files of gauges that sum or list live processes: ``gauge_livesum_<pid>.db``...

@@ -162,9 +162,9 @@ class ServerApplication(BaseApplication):  # type: ignore[misc]
 
 
 def _child_exit(server: Any, worker: Any) -> None:
-    from prometheus_client import multiprocess
+    from runtime.metrics import archive_dead_process
 
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    archive_dead_process(worker.pid)
 
 
 @contextlib.contextmanager
