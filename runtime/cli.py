@@ -292,6 +292,14 @@ def contradicting_triton_flags(args: argparse.Namespace, settings: Settings) -> 
     return None
 
 
+def health_port_clash(args: argparse.Namespace, settings: Settings) -> str | None:
+    """SEPERATE_HEALTH_ENDPOINT=true with the health port the port itself: Gunicorn would fail to bind it twice."""
+    if not settings.separate_health_endpoint or settings.health_port != settings.port or settings.port == 0:
+        return None
+    health, port = _given(args, "--health-port", str(settings.health_port)), _given(args, "--port", str(settings.port))
+    return f"{health} is the port of {port}: choose another"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM before Gunicorn takes it over: unwound as Ctrl-C is, so that what was started is stopped."""
 
@@ -334,7 +342,11 @@ def serve_command(args: argparse.Namespace) -> int:
     if problem:
         print(f"runtime serve: {problem}", file=sys.stderr)
         return 2
-    problem = triton_flags_without_triton(args, settings.backend) or contradicting_triton_flags(args, settings)
+    problem = (
+        triton_flags_without_triton(args, settings.backend)
+        or contradicting_triton_flags(args, settings)
+        or health_port_clash(args, settings)
+    )
     if problem:
         print(f"runtime serve: {problem}", file=sys.stderr)
         return 2
@@ -355,6 +367,8 @@ def serve_command(args: argparse.Namespace) -> int:
         if settings.model_dir:
             check_model_dir(settings.model_dir, entry is not None, settings.backend)
         check_port_free(settings.host, settings.port)
+        if settings.separate_health_endpoint:
+            check_port_free(settings.host, settings.health_port, "--health-port")
     except StartupError as ex:
         print(f"runtime serve: {ex}", file=sys.stderr)
         return STARTUP_EXIT_CODE

@@ -269,6 +269,20 @@ def test_port_in_use_fails_fast(busy_port: int) -> None:
     assert "choose another --port" in result.stderr
 
 
+def test_the_health_port_is_checked_as_the_port_is(busy_port: int) -> None:
+    """SEPERATE_HEALTH_ENDPOINT=true: a busy HEALTH_PORT, or the port itself, left Gunicorn retrying for 5 s, then
+    "Can't connect" (its 5-second retry is what the port's own check avoids)."""
+    health = {"SEPERATE_HEALTH_ENDPOINT": "true", "HEALTH_PORT": str(busy_port)}
+    result = run("serve", "--entry", ECHO, "--port", str(free_port()), env=health)
+    assert result.returncode == 3, result.stderr
+    assert f"address already in use: 127.0.0.1:{busy_port}" in result.stderr
+    assert "choose another --health-port" in result.stderr
+    port = str(free_port())
+    result = run("serve", "--entry", ECHO, "--port", port, "--health-port", port, env=health)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"runtime serve: --health-port {port} is the port of --port {port}: choose another\n"
+
+
 def test_port_in_use_is_found_before_managed_triton_starts(
     busy_port: int, model_repo: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
