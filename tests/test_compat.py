@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from runtime.azureml.aml import AMLRequest, AMLResponse
 from runtime.azureml.compat import FINDER, compat_modules
 
@@ -41,3 +43,27 @@ def test_tritonhttpclient_points_azure_mls_address_at_the_runtimes_triton() -> N
     finally:
         client.close()
         other.close()
+
+
+def test_the_stand_in_azureml_package_keeps_the_installed_azureml_packages_importable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # azureml-core's layout: a pkgutil namespace package. score.py files import both it and the Azure names.
+    (tmp_path / "azureml" / "core").mkdir(parents=True)
+    namespace = "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n"
+    (tmp_path / "azureml" / "__init__.py").write_text(namespace)
+    (tmp_path / "azureml" / "core" / "__init__.py").write_text("")
+    (tmp_path / "azureml" / "core" / "model.py").write_text("class Model:\n    path = 'models/m'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [name for name in sys.modules if name == "azureml" or name.startswith("azureml.")]:
+        monkeypatch.delitem(sys.modules, name)
+    try:
+        with compat_modules():
+            from azureml.contrib.services.aml_response import AMLResponse as Response
+            from azureml.core.model import Model
+
+        assert Response is AMLResponse
+        assert Model.path == "models/m"
+    finally:
+        sys.modules.pop("azureml.core.model", None)
+        sys.modules.pop("azureml.core", None)

@@ -97,7 +97,21 @@ class CompatFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return None
         if fullname in self.excluded and not self.loading:
             return None
-        return importlib.util.spec_from_loader(fullname, self, is_package=fullname in PACKAGES)
+        spec = importlib.util.spec_from_loader(fullname, self, is_package=fullname in PACKAGES)
+        if spec is not None and spec.submodule_search_locations is not None:
+            # The stand-in package (``azureml``) searches where the installed one lives, so that the rest of it
+            # (``azureml.core.model``, which score.py files import next to ``aml_request``) stays importable.
+            spec.submodule_search_locations.extend(self._installed_locations(fullname, path))
+        return spec
+
+    def _installed_locations(self, fullname: str, path: Sequence[str] | None) -> list[str]:
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path)
+            if spec is not None and spec.submodule_search_locations:
+                return list(spec.submodule_search_locations)
+        return []
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
         builder = BUILDERS.get(spec.name)
