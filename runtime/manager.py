@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -51,6 +52,14 @@ INLINE_MARK = "runtime_inline"
 PLAIN_HOOK = pluggy.HookimplOpts(
     wrapper=False, hookwrapper=False, optionalhook=False, tryfirst=False, trylast=False, specname=None
 )
+
+
+class Placement(enum.Enum):
+    """Where a firstresult hook's implementations run (:meth:`PluginManager._first`)."""
+
+    LOOP = "loop"  # every implementation inline: pluggy's call on the event loop
+    POOL = "pool"  # some sync implementation is not inline: pluggy's call in the hook pool
+    EACH = "each"  # some implementation is async: one after the other, each awaited before the next
 
 
 def inline(func: Any) -> Any:
@@ -83,7 +92,7 @@ class PluginManager(pluggy.PluginManager):
         # Where sync preprocess/postprocess run when not every implementation is inline (Settings.hook_threads).
         self.executor = executor or Executor(1)
         self._plain: set[int] = set()  # plugins whose plain functions named like hooks are hooks (score.py)
-        self._inline: dict[str, bool] = {}
+        self._placements: dict[str, Placement] = {}
         self._sole: dict[str, tuple[Callable[..., Any], tuple[str, ...]] | None] = {}
         self._monitored = False
         if trace:
@@ -127,13 +136,13 @@ class PluginManager(pluggy.PluginManager):
     def register(self, plugin: object, name: str | None = None) -> str | None:
         """pluggy's register; a plugin registered later (say, from an init hook) may change where hooks run."""
         registered = super().register(plugin, name)
-        self._inline.clear()
+        self._placements.clear()
         self._sole.clear()
         return registered
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any | None:
         unregistered = super().unregister(plugin, name)
-        self._inline.clear()
+        self._placements.clear()
         self._sole.clear()
         return unregistered
 
@@ -172,10 +181,19 @@ class PluginManager(pluggy.PluginManager):
         function, argnames = sole
         return function(*[kwargs[argname] for argname in argnames])
 
-    def _all_inline(self, name: str) -> bool:
-        cached = self._inline.get(name)
+    def _placement(self, name: str) -> Placement:
+        cached = self._placements.get(name)
         if cached is None:
-            cached = self._inline[name] = all(_runs_on_loop(i) for i in getattr(self.hook, name).get_hookimpls())
+            impls = getattr(self.hook, name).get_hookimpls()
+            if any(inspect.iscoroutinefunction(i.function) for i in impls) and not any(
+                i.wrapper or i.hookwrapper for i in impls
+            ):
+                cached = Placement.EACH
+            elif all(_runs_on_loop(i) for i in impls):
+                cached = Placement.LOOP
+            else:
+                cached = Placement.POOL
+            self._placements[name] = cached
         return cached
 
     async def _first(self, name: str, **kwargs: Any) -> Any:
@@ -183,14 +201,34 @@ class PluginManager(pluggy.PluginManager):
 
         Anything but a :class:`ServingError` becomes :class:`RunFailed` (a 500 naming the script).
         """
-        hook = getattr(self.hook, name)
         try:
-            result = hook(**kwargs) if self._all_inline(name) else await self.executor.run(hook, **kwargs)
+            placement = self._placement(name)
+            if placement is Placement.EACH:
+                return await self._first_awaited(name, kwargs, pool=True)
+            hook = getattr(self.hook, name)
+            result = hook(**kwargs) if placement is Placement.LOOP else await self.executor.run(hook, **kwargs)
             return await _resolve(result)
         except (ServingError, asyncio.CancelledError):
             raise
         except (Exception, SystemExit) as ex:  # sys.exit() in a hook fails its request, not the worker
             raise RunFailed(ex) from ex
+
+    async def _first_awaited(self, name: str, kwargs: dict[str, Any], pool: bool) -> Any:
+        """A firstresult hook with async implementations, one implementation after the other.
+
+        pluggy stops at the first result that is not None, and an async implementation's coroutine is
+        one even when it resolves to None ("not mine"): the next implementation would never be asked.
+        Sync implementations that are not inline run in the pool when ``pool``.
+        """
+        for impl in reversed(getattr(self.hook, name).get_hookimpls()):
+            if pool and not _runs_on_loop(impl):
+                result = await self.executor.run(self._hookexec, name, [impl], kwargs, True)
+            else:
+                result = self._hookexec(name, [impl], kwargs, True)
+            result = await _resolve(result)
+            if result is not None:
+                return result
+        return None
 
     async def _each(self, name: str, on_error: Callable[[str, Exception], None], **kwargs: Any) -> None:
         """A broadcast hook, one implementation after the other in pluggy's order.
@@ -257,6 +295,8 @@ class PluginManager(pluggy.PluginManager):
         return config
 
     async def model_ready(self, model: str, version: str | None) -> bool:
+        if self._placement("model_ready") is Placement.EACH:
+            return bool(await self._first_awaited("model_ready", {"model": model, "version": version}, pool=False))
         return bool(await _resolve(self.hook.model_ready(model=model, version=version)))
 
     async def server_ready(self) -> bool:

@@ -152,3 +152,51 @@ def test_request_path_hooks_call_a_sole_implementation_directly_and_pluggy_other
         assert traced.model_config("m", None) == "config of m"
     assert traced._sole["model_config"] is None
     assert "hook model_config(model, version): backend" in caplog.text
+
+
+def test_async_first_result_hooks_that_return_none_leave_the_answer_to_the_next(tmp_path: Path) -> None:
+    plugin = tmp_path / "tensors.py"
+    plugin.write_text(
+        textwrap.dedent("""
+        from runtime import hookimpl
+
+        @hookimpl
+        def preprocess(request):
+            return {"x": "from the plugin"}
+    """)
+    )
+    score = tmp_path / "score.py"
+    score.write_text(
+        textwrap.dedent("""
+        async def preprocess(request):
+            return None  # not this script's kind of request: the next preprocess decides
+
+        async def postprocess(request, outputs):
+            return None if outputs == "as is" else {"shaped": outputs}
+    """)
+    )
+    pm = manager(str(score), str(plugin))
+    assert asyncio.run(pm.preprocess(request())) == {"x": "from the plugin"}
+    assert asyncio.run(pm.postprocess(request(), "as is")) == "as is"  # the built-in default's answer
+    assert asyncio.run(pm.postprocess(request(), 1)) == {"shaped": 1}
+
+
+def test_async_model_ready_that_returns_none_leaves_the_model_to_the_next_backend() -> None:
+    from runtime.hookspecs import hookimpl
+
+    class Serves:
+        @hookimpl
+        def model_ready(self, model: str) -> bool | None:
+            return True if model == "theirs" else None
+
+    class ServesOther:
+        @hookimpl
+        async def model_ready(self, model: str) -> bool | None:
+            return True if model == "mine" else None
+
+    pm = PluginManager()
+    pm.register(Serves(), "serves")
+    pm.register(ServesOther(), "serves-other")  # registered later: asked first
+    assert asyncio.run(pm.model_ready("mine", None)) is True
+    assert asyncio.run(pm.model_ready("theirs", None)) is True
+    assert asyncio.run(pm.model_ready("nobody's", None)) is False
