@@ -115,7 +115,11 @@ class PluginManager(pluggy.PluginManager):
             raise StartupError(
                 f"A plugin in entry point group {plugins.ENTRY_POINT_GROUP!r} failed to load: {ex}"
             ) from ex
+        # RUNTIME_PLUGINS and --plugin may name one plugin twice, or spell one path two ways: registered once.
+        unique: dict[str, str] = {}
         for spec in settings.plugins:
+            unique.setdefault(plugins.identity(spec), spec)
+        for spec in unique.values():
             self._register(plugins.import_plugin(spec), spec)
         # Registered after the plugins: pluggy calls trylast implementations registered later, later still.
         self._register(plugins.builtin(plugins.AZUREML_DEFAULTS, entry), plugins.AZUREML_DEFAULTS)
@@ -128,6 +132,9 @@ class PluginManager(pluggy.PluginManager):
             raise StartupError(f"{ex} Known hooks: {', '.join(hookspecs.names())}.") from ex
 
     def _register(self, plugin: object, name: str) -> None:
+        if self.is_registered(plugin):  # an entry point's module named by --plugin too: its hooks run once
+            logger.info("Plugin %s is registered already as %s", name, self.get_name(plugin))
+            return
         try:
             self.register(plugin, name=name)
         except pluggy.PluginValidationError as ex:

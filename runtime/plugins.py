@@ -28,9 +28,18 @@ DEFAULT_PLUGINS: dict[str, str] = {
 BACKENDS = ("onnxruntime", "triton")
 
 
+def _is_path(spec: str) -> bool:
+    return spec.endswith(".py") or os.sep in spec
+
+
+def identity(spec: str) -> str:
+    """What ``spec`` names, the same however it is spelt: a module name, or a file's absolute path."""
+    return os.path.abspath(spec) if _is_path(spec) else spec
+
+
 def import_plugin(spec: str) -> ModuleType:
     """Import a plugin given as a module name (``pkg.mod``) or a path to a ``.py`` file."""
-    if spec.endswith(".py") or os.sep in spec:
+    if _is_path(spec):
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
             raise StartupError(f"Plugin file {path} does not exist.")
@@ -42,12 +51,12 @@ def import_plugin(spec: str) -> ModuleType:
         sys.modules[name] = module
         try:
             module_spec.loader.exec_module(module)
-        except Exception as ex:
+        except (Exception, SystemExit) as ex:  # sys.exit() in a plugin is its start-up failure, not an exit code
             raise StartupError(f"Plugin {path} failed to import: {type(ex).__name__}: {ex}") from ex
         return module
     try:
         return importlib.import_module(spec)
-    except Exception as ex:
+    except (Exception, SystemExit) as ex:
         raise StartupError(f"Plugin module {spec!r} failed to import: {type(ex).__name__}: {ex}") from ex
 
 

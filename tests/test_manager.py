@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import textwrap
 from pathlib import Path
 
@@ -200,3 +201,23 @@ def test_async_model_ready_that_returns_none_leaves_the_model_to_the_next_backen
     assert asyncio.run(pm.model_ready("mine", None)) is True
     assert asyncio.run(pm.model_ready("theirs", None)) is True
     assert asyncio.run(pm.model_ready("nobody's", None)) is False
+
+
+def test_a_plugin_named_twice_is_registered_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = Path(script("core/record_plugin.py"))
+    monkeypatch.chdir(plugin.parent)
+    # RUNTIME_PLUGINS and --plugin both name it, once by path and once relative to the working directory.
+    pm = manager(script("core/hook_style.py"), str(plugin), str(plugin), f".{os.sep}{plugin.name}")
+    owners = [i.plugin_name for i in pm.hook.preprocess.get_hookimpls()]
+    assert owners.count(str(plugin)) == 1 and len(owners) == 3, owners
+    module = pm.get_plugin(str(plugin))
+    pm._register(module, "the same module under another name")  # an entry point naming a --plugin module
+    assert pm.get_name(module) == str(plugin)
+
+
+def test_a_plugin_that_exits_while_importing_is_a_startup_error(tmp_path: Path) -> None:
+    exiting = tmp_path / "exiting.py"
+    exiting.write_text("import sys\n\nsys.exit(2)\n")
+    with pytest.raises(StartupError) as raised:
+        manager(None, str(exiting))
+    assert str(raised.value) == f"Plugin {exiting} failed to import: SystemExit: 2"
