@@ -128,6 +128,20 @@ def test_disconnect_closes_the_generator(stream_server: tuple[str, Path, list[st
     assert httpx.get(url + "/score?count=2", timeout=30).content == b"chunk 0;chunk 1;"
 
 
+def test_disconnect_lets_an_async_generator_finish_its_async_clean_up(
+    stream_server: tuple[str, Path, list[str]],
+) -> None:
+    url, marker, _ = stream_server
+    marker.unlink(missing_ok=True)
+    with httpx.stream("GET", url + "/score?kind=async_endless", timeout=30) as response:
+        assert next(response.iter_raw()).startswith(b"token 0;")
+    # Its finally awaits before it writes the marker: the disconnect's cancellation must not cut it short.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (marker.exists() and marker.read_text()):
+        time.sleep(0.05)
+    assert marker.read_text() == "closed async\n"
+
+
 def test_server_sent_events_through_httpx(stream_server: tuple[str, Path, list[str]]) -> None:
     url, _, _ = stream_server
     events = []

@@ -6,7 +6,8 @@
 * Sync generators run in the worker's thread pool, one ``next()`` at a time, so a
   generator that blocks between chunks never blocks the event loop.
 * When the client disconnects, or the response ends for any reason, the generator is
-  closed (``GeneratorExit`` at its ``yield``, so its ``finally`` blocks run).
+  closed (``GeneratorExit`` at its ``yield``, or for an async one waiting on something, one
+  ``CancelledError`` there), so its ``finally`` blocks run, to the end: awaits included.
 * A generator that raises after the first chunk cannot change the status any more:
   the error is logged with the request id and the connection is closed without the
   final chunk, so the client sees an incomplete body, never a complete-looking one.
@@ -66,6 +67,7 @@ class ChunkStream:
         # One next() or close() at a time: close() waits for a next() still running in its thread.
         self._lock = threading.Lock()
         self._closed = False
+        self._pending: asyncio.Task[Any] | None = None  # the async source's next chunk, being produced
         self.chunks = 0
         self.text = False  # whether the first chunk was str
 
@@ -82,14 +84,27 @@ class ChunkStream:
             if callable(close):
                 close()
 
+    async def _pull(self) -> Any:
+        assert self._aiter is not None
+        try:
+            return await self._aiter.__anext__()
+        except StopAsyncIteration:
+            return _END
+
+    async def _anext(self) -> Any:
+        # In a task of its own: when the response is cancelled (a disconnect cancels its anyio scope, which
+        # cancels every await in it again and again), the source is not; aclose() ends it with one cancel.
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._pull())
+        chunk = await asyncio.shield(self._pending)
+        self._pending = None
+        return chunk
+
     async def next(self) -> bytes | None:
         """The next chunk, or None at the end; :class:`StreamFailed` when the source raises."""
         try:
             if self._aiter is not None:
-                try:
-                    chunk = await self._aiter.__anext__()
-                except StopAsyncIteration:
-                    return None
+                chunk = await self._anext()
             elif self.executor is not None:
                 chunk = await self.executor.run(self._next)
             else:
@@ -105,20 +120,29 @@ class ChunkStream:
             raise StreamFailed(str(ex)) from ex
 
     async def aclose(self) -> None:
-        if self._aiter is not None:
-            aclose = getattr(self._aiter, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:
-                    logger.exception("Closing the response stream failed")
-            return
         if self._closed:
             return
-        # Not awaited: a next() may still run in its thread (a timeout, a disconnect); close after it.
-        future = asyncio.get_running_loop().run_in_executor(None, self._close_logged)
-        _closing.add(future)
-        future.add_done_callback(_closing.discard)
+        loop = asyncio.get_running_loop()
+        # Not awaited: the caller may be cancelled (a disconnect), which would cut an async source's clean-up
+        # short at its first await; and a sync source's next() may still run in its thread: close after it.
+        closing: asyncio.Future[None] = (
+            loop.create_task(self._aclose_source())
+            if self._aiter is not None
+            else loop.run_in_executor(None, self._close_logged)
+        )
+        _closing.add(closing)
+        closing.add_done_callback(_closing.discard)
+
+    async def _aclose_source(self) -> None:
+        try:
+            if self._pending is not None and not self._pending.done():
+                self._pending.cancel()  # a CancelledError at the source's await; its finally then runs as usual
+                await asyncio.wait([self._pending])
+            aclose = getattr(self._aiter, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        except Exception:
+            logger.exception("Closing the response stream failed")
 
     def _close_logged(self) -> None:
         try:

@@ -52,6 +52,21 @@ async def async_tokens(count):
         yield f"token {i};".encode()
 
 
+async def async_endless(marker):
+    import asyncio
+
+    try:
+        i = 0
+        while True:
+            await asyncio.sleep(0.02)
+            yield f"token {i};"
+            i += 1
+    finally:
+        await asyncio.sleep(0.01)  # an async clean-up, as closing an upstream connection
+        with open(marker, "a") as out:
+            out.write("closed async\n")
+
+
 @rawhttp
 def run(request):
     kind = request.args.get("kind", "plain")
@@ -63,6 +78,8 @@ def run(request):
         return AMLResponse(slow_first(float(request.args.get("delay", "3"))), 200)
     if kind == "fail_first":
         return AMLResponse(failing_first(), 200)
+    if kind == "async_endless":
+        return AMLResponse(async_endless(os.environ["STREAM_MARKER"]), 200)
     if kind == "async":
         return AMLResponse(async_tokens(3), 200, {"Content-Type": "text/plain"})
     count = int(request.args.get("count", "3"))
