@@ -237,7 +237,7 @@ class PluginManager(pluggy.PluginManager):
                 return result
         return None
 
-    async def _each(self, name: str, on_error: Callable[[str, Exception], None], **kwargs: Any) -> None:
+    async def _each(self, name: str, on_error: Callable[[str, Exception | SystemExit], None], **kwargs: Any) -> None:
         """A broadcast hook, one implementation after the other in pluggy's order.
 
         Async implementations are awaited on the loop; sync ones run in a thread, so that a sync init()
@@ -252,13 +252,13 @@ class PluginManager(pluggy.PluginManager):
                 assert isinstance(results, list)
                 for result in results:
                     await _resolve(result)
-            except Exception as ex:
+            except (Exception, SystemExit) as ex:  # sys.exit() in init() is a start-up failure like any other
                 on_error(f"{name}() of {impl.plugin_name}", ex)
 
     async def init(self, context: InitContext) -> None:
         """Every ``init``; the first failure stops start-up (:class:`StartupError`)."""
 
-        def stop(where: str, ex: Exception) -> None:
+        def stop(where: str, ex: Exception | SystemExit) -> None:
             if isinstance(ex, StartupError):
                 # Expected (Triton not there, a bad repository): its message says it all, no traceback.
                 raise StartupError(f"{where}: {ex}") from ex
@@ -270,7 +270,7 @@ class PluginManager(pluggy.PluginManager):
     async def shutdown(self) -> None:
         """Every ``shutdown``; failures are logged and do not stop the others."""
 
-        def log(where: str, ex: Exception) -> None:
+        def log(where: str, ex: Exception | SystemExit) -> None:
             if isinstance(ex, StartupError):
                 logger.error("%s failed; continuing shutdown: %s", where, ex)
             else:

@@ -68,33 +68,49 @@ def test_preprocess_runs_first_result_and_wraps_foreign_errors() -> None:
     assert isinstance(raised.value.original, TypeError)
 
 
+FAILING_PLUGIN = """
+from runtime import hookimpl
+
+@hookimpl
+def init(context):
+    raise ValueError("no model")
+
+@hookimpl
+def shutdown():
+    raise OSError("disk gone")
+"""
+EXITING_SCRIPT = """
+import sys
+
+def init():
+    sys.exit("model missing")  # what many scripts do when the model is not there
+
+def shutdown():
+    sys.exit(1)
+
+def run(data):
+    return data
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "is_entry", "failure"),
+    [(FAILING_PLUGIN, False, "ValueError: no model"), (EXITING_SCRIPT, True, "SystemExit: model missing")],
+)
 def test_init_failure_is_a_startup_error_and_shutdown_errors_are_logged(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, source: str, is_entry: bool, failure: str
 ) -> None:
-    plugin = tmp_path / "failing.py"
-    plugin.write_text(
-        textwrap.dedent("""
-        from runtime import hookimpl
-
-        calls = []
-
-        @hookimpl
-        def init(context):
-            raise ValueError("no model")
-
-        @hookimpl
-        def shutdown():
-            raise OSError("disk gone")
-    """)
-    )
-    pm = manager(script("core/echo.py"), str(plugin))
+    path = tmp_path / "failing.py"
+    path.write_text(source)
+    pm = manager(str(path)) if is_entry else manager(script("core/echo.py"), str(path))
+    name = f"entry:{path}" if is_entry else str(path)
     context = InitContext(settings=Settings(), plugin_manager=pm)
     with pytest.raises(StartupError) as raised:
         asyncio.run(pm.init(context))
-    assert str(raised.value) == f"init() of {plugin} failed: ValueError: no model"
+    assert str(raised.value) == f"init() of {name} failed: {failure}"
     with caplog.at_level(logging.ERROR, logger="runtime.hooks"):
         asyncio.run(pm.shutdown())
-    assert f"shutdown() of {plugin} failed; continuing shutdown" in caplog.text
+    assert f"shutdown() of {name} failed; continuing shutdown" in caplog.text
 
 
 def test_trace_logs_every_call_with_its_implementations(caplog: pytest.LogCaptureFixture) -> None:
