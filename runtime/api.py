@@ -12,6 +12,7 @@ inherit the context: it reaches the app when only one is bound.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import threading
 from collections.abc import Mapping
@@ -83,7 +84,11 @@ def infer(
         raise RuntimeError("runtime.infer() blocks; in async code use `await runtime.infer_async(...)`")
     call = binding.plane.infer(model, inputs, parameters, version)
     future = asyncio.run_coroutine_threadsafe(call, binding.loop)
-    return future.result(timeout)
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:  # TimeoutError from Python 3.11
+        future.cancel()  # the caller stopped waiting: the backend need not run it (nor hold its batch slot)
+        raise
 
 
 async def infer_async(
@@ -92,5 +97,10 @@ async def infer_async(
     version: str | None = None,
     parameters: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The awaitable form of :func:`infer`, for async run() and hooks."""
-    return await _binding("infer_async").plane.infer(model, inputs, parameters, version)
+    """The awaitable form of :func:`infer`, for async run() and hooks, and for an event loop of the script's own
+    (``asyncio.run`` in a sync run()): the call runs on the app's loop, where the backend batches, either way."""
+    binding = _binding("infer_async")
+    call = binding.plane.infer(model, inputs, parameters, version)
+    if asyncio.get_running_loop() is binding.loop:
+        return await call
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call, binding.loop))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import functools
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import pytest
 from google.protobuf import text_format
 
 import runtime
+from runtime import api
 from runtime.dataplane import CLASSIFICATION, OUTPUTS, DataPlane
 from runtime.errors import BadRequest, NoBackend, UnknownModel, UnsupportedDatatype
 from runtime.manager import PluginManager
@@ -56,6 +61,50 @@ def test_one_set_of_messages_for_every_caller(models: httpx.Client) -> None:
     with pytest.raises(UnknownModel) as missing:
         runtime.infer("linear", {"x": np.ones((1, 4))}, version="7")
     assert missing.value.message == "Request for unknown model: 'linear' version 7 is not found"
+
+
+def test_infer_async_on_another_event_loop_runs_on_the_apps(models: httpx.Client) -> None:
+    # A sync run() that fans out with asyncio.run(asyncio.gather(runtime.infer_async(...), ...)).
+    inputs = [{"x": np.full((1, 4), i, np.float32)} for i in range(3)]
+
+    async def fan_out() -> list[dict[str, np.ndarray]]:
+        return await asyncio.gather(*(runtime.infer_async("linear", x) for x in inputs))
+
+    outputs = asyncio.run(asyncio.wait_for(fan_out(), 30))
+    assert [o["y"].tolist() for o in outputs] == [runtime.infer("linear", x)["y"].tolist() for x in inputs]
+
+
+def test_infer_that_times_out_cancels_its_call() -> None:
+    started, cancelled = threading.Event(), threading.Event()
+
+    class SlowPlane:
+        async def infer(self, *args: object) -> dict[str, np.ndarray]:
+            started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return {}
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def bind() -> api.Binding:
+        return api.bind(asyncio.get_running_loop(), SlowPlane())  # type: ignore[arg-type]
+
+    binding = asyncio.run_coroutine_threadsafe(bind(), loop).result()
+    try:
+        call = functools.partial(runtime.infer, "m", {"x": np.ones(1)}, timeout=0.2)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            contextvars.copy_context().run(lambda: (api.use(binding), call())[1])
+        assert started.is_set() and cancelled.wait(10)  # the backend's work stops with the caller's wait
+    finally:
+        api.unbind(binding)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def test_v2_classification_on_onnxruntime(models: httpx.Client) -> None:
