@@ -111,7 +111,7 @@ class PluginManager(pluggy.PluginManager):
             self.load_setuptools_entrypoints(plugins.ENTRY_POINT_GROUP)
         except pluggy.PluginValidationError as ex:
             raise StartupError(f"Plugin from entry point group {plugins.ENTRY_POINT_GROUP!r}: {ex}") from ex
-        except Exception as ex:
+        except (Exception, SystemExit) as ex:  # as for --plugin: sys.exit() while importing is a start-up failure
             raise StartupError(
                 f"A plugin in entry point group {plugins.ENTRY_POINT_GROUP!r} failed to load: {ex}"
             ) from ex

@@ -237,3 +237,17 @@ def test_a_plugin_that_exits_while_importing_is_a_startup_error(tmp_path: Path) 
     with pytest.raises(StartupError) as raised:
         manager(None, str(exiting))
     assert str(raised.value) == f"Plugin {exiting} failed to import: SystemExit: 2"
+
+
+def test_an_entry_point_plugin_that_exits_while_importing_is_a_startup_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = tmp_path / "ep_exiting-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-exiting\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[scoring_runtime]\nexiting = ep_exiting\n")
+    (tmp_path / "ep_exiting.py").write_text("import sys\n\nsys.exit('no licence')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(StartupError) as raised:
+        manager(None)
+    assert str(raised.value) == "A plugin in entry point group 'scoring_runtime' failed to load: no licence"
