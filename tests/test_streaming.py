@@ -47,6 +47,13 @@ async def test_aml_response_streams_its_generator(query: str, status: int, conte
 
 
 @pytest.mark.anyio
+async def test_an_async_generator_runs_in_one_task_from_its_first_chunk_to_its_last() -> None:
+    async with client(Settings(entry_script=STREAM)) as http:
+        response = await http.get("/score?kind=one_task")
+    assert (response.status_code, response.content) == (200, b"0 True;1 True;2 True;")
+
+
+@pytest.mark.anyio
 async def test_errors_before_the_first_chunk_are_ordinary_answers() -> None:
     async with client(Settings(entry_script=STREAM, timeout_ms=300)) as http:
         slow = await http.get("/score?kind=slow_first&delay=2")

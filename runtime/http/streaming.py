@@ -4,7 +4,8 @@
   fetches it before the status line is sent, so a script that fails or hangs before
   its first chunk still gets the usual 500 answer.
 * Sync generators run in the worker's thread pool, one ``next()`` at a time, so a
-  generator that blocks between chunks never blocks the event loop.
+  generator that blocks between chunks never blocks the event loop. An async generator
+  runs in one task of its own, one chunk ahead of the response.
 * When the client disconnects, or the response ends for any reason, the generator is
   closed (``GeneratorExit`` at its ``yield``, or for an async one waiting on something, one
   ``CancelledError`` there), so its ``finally`` blocks run, to the end: awaits included.
@@ -52,6 +53,13 @@ def encode(chunk: object) -> bytes:
     raise TypeError(f"a streamed chunk must be str or bytes, got {type(chunk).__name__}")
 
 
+class _Raised:
+    """What the async source raised, passed from its pump to the response."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 class StreamFailed(Exception):
     """The generator raised while producing a chunk; carries the original."""
 
@@ -67,7 +75,8 @@ class ChunkStream:
         # One next() or close() at a time: close() waits for a next() still running in its thread.
         self._lock = threading.Lock()
         self._closed = False
-        self._pending: asyncio.Task[Any] | None = None  # the async source's next chunk, being produced
+        self._queue: asyncio.Queue[Any] | None = None  # the async source's chunks, from its pump task
+        self._pump_task: asyncio.Task[None] | None = None
         self.chunks = 0
         self.text = False  # whether the first chunk was str
 
@@ -84,27 +93,41 @@ class ChunkStream:
             if callable(close):
                 close()
 
-    async def _pull(self) -> Any:
+    async def _pump(self, queue: asyncio.Queue[Any]) -> None:
+        """The async source, run in one task of its own for its whole life, one chunk ahead of the response.
+
+        Its own task: the response's (cancelled by a disconnect's anyio scope again at every await) never
+        runs the source's clean-up, and the source keeps one task and one context from chunk to chunk
+        (``asyncio.timeout`` or a context variable across its ``yield``). aclose() cancels this task once.
+        """
         assert self._aiter is not None
         try:
-            return await self._aiter.__anext__()
-        except StopAsyncIteration:
-            return _END
+            async for chunk in self._aiter:
+                await queue.put(chunk)
+            await queue.put(_END)
+        except Exception as ex:
+            await queue.put(_Raised(ex))
+        finally:
+            await self._close_source()
 
-    async def _anext(self) -> Any:
-        # In a task of its own: when the response is cancelled (a disconnect cancels its anyio scope, which
-        # cancels every await in it again and again), the source is not; aclose() ends it with one cancel.
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._pull())
-        chunk = await asyncio.shield(self._pending)
-        self._pending = None
-        return chunk
+    async def _close_source(self) -> None:
+        aclose = getattr(self._aiter, "aclose", None)
+        try:
+            if aclose is not None:
+                await aclose()  # GeneratorExit at its yield, when it waits there (a pump cancelled at put)
+        except Exception:
+            logger.exception("Closing the response stream failed")
 
     async def next(self) -> bytes | None:
         """The next chunk, or None at the end; :class:`StreamFailed` when the source raises."""
         try:
             if self._aiter is not None:
-                chunk = await self._anext()
+                if self._queue is None:
+                    self._queue = asyncio.Queue(1)
+                    self._pump_task = asyncio.get_running_loop().create_task(self._pump(self._queue))
+                chunk = await self._queue.get()
+                if isinstance(chunk, _Raised):
+                    raise chunk.error
             elif self.executor is not None:
                 chunk = await self.executor.run(self._next)
             else:
@@ -122,27 +145,19 @@ class ChunkStream:
     async def aclose(self) -> None:
         if self._closed:
             return
-        loop = asyncio.get_running_loop()
-        # Not awaited: the caller may be cancelled (a disconnect), which would cut an async source's clean-up
-        # short at its first await; and a sync source's next() may still run in its thread: close after it.
-        closing: asyncio.Future[None] = (
-            loop.create_task(self._aclose_source())
-            if self._aiter is not None
-            else loop.run_in_executor(None, self._close_logged)
-        )
+        closing: asyncio.Future[None]
+        if self._pump_task is not None:
+            # One CancelledError where the source waits; the pump's finally then closes it. Not awaited:
+            # this caller may be cancelled itself (a disconnect), which would cut the source's clean-up short.
+            closing = self._pump_task
+            closing.cancel()
+        elif self._aiter is not None:  # never started: nothing of it runs yet
+            closing = asyncio.get_running_loop().create_task(self._close_source())
+        else:
+            # Not awaited: a next() may still run in its thread (a timeout, a disconnect); close after it.
+            closing = asyncio.get_running_loop().run_in_executor(None, self._close_logged)
         _closing.add(closing)
         closing.add_done_callback(_closing.discard)
-
-    async def _aclose_source(self) -> None:
-        try:
-            if self._pending is not None and not self._pending.done():
-                self._pending.cancel()  # a CancelledError at the source's await; its finally then runs as usual
-                await asyncio.wait([self._pending])
-            aclose = getattr(self._aiter, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        except Exception:
-            logger.exception("Closing the response stream failed")
 
     def _close_logged(self) -> None:
         try:

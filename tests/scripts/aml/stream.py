@@ -67,6 +67,15 @@ async def async_endless(marker):
             out.write("closed async\n")
 
 
+async def one_task(count):
+    import asyncio
+
+    task = asyncio.current_task()  # asyncio.timeout() and context variables across a yield need the same task
+    for i in range(count):
+        await asyncio.sleep(0)
+        yield f"{i} {asyncio.current_task() is task};"
+
+
 @rawhttp
 def run(request):
     kind = request.args.get("kind", "plain")
@@ -80,6 +89,8 @@ def run(request):
         return AMLResponse(failing_first(), 200)
     if kind == "async_endless":
         return AMLResponse(async_endless(os.environ["STREAM_MARKER"]), 200)
+    if kind == "one_task":
+        return AMLResponse(one_task(3), 200)
     if kind == "async":
         return AMLResponse(async_tokens(3), 200, {"Content-Type": "text/plain"})
     count = int(request.args.get("count", "3"))
