@@ -132,6 +132,7 @@ SERVED_SCRIPTS = [
     "request_headers",
     "rawhttp",
     "amlresponse",
+    "cors",
     "schema",
     "run_raises",
     "slow_run",
@@ -156,7 +157,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
         ("undecorated", "request_headers", "run_raises", "slow_run", "not_serializable", "prints"),
         {"AML_CORS_ORIGINS": "*"},
     ),
-    "rawhttp": (("rawhttp", "amlresponse", "forms", "stream"), {"AML_CORS_ORIGINS": CORS_ORIGINS}),
+    "rawhttp": (("rawhttp", "amlresponse", "cors", "forms", "stream"), {"AML_CORS_ORIGINS": CORS_ORIGINS}),
     "schema": (("schema",), {}),
 }
 

@@ -1,4 +1,4 @@
-"""Form and multipart bodies for @rawhttp scripts, and the 500 for unhandled errors, in-process."""
+"""@rawhttp scripts in-process: form and multipart bodies, AMLResponse headers, the 500 for unhandled errors."""
 
 from __future__ import annotations
 
@@ -18,6 +18,19 @@ FILES = {"image": ("cat.jpg", b"\xff\xd8JPEG" * 1000, "image/jpeg")}
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+async def test_headers_set_on_an_aml_response_after_it_is_built_are_sent() -> None:
+    async with client(Settings(entry_script=script("aml/cors.py"))) as http:
+        sample = await http.post("/score", content=b"hello")
+        more = await http.post("/score?more=1", content=b"hello")
+    assert (sample.status_code, sample.content) == (200, b"hello")
+    assert sample.headers["access-control-allow-origin"] == "http://www.example.com"
+    assert sample.headers["content-type"] == "text/html; charset=utf-8"
+    assert (more.status_code, more.content) == (200, b"hello")
+    assert more.headers.get_list("content-type") == ["application/octet-stream"]
+    assert more.headers.get_list("x-tag") == ["from-init", "added"]
+    assert "x-gone" not in more.headers
 
 
 @pytest.mark.parametrize("order", ["files_first", "data_first"])

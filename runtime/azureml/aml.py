@@ -130,6 +130,59 @@ class AMLRequest:
         return f"<AMLRequest {self.method} {self.full_path.rstrip('?')}>"
 
 
+class ResponseHeaders:
+    """An :class:`AMLResponse`'s headers, with the API of Werkzeug's ``Headers`` that scripts use.
+
+    ``headers[name] = value`` replaces (Azure ML's own @rawhttp sample sets CORS headers so), ``add`` and
+    ``add_header`` append, lookups ignore case; iterating gives ``(name, value)`` pairs, in order.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, str]] = []
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return next((v for k, v in self._items if k.lower() == name.lower()), default)
+
+    def getlist(self, name: str) -> list[str]:
+        return [v for k, v in self._items if k.lower() == name.lower()]
+
+    def add(self, name: str, value: Any) -> None:
+        self._items.append((name, str(value)))
+
+    add_header = add
+
+    def set(self, name: str, value: Any) -> None:
+        self.remove(name)
+        self.add(name, value)
+
+    def remove(self, name: str) -> None:
+        self._items = [(k, v) for k, v in self._items if k.lower() != name.lower()]
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def __getitem__(self, name: str) -> str:
+        value: str | None = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    __setitem__ = set
+    __delitem__ = remove
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"ResponseHeaders({self._items!r})"
+
+
 class AMLResponse:
     """A response that run() builds itself; same signature as azmlinfsrv's.
 
@@ -149,7 +202,7 @@ class AMLResponse:
     ) -> None:
         response_headers = response_headers or {}
         self.status_code = int(status_code)
-        self.headers: list[tuple[str, str]] = []
+        self.headers = ResponseHeaders()
         self.content_type = "text/html; charset=utf-8"
         self.stream: Iterator[Any] | AsyncIterator[Any] | None = None
         if isinstance(message, Iterator | AsyncIterator) and not json_str:
@@ -172,7 +225,17 @@ class AMLResponse:
             if name.lower() == "content-type":
                 self.content_type = ", ".join(values)
                 continue
-            self.headers.extend((name, v) for v in values)
+            for v in values:
+                self.headers.add(name, v)
+
+    @property
+    def content_type(self) -> str | None:
+        value: str | None = self.headers.get("content-type")
+        return value
+
+    @content_type.setter
+    def content_type(self, value: str) -> None:
+        self.headers.set("Content-Type", value)
 
     def get_data(self, as_text: bool = False) -> Any:
         if isinstance(self.stream, Iterator):  # consumes the stream, as Werkzeug does

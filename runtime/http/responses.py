@@ -58,10 +58,9 @@ def from_aml_response(result: AMLResponse) -> Response:
         response = StreamResponse(result.stream, status_code=result.status_code)
     else:
         response = Response(result.body, status_code=result.status_code)
-    response.headers["content-type"] = result.content_type
     failed = result.run_function_failed or result.status_code >= 500
     response.headers[FAILED] = str(failed)
-    for name, value in result.headers:
+    for name, value in result.headers:  # Content-Type among them, unless the script removed it
         response.headers.append(name, value)
     return response
 
