@@ -1,14 +1,23 @@
-"""runtime.metrics: the batched writes give the same exposition as prometheus-client's own calls."""
+"""runtime.metrics: the batched writes give the same exposition as prometheus-client's own calls; the HTTP
+request counts' route labels."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from runtime import metrics
+from runtime.http.middleware.request_metrics import MetricsMiddleware
 from runtime.serving.batching import BatchStats
 
 AMOUNTS = [0.0, 0.0, 0.0004, 0.0005, 0.003, 0.003, 0.2, 99.0]
@@ -155,3 +164,25 @@ def test_dead_workers_files_are_folded_into_one_per_kind(tmp_path: Path, monkeyp
     assert exposition() == before
     assert sorted(p.name for p in tmp_path.glob("*_90000?.db")) == []
     assert (tmp_path / "counter_archive.db").exists() and (tmp_path / "histogram_archive.db").exists()
+
+
+def test_http_requests_count_a_method_not_allowed_under_its_route() -> None:
+    """PUT /score is /score's 405, not an unmatched path: the fuzz run's per-route totals missed every one."""
+
+    async def score(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/score", score, methods=["POST"])], middleware=[Middleware(MetricsMiddleware)])
+
+    def count(route: str, status: str) -> float:
+        value: float = metrics._child(metrics.HTTP_REQUESTS, "PUT", route, status)._value.get()
+        return value
+
+    before = count("/score", "405"), count("unmatched", "405")
+
+    async def put() -> int:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return (await client.put("/score")).status_code
+
+    assert asyncio.run(put()) == 405
+    assert (count("/score", "405") - before[0], count("unmatched", "405") - before[1]) == (1, 0)

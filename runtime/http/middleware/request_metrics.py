@@ -25,12 +25,17 @@ class MetricsMiddleware:
         cached = self._routes.get(key)
         if cached is not None:
             return cached
-        template = "unmatched"
+        template = None
+        partial = "unmatched"
         for route in scope["app"].routes if "app" in scope else ():
             match, _ = route.matches(scope)
             if match == Match.FULL:
                 template = str(getattr(route, "path", "other"))
                 break
+            if match == Match.PARTIAL and partial == "unmatched":
+                # The path matches, the method does not: the route's 405, counted under its template.
+                partial = str(getattr(route, "path", "other"))
+        template = template or partial
         if len(self._routes) < 4096:  # paths are client input: bound the cache
             self._routes[key] = template
         return template
