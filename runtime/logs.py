@@ -25,6 +25,15 @@ FORMATS = ("text", "json")
 
 # The request being served; thread-pool calls inherit it, so runtime.infer() from run() propagates it.
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+ID_LIMIT = 100  # characters of an x-request-id (azmlinfsrv's limit)
+
+
+def usable_request_id(text: str) -> bool:
+    """Whether a client's id (a v2 body's "id" is any JSON string) may name the request: in log lines and in the
+    x-request-id header sent to Triton, where a control character, a line break or non-ASCII would forge log
+    lines or fail the call."""
+    return len(text) <= ID_LIMIT and text.isascii() and text.isprintable()
+
 
 PRINT_LOGGER = "runtime.print"
 current_format = "text"  # what configure() chose; Gunicorn's handlers get it too

@@ -304,3 +304,29 @@ def test_a_triton_that_does_not_answer_in_time_is_the_same_503_naming_the_wait_i
 
     for error_ in asyncio.run(scenario()):
         assert str(error_).endswith(" is unavailable: no answer in 1 s (SCORING_TIMEOUT_MS)"), str(error_)
+
+
+@pytest.mark.parametrize("request_id", ["ok-1", "a\nb", "\x10j", "caf\u00e9", "\ud800", "x" * 101])
+def test_any_request_id_is_answered_and_only_a_header_safe_one_is_sent_to_triton(request_id: str) -> None:
+    """A v2 body's "id" is any JSON string: one with a control character was a 502 ("cannot read": aiohttp
+    refused it as the x-request-id header; a lone surrogate, tritonclient's JSON), found by fuzzing a managed
+    Triton."""
+    x = np.ones((1, 2), np.float32)
+    ids: list[str | None] = []
+
+    def echo_id(body: bytes, length: str | None) -> tuple[int, bytes, int | None]:
+        ids.append(json.loads(body[: int(length)] if length else body).get("id"))
+        return echo(body, length)
+
+    async def scenario() -> np.ndarray:
+        async with fake_triton(echo_id) as (url, _):
+            server = TritonServer(url, 1, 10)
+            try:
+                wanted = [triton_http.InferRequestedOutput("out_x", binary_data=True)]
+                result = await server.infer("m", "1", infer_inputs(M, {"x": x}), wanted, request_id=request_id)
+                return read_outputs(result, ["out_x"], url, "m")["out_x"]
+            finally:
+                await server.close()
+
+    np.testing.assert_array_equal(asyncio.run(scenario()), x)
+    assert ids == [request_id if request_id == "ok-1" else None]

@@ -24,6 +24,7 @@ from runtime.http.health import not_ready_reason
 from runtime.http.requests import first_header, state_of
 from runtime.http.responses import overloaded
 from runtime.http.v2codec import RequestedOutput, decode_infer_request, encode_outputs
+from runtime.logs import usable_request_id
 from runtime.serving.datatypes import HEADER_LENGTH
 from runtime.serving.tensors import expected_shape
 
@@ -124,7 +125,8 @@ async def model_infer(request: Request) -> Response:
     decoded = decode_infer_request(body, first_header(request, HEADER_NAME))
     config = state.plane.resolve(model, version)
     requested = decoded.outputs or [RequestedOutput(t.name, decoded.binary_output) for t in config.outputs]
-    REQUEST_ID.set(decoded.id or request.scope["state"]["request_ids"].request_id)
+    if decoded.id and usable_request_id(decoded.id):
+        REQUEST_ID.set(decoded.id)  # the answer echoes any id; only a header-safe one names the request
     parameters: dict[str, Any] = {OUTPUTS: [o.name for o in requested]} if decoded.outputs else {}
     counts = {o.name: o.class_count for o in requested if o.class_count}
     parameters.update({k: decoded.parameters[k] for k in SCHEDULE_PARAMETERS if k in decoded.parameters})

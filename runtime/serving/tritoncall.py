@@ -24,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from runtime import tracing
 from runtime.errors import BadGateway, BadRequest, Overloaded, ServiceUnavailable, ServingError, StartupError
+from runtime.logs import usable_request_id
 from runtime.serving.model_config import mc
 from runtime.serving.repository import ModelConfig, model_config_from_proto
 
@@ -231,6 +232,10 @@ class TritonServer:
 
         ``deadline`` (``time.monotonic()``) travels to Triton as the request's timeout.
         """
+        if not usable_request_id(request_id):
+            # A hook's parameters may carry any id: one with a control character fails the header, a lone
+            # surrogate the JSON; Triton only echoes it.
+            request_id = ""
         for attempt in range(2):
             try:
                 if deadline is not None:

@@ -17,11 +17,11 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.http.responses import INTERNAL_ERROR
-from runtime.logs import REQUEST_ID
+from runtime.logs import ID_LIMIT, REQUEST_ID
 
 logger = logging.getLogger("runtime.headers")
 
-HEADER_LIMIT = 100
+HEADER_LIMIT = ID_LIMIT
 # The request headers this middleware reads, as the server gives their names (lower case).
 _ID_HEADERS = {name.encode(): name for name in ("x-request-id", "x-ms-request-id", "x-ms-client-request-id", "traceid")}
 # A version 4 UUID: the version nibble and the RFC 4122 variant bits over 128 random bits.
