@@ -138,6 +138,27 @@ def test_a_body_refused_unread_on_a_connection_being_closed_still_gets_its_answe
     assert json.loads(body) == {"message": f"Request body of {2 * limit} bytes exceeds the limit of {limit} bytes."}
 
 
+def test_a_malformed_request_pipelined_behind_one_in_flight_is_a_400_not_an_unhandled_error(
+    server: ServerProcess,
+) -> None:
+    """uvicorn answers the malformed one at once and closes; the answer of the request still in flight came later,
+    onto a connection closed for writing: 'Unhandled error' and a 500 in the metrics (found by fuzzing)."""
+    score = b'{"x": [[1, 2, 3, 4]]}'
+    good = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(score), score)
+    bad = b"POST /score HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}\r\n0\r\n\r\n"
+    before = httpx.get(server.url + "/metrics").text.count('status="500"')
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(good + bad)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" in answer.lower(), answer
+    time.sleep(0.5)
+    assert httpx.get(server.url + "/metrics").text.count('status="500"') == before
+    log = server.log()
+    assert "Unhandled error" not in log and "after write_eof" not in log, log[-2000:]
+
+
 def test_client_abort_is_not_an_error(server: ServerProcess) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")

@@ -165,3 +165,30 @@ def test_a_stopping_worker_ends_the_linger_at_once() -> None:
         return lingering, raw.closed
 
     assert asyncio.run(run()) == (True, True)
+
+
+class EofStrict(HalfClosable):
+    """As uvloop's transport: a write after write_eof raises."""
+
+    def write(self, data: bytes) -> None:
+        if self.eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        super().write(data)
+
+
+def test_a_late_answer_on_a_lingering_connection_is_dropped() -> None:
+    """Pipelined: a request in flight, the next one malformed; uvicorn answers the 400 and closes (we linger), then
+    the first request's answer comes: it was an 'Unhandled error' and a 500 in the log (found by fuzzing)."""
+
+    async def run() -> list[bytes]:
+        raw = EofStrict()
+        transport = CoalescingTransport(raw, asyncio.get_running_loop(), lambda: True)  # type: ignore[arg-type]
+        transport.write(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n")
+        transport.close()
+        transport.write(HEAD)
+        transport.write(b"{}")
+        await asyncio.sleep(0)
+        transport.end_linger()
+        return raw.writes
+
+    assert asyncio.run(run()) == [b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n"]

@@ -144,6 +144,11 @@ class CoalescingTransport:
         self._timer: asyncio.Handle | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.lingering:
+            # Closed for writing (write_eof) after an answer that ended the connection, such as uvicorn's 400 for
+            # a malformed pipelined request: an earlier request's late answer is dropped, as asyncio drops
+            # writes to a closing transport (uvloop raised "Cannot call write() after write_eof()").
+            return
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
