@@ -71,24 +71,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository (Azure ML layout, ``triton/``) with one test model of each kind."""
     from tests.support import models
 
-    root = tmp_path_factory.mktemp("models")
-    repo = root / "triton"
-    models.make_linear(repo / "linear" / "1" / "model.onnx")
-    models.make_strings(repo / "strings" / "1" / "model.onnx")
-    models.make_identity_types(repo / "types" / "1" / "model.onnx")
-    models.make_classifier(repo / "classifier" / "1" / "model.onnx")
-    (repo / "classifier" / "labels.txt").write_text("a\nb\nc\nd\ne\n")
-    (repo / "classifier" / "config.pbtxt").write_text(
-        'max_batch_size: 8\noutput [{ name: "probs" data_type: TYPE_FP32 dims: [5] label_filename: "labels.txt" }]\n'
-    )
-    models.make_sleepy_linear(repo / "sleepy" / "1" / "model.onnx")
-    (repo / "sleepy" / "config.pbtxt").write_text(
-        "max_batch_size: 32\ninstance_group [{ count: 1 kind: KIND_CPU }]\n"
-        "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
-    )
-    models.make_sleepy_linear(repo / "sleepy_unbatched" / "1" / "model.onnx")
-    (repo / "sleepy_unbatched" / "config.pbtxt").write_text("max_batch_size: 0\n")
-    return root
+    return models.make_test_repository(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")

@@ -129,3 +129,25 @@ def make_sleepy_linear(path: Path) -> Path:
         ],
     )
     return _save(graph, path)
+
+
+def make_test_repository(root: Path) -> Path:
+    """The tests' model repository (Azure ML layout, ``triton/``) under ``root``, with one test model of each kind
+    (tests/conftest.py's model_repo; benchmarks/scripts/fuzz_servers.py serves it too)."""
+    repo = root / "triton"
+    make_linear(repo / "linear" / "1" / "model.onnx")
+    make_strings(repo / "strings" / "1" / "model.onnx")
+    make_identity_types(repo / "types" / "1" / "model.onnx")
+    make_classifier(repo / "classifier" / "1" / "model.onnx")
+    (repo / "classifier" / "labels.txt").write_text("a\nb\nc\nd\ne\n")
+    (repo / "classifier" / "config.pbtxt").write_text(
+        'max_batch_size: 8\noutput [{ name: "probs" data_type: TYPE_FP32 dims: [5] label_filename: "labels.txt" }]\n'
+    )
+    make_sleepy_linear(repo / "sleepy" / "1" / "model.onnx")
+    (repo / "sleepy" / "config.pbtxt").write_text(
+        "max_batch_size: 32\ninstance_group [{ count: 1 kind: KIND_CPU }]\n"
+        "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+    )
+    make_sleepy_linear(repo / "sleepy_unbatched" / "1" / "model.onnx")
+    (repo / "sleepy_unbatched" / "config.pbtxt").write_text("max_batch_size: 0\n")
+    return root
