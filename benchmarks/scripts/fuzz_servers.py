@@ -422,7 +422,10 @@ def load(
     log = server.log()[log_from:]  # from the end of the warm-up to the end of the load
     server.stop()
     time.sleep(1)
-    shm_left = shm() - shm_before
+    # Only this server's: other servers on the machine (a test suite beside this run) come and go. The runtime
+    # names its regions runtime-<kind>-<pid of the process that made it>-...
+    ours = {str(server.proc.pid), *map(str, before), *map(str, after)}
+    shm_left = {name for name in shm() - shm_before if ours & set(name.split("-"))}
     log_problems = [
         line
         for line in log.splitlines()
