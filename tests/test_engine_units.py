@@ -303,7 +303,12 @@ def test_clients_that_leave_at_any_moment_get_right_answers_or_leave_nothing_beh
         baseline = client._allocator.free_bytes, open_descriptors()
         for _ in range(8):
             await asyncio.gather(*(one() for _ in range(60)))
-        await asyncio.sleep(0.3)  # the engine answers the last cancels
+        # The engine answers the last cancels: within 0.3 s on a quiet machine, later under CI's load.
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            gc.collect()
+            if not client._requests and (client._allocator.free_bytes, open_descriptors()) == baseline:
+                break
         assert_released(client, baseline)
         assert client._chunks == {}
         assert errors == []
