@@ -35,7 +35,7 @@ from runtime.errors import STARTUP_EXIT_CODE, ServiceUnavailable, ServingError, 
 from runtime.prctl import name_and_tie_to_parent
 from runtime.serving.batching import BatchStats, Tensors
 from runtime.serving.engine.arena import Region, align, read_tensor, tensor_nbytes, write_tensors
-from runtime.serving.engine.channel import Channel, Meta, socket_address
+from runtime.serving.engine.channel import Channel, Meta, close_all, socket_address
 from runtime.serving.engine.remote import LOGGING, REGIONS, Request
 from runtime.serving.runner import (
     ENGINE_INLINE_BELOW_S,
@@ -106,12 +106,6 @@ class Engine:
         return sum(len(c.pending) for c in self.connections)
 
 
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
 def record_workers(runner: ModelRunner, stats: BatchStats) -> None:
     """How many worker processes share each batch (tags are worker pids)."""
     metrics.record_batch_workers(runner.config.name, runner.version, len(set(stats.tags)))
@@ -155,7 +149,7 @@ class WorkerConnection:
     def _closed(self) -> None:
         for held in self._now.values():  # parsed from a read that the close cut short
             for request in held:
-                _close_all(request.fds)
+                close_all(request.fds)
         self._now.clear()
         for pending in list(self.pending.values()):
             pending.cancel()  # queued requests leave the batches they wait for
@@ -199,7 +193,7 @@ class WorkerConnection:
                 self._now.setdefault(runner, []).append(_Now(rid, meta, inputs, fds))
                 return
         except Exception as ex:
-            _close_all(fds)
+            close_all(fds)
             self.failed(rid, meta, ex)
             return
         self.submit(rid, meta, runner, inputs, fds)
@@ -223,7 +217,7 @@ class WorkerConnection:
                     self.reply(request.rid, runner, result, request.meta["reserved"])
             except Exception as ex:
                 self.failed(request.rid, request.meta, ex)
-            _close_all(request.fds)  # mappings of them stay valid while arrays use them
+            close_all(request.fds)  # mappings of them stay valid while arrays use them
         self.channel.flush()  # before the runner records the metrics: the worker is waiting
 
     def submit(self, rid: int, meta: Meta, runner: ModelRunner, inputs: Request, fds: list[int]) -> None:
@@ -237,7 +231,7 @@ class WorkerConnection:
             with tracing.continued(meta.get("trace")):  # the batcher keeps the context for its spans
                 future = runner.submit(inputs, schedule, tag=self.pid)
         except Exception as ex:
-            _close_all(fds)
+            close_all(fds)
             self.failed(rid, meta, ex)
             return
         self.pending[rid] = future
@@ -249,7 +243,7 @@ class WorkerConnection:
     ) -> None:
         self.pending.pop(rid, None)
         self.requests.pop(rid, None)
-        _close_all(fds)  # mappings of them stay valid while arrays use them
+        close_all(fds)  # mappings of them stay valid while arrays use them
         if self.channel.closed:
             return
         if done.cancelled():

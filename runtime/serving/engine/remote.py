@@ -41,6 +41,7 @@ from runtime.serving.engine.arena import (
     tensor_nbytes,
     write_tensor,
 )
+from runtime.serving.engine.channel import close_all
 from runtime.serving.engine.instance import MAX_FDS, MAX_FRAME, FrameTooLarge, Receiver, send
 
 if TYPE_CHECKING:
@@ -316,7 +317,7 @@ class RemoteInstance:
                 live.append(index)
         results: list[Tensors] = [{} for _ in parts]
         if not live:
-            _close_all(fds)
+            close_all(fds)
             return results
         # A worker that left after its inputs were described here is forgotten by a later batch, not this one.
         forget = sorted(self._sent - REGIONS.keys() - used)
@@ -336,7 +337,7 @@ class RemoteInstance:
             self._lost()
             raise self._gone("it exited") from None
         finally:
-            _close_all(fds)
+            close_all(fds)
         if answer["op"] == "too_large":
             raise _TooLarge
         if answer["op"] == "error":
@@ -520,9 +521,3 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
         logger.warning("Instance process %d did not stop within %.0f s of SIGTERM: killing it", proc.pid, CLOSE_WAIT_S)
         proc.kill()
         proc.wait()
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
