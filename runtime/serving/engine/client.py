@@ -283,6 +283,8 @@ class EngineClient:
                 meta["trace"] = trace  # the engine's queue and batch spans join the request's trace
             given = True  # the channel closes the region's descriptor from here on, sent or not
             channel.send(rid, meta, fds, give=True)
+            if len(self._requests) == 1:
+                channel.flush()  # nothing else to send with it this turn: one loop iteration sooner
         except BaseException as ex:
             # Nothing was sent: no answer will free the chunk.
             self._requests.pop(rid, None)
