@@ -91,3 +91,29 @@ def test_a_model_whose_backend_the_managed_triton_lacks_is_a_startup_error_namin
         "model 'plan' needs Triton's tensorrt backend, which the managed tritonserver lacks (it has: python); "
         "give --tritonserver a Triton that has it, or run one and give its address with --triton-url"
     )
+
+
+def test_tensorrt_and_tensorflow_models_without_a_config_are_tritons_to_complete(tmp_path: Path) -> None:
+    """Triton completes the config of a TensorRT plan or a TensorFlow SavedModel itself: such a folder was refused
+    as an ONNX model with no model.onnx ("no version folder holds model.onnx")."""
+    repo = mixed_repository(tmp_path / "repo")
+    (repo / "detector" / "1").mkdir(parents=True)
+    (repo / "detector" / "1" / "model.plan").write_bytes(b"engine")
+    (repo / "saved" / "2" / "model.savedmodel" / "variables").mkdir(parents=True)
+    check_model_dir(str(repo), False, "triton")
+    assert triton_model_names(repo) == ["detector", "echo", "linear", "saved"]
+    stage = stage_repository(str(repo), tmp_path / "stage", {"python", "tensorrt", "tensorflow"})
+    assert (stage / "detector").resolve() == (repo / "detector").resolve()  # linked as it is, for Triton
+    assert (stage / "saved" / "2" / "model.savedmodel").is_dir()
+    with pytest.raises(StartupError, match="model 'detector' needs Triton's tensorrt backend"):
+        stage_repository(str(repo), tmp_path / "stage2", {"python"})
+    # The embedded backend says what the file is and where it is served.
+    only_plan = tmp_path / "plan_only"
+    (only_plan / "detector" / "1").mkdir(parents=True)
+    (only_plan / "detector" / "1" / "model.plan").write_bytes(b"engine")
+    with pytest.raises(RepositoryError) as info:
+        check_model_dir(str(only_plan), True, "onnxruntime")
+    assert str(info.value) == (
+        f"{only_plan / 'detector'}: 1/model.plan is a model for Triton's tensorrt backend, which the embedded "
+        "backend does not serve (it serves onnxruntime_onnx and pytorch_libtorch); use --backend triton"
+    )

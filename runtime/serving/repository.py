@@ -41,6 +41,13 @@ TRITON_PLATFORM_BACKENDS = {
     "tensorflow_graphdef": "tensorflow",
     "tensorflow_savedmodel": "tensorflow",
 }
+# Model files of Triton's other backends whose config.pbtxt Triton completes itself (--strict-model-config=false,
+# its default): a model folder with one of these and no config is Triton's to serve.
+TRITON_AUTOCOMPLETED_FILES = {
+    "model.plan": "tensorrt",
+    "model.savedmodel": "tensorflow",
+    "model.graphdef": "tensorflow",
+}
 # Fields of ModelConfig that protobuf's JSON mapping writes as strings (64-bit ints); Triton writes numbers.
 _INT64_KEYS = {
     "dims",
@@ -199,7 +206,7 @@ def looks_like_repository(model_dir: str | os.PathLike[str]) -> bool:
     for model in root.iterdir():
         if not model.is_dir():
             continue
-        if (model / "config.pbtxt").is_file():
+        if (model / "config.pbtxt").is_file() or _autocompleted_file(model) is not None:
             return True
         if any(
             v.is_dir() and _version_name(v.name) and (any(v.glob("*.onnx")) or any(v.glob("*.pt")))
@@ -207,6 +214,16 @@ def looks_like_repository(model_dir: str | os.PathLike[str]) -> bool:
         ):
             return True
     return False
+
+
+def _autocompleted_file(model_path: Path) -> Path | None:
+    """A version folder's model file of a Triton backend that completes its config (TensorRT, TensorFlow)."""
+    for version in sorted(model_path.iterdir()):
+        if version.is_dir() and _version_name(version.name):
+            for name in TRITON_AUTOCOMPLETED_FILES:
+                if (version / name).exists():  # a SavedModel is a folder
+                    return version / name
+    return None
 
 
 def read_text(path: Path) -> str:
@@ -410,6 +427,12 @@ def load_model(model_path: Path) -> ModelConfig:
         )
     if not config_file.is_file() and any(model_path.glob("[0-9]*/model.pt")):
         platform = TORCH_PLATFORM  # so that the error says a TorchScript model needs a config
+    if not config_file.is_file() and (other := _autocompleted_file(model_path)) is not None:
+        backend = TRITON_AUTOCOMPLETED_FILES[other.name]
+        raise RepositoryError(
+            f"{model_path}: {other.relative_to(model_path)} is a model for Triton's {backend} backend, which the "
+            f"embedded backend does not serve (it serves {ONNX_PLATFORM} and {TORCH_PLATFORM}); use --backend triton"
+        )
     filename = config.default_model_filename or DEFAULT_FILENAMES[platform]
     available = sorted(int(p.name) for p in model_path.iterdir() if p.is_dir() and _version_name(p.name))
     available = [v for v in available if (model_path / str(v) / filename).is_file()]
@@ -614,7 +637,10 @@ def triton_backend_of(model_path: Path) -> str | None:
     ...); None for ONNX and TorchScript models. Its config.pbtxt is parsed (a RepositoryError names the line)."""
     config_file = model_path / "config.pbtxt"
     if not config_file.is_file():
-        return None  # an ONNX model whose config Triton completes (TorchScript ones need one: load_model says so)
+        # Triton completes the config of an ONNX model (TorchScript ones need one: load_model says so), and of
+        # TensorRT and TensorFlow models.
+        other = _autocompleted_file(model_path)
+        return None if other is None else TRITON_AUTOCOMPLETED_FILES[other.name]
     config, _ = _parse_config(config_file)
     if platform_name(config.platform, config.backend) is not None:
         return None
