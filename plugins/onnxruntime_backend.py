@@ -88,7 +88,11 @@ class OnnxRuntimeBackend:
     ) -> dict[str, np.ndarray]:
         try:
             # The data plane checked the inputs; converted once, to the model's dtypes and shapes.
-            checked = {spec.name: cast(config, spec, inputs[spec.name], reshape=True) for spec in config.inputs}
+            checked = {
+                spec.name: cast(config, spec, inputs[spec.name], reshape=True)
+                for spec in config.inputs
+                if spec.name in inputs  # an optional input may be left out
+            }
             priority, timeout_us = schedule_parameters(parameters)
         except ServingError as ex:
             metrics.record_request(config.name, version, 0.0, False, failure_reason(ex))

@@ -105,7 +105,11 @@ class TritonBackend:
         self, config: ModelConfig, version: str | None, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
         # Checked by the data plane; Triton applies the config's reshape itself.
-        arrays = {spec.name: cast(config, spec, inputs[spec.name], reshape=False) for spec in config.inputs}
+        arrays = {
+            spec.name: cast(config, spec, inputs[spec.name], reshape=False)
+            for spec in config.inputs
+            if spec.name in inputs  # an optional input may be left out
+        }
         counts: Mapping[str, int] = parameters.get(CLASSIFICATION) or {}
         if self.engine is not None and not counts:
             # Classification (class_count) stays with Triton, which holds the labels: straight there.

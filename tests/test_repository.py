@@ -279,3 +279,35 @@ def test_an_onnx_model_with_a_tensor_the_runtime_cannot_carry_is_a_repository_er
     with pytest.raises(RepositoryError) as info:
         load_repository(tmp_path)
     assert str(info.value).startswith(f"{path}: {message}"), str(info.value)
+
+
+SCALED_CONFIG = """max_batch_size: 8
+input [{ name: "x" data_type: TYPE_FP32 dims: [4] }, { name: "scale" data_type: TYPE_FP32 dims: [1] optional: true }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [4] }]
+"""
+
+
+def scaled_repo(root: Path, config: str = SCALED_CONFIG) -> Path:
+    models.make_scaled(root / "scaled" / "1" / "model.onnx")
+    (root / "scaled" / "config.pbtxt").write_text(config)
+    return root
+
+
+def test_an_optional_input_with_a_default_in_the_graph(tmp_path: Path) -> None:
+    (config,) = load_repository(scaled_repo(tmp_path))
+    assert [(t.name, t.optional) for t in config.inputs] == [("x", False), ("scale", True)]
+    # Completed without a config, the model takes x alone: the default stays the graph's.
+    (tmp_path / "scaled" / "config.pbtxt").unlink()
+    (completed,) = load_repository(tmp_path)
+    assert [t.name for t in completed.inputs] == ["x"]
+
+
+def test_an_optional_input_without_a_default_is_refused(tmp_path: Path) -> None:
+    linear_repo(tmp_path, 'input [{ name: "x" data_type: TYPE_FP32 dims: [4] optional: true }]')
+    with pytest.raises(RepositoryError) as info:
+        load_repository(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'linear' / 'config.pbtxt'}: input 'x' is optional, but "
+        f"{tmp_path / 'linear' / '1' / 'model.onnx'} has no default for it (an initializer of that name): "
+        "a request without it cannot run; remove optional: true"
+    )

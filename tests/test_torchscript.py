@@ -174,6 +174,10 @@ LINEAR = (
         (LINEAR.replace(" dims: [4]", ""), "'INPUT__0' needs data_type and dims"),
         ('platform: "pytorch_libtorch"\nmax_batch_size: 8\n', "needs every input listed with name, data_type and dims"),
         ("", "a TorchScript model needs a config.pbtxt"),
+        (
+            LINEAR.replace("dims: [4] }", "dims: [4] optional: true }"),
+            "input 'INPUT__0' is optional, which a TorchScript model cannot be",
+        ),
     ],
 )
 def test_config_mismatch_is_a_startup_error_saying_what_to_fix(tmp_path: Path, config: str, message: str) -> None:

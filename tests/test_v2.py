@@ -253,3 +253,26 @@ def test_infer_route_errors_outside_the_data_plane(app: httpx.Client, monkeypatc
     failed = infer_raw(app, "linear", tensor_json())
     assert failed.status_code == 500
     assert failed.headers["x-request-id"]  # answered inside the request-id middleware, as before
+
+
+def test_an_optional_input_may_be_left_out(tmp_path: Path) -> None:
+    """config.pbtxt's `optional: true` (Triton's): a request without the input runs on the graph's default; one
+    with it overrides it; requests of both kinds never share a batch. Both kinds were a 400 ("is missing")."""
+    from tests.test_repository import scaled_repo
+
+    repo = scaled_repo(tmp_path / "repo")
+    x = [1.0, 2.0, 3.0, 4.0]
+    alone = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": x}]}).encode()
+    scale = {"name": "scale", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}
+    both = json.dumps({"inputs": [json.loads(alone)["inputs"][0], scale]}).encode()
+    with app_client(model_dir=str(repo), engine="worker") as app:
+        assert infer_raw(app, "scaled", alone).json()["outputs"][0]["data"] == [2 * v for v in x]
+        assert infer_raw(app, "scaled", both).json()["outputs"][0]["data"] == [3 * v for v in x]
+        config = app.get("/v2/models/scaled/config").json()
+        assert [i.get("optional", False) for i in config["input"]] == [False, True]
+        missing = json.dumps({"inputs": [scale]}).encode()
+        refused = infer_raw(app, "scaled", missing)
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "error": "expected number of inputs between 1 and 2 but got 1 inputs for model 'scaled': input 'x' is missing"
+    }

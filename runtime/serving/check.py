@@ -37,6 +37,8 @@ def describe(config: ModelConfig, devices: list[Device] | None = None, processes
             extra = f"  reshape {list(spec.reshape)}" if spec.reshape is not None else ""
             if spec.labels is not None:
                 extra += f"  labels {len(spec.labels)}"
+            if spec.optional:
+                extra += "  optional"
             lines.append(f"  {kind} {spec.name}: {spec.datatype} {expected_shape(config, spec)}{extra}")
     lines.append("  completed config.pbtxt:")
     lines.extend(f"    {line}" for line in config.config_text().rstrip().splitlines())

@@ -71,6 +71,7 @@ class TensorSpec:
     dims: tuple[int, ...]  # without the batch dimension when the model batches; -1 is any size
     reshape: tuple[int, ...] | None = None
     labels: tuple[str, ...] | None = None
+    optional: bool = False  # an input a request may leave out (config.pbtxt's ``optional: true``)
 
     @property
     def model_dims(self) -> tuple[int, ...]:
@@ -271,12 +272,14 @@ def check_against_graph(
     specs: list[TensorSpec],
     graph: list[GraphTensor],
     max_batch_size: int,
+    defaulted: list[GraphTensor] | None = None,
 ) -> None:
     """What Triton checks when it loads a model: every declared tensor exists in the model file with the same
     datatype and dims (``-1`` in the file accepts any size; the batch dimension, when the model batches, must
-    be dynamic). Model-agnostic: ``graph`` comes from any format's reader. Raises a RepositoryError naming
-    the files, the tensor, and both values."""
-    by_name = {t.name: t for t in graph}
+    be dynamic). Model-agnostic: ``graph`` comes from any format's reader; ``defaulted``: inputs with a default
+    there, which the config may declare or leave out. Raises a RepositoryError naming the files, the tensor,
+    and both values."""
+    by_name = {t.name: t for t in graph + (defaulted or [])}
     where = f"{config_file if config_file.is_file() else config_file.parent}"
     for spec in specs:
         tensor = by_name.get(spec.name)
@@ -312,7 +315,9 @@ def check_against_graph(
             raise RepositoryError(f"{where}: {model_file} has input(s) {', '.join(missing)} that the config lacks")
 
 
-def _onnx_io(path: Path) -> tuple[list[GraphTensor], list[GraphTensor]]:
+def _onnx_io(path: Path) -> tuple[list[GraphTensor], list[GraphTensor], list[GraphTensor]]:
+    """The graph's inputs, its outputs, and its inputs that have a default (an initializer of the same name,
+    which a request may override: onnxruntime's overridable initializers)."""
     import onnx
     from onnx import helper
 
@@ -350,7 +355,8 @@ def _onnx_io(path: Path) -> tuple[list[GraphTensor], list[GraphTensor]]:
 
     inputs = [describe(v, "input") for v in model.graph.input if v.name not in initializers]
     outputs = [describe(v, "output") for v in model.graph.output]
-    return inputs, outputs
+    defaulted = [describe(v, "input") for v in model.graph.input if v.name in initializers]
+    return inputs, outputs, defaulted
 
 
 def _select_versions(config: mc.ModelConfig, available: list[int], model_path: Path) -> list[int]:
@@ -377,8 +383,11 @@ def _complete_tensors(
     batched: bool,
     kind: str,
     model_path: Path,
+    declarable: list[GraphTensor] | None = None,
 ) -> list[TensorSpec]:
-    by_name = {t.name: t for t in onnx_tensors}
+    """The config's tensors completed from the graph's; ``declarable``: more the config may name (inputs that
+    have defaults), which completing leaves out."""
+    by_name = {t.name: t for t in onnx_tensors + (declarable or [])}
     config_file = model_path / "config.pbtxt"
     if not declared:
         return [TensorSpec(t.name, t.datatype, t.shape[1:] if batched else t.shape) for t in onnx_tensors]
@@ -407,7 +416,8 @@ def _declared_spec(
         if not label_path.is_file():
             raise RepositoryError(f"{model_path / 'config.pbtxt'}: label_filename {label_path} does not exist")
         labels = tuple(read_text(label_path).splitlines())
-    return TensorSpec(tensor.name, datatype, dims, reshape, labels)
+    optional = isinstance(tensor, mc.ModelInput) and tensor.optional
+    return TensorSpec(tensor.name, datatype, dims, reshape, labels, optional)
 
 
 def load_model(model_path: Path) -> ModelConfig:
@@ -496,7 +506,7 @@ def _onnx_tensors(
     """max_batch_size, inputs and outputs: the config completed from the latest ONNX graph, checked against
     every version's graph."""
     config_file = model_path / "config.pbtxt"
-    onnx_inputs, onnx_outputs = _onnx_io(model_path / str(versions[-1]) / filename)
+    onnx_inputs, onnx_outputs, defaulted = _onnx_io(model_path / str(versions[-1]) / filename)
     batchable = all(len(t.shape) >= 1 and t.shape[0] == -1 for t in onnx_inputs + onnx_outputs)
     max_batch_size = config.max_batch_size if explicit_batch else (DEFAULT_MAX_BATCH_SIZE if batchable else 0)
     if max_batch_size < 0:
@@ -508,13 +518,22 @@ def _onnx_tensors(
             f"but {', '.join(fixed)} have a fixed one; set max_batch_size: 0"
         )
     batched = max_batch_size > 0
-    inputs = _complete_tensors(list(config.input), onnx_inputs, batched, "input", model_path)
+    # A config may also declare inputs that have defaults in the graph (an auto-completed one leaves them out).
+    inputs = _complete_tensors(list(config.input), onnx_inputs, batched, "input", model_path, defaulted)
     outputs = _complete_tensors(list(config.output), onnx_outputs, batched, "output", model_path)
     for version in versions:
         model_file = model_path / str(version) / filename
-        graph_in, graph_out = (onnx_inputs, onnx_outputs) if version == versions[-1] else _onnx_io(model_file)
-        check_against_graph(config_file, model_file, "input", inputs, graph_in, max_batch_size)
-        check_against_graph(config_file, model_file, "output", outputs, graph_out, max_batch_size)
+        graph = (onnx_inputs, onnx_outputs, defaulted) if version == versions[-1] else _onnx_io(model_file)
+        check_against_graph(config_file, model_file, "input", inputs, graph[0], max_batch_size, graph[2])
+        check_against_graph(config_file, model_file, "output", outputs, graph[1], max_batch_size)
+        with_default = {t.name for t in graph[2]}
+        for spec in inputs:
+            if spec.optional and spec.name not in with_default:
+                # onnxruntime would fail every request that leaves it out ("Missing Input").
+                raise RepositoryError(
+                    f"{config_file}: input {spec.name!r} is optional, but {model_file} has no default for it (an "
+                    "initializer of that name): a request without it cannot run; remove optional: true"
+                )
     return max_batch_size, inputs, outputs
 
 
@@ -536,6 +555,11 @@ def _torch_tensors(config: mc.ModelConfig, model_path: Path) -> tuple[int, list[
             "(TorchScript files do not record them)"
         )
     declared = [*config.input, *config.output]
+    if optional := [t.name for t in config.input if t.optional]:
+        raise RepositoryError(
+            f"{config_file}: input {optional[0]!r} is optional, which a TorchScript model cannot be (its forward() "
+            "takes every input, in order); remove optional: true"
+        )
     for tensor in declared:
         if tensor.data_type == mc.TYPE_INVALID or not tensor.dims:
             raise RepositoryError(f"{config_file}: {tensor.name!r} needs data_type and dims (model.pt has neither)")

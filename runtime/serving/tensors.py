@@ -105,9 +105,16 @@ def validate_inputs(config: ModelConfig, inputs: Mapping[str, Any], exact_dataty
     batch: int | None = None
     for spec in config.inputs:
         if spec.name not in inputs:
+            if spec.optional:
+                continue
+            required = sum(not t.optional for t in config.inputs)
+            expected = (  # Triton's words
+                f"{required} inputs"
+                if required == len(config.inputs)
+                else f"number of inputs between {required} and {len(config.inputs)}"
+            )
             raise BadRequest(
-                f"expected {len(config.inputs)} inputs but got {len(inputs)} inputs for model "
-                f"'{model}': input '{spec.name}' is missing"
+                f"expected {expected} but got {len(inputs)} inputs for model '{model}': input '{spec.name}' is missing"
             )
         value = inputs[spec.name]
         array = value if isinstance(value, np.ndarray) else np.asarray(value)

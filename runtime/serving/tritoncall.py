@@ -114,6 +114,8 @@ def infer_inputs(config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> list[
     """The config's inputs as binary tensors (checked and cast to the config's datatypes already)."""
     tensors = []
     for spec in config.inputs:
+        if spec.name not in arrays:  # an optional input left out
+            continue
         value = arrays[spec.name]
         if value.dtype.kind == "U":
             value = value.astype(object)  # tritonclient serialises str and bytes objects, not numpy unicode

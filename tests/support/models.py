@@ -46,6 +46,22 @@ def make_linear(path: Path, batch: int | str = "N") -> Path:
     return _save(graph, path, [helper.make_opsetid("", 12)])
 
 
+def make_scaled(path: Path) -> Path:
+    """x FP32 [N,4], scale FP32 [N,1] -> y = x * scale; scale has a default of [[2]] (an initializer a request
+    may override: onnxruntime's overridable initializers)."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"])],
+        "scaled",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["N", 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(np.array([[2.0]], np.float32), "scale")],
+    )
+    return _save(graph, path, [helper.make_opsetid("", 12)])
+
+
 def make_strings(path: Path) -> Path:
     """text BYTES [N,1] -> id INT64 [N,1] (a vocabulary lookup, ai.onnx.ml) and echo BYTES [N,1]."""
     graph = helper.make_graph(
