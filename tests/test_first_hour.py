@@ -7,7 +7,8 @@ engine where the engine refuses the models), and so do the command lines that se
 the engine (``settings_of``, then the app in this process: ``served``, ``startup_failure``). The
 installed script's exit code 3 is checked on a real process in tests/test_azureml_conformance.py; what needs a
 started server (signals, a managed Triton) runs one here. The start-up summary and a clean exit are read
-from the log of tests/test_scoring.py's flags server, which has the same settings.
+from the log of tests/test_scoring.py's flags server, which has the same settings, and Ctrl-C to the master of a
+serving managed-Triton server stops tests/test_triton_backend.py's module server.
 """
 
 from __future__ import annotations
@@ -365,27 +366,6 @@ def test_ctrl_c_while_managed_triton_loads(
 
 @pytest.mark.slow
 @pytest.mark.external
-def test_ctrl_c_to_a_serving_managed_triton_master_stops_without_a_restart(
-    start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
-) -> None:
-    """`kill -INT` to the master of a server that serves: the worker unwinding through the master's code left
-    Triton alone only once the owner check was there (it stopped it, the supervisor restarted it, and the
-    worker hung until Gunicorn's SIGKILL after 30 s)."""
-    server = start_runtime(
-        "--entry", ECHO, "--model-dir", str(model_repo), "--backend", "triton", "--triton", "managed",
-        "--tritonserver", str(tritonserver_binary),
-    )  # fmt: skip
-    assert server.proc is not None
-    started = time.monotonic()
-    server.proc.send_signal(signal.SIGINT)
-    assert server.wait_exit(60) == 130
-    log = server.log()
-    assert time.monotonic() - started < 15, log[-2000:]
-    assert "restarting it" not in log and "SIGKILL" not in log and "Traceback" not in log
-
-
-@pytest.mark.slow
-@pytest.mark.external
 def test_sigterm_while_managed_triton_loads_stops_it_and_removes_its_files(
     start_runtime: StartRuntime, model_repo: Path, tritonserver_binary: Path
 ) -> None:
@@ -478,8 +458,8 @@ def test_ctrl_c_that_stops_gunicorns_master_reaches_the_cli_as_a_keyboard_interr
 def test_ctrl_c_just_after_managed_triton_is_ready_stops_it_at_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """SIGINT that lands between Triton's readiness and Gunicorn's signal handlers (a race the real-process
-    test above hits on a loaded machine) stops Triton without its 30 s grace."""
+    """SIGINT that lands between Triton's readiness and Gunicorn's signal handlers (a race a real-process test
+    that signals a server as soon as it answers hits on a loaded machine) stops Triton without its 30 s grace."""
     from runtime import cli
     from runtime.http import server
     from runtime.serving import tritonserver

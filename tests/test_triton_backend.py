@@ -2,16 +2,19 @@
 the reference examples.
 
 One Triton for the module: the managed one of a two-worker ``runtime serve --triton managed``, serving the test
-models and the examples' and tracing with OpenTelemetry to the module's collector (RUNTIME_TRITONSERVER_ARGS).
-The tests read through the server's real Gunicorn workers, and point apps in this process at its Triton in
-remote mode; the last of them stops the server with SIGTERM. A Triton killed under load, and a managed master
-SIGKILLed, are in tests/test_triton_engine.py, on that module's managed server.
+models, the examples' and a python-backend model, and tracing with OpenTelemetry to the module's collector
+(RUNTIME_TRITONSERVER_ARGS). The tests read through the server's real Gunicorn workers, and point apps in this
+process at its Triton in remote mode; the last of them stops its master with SIGINT. A second managed server,
+with the model engine as Triton's client, serves a python-backend model beside an ONNX one and is stopped with
+SIGTERM. A Triton killed under load, and a managed master SIGKILLed, are in tests/test_triton_engine.py, on that
+module's managed server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -51,10 +54,14 @@ def triton_spans() -> Iterator[Collector]:
 
 @pytest.fixture(scope="module")
 def triton_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test models and the reference examples' models (tests/support/examples.py) in one repository."""
+    """The test models, the reference examples' models (tests/support/examples.py) and a model only Triton serves
+    (its python backend: ``echo``, tests/test_triton_repository.py) in one repository."""
+    from tests.test_triton_repository import python_model
+
     root = examples.make_repository(tmp_path_factory.mktemp("remote-triton"))
     for model in (model_repo / "triton").iterdir():
         (root / "triton" / model.name).symlink_to(model)
+    python_model(root / "triton")
     return root
 
 
@@ -203,7 +210,7 @@ def test_triton_continues_the_trace(triton_url: str, triton_spans: Collector) ->
 
 
 # The reference examples on Triton (on the embedded backend: tests/test_examples.py), through apps in this
-# process. Their idle connections are closed before the module's Triton stops (by the managed-mode test).
+# process. Their idle connections are closed before the module's Triton stops (by the Ctrl-C test at the end).
 
 
 @pytest.mark.parametrize("script", ["score_densenet.py", "score_densenet_aml.py"])
@@ -230,12 +237,56 @@ def test_startup_waits_for_triton_within_a_bound() -> None:
     assert " s of 2 s; RUNTIME_TRITON_WAIT_S sets how long)" in log
 
 
+def test_triton_queue_rejections_are_load_shedding_not_outages() -> None:
+    from runtime_plugins.triton_backend import triton_error
+    from tritonclient.utils import InferenceServerException
+
+    from runtime.errors import Overloaded, ServiceUnavailable
+
+    full = triton_error(InferenceServerException("Exceeds maximum queue size", status="503"), "t:8000")
+    timed_out = triton_error(InferenceServerException("Request timeout expired", status="503"), "t:8000")
+    down = triton_error(InferenceServerException("connection refused", status="503"), "t:8000")
+    assert isinstance(full, Overloaded) and isinstance(timed_out, Overloaded)
+    assert "rejected the request: Exceeds maximum queue size" in full.message
+    assert isinstance(down, ServiceUnavailable) and not isinstance(down, Overloaded)
+
+
+@pytest.fixture(scope="module")
+def mixed_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.test_triton_repository import mixed_repository
+
+    return mixed_repository(tmp_path_factory.mktemp("mixed") / "repo")
+
+
+def engine_client_flags(mixed_repo: Path, binary: Path) -> tuple[str, ...]:
+    """A managed Triton with the model engine as its client, on an ONNX model and a python-backend one: read by
+    the python-backend test, then stopped with SIGTERM by the managed-mode test."""
+    return managed_flags(mixed_repo, binary, "--triton-client", "engine")
+
+
+@pytest.fixture
+def via_engine_client(managed_servers: ServerPool, mixed_repo: Path, tritonserver_binary: Path) -> ServerProcess:
+    return managed_servers.get(*engine_client_flags(mixed_repo, tritonserver_binary))
+
+
+@pytest.mark.parametrize("client", ["worker", "engine"])
+def test_managed_triton_serves_a_python_backend_model_beside_onnx(request: pytest.FixtureRequest, client: str) -> None:
+    """A repository holding a model only Triton serves (its python backend): refused at start-up before, as a
+    platform the embedded backend does not serve ("use --backend triton", which it was). Each Triton client on a
+    module server: the workers on the module's, the model engine on the one the managed-mode test stops."""
+    server: ServerProcess = request.getfixturevalue("via_triton" if client == "worker" else "via_engine_client")
+    x = [1.5, -2.0, 3.0, 4.0]
+    body = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": x}]}
+    response = httpx.post(f"{server.url}/v2/models/echo/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == x
+    assert httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]}).status_code == 200  # the ONNX model too
+
+
 def test_managed_mode_starts_serves_and_stops_cleanly(
-    managed_servers: ServerPool, triton_repo: Path, tritonserver_binary: Path, triton_spans: Collector, apps: AppPool
+    managed_servers: ServerPool, mixed_repo: Path, tritonserver_binary: Path
 ) -> None:
-    flags, env = via_triton_args(triton_repo, tritonserver_binary, triton_spans)
-    server = managed_servers.take(*flags, env=env)  # stopped here
-    apps.close()  # the apps above, pointed at its Triton: their idle connections go first
+    server = managed_servers.take(*engine_client_flags(mixed_repo, tritonserver_binary))  # stopped here
     response = httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]})
     assert response.status_code == 200
     np.testing.assert_allclose(
@@ -252,37 +303,26 @@ def test_managed_mode_starts_serves_and_stops_cleanly(
     assert not [r for r in regions if r.exists()]
 
 
-def test_triton_queue_rejections_are_load_shedding_not_outages() -> None:
-    from runtime_plugins.triton_backend import triton_error
-    from tritonclient.utils import InferenceServerException
-
-    from runtime.errors import Overloaded, ServiceUnavailable
-
-    full = triton_error(InferenceServerException("Exceeds maximum queue size", status="503"), "t:8000")
-    timed_out = triton_error(InferenceServerException("Request timeout expired", status="503"), "t:8000")
-    down = triton_error(InferenceServerException("connection refused", status="503"), "t:8000")
-    assert isinstance(full, Overloaded) and isinstance(timed_out, Overloaded)
-    assert "rejected the request: Exceeds maximum queue size" in full.message
-    assert isinstance(down, ServiceUnavailable) and not isinstance(down, Overloaded)
-
-
-@pytest.mark.parametrize("client", ["worker", "engine"])
-def test_managed_triton_serves_a_python_backend_model_beside_onnx(
-    managed_servers: ServerPool, tritonserver_binary: Path, tmp_path: Path, client: str
+def test_ctrl_c_to_a_serving_managed_triton_master_stops_without_a_restart(
+    managed_servers: ServerPool, triton_repo: Path, tritonserver_binary: Path, triton_spans: Collector, apps: AppPool
 ) -> None:
-    """A repository holding a model only Triton serves (its python backend): refused at start-up before, as a
-    platform the embedded backend does not serve ("use --backend triton", which it was)."""
-    from tests.test_triton_repository import mixed_repository
-
-    repo = mixed_repository(tmp_path / "repo")
-    server = managed_servers.take(*managed_flags(repo, tritonserver_binary, "--triton-client", client))
-    x = [1.5, -2.0, 3.0, 4.0]
-    body = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": x}]}
-    response = httpx.post(f"{server.url}/v2/models/echo/infer", json=body, timeout=30)
-    assert response.status_code == 200, response.text
-    assert response.json()["outputs"][0]["data"] == x
-    assert httpx.post(server.url + "/score", json={"x": [1, 2, 3, 4]}).status_code == 200  # the ONNX model too
-    assert server.stop() == 0
+    """`kill -INT` to the master of a server that serves: the worker unwinding through the master's code left
+    Triton alone only once the owner check was there (it stopped it, the supervisor restarted it, and the
+    worker hung until Gunicorn's SIGKILL after 30 s). The module's server, after every test that reads from it."""
+    flags, env = via_triton_args(triton_repo, tritonserver_binary, triton_spans)
+    server = managed_servers.take(*flags, env=env)  # stopped here
+    apps.close()  # the apps above, pointed at its Triton: their idle connections go first
+    assert server.proc is not None
+    family = descendants(server.proc.pid)
+    regions = sorted(Path("/dev/shm").glob(f"runtime-triton-{server.proc.pid}-*"))
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.wait_exit(60) == 130
+    log = server.log()
+    assert time.monotonic() - started < 15, log[-2000:]
+    assert "restarting it" not in log and "SIGKILL" not in log and "Traceback" not in log
+    assert not wait_gone(family, 30)
+    assert regions and not [r for r in regions if r.exists()]
 
 
 def test_waiting_for_a_model_triton_failed_to_load_says_why(tritonserver_binary: Path, tmp_path: Path) -> None:
