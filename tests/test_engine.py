@@ -243,6 +243,8 @@ def test_engine_killed_under_load_gives_503_then_recovers(server: ServerProcess)
     replacement = one_engine(master)
     assert replacement != engine
     wait_for(lambda: httpx.post(server.url + "/score", json=body, timeout=10).status_code == 200, 30, "recovery")
+    # Both workers, not only the one that answered: the next test's first requests go to either.
+    wait_for(lambda: server.log().rsplit("restarting it", 1)[-1].count(" connected (arena ") >= 2, 30, "reconnects")
     assert worker_pids(master) == workers, "workers were restarted"
     assert "restarting it" in server.log()
 
