@@ -25,7 +25,7 @@ from runtime.metrics import failure_reason
 from runtime.serving import platforms
 from runtime.serving.engine.client import EngineClient, config_from_engine
 from runtime.serving.repository import ModelConfig, looks_like_repository
-from runtime.serving.runner import NO_SCHEDULE, WORKER_INLINE_BELOW_S, ModelRunner, Schedule, load_runners
+from runtime.serving.runner import NO_SCHEDULE, ModelRunner, Schedule, load_runners
 from runtime.serving.tensors import cast, shape_outputs
 
 logger = logging.getLogger("runtime.onnxruntime")
@@ -64,9 +64,7 @@ class OnnxRuntimeBackend:
                 self.configs[model["name"]] = config_from_engine(model)
         elif model_dir and looks_like_repository(model_dir):
             platforms.configure(context.settings)
-            runners = await asyncio.to_thread(
-                load_runners, model_dir, context.settings.workers, None, WORKER_INLINE_BELOW_S
-            )
+            runners = await asyncio.to_thread(load_runners, model_dir, context.settings.workers)
             for runner in runners:
                 runner.start()
                 self.runners[(runner.config.name, runner.version)] = runner

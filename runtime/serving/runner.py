@@ -30,9 +30,6 @@ EWMA_WEIGHT = 0.1
 # The engine runs a batch on its event loop when the model's executions average less than this: a thread
 # hand-off there and back costs about as much, and the loop does nothing but batching.
 ENGINE_INLINE_BELOW_S = 0.0002
-# A worker's loop also serves HTTP, which a model on a thread overlaps (onnxruntime lets go of the GIL): only
-# a model that takes less than the two hand-offs cost (about 50 µs of wake-ups on this VM) runs on it.
-WORKER_INLINE_BELOW_S = 0.00005
 # time.thread_time() is a system call (about 5 µs on a VM, twice per execution, where the tiny model runs in
 # 8): a model that runs inline is timed every TIMED_EVERY-th execution only. One that slows down is still
 # seen within a few dozen executions; a model on the thread pool is timed every time.
