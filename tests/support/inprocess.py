@@ -7,7 +7,9 @@ signals or several workers. Several apps may run at once (``runtime.api`` binds 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import io
 import logging
 import threading
 import time
@@ -53,6 +55,31 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
 
 
+# Longer than any start-up wait of the runtime's own (Triton's 120 s by default is not used by the tests' apps).
+LIFESPAN_TIMEOUT_S = 180.0
+
+
+def _within(future: concurrent.futures.Future[None], loop: asyncio.AbstractEventLoop, what: str) -> None:
+    """The lifespan step's result; a step that hangs fails the test with the app's tasks and where each waits,
+    instead of holding the whole run until CI's limit."""
+    try:
+        future.result(LIFESPAN_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        stacks: list[str] = []
+
+        def dump() -> None:
+            for task in asyncio.all_tasks(loop):
+                out = io.StringIO()
+                task.print_stack(file=out)
+                stacks.append(out.getvalue())
+
+        loop.call_soon_threadsafe(dump)
+        time.sleep(1)
+        future.cancel()
+        tasks = "\n".join(stacks)
+        raise AssertionError(f"the app's {what} took over {LIFESPAN_TIMEOUT_S:g} s; its tasks:\n{tasks}") from None
+
+
 @contextlib.contextmanager
 def app_client(**settings: Any) -> Iterator[httpx.Client]:
     """A started app for ``Settings(**settings)`` and a client for it; stopped (shutdown hooks run) on exit."""
@@ -62,12 +89,12 @@ def app_client(**settings: Any) -> Iterator[httpx.Client]:
     thread.start()
     lifespan = _lifespan(app)
     try:
-        asyncio.run_coroutine_threadsafe(lifespan.__aenter__(), loop).result()
+        _within(asyncio.run_coroutine_threadsafe(lifespan.__aenter__(), loop), loop, "start-up")
         try:
             with httpx.Client(transport=_LoopTransport(loop, app), base_url="http://testserver", timeout=60) as client:
                 yield client
         finally:
-            asyncio.run_coroutine_threadsafe(lifespan.__aexit__(None, None, None), loop).result()
+            _within(asyncio.run_coroutine_threadsafe(lifespan.__aexit__(None, None, None), loop), loop, "shutdown")
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
