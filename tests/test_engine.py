@@ -63,6 +63,9 @@ def engine_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     (root / "auto_model" / "1").mkdir(parents=True)
     (root / "auto_model" / "1" / "model.onnx").symlink_to(model_repo / "triton" / "linear" / "1" / "model.onnx")
     (root / "auto_model" / "config.pbtxt").write_text("instance_group [{ count: 2 kind: KIND_AUTO }]\n")
+    from tests.test_repository import scaled_repo
+
+    scaled_repo(root)  # an optional input (with a default in the graph)
     from tests.support import torch_models  # imports torch: only where it is used
 
     torch_models.write_repository(root)  # TorchScript served through the engine
@@ -137,6 +140,28 @@ def test_v2_results_equal_in_process_onnxruntime(server: ServerProcess, model_re
     got = {n: result.as_numpy(n) for n in want}
     assert_equal_outputs({n: [x.decode() if isinstance(x, bytes) else x for x in v.ravel()] for n, v in got.items()},
                          {n: v.ravel() for n, v in want.items()})  # fmt: skip
+
+
+def test_requests_with_and_without_an_optional_input_batch_apart_through_the_engine(server: ServerProcess) -> None:
+    """The workers' data plane knows the input is optional from the engine's description of the model, and the
+    engine never joins requests with it and without it: each gets its own scale."""
+    x = np.arange(16 * 4, dtype=np.float32).reshape(16, 4)
+
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            bodies = []
+            for i in range(16):
+                inputs = [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": x[i].tolist()}]
+                if i % 2:
+                    inputs.append({"name": "scale", "shape": [1, 1], "datatype": "FP32", "data": [float(i)]})
+                bodies.append({"inputs": inputs})
+            return await asyncio.gather(*(client.post(server.url + "/v2/models/scaled/infer", json=b) for b in bodies))
+
+    responses = asyncio.run(send())
+    assert [r.status_code for r in responses] == [200] * 16, [r.text for r in responses if r.status_code != 200]
+    for i, response in enumerate(responses):
+        scale = float(i) if i % 2 else 2.0  # the graph's default
+        assert response.json()["outputs"][0]["data"] == (x[i] * scale).tolist()
 
 
 def test_tensors_larger_than_the_arena_round_trip(server: ServerProcess) -> None:

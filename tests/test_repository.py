@@ -294,8 +294,13 @@ def scaled_repo(root: Path, config: str = SCALED_CONFIG) -> Path:
 
 
 def test_an_optional_input_with_a_default_in_the_graph(tmp_path: Path) -> None:
+    from runtime.serving.engine.client import config_from_engine
+
     (config,) = load_repository(scaled_repo(tmp_path))
     assert [(t.name, t.optional) for t in config.inputs] == [("x", False), ("scale", True)]
+    # As the engine describes the model to its workers (their data plane checks requests with it).
+    described = {"name": "scaled", "versions": ["1"], "path": str(config.path), "config": config.config_text()}
+    assert [(t.name, t.optional) for t in config_from_engine(described).inputs] == [("x", False), ("scale", True)]
     # Completed without a config, the model takes x alone: the default stays the graph's.
     (tmp_path / "scaled" / "config.pbtxt").unlink()
     (completed,) = load_repository(tmp_path)

@@ -621,6 +621,7 @@ def model_config_from_proto(proto: mc.ModelConfig, versions: list[str], path: Pa
             tuple(int(d) for d in tensor.dims),
             reshape,
             labels,
+            isinstance(tensor, mc.ModelInput) and tensor.optional,
         )
 
     dynamic = None
