@@ -99,7 +99,9 @@ def infer(
     that resolves to the outputs by name. Raise
     :class:`runtime.errors.BadRequest` for inputs that do not fit the model.
     Backends that batch join concurrent calls into one execution. Stops at the
-    first non-None result. Called on the event loop: do not block here.
+    first non-None result. Called on the event loop: do not block here. An
+    ``async def`` implementation may also resolve to ``None`` for a model it does
+    not serve: the implementations are then awaited one after the other.
     """
 
 
@@ -122,7 +124,8 @@ def postprocess(request: ScoringRequest, outputs: Any) -> Any:
 def model_index() -> list[dict[str, str]]:
     """The models this backend serves: ``[{"name", "version", "state"}]``, as Triton's repository index.
 
-    Every implementation is called; the lists are joined.
+    Every implementation is called; the lists are joined. Called synchronously: an ``async def``
+    implementation is a start-up error.
     """
 
 
@@ -131,7 +134,8 @@ def model_config(model: str, version: str | None) -> ModelConfig | None:
     """The completed config of ``model``, or ``None`` if this plugin does not serve it.
 
     The v2 metadata and config endpoints, and input checking, are built on it.
-    Stops at the first non-None result.
+    Stops at the first non-None result. Called synchronously: an ``async def``
+    implementation is a start-up error.
     """
 
 

@@ -48,6 +48,8 @@ logger = logging.getLogger("runtime.hooks")
 T = TypeVar("T")
 
 INLINE_MARK = "runtime_inline"
+# Hooks the runtime calls without awaiting (see their specs): an ``async def`` implementation is refused.
+SYNC_HOOKS = ("model_index", "model_config")
 # pluggy's options for a plain function: no ordering, no wrapper.
 PLAIN_HOOK = pluggy.HookimplOpts(
     wrapper=False, hookwrapper=False, optionalhook=False, tryfirst=False, trylast=False, specname=None
@@ -130,6 +132,14 @@ class PluginManager(pluggy.PluginManager):
             self.check_pending()
         except pluggy.PluginValidationError as ex:
             raise StartupError(f"{ex} Known hooks: {', '.join(hookspecs.names())}.") from ex
+        for name in SYNC_HOOKS:
+            for impl in getattr(self.hook, name).get_hookimpls():
+                if inspect.iscoroutinefunction(impl.function):
+                    # Its coroutine would be taken for the answer (a config, an index) without being awaited.
+                    raise StartupError(
+                        f"{impl.plugin_name}: the {name} hook is called synchronously; define it with def, "
+                        "not async def"
+                    )
 
     def _register(self, plugin: object, name: str) -> None:
         if self.is_registered(plugin):  # an entry point's module named by --plugin too: its hooks run once
@@ -288,7 +298,15 @@ class PluginManager(pluggy.PluginManager):
         self, model: str, version: str | None, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
         """The backend that serves ``model`` runs it (batched where it batches); on the loop, as specified."""
-        pending = self._call("infer", model=model, version=version, inputs=inputs, parameters=parameters)
+        kwargs = {"model": model, "version": version, "inputs": inputs, "parameters": parameters}
+        if self._placement("infer") is Placement.EACH:
+            # An ``async def infer`` returns a coroutine for every model, and pluggy would stop there: each
+            # implementation is awaited in turn, and one that resolves to None leaves the model to the next.
+            outputs: dict[str, np.ndarray] | None = await self._first_awaited("infer", kwargs, pool=False)
+            if outputs is None:
+                raise NoBackend(model)
+            return outputs
+        pending = self._call("infer", **kwargs)
         if pending is None:
             raise NoBackend(model)
         result: dict[str, np.ndarray] = await pending

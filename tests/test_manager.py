@@ -219,6 +219,64 @@ def test_async_model_ready_that_returns_none_leaves_the_model_to_the_next_backen
     assert asyncio.run(pm.model_ready("nobody's", None)) is False
 
 
+def test_an_async_infer_that_returns_none_leaves_the_model_to_the_next_backend(tmp_path: Path) -> None:
+    """An ``async def infer`` returns a coroutine for every model: pluggy took it as the answer, so the backend
+    registered before it was never asked, and a model it did not serve resolved to None instead of a 404."""
+    from runtime.errors import NoBackend
+
+    plugin = tmp_path / "backend.py"
+    plugin.write_text(
+        textwrap.dedent("""
+        import asyncio
+
+        from runtime import hookimpl
+
+        @hookimpl
+        def infer(model, version, inputs, parameters):
+            if model != "theirs":
+                return None
+            done = asyncio.get_running_loop().create_future()
+            done.set_result({"y": "from the backend"})
+            return done
+    """)
+    )
+    score = tmp_path / "score.py"
+    score.write_text(
+        textwrap.dedent("""
+        def init():
+            pass
+
+        def run(data):
+            return data
+
+        async def infer(model, version, inputs, parameters):
+            return {"y": "from score.py"} if model == "mine" else None
+    """)
+    )
+    pm = manager(str(score), str(plugin))
+
+    async def infer(model: str) -> object:
+        return await pm.infer(model, None, {}, {})
+
+    assert asyncio.run(infer("mine")) == {"y": "from score.py"}
+    assert asyncio.run(infer("theirs")) == {"y": "from the backend"}
+    with pytest.raises(NoBackend):
+        asyncio.run(infer("nobody's"))
+
+
+@pytest.mark.parametrize("hook", ["model_config", "model_index"])
+def test_an_async_implementation_of_a_hook_called_synchronously_is_a_startup_error(tmp_path: Path, hook: str) -> None:
+    score = tmp_path / "score.py"
+    arguments = "model, version" if hook == "model_config" else ""
+    score.write_text(f"def init():\n    pass\n\n\ndef run(data):\n    return data\n\n\n"
+                     f"async def {hook}({arguments}):\n    return None\n")  # fmt: skip
+    with pytest.raises(StartupError) as info:
+        manager(str(score))
+    assert str(info.value) == (
+        f"entry:{score}: the {hook} hook is called synchronously; define it with def, not async def"
+    )
+
+
 def test_a_plugin_named_twice_is_registered_once(monkeypatch: pytest.MonkeyPatch) -> None:
     plugin = Path(script("core/record_plugin.py"))
     monkeypatch.chdir(plugin.parent)
