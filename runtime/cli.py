@@ -249,9 +249,14 @@ def export_for_scripts(settings: Settings) -> None:
 TRITON_ONLY_FLAGS = ("--triton", "--triton-client", "--tritonserver")
 
 
+def _dest(flag: str) -> str:
+    """argparse's attribute for ``flag`` (``--triton-client``: ``triton_client``)."""
+    return flag[2:].replace("-", "_")
+
+
 def triton_flags_without_triton(args: argparse.Namespace, backend: str) -> str | None:
     """``--triton managed`` on the embedded backend would be ignored: the server would not be on Triton."""
-    given = [(flag, getattr(args, flag[2:].replace("-", "_"), None)) for flag in TRITON_ONLY_FLAGS]
+    given = [(flag, getattr(args, _dest(flag), None)) for flag in TRITON_ONLY_FLAGS]
     named = [f"{flag} {value}" for flag, value in given if value is not None]
     if not named or backend == "triton":
         return None
@@ -263,7 +268,7 @@ def triton_flags_without_triton(args: argparse.Namespace, backend: str) -> str |
 
 def _given(args: argparse.Namespace, flag: str, value: str) -> str:
     """How the setting behind ``flag`` came to be ``value``: the flag, its environment variable, or the default."""
-    dest = flag[2:].replace("-", "_")
+    dest = _dest(flag)
     if getattr(args, dest, None) is not None:
         return f"{flag} {value}"
     return f"{FLAG_ENV[dest]}={value}" if os.environ.get(FLAG_ENV[dest]) else f"{flag} {value} (the default)"

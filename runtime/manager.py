@@ -298,15 +298,15 @@ class PluginManager(pluggy.PluginManager):
         self, model: str, version: str | None, inputs: Mapping[str, Any], parameters: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
         """The backend that serves ``model`` runs it (batched where it batches); on the loop, as specified."""
-        kwargs = {"model": model, "version": version, "inputs": inputs, "parameters": parameters}
         if self._placement("infer") is Placement.EACH:
             # An ``async def infer`` returns a coroutine for every model, and pluggy would stop there: each
             # implementation is awaited in turn, and one that resolves to None leaves the model to the next.
+            kwargs = {"model": model, "version": version, "inputs": inputs, "parameters": parameters}
             outputs: dict[str, np.ndarray] | None = await self._first_awaited("infer", kwargs, pool=False)
             if outputs is None:
                 raise NoBackend(model)
             return outputs
-        pending = self._call("infer", **kwargs)
+        pending = self._call("infer", model=model, version=version, inputs=inputs, parameters=parameters)
         if pending is None:
             raise NoBackend(model)
         result: dict[str, np.ndarray] = await pending

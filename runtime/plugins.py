@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from runtime.errors import StartupError
+from runtime.settings import BACKENDS as BACKENDS  # the one list, re-exported for the manager
 
 ENTRY_POINT_GROUP = "scoring_runtime"
 
@@ -25,7 +26,6 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "onnxruntime": "runtime_plugins.onnxruntime_backend:OnnxRuntimeBackend",
     "triton": "runtime_plugins.triton_backend:TritonBackend",
 }
-BACKENDS = ("onnxruntime", "triton")
 
 
 def _is_path(spec: str) -> bool:

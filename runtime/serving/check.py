@@ -47,11 +47,12 @@ def describe(config: ModelConfig, devices: list[Device] | None = None, processes
 
 def check_repository(model_dir: str, out: TextIO, processes: str = "auto") -> int:
     """``processes``: RUNTIME_INSTANCE_PROCESSES, to say which instances run in processes of their own."""
-    misplaced = inside_a_repository(model_dir) if not looks_like_repository(model_dir) else None
+    repository = looks_like_repository(model_dir)
+    misplaced = inside_a_repository(model_dir) if not repository else None
     if misplaced:
         print(f"error: {misplaced}", file=out)
         return 1
-    if Path(model_dir).is_dir() and not looks_like_repository(model_dir):
+    if Path(model_dir).is_dir() and not repository:
         # What `runtime serve` does with such a folder: hands it to score.py, serves no models itself.
         held = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(model_dir).iterdir())
         print(

@@ -523,10 +523,12 @@ def _onnx_tensors(
     outputs = _complete_tensors(list(config.output), onnx_outputs, batched, "output", model_path)
     for version in versions:
         model_file = model_path / str(version) / filename
-        graph = (onnx_inputs, onnx_outputs, defaulted) if version == versions[-1] else _onnx_io(model_file)
-        check_against_graph(config_file, model_file, "input", inputs, graph[0], max_batch_size, graph[2])
-        check_against_graph(config_file, model_file, "output", outputs, graph[1], max_batch_size)
-        with_default = {t.name for t in graph[2]}
+        graph_in, graph_out, graph_defaulted = (
+            (onnx_inputs, onnx_outputs, defaulted) if version == versions[-1] else _onnx_io(model_file)
+        )
+        check_against_graph(config_file, model_file, "input", inputs, graph_in, max_batch_size, graph_defaulted)
+        check_against_graph(config_file, model_file, "output", outputs, graph_out, max_batch_size)
+        with_default = {t.name for t in graph_defaulted}
         for spec in inputs:
             if spec.optional and spec.name not in with_default:
                 # onnxruntime would fail every request that leaves it out ("Missing Input").
