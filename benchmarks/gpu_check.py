@@ -238,10 +238,13 @@ class Server:
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
+    def tail(self) -> str:
+        """The end of the server's log: errors quote it, as the run's work folder is removed."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
     def check(self) -> None:
         if self.proc.poll() is not None:
-            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
-            raise ServerDied(f"runtime serve exited with {self.proc.returncode}; its log ends:\n{tail}")
+            raise ServerDied(f"runtime serve exited with {self.proc.returncode}; its log ends:\n{self.tail()}")
 
     def wait_ready(self, timeout: float) -> None:
         """Until every worker has logged that it is ready (each loads its own copy without the engine)."""
@@ -251,7 +254,7 @@ class Server:
             if self.log.read_text(errors="replace").count("Worker ready:") >= self.workers:
                 return
             time.sleep(0.2)
-        raise ServerDied(f"runtime serve not ready after {timeout:.0f} s; see {self.log}")
+        raise ServerDied(f"runtime serve not ready after {timeout:.0f} s; its log ends:\n{self.tail()}")
 
     def counters(self, model: str | None = None) -> dict[str, float]:
         """The batch and duration counters of ``model`` (default: the server's), and the /score latency, from
@@ -595,12 +598,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(1) from None
     finally:
         close_pools()
+        shutil.rmtree(work, ignore_errors=True)  # also when a server died: its log's end is in the error
     print()
     print(table(result))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
-    shutil.rmtree(work, ignore_errors=True)
     return result
 
 

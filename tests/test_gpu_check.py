@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,9 @@ SMALL = [
 ]  # fmt: skip
 
 
-def gpu_check(*args: str) -> subprocess.CompletedProcess[str]:
+def gpu_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), *SMALL, *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
 
 
 def test_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
@@ -52,8 +53,10 @@ def test_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert "in-process at batch 2:" in result.stdout
 
 
-def test_stops_at_once_when_the_server_dies() -> None:
-    result = gpu_check("--serve-args=--no-such-flag", "--batches", "1", "--limit-seconds", "0.2")
+def test_stops_at_once_when_the_server_dies(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where its work folder goes
+    result = gpu_check("--serve-args=--no-such-flag", "--batches", "1", "--limit-seconds", "0.2", env=env)
     assert result.returncode == 1
     assert "error: runtime serve exited with 2; its log ends:" in result.stderr
     assert "--no-such-flag" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # the work folder is removed on an error too
