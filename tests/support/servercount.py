@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections import Counter
@@ -212,3 +213,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     path = os.environ.get("SERVER_COUNT_FILE")
     if path:
         Path(path).write_text(json.dumps(report(seen), indent=1) + "\n")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _is_controller_of_workers(config):
+        shutil.rmtree(os.environ.pop(DIR_ENV), ignore_errors=True)
