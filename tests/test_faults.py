@@ -1,7 +1,8 @@
 """Overload and faults against real Gunicorn workers: admission, cancellation, recycling, SIGKILL, drain, memory.
 
 Tests whose settings agree share a module server (each counts what it caused, from before to after); a test
-that recycles or stops its server's workers comes after the others on that server.
+that recycles or stops its server's workers comes after the others on that server. A SIGKILLed worker's
+replacement and SIGTERM's drain of two workers are tests/test_scoring.py's, on its two-worker flags server.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.faults import FAULTS, closed_loop, kill, rss_mib, wait_for, wait_in_flight
+from tests.support.faults import FAULTS, closed_loop, rss_mib, wait_for, wait_in_flight
 from tests.support.processes import children
 from tests.support.servers import ServerPool, ServerProcess
 
@@ -31,8 +32,6 @@ ADMISSION = ("--entry", SCORE, "--max-concurrent-requests", "4", "--max-body-byt
 # One worker, one thread, every run() call recorded: departed clients, and memory recycling (which the
 # other test does not notice: it counts calls by id and cancellations from before to after).
 ONE_THREAD = ("--entry", SCORE, "--concurrency", "1", "--max-worker-memory", "300")
-# Two workers: a SIGKILLed worker's replacement, then SIGTERM's drain (which stops it).
-TWO_WORKERS = ("--entry", SCORE, "--workers", "2", "--keepalive-max-age", "1")
 # Two workers, an async run() and a 1.5 s scoring timeout: a blocked event loop (two requests, far from
 # --max-requests), then recycling by --max-requests under load (its run() answers {} at once, as score.py's).
 ASYNC_RECYCLING = ("--entry", str(FAULTS / "async_block.py"), "--workers", "2",
@@ -124,39 +123,6 @@ def test_async_run_blocking_the_loop_is_reported_and_timed_out(pool: ServerPool)
     assert after.status_code == 200
     assert "The event loop has been blocked" in server.log() and "async_block.py" in server.log()
     assert metric(server.url, "runtime_event_loop_stalls_total") >= 1
-
-
-def test_sigkilled_worker_gets_its_share_back_within_5s(pool: ServerPool) -> None:
-    server = pool.get(*TWO_WORKERS)
-    master = server.proc
-    assert master is not None
-    assert wait_for(lambda: len(children(master.pid)) == 2, 30)
-    first = children(master.pid)
-    victim = first[0]
-    load = closed_loop(server.url + "/score", 8, 12, {"sleep": 0.02}, events=[(2.0, lambda: kill(victim))])
-    result = asyncio.run(load)
-    new = [pid for pid in children(master.pid) if pid not in first]
-    assert len(new) == 1 and victim not in children(master.pid)
-    # From 5 s after the kill on, the replacement answers a fair part: a quarter or more of those 4 seconds'
-    # answers, and a tenth or more of every one of them (one second alone swings with the machine's load).
-    shares = [share for at, share in result.share_after(new[0], 2.0) if 5 <= at < 9]
-    together = result.share_after(new[0], 7.0, window=4.0)[0][1]
-    assert len(shares) == 4 and together >= 0.25 and min(shares) >= 0.1, result.share_after(new[0], 2.0)
-
-
-def test_sigterm_drains_in_flight_requests(pool: ServerPool) -> None:
-    server = pool.take(*TWO_WORKERS)  # stopped here: a later test of these flags gets a fresh one
-
-    async def scenario() -> list[int]:
-        async with httpx.AsyncClient(timeout=30) as client:
-            pending = [asyncio.ensure_future(client.post(server.url + "/score", json={"sleep": 1})) for _ in range(10)]
-            assert await asyncio.to_thread(wait_in_flight, server.url, 10)
-            assert server.proc is not None
-            server.proc.send_signal(signal.SIGTERM)
-            return [r.status_code for r in await asyncio.gather(*pending)]
-
-    assert asyncio.run(scenario()) == [200] * 10
-    assert server.wait_exit(30) == 0
 
 
 def test_max_requests_recycles_workers_without_losing_requests(pool: ServerPool) -> None:

@@ -1,11 +1,13 @@
 """The /score contract: routes, headers, limits, timeouts, concurrency.
 
 In the test process (the app behind Starlette's httpx.Client) for everything but what needs the real
-server: CLI flags, several Gunicorn workers, SIGTERM.
+server: CLI flags, several Gunicorn workers, a SIGKILLed worker, SIGTERM. One real server for those (the flags
+server): the tests read from it, one SIGKILLs a worker, then SIGTERM stops it and its log is read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -23,7 +25,8 @@ import pytest
 
 from runtime.settings import Settings
 from tests.conftest import script
-from tests.support.faults import wait_in_flight
+from tests.support.engine import worker_pids
+from tests.support.faults import closed_loop, kill, wait_for, wait_in_flight
 from tests.support.inprocess import app_client, captured_logs
 from tests.support.servers import ServerPool, ServerProcess
 
@@ -240,9 +243,11 @@ Flags = tuple[tuple[str, ...], dict[str, str], Path]
 @pytest.fixture(scope="module")
 def flags(model_repo: Path) -> Flags:
     """The CLI's flags against its environment, with two workers and the test models (the start-up summary
-    lists them): flags, environment and the model dir."""
+    lists them): flags, environment and the model dir. Keep-alive connections live 1 s, so that a SIGKILLed
+    worker's replacement gets its share of the clients that reconnect."""
     env = {"SCORING_TIMEOUT_MS": "1", "AZUREML_MODEL_DIR": "/elsewhere", "WORKER_COUNT": "2"}
-    return ("--entry", ECHO, "--timeout-ms", "5000", "--model-dir", str(model_repo)), env, model_repo
+    flags = ("--entry", ECHO, "--timeout-ms", "5000", "--model-dir", str(model_repo), "--keepalive-max-age", "1")
+    return flags, env, model_repo
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +285,29 @@ def test_worker_count_starts_that_many_workers(flags_server: tuple[ServerProcess
 
 
 @pytest.mark.slow
+def test_sigkilled_worker_gets_its_share_back_within_5s(flags_server: tuple[ServerProcess, Path]) -> None:
+    server = flags_server[0]
+    master = server.proc
+    assert master is not None
+    # Its workers: the model engine (for --model-dir) is the master's child too.
+    assert wait_for(lambda: len(worker_pids(master.pid)) == 2, 30)
+    first = sorted(worker_pids(master.pid))
+    victim = first[0]
+    load = closed_loop(server.url + "/score", 8, 12, {"sleep": 0.02}, events=[(2.0, lambda: kill(victim))])
+    result = asyncio.run(load)
+    new = [pid for pid in worker_pids(master.pid) if pid not in first]
+    assert len(new) == 1 and victim not in worker_pids(master.pid)
+    # From 5 s after the kill on, the replacement answers a fair part: a quarter or more of those 4 seconds'
+    # answers, and a tenth or more of every one of them (one second alone swings with the machine's load).
+    shares = [share for at, share in result.share_after(new[0], 2.0) if 5 <= at < 9]
+    together = result.share_after(new[0], 7.0, window=4.0)[0][1]
+    assert len(shares) == 4 and together >= 0.25 and min(shares) >= 0.1, result.share_after(new[0], 2.0)
+
+
+@pytest.mark.slow
 def test_sigterm_finishes_requests_in_flight(servers: ServerPool, flags: Flags, stopped: list[ServerProcess]) -> None:
+    """Three requests of 1.5 s from threads and ten of 1 s from one async client, all in flight on the two
+    workers (one of them the SIGKILLed worker's replacement) when SIGTERM comes: each is answered."""
     args, env, _ = flags
     server = servers.take(*args, env=env)  # the flags server, stopped here (a later test would get a fresh one)
     stopped.append(server)
@@ -290,11 +317,19 @@ def test_sigterm_finishes_requests_in_flight(servers: ServerPool, flags: Flags, 
         results.append(post(server.url, {"sleep": 1.5}))
 
     threads = [threading.Thread(target=call) for _ in range(3)]
-    for t in threads:
-        t.start()
-    assert wait_in_flight(server.url, 3)
-    assert server.proc is not None
-    server.proc.send_signal(signal.SIGTERM)
+
+    async def scenario() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for t in threads:
+                t.start()
+            pending = [asyncio.ensure_future(client.post(server.url + "/score", json={"sleep": 1})) for _ in range(10)]
+            # All thirteen at once: waiting for the first three before sending the ten could outlast their 1.5 s.
+            assert await asyncio.to_thread(wait_in_flight, server.url, 13)
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            return [r.status_code for r in await asyncio.gather(*pending)]
+
+    assert asyncio.run(scenario()) == [200] * 10
     for t in threads:
         t.join(30)
     assert [r.status_code for r in results] == [200, 200, 200]
