@@ -20,6 +20,7 @@ LONGEST_FIRST = (
     "test_fuzz.py",
     "test_triton_backend.py",
     "test_instance_units.py",
+    "test_scoring.py",
     "test_hostile.py",
     "test_onnxruntime_backend.py",
     "test_pictures.py",
