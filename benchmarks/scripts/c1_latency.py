@@ -25,10 +25,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.baseline import serve  # noqa: E402
 from benchmarks.run import build_models, workloads  # noqa: E402
+from benchmarks.scripts.engine_cpu import roles  # noqa: E402
 from benchmarks.suite import git, prepare  # noqa: E402
 from runtime.tools import bench  # noqa: E402
-from tests.support.processes import comm, cpu_seconds, descendants  # noqa: E402
-from tests.support.servers import ServerProcess  # noqa: E402
 
 WARMUP_REQUESTS = 300
 
@@ -76,14 +75,6 @@ def send_all(port: int, request: bytes, count: int) -> list[float]:
     return latencies
 
 
-def cpu_by_role(server: ServerProcess) -> dict[str, float]:
-    assert server.proc is not None
-    used = {"workers": 0.0, "engine": 0.0}
-    for pid in descendants(server.proc.pid):
-        used["engine" if comm(pid) == "runtime-engine" else "workers"] += cpu_seconds(pid)
-    return used
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="505bb0e")
@@ -111,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name, server in servers.items():
                     request = request_bytes(server.port, body, headers)
                     send_all(server.port, request, WARMUP_REQUESTS)
-                    before = cpu_by_role(server)
+                    before = roles(server)
                     latencies = sorted(send_all(server.port, request, args.requests))
-                    after = cpu_by_role(server)
+                    after = roles(server)
                     p50, p90 = latencies[len(latencies) // 2] * 1e3, latencies[int(len(latencies) * 0.9)] * 1e3
                     p50s[name].append(p50)
                     cpu = {role: (after[role] - before[role]) / args.requests * 1e6 for role in after}
