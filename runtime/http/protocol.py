@@ -230,6 +230,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._timer: asyncio.TimerHandle | None = None
         self.watch = ConnectionWatch(self.loop)
+        # The answer to a request that failed to parse, held until the ``_owed`` requests before it are answered.
+        self._deferred: Callable[[], None] | None = None
+        self._owed = 0
 
     # Timers: one at a time, for the headers of the current request or the idle gap in its body.
     def _arm(self, seconds: float, what: str) -> None:
@@ -282,6 +285,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.coalescing.lingering:
             self.coalescing.discarded()  # the rest of a request already answered (and closed)
             return
+        if self._deferred is not None:
+            return  # bytes after a request that failed to parse: the connection closes once it is answered
         if self._in_headers:
             if self._header_bytes > self.limits.header_section_bytes:
                 # Bytes the parser holds before calling on_header: refuse before a huge field is buffered.
@@ -305,13 +310,46 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         rejected, self._rejected = self._rejected, None
-        if rejected is None:
-            super().send_400_response(msg)
-            return
-        logger.info("Refused a request from %s: %d %s", self.client, rejected.status, rejected.message)
         self._disarm()
-        self.transport.write(error_bytes(rejected.status, rejected.reason, rejected.message, self.url or b""))
+        if rejected is None:
+            answer = functools.partial(super().send_400_response, msg)
+        else:
+            logger.info("Refused a request from %s: %d %s", self.client, rejected.status, rejected.message)
+            response = error_bytes(rejected.status, rejected.reason, rejected.message, self.url or b"")
+            answer = functools.partial(self._write_and_close, response)
+        owed = self._answers_owed()
+        if owed:
+            # HTTP/1.1 answers in order: a client that pipelined takes the first answer for its first request.
+            # This one waits for the answers of the requests before it; nothing more is read meanwhile.
+            self._deferred, self._owed = answer, owed
+            self.flow.pause_reading()
+            return
+        answer()
+
+    def _write_and_close(self, response: bytes) -> None:
+        self.transport.write(response)
         self.transport.close()
+
+    def _answers_owed(self) -> int:
+        """How many requests before the one that failed to parse still await their answers."""
+        cycles = [cycle for cycle, _ in self.pipeline]  # queued behind the one running, the latest first
+        if self._in_body and self.cycle is not None:
+            # Its body failed to parse: this request has a cycle. Queued, it never runs (answered by the error).
+            if self.cycle in cycles:
+                self.pipeline.remove(self.pipeline[cycles.index(self.cycle)])
+                return len(self.pipeline) + 1  # the queued ones before it, and the one running
+            return 0  # it is the one running: nothing before it is unanswered
+        if self.pipeline:
+            return len(self.pipeline) + 1
+        return 1 if self.cycle is not None and not self.cycle.response_complete else 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts the next queued request, if any
+        if self._deferred is not None:
+            self._owed -= 1
+            if self._owed <= 0:
+                answer, self._deferred = self._deferred, None
+                answer()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
