@@ -177,8 +177,9 @@ class EofStrict(HalfClosable):
 
 
 def test_a_late_answer_on_a_lingering_connection_is_dropped() -> None:
-    """Pipelined: a request in flight, the next one malformed; uvicorn answers the 400 and closes (we linger), then
-    the first request's answer comes: it was an 'Unhandled error' and a 500 in the log (found by fuzzing)."""
+    """A request whose own body fails to parse while its app runs gets the 400 at once, and the connection closes
+    (we linger); the app's answer comes later and is dropped: it was an 'Unhandled error' and a 500 in the log
+    (found by fuzzing, then with the request in flight before a malformed one, which now waits for it)."""
 
     async def run() -> list[bytes]:
         raw = EofStrict()
