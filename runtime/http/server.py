@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +24,7 @@ from starlette.applications import Starlette
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
-from runtime import logs
+from runtime import logs, scratch
 from runtime.prctl import tie_to_parent
 from runtime.settings import Settings
 
@@ -167,6 +166,11 @@ def _child_exit(server: Any, worker: Any) -> None:
     archive_dead_process(worker.pid)
 
 
+# Temporary folders of the master, then its pid (runtime.scratch).
+METRICS_PREFIX = "runtime-metrics-"
+SERVE_PREFIX = "runtime-serve-"
+
+
 @contextlib.contextmanager
 def metrics_dir() -> Iterator[None]:
     """One folder for all processes' metric files (prometheus-client multiprocess mode), removed after.
@@ -181,7 +185,8 @@ def metrics_dir() -> Iterator[None]:
         forget_dead_processes()
         yield
         return
-    path = tempfile.mkdtemp(prefix="runtime-metrics-")
+    scratch.remove_stale(METRICS_PREFIX)  # a killed server's
+    path = scratch.owned_folder(METRICS_PREFIX)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     owner = os.getpid()
     try:
@@ -194,7 +199,8 @@ def metrics_dir() -> Iterator[None]:
 
 
 def serve(settings: Settings) -> None:
-    marker_dir = tempfile.mkdtemp(prefix="runtime-serve-")
+    scratch.remove_stale(SERVE_PREFIX)
+    marker_dir = scratch.owned_folder(SERVE_PREFIX)
     # The first worker that is ready logs the start-up summary; the others find this file and stay quiet.
     settings = dataclasses.replace(settings, summary_marker=os.path.join(marker_dir, "summary-logged"))
     master = os.getpid()

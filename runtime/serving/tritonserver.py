@@ -22,13 +22,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import urllib.request
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime import scratch
 from runtime.errors import StartupError
 from runtime.prctl import tie_to_parent
 from runtime.serving.platform_names import ONNX_PLATFORM
@@ -196,21 +196,13 @@ SHM_DIR = "/dev/shm"
 SHM_PREFIX = "runtime-triton-"  # then the runtime's pid: regions of a server whose runtime is gone are stale
 
 
-def _stale(path: Path) -> bool:
-    """Whether ``path`` is named for a runtime process (``runtime-triton-<pid>-...``) that is gone."""
-    pid = path.name[len(SHM_PREFIX) :].split("-", 1)[0]
-    return pid.isdigit() and not Path(f"/proc/{pid}").exists()
-
-
 def remove_stale_regions() -> None:
     """Remove the python-backend regions of managed servers whose runtime process is gone (a SIGKILLed master),
     and their work folders (a copy of the backends, the staged repository)."""
     for region in Path(SHM_DIR).glob(f"{SHM_PREFIX}*"):
-        if _stale(region) and not region.is_dir():  # (TMPDIR may be /dev/shm: work folders are below)
+        if scratch.owner_gone(region, SHM_PREFIX) and not region.is_dir():  # (TMPDIR may be /dev/shm)
             region.unlink(missing_ok=True)
-    for work in Path(tempfile.gettempdir()).glob(f"{SHM_PREFIX}*"):
-        if work.is_dir() and _stale(work):
-            shutil.rmtree(work, ignore_errors=True)
+    scratch.remove_stale(SHM_PREFIX)
 
 
 class ManagedTriton(SupervisedProcess):
@@ -238,7 +230,7 @@ class ManagedTriton(SupervisedProcess):
         remove_stale_regions()
         super().__init__()
         # Named for this runtime too: one that is killed cannot remove its copy of the backends and staging.
-        self.work = Path(tempfile.mkdtemp(prefix=f"{SHM_PREFIX}{os.getpid()}-"))
+        self.work = Path(scratch.owned_folder(SHM_PREFIX))
         try:
             self.launch = prepare_launch(binary, self.work)
             if self.launch.has_onnxruntime:
