@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from runtime import scratch
-
-PREFIX = "runtime-metrics-"
+from runtime.http.server import METRICS_PREFIX as PREFIX
+from runtime.http.server import SERVE_PREFIX
 
 
 def gone_pid() -> int:
@@ -36,7 +36,7 @@ def test_only_folders_of_gone_processes_are_removed(tmp_path: Path) -> None:
     live = tmp_path / f"{PREFIX}{os.getpid()}-def"
     unnamed = tmp_path / f"{PREFIX}xyz"  # an older server's name, without its pid: not ours to judge
     a_file = tmp_path / f"{PREFIX}{dead}-file"
-    other = tmp_path / f"runtime-serve-{dead}-ghi"  # another prefix: left to its own call
+    other = tmp_path / f"{SERVE_PREFIX}{dead}-ghi"  # another prefix: left to its own call
     for folder in (stale, live, unnamed, other):
         folder.mkdir()
         (folder / "counter_1.db").write_bytes(b"x")
