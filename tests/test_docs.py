@@ -106,6 +106,17 @@ def test_missing_output_matches_ellipses_in_order() -> None:
     assert missing_output(["201"], output) == ["201"]
 
 
+def test_missing_output_lets_decimals_differ_in_their_last_digit() -> None:
+    # Scores differ in their sixth decimal from one CPU to another.
+    output = ['  "3.607642:46:green lizard",', "took 0.25 s"]
+    assert missing_output(['  "3.607643:46:green lizard",', "took ... s"], output) == []
+    assert missing_output(['  "3.607644:46:green lizard",'], output) == []
+    assert missing_output(['  "3.607645:46:green lizard",'], output) == ['  "3.607645:46:green lizard",']
+    assert missing_output(['  "3.607642:47:green lizard",'], output) == ['  "3.607642:47:green lizard",']
+    assert missing_output(["took 0.24 s"], output) == []
+    assert missing_output(["took 0.5 s"], output) == ["took 0.5 s"]
+
+
 @pytest.mark.slow
 @pytest.mark.external  # the DenseNet README's last step runs on a managed Triton
 @pytest.mark.parametrize("readme", READMES)
