@@ -3,6 +3,7 @@ memory a managed tritonserver leaves behind."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime import scratch
 from runtime.errors import StartupError
 from runtime.serving import tritonserver
 from runtime.serving.tritonserver import triton_log_level
@@ -84,10 +86,23 @@ def test_a_managed_tritons_shared_memory_is_removed_after_it_and_when_its_runtim
     other = tmp_path / f"runtime-triton-{os.getpid()}-9000-b"  # a second managed server of this runtime
     stale = tmp_path / f"runtime-triton-{dead}-8000-c"
     foreign = tmp_path / "triton_python_backend_shm_region_d"  # a Triton the runtime did not start
-    for path in (mine, other, stale, foreign):
+    # A runtime of today locks a folder named for its regions: the lock decides, whatever the pid says (in another
+    # PID namespace a live owner's pid may be free here).
+    live_elsewhere = tmp_path / f"runtime-triton-{dead}-a1b2"
+    live_elsewhere.mkdir()
+    lock = os.open(live_elsewhere / scratch.LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    kept = tmp_path / f"{live_elsewhere.name}-region"
+    unlocked = tmp_path / f"runtime-triton-{os.getpid()}-x1y2"  # its owner was SIGKILLed; the pid is taken since
+    (unlocked / scratch.LOCK).parent.mkdir()
+    (unlocked / scratch.LOCK).write_bytes(b"")
+    freed = tmp_path / f"{unlocked.name}-region"
+    for path in (mine, other, stale, foreign, kept, freed):
         path.write_bytes(b"")
     tritonserver.remove_stale_regions()
     assert not stale.exists() and mine.exists() and other.exists() and foreign.exists()
+    assert kept.exists() and live_elsewhere.is_dir() and not freed.exists() and not unlocked.exists()
+    os.close(lock)
     server = tritonserver.ManagedTriton.__new__(tritonserver.ManagedTriton)
     server.shm_prefix = f"runtime-triton-{os.getpid()}-8000-"
     server._after_exit()

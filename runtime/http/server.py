@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -195,7 +194,7 @@ def metrics_dir() -> Iterator[None]:
         # A worker that exits on its own (--max-requests) unwinds through here too: only the master cleans.
         if os.getpid() == owner:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
-            shutil.rmtree(path, ignore_errors=True)
+            scratch.release(path)
 
 
 def serve(settings: Settings) -> None:
@@ -209,4 +208,4 @@ def serve(settings: Settings) -> None:
             ServerApplication(settings).run()
     finally:
         if os.getpid() == master:
-            shutil.rmtree(marker_dir, ignore_errors=True)
+            scratch.release(marker_dir)

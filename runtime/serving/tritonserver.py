@@ -193,15 +193,25 @@ def _die_with_parent() -> None:
 
 
 SHM_DIR = "/dev/shm"
-SHM_PREFIX = "runtime-triton-"  # then the runtime's pid: regions of a server whose runtime is gone are stale
+# Then the runtime's pid and a token: the python backend's regions of one managed server are named
+# ``<SHM_PREFIX><pid>-<token>-...``, and its folder ``<SHM_PREFIX><pid>-<token>`` in SHM_DIR holds their lock
+# (runtime/scratch.py). Its work folder in the temporary directory is named the same way.
+SHM_PREFIX = "runtime-triton-"
 
 
 def remove_stale_regions() -> None:
-    """Remove the python-backend regions of managed servers whose runtime process is gone (a SIGKILLed master),
-    and their work folders (a copy of the backends, the staged repository)."""
-    for region in Path(SHM_DIR).glob(f"{SHM_PREFIX}*"):
-        if scratch.owner_gone(region, SHM_PREFIX) and not region.is_dir():  # (TMPDIR may be /dev/shm)
+    """Remove the python-backend regions of managed servers whose runtime is gone (a SIGKILLed master), their
+    lock folders, and their work folders (a copy of the backends, the staged repository)."""
+    shm = Path(SHM_DIR)
+    for region in shm.glob(f"{SHM_PREFIX}*"):
+        if region.is_dir():  # a lock folder (or a work folder, where TMPDIR is /dev/shm)
+            continue
+        owner = shm / (SHM_PREFIX + "-".join(region.name[len(SHM_PREFIX) :].split("-")[:2]))  # <pid>-<token>
+        # Without its lock folder (an older runtime's, or what a stopped Triton left): by the pid.
+        gone = scratch.owner_gone(owner, SHM_PREFIX) if owner.is_dir() else scratch.pid_gone(region.name, SHM_PREFIX)
+        if gone:
             region.unlink(missing_ok=True)
+    scratch.remove_stale(SHM_PREFIX, SHM_DIR)
     scratch.remove_stale(SHM_PREFIX)
 
 
@@ -224,14 +234,15 @@ class ManagedTriton(SupervisedProcess):
         self.metrics_port = free_port()
         self.wait_s = wait_s
         self.supervise = supervise
-        # The python backend's shared-memory regions, named for this server: a tritonserver that is killed
-        # cannot unlink its own, and they would stay in /dev/shm (about 10 a test run, 1 MiB each when used).
-        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}-{self.http_port}-"
         remove_stale_regions()
         super().__init__()
-        # Named for this runtime too: one that is killed cannot remove its copy of the backends and staging.
-        self.work = Path(scratch.owned_folder(SHM_PREFIX))
+        # The python backend's shared-memory regions, named for this server: a tritonserver that is killed
+        # cannot unlink its own, and they would stay in /dev/shm (about 10 a test run, 1 MiB each when used).
+        self.shm_lock = Path(scratch.owned_folder(SHM_PREFIX, SHM_DIR))
+        self.shm_prefix = f"{self.shm_lock.name}-"
         try:
+            # Named for this runtime too: one that is killed cannot remove its copy of the backends and staging.
+            self.work = Path(scratch.owned_folder(SHM_PREFIX))
             self.launch = prepare_launch(binary, self.work)
             if self.launch.has_onnxruntime:
                 self.repository = repository_root(model_dir)
@@ -240,7 +251,7 @@ class ManagedTriton(SupervisedProcess):
                 backends = None if backend_dir is None else {p.name for p in backend_dir.iterdir()}
                 self.repository = stage_repository(model_dir, self.work / "repository", backends)
         except BaseException:
-            shutil.rmtree(self.work, ignore_errors=True)
+            self._release_folders()
             raise
 
     @property
@@ -316,4 +327,9 @@ class ManagedTriton(SupervisedProcess):
         if not self.owned:  # a worker unwinding: the staged repository is the running Triton's
             return
         self._stop_process(grace_s)
-        shutil.rmtree(self.work, ignore_errors=True)
+        self._release_folders()
+
+    def _release_folders(self) -> None:
+        if hasattr(self, "work"):
+            scratch.release(self.work)
+        scratch.release(self.shm_lock)  # after its regions (_after_exit), which it guards
