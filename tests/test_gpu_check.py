@@ -14,7 +14,8 @@ from tests.support.servers import REPO
 
 pytestmark = pytest.mark.slow
 
-# A measured window of 0.6 s: at 0.3 s, a row on a machine loaded by the rest of the suite once counted no answer.
+# A measured window of 0.6 s (one that counts no answer, as on a machine loaded by the rest of the suite, is measured
+# again, longer: test_a_window_that_counts_no_answer_is_measured_again_twice_as_long).
 SMALL = [
     "--device", "cpu", "--small", "--batches", "1,2", "--workers", "1", "--concurrency", "4",
     "--duration", "0.6", "--warmup", "0.1", "--limit-seconds", "0.1", "--target-batch", "2",
@@ -61,3 +62,38 @@ def test_stops_at_once_when_the_server_dies(tmp_path: Path) -> None:
     assert "error: runtime serve exited with 2; its log ends:" in result.stderr
     assert "--no-such-flag" in result.stderr
     assert list(tmp_path.iterdir()) == []  # the work folder is removed on an error too
+
+
+def test_a_window_that_counts_no_answer_is_measured_again_twice_as_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a loaded machine one answer took 0.9 s, longer than the test's 0.6 s window: the row read 0 images/s."""
+    import argparse
+
+    from benchmarks import gpu_check as check
+
+    windows: list[float] = []
+
+    def run_clients(*args: object) -> list[dict[str, object]]:
+        d = args[-1]
+        assert isinstance(d, float)
+        windows.append(d)
+        answered = 0 if len(windows) < 3 else 5  # the warm-up, then a window with no answer, then one with five
+        step = {"throughput": answered / d, "requests": answered, "errors": {}, "client_cpu_percent": 1.0}
+        return [{**step, "latency_ms": {"p50": 900.0, "mean": 900.0}}]
+
+    class Server:
+        def counters(self, model: str | None) -> dict[str, float]:
+            return dict.fromkeys(("batch_count", "batch_sum", "http_s", "http_count", "request_us"), 1.0) | {
+                "queue_us": 0.0,
+                "compute_us": 0.0,
+            }
+
+        def cpu_seconds(self) -> dict[str, float]:
+            return {"engine": 0.0, "instances": 0.0, "workers": 0.0, "master": 0.0}
+
+    monkeypatch.setattr(check, "run_clients", run_clients)
+    monkeypatch.setattr(check, "process_pool", lambda size: None)
+    monkeypatch.setattr(check, "profile", lambda server, args: None)
+    args = argparse.Namespace(clients=1, warmup=0.1, duration=0.6)
+    row = check.load(Server(), "/score", b"", {}, args, concurrency=1)  # a stand-in for check.Server
+    assert windows == [0.1, 0.6, 1.2]
+    assert row["duration_s"] == 1.2 and row["images_per_s"] == 5 / 1.2
