@@ -26,7 +26,9 @@ from tests.support.markdown import (
     outcomes,
     run_script,
     script,
+    server_logs,
     shared_servers,
+    waits_for_server,
 )
 from tests.support.servers import BIN, REPO, free_port
 
@@ -117,6 +119,23 @@ def test_missing_output_lets_decimals_differ_in_their_last_digit() -> None:
     assert missing_output(["took 0.5 s"], output) == ["took 0.5 s"]
 
 
+@pytest.mark.parametrize("readme", [*READMES, "docs/reliability.md"])
+def test_every_server_started_in_the_background_is_waited_for(readme: str) -> None:
+    """A reader who pastes a whole block runs the next command while the server starts: it must wait for it."""
+    commands = console_commands(REPO / readme)
+    assert any(c.background for c in commands), readme
+    assert waits_for_server(commands) == []
+
+
+def test_waits_for_server_names_a_server_whose_next_command_does_not_wait(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```console\n$ runtime serve --entry a.py &\n$ python client.py\n$ kill $!\n"
+        "$ runtime serve --entry b.py &\n$ curl -s --retry 60 --retry-connrefused http://127.0.0.1:5001/ready\n```\n"
+    )
+    assert waits_for_server(console_commands(page)) == ["runtime serve --entry a.py &"]
+
+
 @pytest.mark.slow
 @pytest.mark.external  # the DenseNet README's last step runs on a managed Triton
 @pytest.mark.parametrize("readme", READMES)
@@ -134,7 +153,7 @@ def test_readme_commands_run_as_written(
     env["TRITONSERVER_PATH"] = str(tritonserver_binary)
     stdout = run_script(script(commands, port, shared.servers), root, env, shared.scripts)
     for command, outcome in zip(commands, outcomes(stdout, len(commands)), strict=True):
-        shown = "\n".join(outcome.output[-40:])
+        shown = "\n".join(outcome.output[-40:]) + ("" if outcome.status == 0 else server_logs(root))
         assert outcome.status == 0, f"{command.source}: `{command.text}` exited {outcome.status}:\n{shown}"
         missing = missing_output(command.expected, outcome.output)
         assert not missing, f"{command.source}: `{command.text}` did not print {missing}; it printed:\n{shown}"

@@ -3,8 +3,9 @@
 Convention (README.md and the examples' READMEs): in a ```console block, ``$ `` starts a command
 (a trailing ``\\`` continues it), the lines up to the next command are its expected output, where
 ``...`` stands for anything. A command ending in ``&`` is a server: the script sends its output to a
-log file, and waits until it answers on ``$SERVER_PORT`` before the next command. The commands run
-in one shell, in order, so ``kill $!`` stops the last server started.
+log file (``server-<index>.log``, shown when a test fails), and goes on at once, as a shell does: the
+next command must wait for the server itself (:func:`waits_for_server`). The commands run in one shell,
+in order, so ``kill $!`` stops the last server started.
 
 A ```python block whose first line is a comment naming a file (``# score.py``) is a file the reader
 saves before running the commands (docs/tutorial.md): :func:`named_files` returns them.
@@ -138,14 +139,6 @@ def script(commands: list[Command], port: int, shared: Mapping[str, Shared] | No
         "set -u",
         # Stop every server this script started, whatever happens.
         "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT",
-        "ready() {",
-        "  for _ in $(seq 1 900); do",
-        '    kill -0 "$1" 2>/dev/null || { echo "server exited:"; cat "$2"; return 1; }',
-        '    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$SERVER_PORT/" && return 0',
-        "    sleep 0.2",
-        "  done",
-        '  echo "server not ready after 180 s:"; cat "$2"; return 1',
-        "}",
         # What `kill $!` stops in place of a shared server: it exits 0 on SIGTERM, as the server does.
         "stand_in() { trap 'exit 0' TERM; while :; do sleep 0.2; done; }",
     ]
@@ -163,7 +156,7 @@ def script(commands: list[Command], port: int, shared: Mapping[str, Shared] | No
                 lines.append(f'curl -s -o /dev/null --max-time 5 "http://127.0.0.1:{current}/"; status=$?')
             else:
                 lines.append(f"{text.rstrip()[:-1].rstrip()} > {log} 2>&1 &")
-                lines.append(f"ready $! {log}; status=$?")
+                lines.append("status=0")
             if common is not None:
                 if not common.running:
                     lines.append(f"echo $! > {common.pidfile}")
@@ -201,6 +194,27 @@ def run_script(text: str, cwd: Path, env: Mapping[str, str], kept: list[subproce
 class Outcome:
     status: int | None  # None: the script stopped before the command finished
     output: list[str]
+
+
+# What a command that follows a server started with ``&`` runs first: it waits while the server starts, as a
+# reader who pastes the whole block needs (curl retries a refused connection, and a 503, once a second).
+WAIT = "--retry-connrefused"
+
+
+def waits_for_server(commands: list[Command]) -> list[str]:
+    """The servers (commands ending in ``&``) whose next command does not wait for them to answer."""
+    return [
+        command.text
+        for command, after in zip(commands, [*commands[1:], None], strict=True)
+        if command.background and (after is None or not after.text.startswith("curl") or WAIT not in after.text)
+    ]
+
+
+def server_logs(folder: Path) -> str:
+    """The output of the servers a script started, for a failure's message."""
+    return "".join(
+        f"\n--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}" for log in sorted(folder.glob("server-*.log"))
+    )
 
 
 def outcomes(stdout: str, count: int) -> list[Outcome]:
