@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -222,3 +224,16 @@ def test_client_says_to_add_the_model_dir_when_score_py_has_no_model(example: st
         f"; score.py was served without its model: add --model-dir examples/{example}/models to runtime serve"
     ), result.stderr
     assert "--model-dir only" not in result.stderr
+
+
+def test_ctrl_c_stops_the_serving_example_without_a_warning(densenet_server: ServerProcess) -> None:
+    """A terminal's Ctrl-C signals the whole process group: the master, its workers and the model engine. The
+    worker drains, then ends by that SIGINT, which Gunicorn logged as a warning ("Worker (pid:N) was sent
+    SIGINT!") on every Ctrl-C. Last in the module: it stops the module's server."""
+    assert httpx.get(densenet_server.url + "/").status_code == 200
+    assert densenet_server.proc is not None
+    os.killpg(densenet_server.proc.pid, signal.SIGINT)
+    assert densenet_server.wait_exit(30) == 130
+    log = densenet_server.log()
+    assert "runtime serve: interrupted" in log and "was sent SIGINT" in log
+    assert not [line for line in log.splitlines() if " W " in line or " E " in line], log[-3000:]

@@ -327,6 +327,8 @@ def test_ctrl_c_during_a_slow_start_stops_within_2_s(start_runtime: StartRuntime
     log = server.log()
     assert "SIGINT during start-up, exiting" in log
     assert "SIGKILL" not in log and "Traceback" not in log
+    # The workers got the Ctrl-C too: Gunicorn's "Worker (pid:N) was sent SIGINT!" is no warning then.
+    assert not [line for line in log.splitlines() if " W " in line], log
 
 
 @pytest.mark.slow

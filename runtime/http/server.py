@@ -106,7 +106,17 @@ class _Arbiter(Arbiter):  # type: ignore[misc]
 
     def handle_int(self) -> None:
         self.interrupted = True
+        logging.getLogger("gunicorn.error").addFilter(_workers_interrupted_too)
         super().handle_int()
+
+
+def _workers_interrupted_too(record: logging.LogRecord) -> bool:
+    """Ctrl-C in a terminal signals the workers as well as the master: a worker that drained and then ended by
+    that SIGINT (uvicorn raises it again once it has stopped) is shutting down as asked. Gunicorn warns of a
+    worker ended by any signal other than SIGTERM or SIGKILL; here that is information, not a warning."""
+    if record.levelno == logging.WARNING and record.getMessage().endswith(" was sent SIGINT!"):
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+    return True
 
 
 class ServerApplication(BaseApplication):  # type: ignore[misc]
