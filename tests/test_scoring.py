@@ -181,9 +181,13 @@ def test_sys_exit_in_run_is_the_scripts_500_and_the_worker_serves_on(echo: httpx
 
 
 def test_bad_input_gets_4xx_with_message(echo: httpx.Client) -> None:
-    bad_json = echo.post("/score", content=b"{not json")
+    with captured_logs(logging.INFO) as lines:  # as served: tracebacks of client errors only at DEBUG
+        bad_json = echo.post("/score", content=b"{not json")
     assert bad_json.status_code == 400
     assert bad_json.json()["message"].startswith("The request body is not valid JSON:")
+    # The client's mistake: one warning line, no error and no traceback in the log.
+    assert [line for line in lines if "could not parse the body of POST /score as JSON, answered 400" in line]
+    assert not [line for line in lines if "Traceback" in line or "run() failed" in line], lines
     non_utf8 = echo.post("/score", content=b"\xff\xfe")
     assert non_utf8.status_code == 400
     assert non_utf8.json()["message"].startswith("Input cannot be decoded as UTF-8")

@@ -104,10 +104,18 @@ async def score(request: Request) -> Response:
 
 
 def run_failed_response(ex: BaseException, request: Request) -> Response:
-    logger.error("run() failed for %s %s", request.method, request.url.path, exc_info=ex)
     if isinstance(ex, json.JSONDecodeError):
-        # The script could not parse the body: the client sent bad JSON (azmlinfsrv answers 500 here).
+        # The script could not parse the body: the client sent bad JSON (azmlinfsrv answers 500 here). The client's
+        # mistake, not the script's: one line, and the traceback only at DEBUG (clients could fill the log with them).
+        logger.warning(
+            "run() could not parse the body of %s %s as JSON, answered 400: %s",
+            request.method,
+            request.url.path,
+            ex,
+            exc_info=ex if logger.isEnabledFor(logging.DEBUG) else None,
+        )
         return error_response(400, f"The request body is not valid JSON: {ex}", run_failed=True)
+    logger.error("run() failed for %s %s", request.method, request.url.path, exc_info=ex)
     return error_response(500, SCRIPT_FAILED, run_failed=True)
 
 
