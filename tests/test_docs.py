@@ -110,13 +110,16 @@ def test_missing_output_matches_ellipses_in_order() -> None:
 
 def test_missing_output_lets_decimals_differ_in_their_last_digit() -> None:
     # Scores differ in their sixth decimal from one CPU to another.
-    output = ['  "3.607642:46:green lizard",', "took 0.25 s"]
+    output = ['  "3.607642:46:green lizard",', "took 0.251 s", "HTTP/1.0 200 OK", "runtime/0.3.0", "took 10.400 s"]
     assert missing_output(['  "3.607643:46:green lizard",', "took ... s"], output) == []
     assert missing_output(['  "3.607644:46:green lizard",'], output) == []
     assert missing_output(['  "3.607645:46:green lizard",'], output) == ['  "3.607645:46:green lizard",']
     assert missing_output(['  "3.607642:47:green lizard",'], output) == ['  "3.607642:47:green lizard",']
-    assert missing_output(["took 0.24 s"], output) == []
-    assert missing_output(["took 0.5 s"], output) == ["took 0.5 s"]
+    assert missing_output(["took 0.250 s"], output) == []
+    assert missing_output(["took 0.255 s"], output) == ["took 0.255 s"]
+    # Versions, addresses and short numbers are matched exactly, and a number is matched whole.
+    for exact in ("HTTP/1.1 200 OK", "runtime/0.1.0", "took 0.25 s", "took ...0.400 s"):
+        assert missing_output([exact], output) == [exact]
 
 
 @pytest.mark.parametrize("readme", [*READMES, "docs/reliability.md"])
@@ -131,9 +134,13 @@ def test_waits_for_server_names_a_server_whose_next_command_does_not_wait(tmp_pa
     page = tmp_path / "page.md"
     page.write_text(
         "```console\n$ runtime serve --entry a.py &\n$ python client.py\n$ kill $!\n"
-        "$ runtime serve --entry b.py &\n$ curl -s --retry 60 --retry-connrefused http://127.0.0.1:5001/ready\n```\n"
+        "$ runtime serve --entry b.py &\n$ curl -sf --retry 60 --retry-connrefused http://127.0.0.1:5001/ready\n"
+        "$ kill $!\n$ runtime serve --entry c.py &\n$ curl -s --retry-connrefused http://127.0.0.1:5001/ready\n"
+        "$ kill $!\n$ runtime serve --entry d.py &\n$ curl -s --retry 60 --retry-connrefused http://127.0.0.1:5001/\n"
+        "```\n"
     )
-    assert waits_for_server(console_commands(page)) == ["runtime serve --entry a.py &"]
+    # c: --retry-connrefused alone does not retry; d: without -f a 503 is an answer, not a retry
+    assert waits_for_server(console_commands(page)) == [f"runtime serve --entry {x}.py &" for x in "acd"]
 
 
 @pytest.mark.slow

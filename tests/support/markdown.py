@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -197,8 +198,15 @@ class Outcome:
 
 
 # What a command that follows a server started with ``&`` runs first: it waits while the server starts, as a
-# reader who pastes the whole block needs (curl retries a refused connection, and a 503, once a second).
-WAIT = "--retry-connrefused"
+# reader who pastes the commands of a block needs. curl retries a refused connection (--retry-connrefused, which
+# takes effect only with --retry N) and, with -f, a 503 from a server that is not ready yet.
+def _waits(text: str) -> bool:
+    args = shlex.split(text)
+    if args[:1] != ["curl"] or "--retry-connrefused" not in args or "--retry" not in args:
+        return False
+    count = args[args.index("--retry") + 1 : args.index("--retry") + 2]
+    fails = any(a in ("-f", "--fail") or (a.startswith("-") and not a.startswith("--") and "f" in a) for a in args)
+    return fails and bool(count) and count[0].isdigit() and int(count[0]) > 0 and f"127.0.0.1:{DOC_PORT}/" in text
 
 
 def waits_for_server(commands: list[Command]) -> list[str]:
@@ -206,7 +214,7 @@ def waits_for_server(commands: list[Command]) -> list[str]:
     return [
         command.text
         for command, after in zip(commands, [*commands[1:], None], strict=True)
-        if command.background and (after is None or not after.text.startswith("curl") or WAIT not in after.text)
+        if command.background and (after is None or not _waits(after.text))
     ]
 
 
@@ -234,9 +242,11 @@ def outcomes(stdout: str, count: int) -> list[Outcome]:
     return results
 
 
-# A decimal fraction in an expected line; its last digits differ from CPU to CPU (a model's scores printed
-# with six decimals came out 3.607642 on an AMD EPYC and 3.607643 on the machine the README was written on).
-_DECIMAL = re.compile(r"-?\d+\.\d+")
+# A measurement in an expected line: a number with three decimals or more, standing alone (not a version, an
+# address, HTTP/1.1). Its last digits differ from CPU to CPU (a model's scores printed with six decimals came out
+# 3.607642 on an AMD EPYC and 3.607643 on the machine the README was written on).
+_DECIMAL = re.compile(r"(?<![\w./-])-?\d+\.\d{3,}(?![\w.])")
+_CAPTURE = r"(?<![\w.])(-?\d+\.\d+)(?![\w.])"  # what stands in its place in the output
 # How far a printed decimal may stray, in units of its last printed digit.
 _LAST_DIGITS = 2
 
@@ -248,7 +258,7 @@ def _pattern(expected: str) -> tuple[re.Pattern[str], list[str]]:
     def literal(part: str) -> str:
         pieces, position = [], 0
         for match in _DECIMAL.finditer(part):
-            pieces += [re.escape(part[position : match.start()]), f"({_DECIMAL.pattern})"]
+            pieces += [re.escape(part[position : match.start()]), _CAPTURE]
             decimals.append(match.group())
             position = match.end()
         return "".join([*pieces, re.escape(part[position:])])
