@@ -121,7 +121,7 @@ def test_the_lock_decides_not_the_pid(tmp_path: Path) -> None:
         held.rename(live_elsewhere)  # the name of a pid that is free here; its lock is held
         reused = tmp_path / f"{PREFIX}{os.getpid()}-def"  # a pid that is taken here; nobody holds its lock
         reused.mkdir()
-        (reused / scratch.LOCK).write_bytes(b"")
+        (reused / scratch.MARKER).write_bytes(b"")
         scratch.remove_stale(PREFIX, str(tmp_path))
         assert live_elsewhere.is_dir() and not reused.exists()
 
@@ -140,3 +140,13 @@ def test_only_folders_of_gone_processes_are_removed(tmp_path: Path) -> None:
     a_file.write_bytes(b"x")
     scratch.remove_stale(PREFIX, str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, unnamed, a_file, other))
+
+
+def test_a_folder_that_cannot_be_locked_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(source: str, target: str) -> None:
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(os, "rename", refuse)
+    with pytest.raises(OSError):
+        scratch.owned_folder(PREFIX, str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # not even the hidden name it was made under

@@ -90,12 +90,13 @@ def test_a_managed_tritons_shared_memory_is_removed_after_it_and_when_its_runtim
     # PID namespace a live owner's pid may be free here).
     live_elsewhere = tmp_path / f"runtime-triton-{dead}-a1b2"
     live_elsewhere.mkdir()
-    lock = os.open(live_elsewhere / scratch.LOCK, os.O_RDWR | os.O_CREAT)
+    (live_elsewhere / scratch.MARKER).write_bytes(b"")
+    lock = os.open(live_elsewhere, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(lock, fcntl.LOCK_EX)
     kept = tmp_path / f"{live_elsewhere.name}-region"
     unlocked = tmp_path / f"runtime-triton-{os.getpid()}-x1y2"  # its owner was SIGKILLed; the pid is taken since
-    (unlocked / scratch.LOCK).parent.mkdir()
-    (unlocked / scratch.LOCK).write_bytes(b"")
+    unlocked.mkdir()
+    (unlocked / scratch.MARKER).write_bytes(b"")
     freed = tmp_path / f"{unlocked.name}-region"
     for path in (mine, other, stale, foreign, kept, freed):
         path.write_bytes(b"")
@@ -139,3 +140,15 @@ def test_a_managed_tritons_work_folder_is_named_for_its_runtime(tmp_path: Path) 
     finally:
         server.stop()
     assert not server.work.exists()
+
+
+def test_managed_triton_without_a_writable_dev_shm_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was a traceback (FileNotFoundError from mkdtemp): a container started without /dev/shm."""
+    monkeypatch.setattr(tritonserver, "SHM_DIR", str(tmp_path / "missing"))
+    with pytest.raises(StartupError) as info:
+        tritonserver.ManagedTriton(str(tmp_path), tmp_path / "tritonserver")
+    assert f"managed Triton needs a writable {tmp_path / 'missing'}" in str(info.value)
+    assert "docker run --shm-size=1g" in str(info.value)
+    assert list(tmp_path.iterdir()) == []

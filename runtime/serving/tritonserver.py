@@ -238,7 +238,13 @@ class ManagedTriton(SupervisedProcess):
         super().__init__()
         # The python backend's shared-memory regions, named for this server: a tritonserver that is killed
         # cannot unlink its own, and they would stay in /dev/shm (about 10 a test run, 1 MiB each when used).
-        self.shm_lock = Path(scratch.owned_folder(SHM_PREFIX, SHM_DIR))
+        try:
+            self.shm_lock = Path(scratch.owned_folder(SHM_PREFIX, SHM_DIR))
+        except OSError as ex:
+            raise StartupError(
+                f"managed Triton needs a writable {SHM_DIR} for its python backend's shared memory ({ex.strerror}: "
+                f"{ex.filename}); in a container, give it one (docker run --shm-size=1g)"
+            ) from None
         self.shm_prefix = f"{self.shm_lock.name}-"
         try:
             # Named for this runtime too: one that is killed cannot remove its copy of the backends and staging.
@@ -288,6 +294,9 @@ class ManagedTriton(SupervisedProcess):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            # Its folders stay locked while it runs: after a SIGKILLed runtime it may take seconds to exit, and a
+            # runtime started meanwhile must not remove the regions and repository it still uses.
+            pass_fds=(scratch.lock_fd(self.shm_lock), scratch.lock_fd(self.work)),
         )
         threading.Thread(target=self._stream_log, args=(self.proc,), daemon=True).start()
 
