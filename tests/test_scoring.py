@@ -188,6 +188,12 @@ def test_bad_input_gets_4xx_with_message(echo: httpx.Client) -> None:
     # The client's mistake: one warning line, no error and no traceback in the log.
     assert [line for line in lines if "could not parse the body of POST /score as JSON, answered 400" in line]
     assert not [line for line in lines if "Traceback" in line or "run() failed" in line], lines
+    # JSON the script parses of its own (a file, another service's answer): a bug of the script, logged as one.
+    with captured_logs(logging.INFO) as lines:
+        own = post(echo, {"parse": "{broken"})
+    assert own.status_code == 400 and own.json()["message"].startswith("The request body is not valid JSON:")
+    log = "\n".join(lines)
+    assert "run() failed for POST /score" in log and "Traceback" in log and "JSONDecodeError" in log, log
     non_utf8 = echo.post("/score", content=b"\xff\xfe")
     assert non_utf8.status_code == 400
     assert non_utf8.json()["message"].startswith("Input cannot be decoded as UTF-8")

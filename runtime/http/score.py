@@ -60,6 +60,7 @@ async def score(request: Request) -> Response:
         # azmlinfsrv answers OPTIONS with an empty 200 (the CORS middleware adds its headers to it).
         return Response(b"", media_type="text/html", headers={FAILED: "False"})
     started = time.perf_counter()
+    body = b""
     try:
         body = await read_body(request, state.settings.max_body_bytes)
         ids = request.scope["state"]["request_ids"]
@@ -90,9 +91,9 @@ async def score(request: Request) -> Response:
             logger.error("%s %s", request.url.path, ex.log_line(REQUEST_ID.get()))
         response = error_response(ex.status_code, ex.message, run_failed=ex.status_code >= 500)
     except RunFailed as ex:
-        response = run_failed_response(ex.original, request)
+        response = run_failed_response(ex.original, request, body)
     except StreamFailed as ex:
-        response = run_failed_response(ex.__cause__ or ex, request)
+        response = run_failed_response(ex.__cause__ or ex, request, body)
     logger.debug(
         "%s %s %d %.3fms",
         request.method,
@@ -103,17 +104,21 @@ async def score(request: Request) -> Response:
     return response
 
 
-def run_failed_response(ex: BaseException, request: Request) -> Response:
+def run_failed_response(ex: BaseException, request: Request, body: bytes) -> Response:
     if isinstance(ex, json.JSONDecodeError):
-        # The script could not parse the body: the client sent bad JSON (azmlinfsrv answers 500 here). The client's
-        # mistake, not the script's: one line, and the traceback only at DEBUG (clients could fill the log with them).
-        logger.warning(
-            "run() could not parse the body of %s %s as JSON, answered 400: %s",
-            request.method,
-            request.url.path,
-            ex,
-            exc_info=ex if logger.isEnabledFor(logging.DEBUG) else None,
-        )
+        # The script could not parse JSON: the client sent bad JSON (azmlinfsrv answers 500 here).
+        if ex.doc == body.decode("utf-8", "replace"):
+            # The body itself: the client's mistake, not the script's. One line, and the traceback only at DEBUG
+            # (clients could fill the log with them).
+            logger.warning(
+                "run() could not parse the body of %s %s as JSON, answered 400: %s",
+                request.method,
+                request.url.path,
+                ex,
+                exc_info=ex if logger.isEnabledFor(logging.DEBUG) else None,
+            )
+        else:  # something else the script parsed (a file, another service's answer): its traceback is the clue
+            logger.error("run() failed for %s %s", request.method, request.url.path, exc_info=ex)
         return error_response(400, f"The request body is not valid JSON: {ex}", run_failed=True)
     logger.error("run() failed for %s %s", request.method, request.url.path, exc_info=ex)
     return error_response(500, SCRIPT_FAILED, run_failed=True)
