@@ -351,14 +351,17 @@ def load(
     duration = args.duration
     while True:
         before, cpu_before = server.counters(model), server.cpu_seconds()
-        profiler = profile(server, args)
+        profiler = profile(server, args, duration)
         steps = run_clients(pool, server, path, body, headers, shares, duration)
         after, cpu_after = server.counters(model), server.cpu_seconds()
         if profiler is not None:
             profiler.wait(30)
         # A window shorter than one answer (a loaded machine: 0.9 s an answer once, in a 0.6 s window) counts
         # nothing in some process; measured again, twice as long, up to 8 times --duration.
-        if all(s["requests"] > 0 for s in steps) or duration >= 8 * args.duration:
+        if all(s["requests"] > 0 for s in steps):
+            break
+        if duration >= 8 * args.duration:
+            print(f"warning: no answer in a window of {duration:g} s in some client process", file=sys.stderr)
             break
         duration *= 2
     ok = sum(s["throughput"] for s in steps)
@@ -390,7 +393,7 @@ def load(
     }
 
 
-def profile(server: Server, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+def profile(server: Server, args: argparse.Namespace, duration: float) -> subprocess.Popen[bytes] | None:
     """py-spy (when --profile names a folder and py-spy is found) records the engine during the measured window."""
     installed = args.wheels / "site" / "bin" / "py-spy" if args.wheels is not None else None
     py_spy = str(installed) if installed is not None and installed.exists() else shutil.which("py-spy")
@@ -399,7 +402,7 @@ def profile(server: Server, args: argparse.Namespace) -> subprocess.Popen[bytes]
         return None
     args.profile.mkdir(parents=True, exist_ok=True)
     out = args.profile / f"engine-{server.workers}w-{server.port}.txt"
-    argv = [py_spy, "record", "-p", str(pid), "-d", str(int(args.duration)), "-f", "raw", "-o", str(out)]
+    argv = [py_spy, "record", "-p", str(pid), "-d", str(max(1, round(duration))), "-f", "raw", "-o", str(out)]
     return subprocess.Popen([*argv, "--threads", "--nonblocking"], stdout=subprocess.DEVNULL)
 
 

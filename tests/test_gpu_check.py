@@ -92,7 +92,7 @@ def test_a_window_that_counts_no_answer_is_measured_again_twice_as_long(monkeypa
 
     monkeypatch.setattr(check, "run_clients", run_clients)
     monkeypatch.setattr(check, "process_pool", lambda size: None)
-    monkeypatch.setattr(check, "profile", lambda server, args: None)
+    monkeypatch.setattr(check, "profile", lambda server, args, duration: None)
     args = argparse.Namespace(clients=1, warmup=0.1, duration=0.6)
     row = check.load(Server(), "/score", b"", {}, args, concurrency=1)  # a stand-in for check.Server
     assert windows == [0.1, 0.6, 1.2]

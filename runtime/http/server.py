@@ -114,7 +114,8 @@ def _workers_interrupted_too(record: logging.LogRecord) -> bool:
     """Ctrl-C in a terminal signals the workers as well as the master: a worker that drained and then ended by
     that SIGINT (uvicorn raises it again once it has stopped) is shutting down as asked. Gunicorn warns of a
     worker ended by any signal other than SIGTERM or SIGKILL; here that is information, not a warning."""
-    if record.levelno == logging.WARNING and record.getMessage().endswith(" was sent SIGINT!"):
+    args = record.args if isinstance(record.args, tuple) else ()
+    if record.levelno == logging.WARNING and record.msg == "Worker (pid:%s) was sent %s!" and args[1:] == ("SIGINT",):
         record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
     return True
 
