@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from runtime import scratch
 from runtime.http.server import METRICS_PREFIX as PREFIX
 from runtime.http.server import SERVE_PREFIX
+from tests.support.faults import wait_for
 
 
 def gone_pid() -> int:
@@ -75,16 +75,6 @@ def owner(root: Path, child: str = "fork") -> Iterator[tuple[subprocess.Popen[st
             os.kill(int(child_pid), signal.SIGKILL)
 
 
-def wait_gone(folder: Path) -> bool:
-    """Whether the folder's owner is gone within 5 s (a child that ends takes a moment to)."""
-    deadline = time.monotonic() + 5
-    while not scratch.owner_gone(folder, PREFIX):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_a_folder_is_kept_while_its_owner_or_a_fork_of_it_lives(tmp_path: Path) -> None:
     with owner(tmp_path) as (proc, folder, _):
         assert folder.name.startswith(f"{PREFIX}{proc.pid}-")
@@ -96,7 +86,7 @@ def test_a_folder_is_kept_while_its_owner_or_a_fork_of_it_lives(tmp_path: Path) 
         assert folder.is_dir()
         assert proc.stdin is not None
         proc.stdin.close()  # the fork ends
-        assert wait_gone(folder)
+        assert wait_for(lambda: scratch.owner_gone(folder, PREFIX), 5)  # a child that ends takes a moment
         scratch.remove_stale(PREFIX, str(tmp_path))
         assert not folder.exists()
 
@@ -106,7 +96,7 @@ def test_a_program_the_owner_execs_does_not_hold_the_folder(tmp_path: Path) -> N
     with owner(tmp_path, "exec") as (proc, folder, child):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert wait_gone(folder)  # once the child has exec'd
+        assert wait_for(lambda: scratch.owner_gone(folder, PREFIX), 5)  # once the child has exec'd
         assert Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"sleep\0")  # which runs on
         scratch.remove_stale(PREFIX, str(tmp_path))
         assert not folder.exists()

@@ -105,22 +105,21 @@ async def score(request: Request) -> Response:
 
 
 def run_failed_response(ex: BaseException, request: Request, body: bytes) -> Response:
+    if isinstance(ex, json.JSONDecodeError) and ex.doc == body.decode("utf-8", "replace"):
+        # The body itself: the client's mistake, not the script's. One line, and the traceback only at DEBUG
+        # (clients could fill the log with them).
+        logger.warning(
+            "run() could not parse the body of %s %s as JSON, answered 400: %s",
+            request.method,
+            request.url.path,
+            ex,
+            exc_info=ex if logger.isEnabledFor(logging.DEBUG) else None,
+        )
+    else:  # the script's failure (JSON it parsed of its own too: a file, another service's answer)
+        logger.error("run() failed for %s %s", request.method, request.url.path, exc_info=ex)
     if isinstance(ex, json.JSONDecodeError):
         # The script could not parse JSON: the client sent bad JSON (azmlinfsrv answers 500 here).
-        if ex.doc == body.decode("utf-8", "replace"):
-            # The body itself: the client's mistake, not the script's. One line, and the traceback only at DEBUG
-            # (clients could fill the log with them).
-            logger.warning(
-                "run() could not parse the body of %s %s as JSON, answered 400: %s",
-                request.method,
-                request.url.path,
-                ex,
-                exc_info=ex if logger.isEnabledFor(logging.DEBUG) else None,
-            )
-        else:  # something else the script parsed (a file, another service's answer): its traceback is the clue
-            logger.error("run() failed for %s %s", request.method, request.url.path, exc_info=ex)
         return error_response(400, f"The request body is not valid JSON: {ex}", run_failed=True)
-    logger.error("run() failed for %s %s", request.method, request.url.path, exc_info=ex)
     return error_response(500, SCRIPT_FAILED, run_failed=True)
 
 

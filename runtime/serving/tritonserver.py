@@ -207,9 +207,9 @@ def remove_stale_regions() -> None:
         if region.is_dir():  # a lock folder (or a work folder, where TMPDIR is /dev/shm)
             continue
         owner = shm / (SHM_PREFIX + "-".join(region.name[len(SHM_PREFIX) :].split("-")[:2]))  # <pid>-<token>
-        # Without its lock folder (an older runtime's, or what a stopped Triton left): by the pid.
-        gone = scratch.owner_gone(owner, SHM_PREFIX) if owner.is_dir() else scratch.pid_gone(region.name, SHM_PREFIX)
-        if gone:
+        # Without its lock folder (an older runtime's, or what a stopped Triton left), owner_gone judges the pid
+        # in the folder's name, which is the region's.
+        if scratch.owner_gone(owner, SHM_PREFIX):
             region.unlink(missing_ok=True)
     scratch.remove_stale(SHM_PREFIX, SHM_DIR)
     scratch.remove_stale(SHM_PREFIX)
